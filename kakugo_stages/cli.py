@@ -1,0 +1,189 @@
+"""The `kakugo` command line: validate manifests, generate CRDs, look up languages, and
+run stages (one stage in a Job, or the whole pipeline on one machine)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import yaml
+
+from kakugo_stages import crds as crd_gen
+from kakugo_stages import reference as ref_doc
+from kakugo_stages.languages import search
+from kakugo_stages.manifest import Manifest, ManifestError, fleet_members, load_manifests
+from kakugo_stages.resolved import run_spec
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kakugo")
+def main() -> None:
+    """Kakugo: distil a low-resource language into a small instruction-tuned model.
+
+    One manifest names a language; the pipeline generates data with a teacher model,
+    fine-tunes a student and evaluates it against the base model.
+    """
+
+
+def _fail(message: str) -> None:
+    click.echo(message, err=True)
+    sys.exit(1)
+
+
+def _resolved_view(manifest: Manifest) -> tuple[dict, list[ManifestError]]:
+    if manifest.kind == "LanguageModel":
+        return run_spec(manifest).to_manifest(), []
+    body = {
+        "apiVersion": crd_gen.API_GROUP + "/" + crd_gen.API_VERSION,
+        "kind": manifest.kind,
+        "metadata": {"name": manifest.name, "namespace": manifest.namespace},
+        "spec": manifest.spec.model_dump(mode="json", by_alias=True),
+    }
+    errors: list[ManifestError] = []
+    if manifest.kind == "LanguageFleet":
+        members = []
+        for member in fleet_members(manifest.spec):
+            if member.error is not None:
+                errors.append(member.error)
+                members.append({"language": member.language, "error": str(member.error)})
+            else:
+                lang = member.spec.resolved_language  # type: ignore[union-attr]
+                members.append(
+                    {"language": member.language, "name": member.name, "code": lang.code}
+                )
+        body["resolved"] = {"members": members}
+    return body, errors
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True,
+    help="Format of the resolved spec.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+def validate(file: Path, output: str, quiet: bool) -> None:
+    """Validate a manifest and print it resolved, with every default filled in.
+
+    On error, prints each problem with its field path and exits with status 1.
+    """
+    try:
+        manifests = load_manifests(file)
+    except ManifestError as exc:
+        _fail(f"error: {exc}")
+    views, problems = [], []
+    for manifest in manifests:
+        view, errors = _resolved_view(manifest)
+        views.append(view)
+        problems.extend(errors)
+    if not quiet:
+        if output == "json":
+            click.echo(json.dumps(views if len(views) > 1 else views[0], indent=2,
+                                  ensure_ascii=False))
+        else:
+            click.echo(yaml.safe_dump_all(views, sort_keys=False, allow_unicode=True, width=100),
+                       nl=False)
+    if problems:
+        _fail("error: " + "\n".join(str(p) for p in problems))
+
+
+@main.command()
+@click.option(
+    "--write", "folders", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Write one file per CRD into this folder (repeatable). Default: print to stdout.",
+)
+@click.option(
+    "--check", "check_folders", multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Exit 1 if the CRDs in this folder differ from the models (repeatable).",
+)
+def crds(folders: tuple[Path, ...], check_folders: tuple[Path, ...]) -> None:
+    """Generate the CustomResourceDefinitions from the spec models.
+
+    \b
+    kakugo crds | kubectl apply -f -
+    kakugo crds --write crds --write helm/kakugo/crds
+    """
+    rendered = {name: crd_gen.render(crd) for name, crd in crd_gen.all_crds().items()}
+    if check_folders:
+        stale = []
+        for folder in check_folders:
+            for name, text in rendered.items():
+                path = folder / name
+                if not path.exists() or path.read_text(encoding="utf-8") != text:
+                    stale.append(str(path))
+        if stale:
+            _fail("CRDs out of date (run `make crds`): " + ", ".join(stale))
+        click.echo("CRDs up to date.")
+        return
+    if folders:
+        for path in crd_gen.write_crds(*folders):
+            click.echo(f"wrote {path}")
+        return
+    click.echo("---\n".join(rendered.values()), nl=False)
+
+
+@main.command()
+@click.argument("query", required=False, default="")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("-n", "--limit", type=int, default=None, help="Show at most N languages.")
+def languages(query: str, as_json: bool, limit: int | None) -> None:
+    """List the languages Kakugo knows, or search them by name, alias or code.
+
+    Shows each language's FLORES-200 code, ISO 639 codes, FineWeb-2 config and which
+    evaluation tasks cover it.
+    """
+    found = search(query, limit=limit or 10_000)
+    if as_json:
+        click.echo(json.dumps([_lang_row(x) for x in found], indent=2, ensure_ascii=False))
+        return
+    if not found:
+        _fail(f"no language matches {query!r}")
+    header = f"{'CODE':<10} {'NAME':<28} {'ISO1':<4} {'ISO3':<4} {'FINEWEB-2':<10} TASKS"
+    click.echo(header)
+    for lang in found:
+        click.echo(
+            f"{lang.code:<10} {lang.name[:28]:<28} {lang.iso639_1 or '-':<4} {lang.iso639_3:<4} "
+            f"{lang.fineweb2 or '-':<10} {','.join(lang.tasks) or '-'}"
+        )
+
+
+@main.command()
+@click.option(
+    "--update", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+    help="Rewrite the generated block of this Markdown file (e.g. README.md) in place.",
+)
+@click.option("--check", is_flag=True, help="With --update: exit 1 if the file is stale.")
+def reference(update: Path | None, check: bool) -> None:
+    """Print the manifest reference (every field, type, default) as Markdown."""
+    if update is None:
+        click.echo(ref_doc.markdown(), nl=False)
+        return
+    old = update.read_text(encoding="utf-8")
+    new = ref_doc.replace_in(old)
+    if check:
+        if new != old:
+            _fail(f"{update}: manifest reference is out of date (run `make docs`)")
+        click.echo(f"{update}: manifest reference up to date.")
+        return
+    update.write_text(new, encoding="utf-8")
+    click.echo(f"updated {update}")
+
+
+def _lang_row(lang) -> dict:
+    return {
+        "code": lang.code,
+        "name": lang.name,
+        "aliases": list(lang.aliases),
+        "iso639_1": lang.iso639_1,
+        "iso639_3": lang.iso639_3,
+        "script": lang.script,
+        "fineweb2": lang.fineweb2,
+        "tasks": list(lang.tasks),
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
