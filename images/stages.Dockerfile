@@ -5,7 +5,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY kakugo_stages ./kakugo_stages
 COPY operator ./operator
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[teacher]'
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[stages]'
 
 FROM python:3.11-slim
 RUN useradd --uid 10001 --create-home kakugo

@@ -172,6 +172,57 @@ def reference(update: Path | None, check: bool) -> None:
     click.echo(f"updated {update}")
 
 
+@main.command()
+@click.argument("name")
+@click.option(
+    "--spec", "spec_path", required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The LanguageModel manifest or resolved spec.yaml (in a Job: /etc/kakugo/spec.yaml).",
+)
+@click.option(
+    "--shard", type=int, default=None, envvar="JOB_COMPLETION_INDEX",
+    help="Run only this shard (default: $JOB_COMPLETION_INDEX, else every unfinished shard).",
+)
+@click.option(
+    "--shards", type=int, default=None,
+    help="Expected shard count; refuses to run if the spec says otherwise.",
+)
+@click.option(
+    "--storage", default=None,
+    help="Storage root when the spec has none (default: ./runs).",
+)
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
+def stage(
+    name: str, spec_path: Path, shard: int | None, shards: int | None, storage: str | None,
+    progress: bool | None,
+) -> None:
+    """Run one stage of the pipeline, e.g. `kakugo stage topics --spec yoruba.yaml`.
+
+    Completed shards are skipped and cached teacher requests replayed, so rerunning after
+    a crash continues where it stopped. Exits 1 when the stage fails.
+    """
+    from kakugo_stages.resolved import load_run_spec
+    from kakugo_stages.stages import StageFailed, get_stage, run_stage
+    from kakugo_stages.store import StoreError, open_store
+
+    try:
+        run = load_run_spec(spec_path, storage)
+        impl = get_stage(name)
+    except (ManifestError, ValueError, KeyError) as exc:
+        _fail(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}")
+    try:
+        store = open_store(run.run_uri)
+        runner = impl(run, store)
+        if shards is not None and shards != runner.num_shards():
+            _fail(f"error: --shards {shards} but the spec gives stage {name} "
+                  f"{runner.num_shards()} shard(s)")
+        show = sys.stderr.isatty() if progress is None else progress
+        summary = run_stage(runner, None if shard is None else [shard], progress=show)
+    except (StageFailed, StoreError) as exc:
+        _fail(f"error: {exc}")
+    click.echo(json.dumps(summary.as_dict(), ensure_ascii=False))
+
+
 def _lang_row(lang) -> dict:
     return {
         "code": lang.code,

@@ -1,0 +1,120 @@
+"""Row filters of the recipe: pure functions over rows, with batched token counting.
+
+Each check returns the reason a row is dropped, or None. Reasons are short and stable:
+they appear in stats, the exclusions file and the dataset card.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kakugo_stages.spec import FilterConfig
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """What the filters need from the spec, gathered once."""
+
+    min_ratio: float
+    max_ratio: float
+    media_tags: tuple[str, ...]
+    max_tokens: int  # the training cutoff
+
+    @classmethod
+    def from_spec(cls, cfg: FilterConfig, cutoff_len: int) -> FilterSettings:
+        return cls(cfg.min_token_ratio, cfg.max_token_ratio, tuple(cfg.media_tags), cutoff_len)
+
+
+def has_media(texts: Sequence[str], tags: Sequence[str]) -> bool:
+    return any(tag in text for text in texts for tag in tags)
+
+
+def is_valid_utf8(text: str) -> bool:
+    """Encodable as UTF-8 (no lone surrogates) and free of U+FFFD, the mark a decoder leaves
+    where it met bytes that were not UTF-8."""
+    if "\ufffd" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_generated(row: dict[str, Any], tags: Sequence[str]) -> str | None:
+    """Structure and content of a generated row (before token counting)."""
+    response, prompt = row.get("response"), row.get("user", row.get("prompt"))
+    # A failed generation is never text (recipe mistake 2: None became "None").
+    if response is None or not isinstance(response, str):
+        return "failed_generation"
+    if not isinstance(prompt, str) or not prompt.strip():
+        return "empty_prompt"
+    if not response.strip():
+        return "empty_response"
+    reasoning = row.get("reasoning")
+    if reasoning is not None and not isinstance(reasoning, str):
+        return "failed_generation"
+    texts = [prompt, response, reasoning or ""]
+    if not all(is_valid_utf8(t) for t in texts):
+        return "invalid_utf8"
+    if has_media(texts, tags):
+        return "media_tag"
+    return None
+
+
+def check_translation(row: dict[str, Any], tags: Sequence[str]) -> str | None:
+    """Structure of a translated conversation against its English source."""
+    original, translated = row.get("original"), row.get("messages")
+    if not isinstance(translated, list) or not all(isinstance(m, dict) for m in translated):
+        return "unparsable"
+    if not isinstance(original, list) or len(translated) != len(original):
+        return "turn_count_mismatch"
+    for i, message in enumerate(translated):
+        if set(message) != {"role", "content"}:
+            return "extra_keys" if {"role", "content"} <= set(message) else "missing_keys"
+        if message["role"] != ("user" if i % 2 == 0 else "assistant"):
+            return "bad_alternation"
+        if not isinstance(message["content"], str):
+            return "unparsable"
+        if not is_valid_utf8(message["content"]):
+            return "invalid_utf8"
+    texts = [m["content"] for m in translated] + [m.get("content") or "" for m in original]
+    if has_media(texts, tags):
+        return "media_tag"
+    return None
+
+
+def check_ratios(
+    original_lengths: Sequence[int], translated_lengths: Sequence[int], lo: float, hi: float
+) -> str | None:
+    """Every turn's translated/original token ratio within [lo, hi]. An empty turn never
+    divides by zero: empty on both sides is an empty turn, empty on one side is out of
+    range."""
+    for o, t in zip(original_lengths, translated_lengths, strict=True):
+        if o == 0 and t == 0:
+            return "empty_turn"
+        if o == 0 or not lo <= t / o <= hi:
+            return "token_ratio"
+    return None
+
+
+class TokenCounter:
+    """Token counts of many texts in one batched call of a fast tokenizer."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(
+            tokenizer, "_tokenizer", None
+        )
+        self._fast = getattr(backend, "encode_batch_fast", None) if backend else None
+
+    def __call__(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        if self._fast is not None:
+            # No offsets or Python lists of ids: several times faster on big batches.
+            return [len(e) for e in self._fast(list(texts), add_special_tokens=False)]
+        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)[
+            "input_ids"]]

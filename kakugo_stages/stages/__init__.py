@@ -1,0 +1,44 @@
+"""The registry of pipeline stages: stage name -> implementation.
+
+Stage names are those of `kakugo_stages.spec.STAGES`; each module registers its class
+with `@register`. `get_stage` imports the modules on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from kakugo_stages.stages.base import Stage, StageFailed, run_shard, run_stage
+
+_REGISTRY: dict[str, type[Stage]] = {}
+_MODULES = ("topics", "scenarios", "contexts", "revise", "respond", "translate", "filter")
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load() -> None:
+    for module in _MODULES:
+        importlib.import_module(f"kakugo_stages.stages.{module}")
+
+
+def available() -> list[str]:
+    from kakugo_stages.spec import STAGES
+
+    _load()
+    return [s for s in STAGES if s in _REGISTRY]
+
+
+def get_stage(name: str) -> type[Stage]:
+    _load()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown stage {name!r}; available: {', '.join(available())}"
+        ) from None
+
+
+__all__ = ["Stage", "StageFailed", "available", "get_stage", "register", "run_shard", "run_stage"]

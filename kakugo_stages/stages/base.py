@@ -1,0 +1,448 @@
+"""The stage contract: a function of (resolved spec, shard) over the artifact store.
+
+A `Stage` subclass implements `run_shard`. The machinery here does the rest, the same way
+in a Job, in `kakugo run` and in tests:
+
+- a completed shard (marker present) is skipped; a shard writes its rows, rejects, raw
+  teacher log and stats, and its completion marker last;
+- teacher requests go through one `TeacherClient` per shard whose cache lives in
+  `<stage>/_cache/`, so a rerun replays finished requests instead of paying again;
+- every teacher request ends as exactly one of "ok" or "rejected by reason", so
+  kept + rejected = requested always holds and is visible in the stats;
+- a shard whose failure rate passes `data.maxFailureRate` keeps its outputs for audit
+  but gets no marker, and the stage fails with a message saying what failed and why;
+- the stage summary goes to the termination log for the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from kakugo_stages.parsing import ParseError
+from kakugo_stages.request_cache import RequestCache
+from kakugo_stages.resolved import RunSpec
+from kakugo_stages.store import ArtifactStore, StageOutput
+from kakugo_stages.teacher import ChatResult, TeacherClient, TeacherError
+
+log = logging.getLogger("kakugo.stages")
+
+TERMINATION_LOG_ENV = "KAKUGO_TERMINATION_LOG"
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
+TEACHER_URL_ENV = "KAKUGO_TEACHER_URL"
+TEACHER_MODEL_ENV = "KAKUGO_TEACHER_MODEL"
+
+
+class StageFailed(RuntimeError):
+    """The stage could not finish: too many failures, missing inputs, bad settings."""
+
+
+@dataclass
+class ShardStats:
+    """Per-shard accounting, written to `<stage>/_stats/NNNNN.json`."""
+
+    stage: str
+    shard: int
+    shards: int
+    rows_in: int = 0
+    rows_out: int = 0
+    requests: int = 0
+    requests_ok: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+    teacher: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failures / self.requests if self.requests else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "shard": self.shard,
+            "shards": self.shards,
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "requests": self.requests,
+            "requests_ok": self.requests_ok,
+            "rejected": dict(sorted(self.rejected.items())),
+            "dropped": dict(sorted(self.dropped.items())),
+            "failure_rate": round(self.failure_rate, 6),
+            "teacher": self.teacher,
+            "seconds": round(self.seconds, 3),
+            **self.extra,
+        }
+
+
+@dataclass(frozen=True)
+class TeacherTarget:
+    url: str
+    model: str
+    api_key_env: str | None
+
+
+def teacher_target(run: RunSpec) -> TeacherTarget:
+    """Where the teacher is: the spec's endpoint, or the server the operator / local
+    runner started for `ref` and `serve` (passed in the environment)."""
+    settings = run.spec.teacher
+    if settings.endpoint is not None:
+        ep = settings.endpoint
+        return TeacherTarget(ep.url, ep.model, ep.api_key_env)
+    url, model = os.environ.get(TEACHER_URL_ENV), os.environ.get(TEACHER_MODEL_ENV)
+    if not url:
+        which = (
+            f"teacher.ref names the Teacher {settings.ref.name!r}"
+            if settings.ref is not None
+            else "teacher.serve asks for a dedicated server"
+        )
+        raise StageFailed(
+            f"{which}, but {TEACHER_URL_ENV} is not set. The operator sets it for stage Jobs "
+            "and `kakugo run` sets it after starting the server; to run one stage by hand, "
+            f"export {TEACHER_URL_ENV}=http://HOST:PORT/v1 (and {TEACHER_MODEL_ENV})."
+        )
+    if not model:
+        model = settings.serve.served_model_name or settings.serve.model if settings.serve else ""
+    return TeacherTarget(url, model or "teacher", None)
+
+
+class ShardContext:
+    """What a running shard uses: its teacher, its outputs, and its accounting."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        shard: int,
+        teacher: TeacherClient | None,
+        on_request: Callable[[], None] | None = None,
+    ):
+        self.stage = stage
+        self.run = stage.run
+        self.shard = shard
+        self.teacher = teacher
+        self.stats = ShardStats(stage.name, shard, stage.num_shards())
+        self.rows: list[dict[str, Any]] = []
+        self.rejects: list[dict[str, Any]] = []
+        self.raw: list[dict[str, Any]] = []
+        self._on_request = on_request
+
+    def rng(self, *parts: object) -> random.Random:
+        """A generator seeded by the spec's seed and the item, independent of the order in
+        which concurrent requests finish (so reruns make the same choices)."""
+        key = ":".join(str(p) for p in (self.run.spec.data.seed, self.stage.name, *parts))
+        return random.Random(key)
+
+    def keep(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.stats.dropped[reason] += count
+
+    def _reject(self, item: str, reason: str, messages: Any, answer: Any) -> None:
+        self.stats.rejected[reason] += 1
+        self.rejects.append({"id": item, "reason": reason, "messages": messages, "answer": answer})
+
+    async def ask(
+        self,
+        item: str,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        parse: Callable[[str], Any] | None = None,
+        sample_index: int = 0,
+    ) -> tuple[ChatResult, Any] | None:
+        """One teacher request for `item`. Returns (result, parsed) when the answer finished
+        with "stop" and `parse` accepted it; otherwise records the rejection and returns
+        None. Every call counts as exactly one request, ok or rejected."""
+        assert self.teacher is not None, f"stage {self.stage.name} has no teacher"
+        sampling = self.run.spec.teacher.sampling
+        self.stats.requests += 1
+        try:
+            result = await self.teacher.chat(
+                messages,
+                max_tokens=max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                sample_index=sample_index,
+            )
+        except TeacherError as exc:
+            self._log_raw(item, messages, None, exc.reason)
+            self._reject(item, exc.reason, messages, exc.raw)
+            return None
+        finally:
+            if self._on_request:
+                self._on_request()
+        if not result.ok:
+            reason = f"finish_{result.finish_reason or 'none'}"
+            self._log_raw(item, messages, result, reason)
+            self._reject(item, reason, messages, result.content)
+            return None
+        parsed: Any = result.content
+        if parse is not None:
+            try:
+                parsed = parse(result.content)
+            except ParseError as exc:
+                self._log_raw(item, messages, result, exc.reason)
+                self._reject(item, exc.reason, messages, result.content)
+                return None
+        self._log_raw(item, messages, result, "ok")
+        self.stats.requests_ok += 1
+        return result, parsed
+
+    def _log_raw(
+        self, item: str, messages: Any, result: ChatResult | None, outcome: str
+    ) -> None:
+        # Raw input and output beside the rows, for audit and re-parsing.
+        self.raw.append(
+            {
+                "id": item,
+                "outcome": outcome,
+                "messages": messages,
+                "content": result.content if result else None,
+                "reasoning": result.reasoning if result else None,
+                "finish_reason": result.finish_reason if result else None,
+                "cached": result.cached if result else False,
+            }
+        )
+
+
+class Stage(ABC):
+    """One step of the pipeline. Subclasses set `name` and implement `run_shard`."""
+
+    name: ClassVar[str]
+    uses_teacher: ClassVar[bool] = True
+    #: False when the stage writes its own output format (and sets stats.rows_out).
+    writes_rows: ClassVar[bool] = True
+    #: Stages whose completed output this one reads.
+    inputs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, run: RunSpec, store: ArtifactStore):
+        self.run = run
+        self.store = store  # the run's root: <storage>/<namespace>/<name>/
+        self.output = StageOutput(store, self.name)
+
+    @property
+    def language(self) -> str:
+        return self.run.language.name
+
+    @abstractmethod
+    def num_shards(self) -> int: ...
+
+    def skip_reason(self) -> str | None:
+        """Why this stage has nothing to do for this spec (an ablation), or None."""
+        return None
+
+    @abstractmethod
+    async def run_shard(self, ctx: ShardContext) -> None:
+        """Fill ctx.rows (and use ctx.ask / ctx.drop); the machinery writes everything."""
+
+    def input_rows(self, stage: str) -> list[dict[str, Any]]:
+        """Every row of an upstream stage; it must be complete."""
+        upstream = StageOutput(self.store, stage)
+        missing = self.missing_shards(stage)
+        if missing:
+            raise StageFailed(
+                f"stage {self.name} needs stage {stage} to be complete, but its shards "
+                f"{missing} are not: run `kakugo stage {stage}` first"
+            )
+        return list(upstream.iter_all_rows())
+
+    def missing_shards(self, stage: str) -> list[int]:
+        from kakugo_stages.stages import get_stage  # registry imports the stage modules
+
+        upstream = get_stage(stage)(self.run, self.store)
+        done = upstream.output.completed_shards()
+        return [i for i in range(upstream.num_shards()) if i not in done]
+
+
+@dataclass
+class StageSummary:
+    stage: str
+    shards: int
+    completed: list[int]
+    ran: list[int]
+    stats: dict[int, dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        tot: Counter[str] = Counter()
+        rejected: Counter[str] = Counter()
+        for s in self.stats.values():
+            for key in ("rows_in", "rows_out", "requests", "requests_ok"):
+                tot[key] += s.get(key, 0)
+            tot["prompt_tokens"] += s.get("teacher", {}).get("prompt_tokens", 0)
+            tot["completion_tokens"] += s.get("teacher", {}).get("completion_tokens", 0)
+            tot["seconds"] += s.get("seconds", 0)
+            rejected.update(s.get("rejected", {}))
+        return {
+            "stage": self.stage,
+            "shards": self.shards,
+            "completed": len(self.completed),
+            **{k: round(v, 3) if isinstance(v, float) else v for k, v in tot.items()},
+            "rejected": dict(rejected.most_common(8)),
+        }
+
+
+def write_termination_message(summary: dict[str, Any], path: str | None = None) -> None:
+    """Write the short summary the operator reads from the Pod status, if there is a
+    termination log (always in a Pod; locally only when the env var names a file)."""
+    target = path or os.environ.get(TERMINATION_LOG_ENV)
+    if target is None:
+        if not Path(DEFAULT_TERMINATION_LOG).exists():
+            return
+        target = DEFAULT_TERMINATION_LOG
+    text = json.dumps(summary, separators=(",", ":"), ensure_ascii=False)
+    if len(text.encode()) > TERMINATION_LIMIT:
+        slim = {k: v for k, v in summary.items() if k != "rejected"}
+        text = json.dumps(slim, separators=(",", ":"), ensure_ascii=False)[:TERMINATION_LIMIT]
+    try:
+        Path(target).write_text(text, encoding="utf-8")
+    except OSError as exc:  # a missing termination log must never fail a finished stage
+        log.warning("cannot write termination message to %s: %s", target, exc)
+
+
+def _make_teacher(stage: Stage, shard: int) -> TeacherClient:
+    target = teacher_target(stage.run)
+    cache = RequestCache(stage.store.child(stage.name, "_cache"))
+    return TeacherClient.from_settings(
+        stage.run.spec.teacher,
+        base_url=target.url,
+        model=target.model,
+        cache=cache,
+        api_key_env=target.api_key_env,
+        seed=stage.run.spec.data.seed,
+    )
+
+
+async def run_shard(
+    stage: Stage,
+    shard: int,
+    *,
+    teacher_factory: Callable[[Stage, int], TeacherClient] | None = None,
+    on_request: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Run one shard to completion (or StageFailed). Returns its stats."""
+    out = stage.output
+    if out.is_complete(shard):
+        return out.read_stats(shard) or {}
+    started = time.monotonic()
+    skipped = stage.skip_reason()
+    if skipped is not None:
+        ctx = ShardContext(stage, shard, None, on_request)
+        ctx.stats.extra["skipped"] = skipped
+    else:
+        teacher = (teacher_factory or _make_teacher)(stage, shard) if stage.uses_teacher else None
+        ctx = ShardContext(stage, shard, teacher, on_request)
+        try:
+            await stage.run_shard(ctx)
+        finally:
+            if teacher is not None:
+                ctx.stats.teacher = teacher.usage.as_dict()
+                await teacher.aclose()
+    ctx.stats.seconds = time.monotonic() - started
+    # Order: rows, rejects, raw log, stats; the marker last (only if the shard passed).
+    if stage.writes_rows or skipped is not None:
+        ctx.stats.rows_out = len(ctx.rows)
+        out.write_rows(shard, ctx.rows)
+    if stage.uses_teacher:
+        stage.store.write_jsonl(f"{stage.name}/_rejects/{shard:05d}.jsonl", ctx.rejects)
+        stage.store.write_jsonl(f"{stage.name}/_raw/{shard:05d}.jsonl", ctx.raw)
+    stats = ctx.stats.as_dict()
+    out.write_stats(shard, stats)
+    limit = stage.run.spec.data.max_failure_rate
+    if ctx.stats.failure_rate > limit:
+        reasons = ", ".join(f"{k}: {v}" for k, v in ctx.stats.rejected.most_common(5))
+        raise StageFailed(
+            f"stage {stage.name} shard {shard}: {ctx.stats.failures} of {ctx.stats.requests} "
+            f"teacher requests failed ({ctx.stats.failure_rate:.1%}), above "
+            f"data.maxFailureRate {limit:.1%} ({reasons}). Rejected answers are in "
+            f"{stage.store.url(f'{stage.name}/_rejects/{shard:05d}.jsonl')}. A rerun replays "
+            "the finished requests and retries the failed ones."
+        )
+    out.mark_complete(shard)
+    return stats
+
+
+def run_stage(
+    stage: Stage,
+    shards: Sequence[int] | None = None,
+    *,
+    teacher_factory: Callable[[Stage, int], TeacherClient] | None = None,
+    progress: bool = False,
+    termination_log: str | None = None,
+) -> StageSummary:
+    """Run the given shards (default: every unfinished one) one after another, then write
+    the stage summary to the termination log. Raises StageFailed after writing it."""
+    total = stage.num_shards()
+    wanted = list(range(total)) if shards is None else list(shards)
+    bad = [s for s in wanted if not 0 <= s < total]
+    if bad:
+        raise StageFailed(f"stage {stage.name} has {total} shard(s); no shard {bad[0]}")
+    done_before = stage.output.completed_shards()
+    todo = [s for s in wanted if s not in done_before]
+    bar = _progress_bar(stage.name, progress)
+    failure: StageFailed | None = None
+    try:
+        for shard in todo:
+            try:
+                asyncio.run(
+                    run_shard(
+                        stage, shard, teacher_factory=teacher_factory,
+                        on_request=bar.update_one if bar else None,
+                    )
+                )
+            except StageFailed as exc:
+                failure = exc
+                break
+    finally:
+        if bar:
+            bar.close()
+    summary = StageSummary(
+        stage=stage.name,
+        shards=total,
+        completed=sorted(stage.output.completed_shards()),
+        ran=todo,
+        stats=stage.output.all_stats(),
+    )
+    message = summary.as_dict()
+    if failure is not None:
+        message["error"] = str(failure)[:1000]
+    write_termination_message(message, termination_log)
+    if failure is not None:
+        raise failure
+    return summary
+
+
+class _Bar:
+    """A tqdm bar over teacher requests (the totals of a tree are not known upfront)."""
+
+    def __init__(self, name: str):
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(desc=name, unit="req", dynamic_ncols=True)
+
+    def update_one(self) -> None:
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _progress_bar(name: str, enabled: bool) -> _Bar | None:
+    return _Bar(name) if enabled else None
+

@@ -1,0 +1,132 @@
+"""`contexts`: prompts about documents written in the language.
+
+Up to `maxDocuments` documents are sampled (seeded) from FineWeb-2 for the language, or
+from a mirror path, and cut to their first `maxDocumentTokens` student tokens. Each gets
+a task type drawn by `taskWeights` (question answering is half by default) and
+`promptsPerDocument` prompts are asked for; one of them is kept when the corpus holds
+more than `keepOneAbove` documents, all of them otherwise. The document travels with the
+prompt: the respond stage prepends it.
+
+The sampled documents are written once to `contexts/_documents.jsonl`, so every shard
+(and every rerun) works from the same sample without reading the corpus again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import Any
+
+from kakugo_stages import prompts
+from kakugo_stages.parsing import parse_string_list
+from kakugo_stages.sources import SourceError, shuffled_records, take
+from kakugo_stages.stages import register
+from kakugo_stages.stages.base import ShardContext, Stage, StageFailed
+from kakugo_stages.tokenization import TokenizerError, cut_to_tokens, load_tokenizer
+
+DOCUMENTS = "contexts/_documents.jsonl"
+DOCUMENTS_META = "contexts/_documents.json"
+
+
+@register
+class ContextsStage(Stage):
+    name = "contexts"
+
+    @property
+    def config(self):
+        return self.run.spec.data.contexts
+
+    def num_shards(self) -> int:
+        return self.config.shards
+
+    def skip_reason(self) -> str | None:
+        if "contexts" not in self.run.spec.data.mix.sources:
+            return "contexts is not in data.mix.sources"
+        if self.config.max_documents == 0:
+            return "data.contexts.maxDocuments is 0"
+        return None
+
+    def _sample(self) -> tuple[list[dict[str, Any]], int]:
+        cfg, src = self.config, self.config.source
+        config = src.config or self.run.language.fineweb2
+        if not src.path and config is None:
+            raise StageFailed(
+                f"FineWeb-2 has no subset for {self.run.language.label}: set "
+                "data.contexts.source.config, or data.contexts.source.path to a mirror of "
+                "documents in the language, or drop contexts from data.mix.sources"
+            )
+        records, size = shuffled_records(
+            path=src.path, dataset=src.dataset, config=config, split=src.split,
+            seed=self.run.spec.data.seed,
+        )
+        # Reading one past keepOneAbove tells whether the corpus is larger than it.
+        seen = take(records, max(cfg.max_documents, cfg.keep_one_above + 1))
+        return seen[: cfg.max_documents], size if size is not None else len(seen)
+
+    def documents(self) -> tuple[list[dict[str, Any]], int]:
+        """The sampled, cut documents and the corpus size seen; computed once per run."""
+        if self.store.exists(DOCUMENTS_META) and self.store.exists(DOCUMENTS):
+            meta = self.store.read_json(DOCUMENTS_META)
+            return self.store.read_jsonl(DOCUMENTS), int(meta["corpus_size"])
+        cfg, student = self.config, self.run.spec.student
+        try:
+            rows, corpus_size = self._sample()
+            tokenizer = load_tokenizer(student.tokenizer or student.model, student.revision)
+        except (SourceError, TokenizerError) as exc:
+            raise StageFailed(f"stage contexts: {exc}") from exc
+        docs, empty = [], 0
+        for i, row in enumerate(rows):
+            text = row.get(cfg.source.text_field)
+            if not isinstance(text, str) or not text.strip():
+                empty += 1
+                continue
+            docs.append({
+                "doc_id": f"d{i}",
+                "text": cut_to_tokens(tokenizer, text.strip(), cfg.max_document_tokens),
+                "source_id": row.get("id"),
+            })
+        # Documents first, then the meta file that says they are complete.
+        self.store.write_jsonl(DOCUMENTS, docs)
+        self.store.write_json(DOCUMENTS_META, {"corpus_size": corpus_size, "documents": len(docs),
+                                               "empty": empty})
+        return docs, corpus_size
+
+    def _task(self, ctx: ShardContext, doc_id: str) -> str:
+        weights = self.config.task_weights.model_dump()
+        names = list(prompts.CONTEXT_TASKS)
+        return ctx.rng(doc_id, "task").choices(names, weights=[weights[n] for n in names])[0]
+
+    async def run_shard(self, ctx: ShardContext) -> None:
+        cfg, lang = self.config, self.language
+        docs, corpus_size = self.documents()
+        mine = [d for i, d in enumerate(docs) if i % self.num_shards() == ctx.shard]
+        keep_one = corpus_size > cfg.keep_one_above
+        ctx.stats.rows_in = len(mine)
+        ctx.stats.extra.update(corpus_size=corpus_size, keep_one=keep_one)
+
+        async def prompts_for(doc: dict[str, Any]) -> None:
+            task = self._task(ctx, doc["doc_id"])
+            k = cfg.prompts_per_document
+            answer = await ctx.ask(
+                doc["doc_id"],
+                prompts.context_prompts(doc["text"], task, k, lang),
+                max_tokens=cfg.max_tokens,
+                parse=partial(parse_string_list, key="prompts", expected=k),
+            )
+            if answer is None:
+                return
+            found = answer[1]
+            chosen = [ctx.rng(doc["doc_id"], "keep").choice(found)] if keep_one else found
+            if keep_one:
+                ctx.drop("extra_context_prompt", len(found) - 1)
+            for n, prompt in enumerate(chosen):
+                ctx.keep({
+                    "id": f"contexts-{doc['doc_id']}-{n}",
+                    "source": "contexts",
+                    "prompt": prompt,
+                    "document": doc["text"],
+                    "task": task,
+                })
+
+        await asyncio.gather(*(prompts_for(d) for d in mine))
+        ctx.rows.sort(key=lambda r: r["id"])

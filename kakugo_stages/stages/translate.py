@@ -1,0 +1,163 @@
+"""`translate`: English instruction data translated whole by the teacher.
+
+`samples` English conversations are drawn (seeded) from Infinity-Instruct (`7M_core`,
+rows whose `langdetect` is `en`), or from a mirror path; roles are mapped human -> user,
+gpt -> assistant (system turns are dropped, other roles drop the conversation), and only
+conversations of at most `maxSourceTokens` teacher-tokenizer tokens are kept. When the
+teacher's tokenizer cannot be loaded (offline), the student's measures instead, and the
+stats say so. The sample is written once to `translate/_sources.jsonl`.
+
+Each conversation is translated in one request that returns the same list-of-messages
+structure. Answers that do not parse are rejected here; the `filter` stage judges the
+rest (turn count, roles, keys, length ratios).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from kakugo_stages import prompts
+from kakugo_stages.parsing import parse_messages
+from kakugo_stages.sources import SourceError, shuffled_records
+from kakugo_stages.stages import register
+from kakugo_stages.stages.base import ShardContext, Stage, StageFailed
+from kakugo_stages.tokenization import TokenizerError, count_tokens, load_tokenizer
+
+log = logging.getLogger("kakugo.stages.translate")
+
+SOURCES = "translate/_sources.jsonl"
+SOURCES_META = "translate/_sources.json"
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+#: Records read at most per conversation wanted, so a bad filter cannot scan forever.
+SCAN_FACTOR = 50
+
+
+def to_messages(record: dict[str, Any]) -> list[dict[str, str]] | None:
+    """Infinity-Instruct `conversations` ({from, value}) -> chat messages, or None."""
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        return None
+    out = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            return None
+        speaker, text = turn.get("from"), turn.get("value")
+        if speaker == "system":
+            continue
+        if speaker not in ROLES or not isinstance(text, str):
+            return None
+        out.append({"role": ROLES[speaker], "content": text})
+    return out or None
+
+
+@register
+class TranslateStage(Stage):
+    name = "translate"
+
+    @property
+    def config(self):
+        return self.run.spec.data.translate
+
+    def num_shards(self) -> int:
+        return self.config.shards
+
+    def skip_reason(self) -> str | None:
+        if "translated" not in self.run.spec.data.mix.sources:
+            return "translated is not in data.mix.sources"
+        if self.config.samples == 0:
+            return "data.translate.samples is 0"
+        return None
+
+    def _length_tokenizer(self) -> tuple[Any, str]:
+        cfg, student = self.config, self.run.spec.student
+        if cfg.teacher_tokenizer:
+            try:
+                return load_tokenizer(cfg.teacher_tokenizer), cfg.teacher_tokenizer
+            except TokenizerError as exc:
+                log.warning("teacher tokenizer unavailable, measuring with the student's: %s",
+                            exc)
+        name = student.tokenizer or student.model
+        return load_tokenizer(name, student.revision), f"{name} (student fallback)"
+
+    def conversations(self) -> list[dict[str, Any]]:
+        """The sampled English conversations; computed once per run."""
+        if self.store.exists(SOURCES_META) and self.store.exists(SOURCES):
+            return self.store.read_jsonl(SOURCES)
+        cfg, src = self.config, self.config.source
+        try:
+            tokenizer, measured_by = self._length_tokenizer()
+            records, _ = shuffled_records(
+                path=src.path, dataset=src.dataset, config=src.config, split=src.split,
+                seed=self.run.spec.data.seed, where=(src.language_field, src.language_value),
+            )
+            kept, dropped, scanned = [], {"bad_roles": 0, "too_long": 0}, 0
+            batch: list[tuple[dict[str, Any], list[dict[str, str]]]] = []
+
+            def flush() -> None:
+                lengths = count_tokens(tokenizer, [
+                    "\n".join(m["content"] for m in msgs) for _, msgs in batch
+                ])
+                for (record, msgs), n in zip(batch, lengths, strict=True):
+                    if len(kept) >= cfg.samples:
+                        return
+                    if n + 4 * len(msgs) > cfg.max_source_tokens:  # 4: per-turn role tokens
+                        dropped["too_long"] += 1
+                        continue
+                    kept.append({"id": f"c{len(kept)}", "source_id": record.get("id"),
+                                 "messages": msgs, "source_tokens": n})
+                batch.clear()
+
+            for record in records:
+                scanned += 1
+                msgs = to_messages(record)
+                if msgs is None:
+                    dropped["bad_roles"] += 1
+                else:
+                    batch.append((record, msgs))
+                if len(batch) >= 256:
+                    flush()
+                if len(kept) >= cfg.samples or scanned >= SCAN_FACTOR * cfg.samples:
+                    break
+            flush()
+        except (SourceError, TokenizerError) as exc:
+            raise StageFailed(f"stage translate: {exc}") from exc
+        if not kept:
+            raise StageFailed(
+                f"stage translate: no usable {src.language_value!r} conversation among "
+                f"{scanned} records of {src.path or src.dataset} ({dropped})"
+            )
+        self.store.write_jsonl(SOURCES, kept)
+        self.store.write_json(SOURCES_META, {
+            "conversations": len(kept), "scanned": scanned, "dropped": dropped,
+            "length_tokenizer": measured_by,
+        })
+        return kept
+
+    async def run_shard(self, ctx: ShardContext) -> None:
+        cfg, lang = self.config, self.language
+        convs = [c for i, c in enumerate(self.conversations())
+                 if i % self.num_shards() == ctx.shard]
+        ctx.stats.rows_in = len(convs)
+        ctx.stats.extra.update(self.store.read_json(SOURCES_META))
+
+        async def translate(conv: dict[str, Any]) -> None:
+            answer = await ctx.ask(
+                conv["id"],
+                prompts.translate_conversation(conv["messages"], lang),
+                max_tokens=cfg.max_tokens,
+                parse=parse_messages,
+            )
+            if answer is None:
+                return
+            ctx.keep({
+                "id": f"translated-{conv['id']}",
+                "source": "translated",
+                "source_id": conv["source_id"],
+                "original": conv["messages"],
+                "messages": answer[1],
+            })
+
+        await asyncio.gather(*(translate(c) for c in convs))
+        ctx.rows.sort(key=lambda r: r["id"])

@@ -1,0 +1,282 @@
+"""The prompt-generation and response stages against the scripted, fault-injecting
+teacher server: tree counts, kill-and-rerun, faults, thresholds, and the API key."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from teacher_scripts import flaky, scripted_teacher
+from teacher_server import FaultPlan, TeacherServer
+from tiny_models import build_tokenizer
+
+from kakugo_stages.manifest import parse_object
+from kakugo_stages.request_cache import RequestCache
+from kakugo_stages.resolved import RunSpec, run_spec
+from kakugo_stages.stages import StageFailed, get_stage, run_stage
+from kakugo_stages.store import StageOutput, open_store
+from kakugo_stages.teacher import TeacherClient
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SECRET = "sk-kakugo-test-SECRET-4f9d1c"
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def small_spec(url: str, storage: Path, tokenizer: Path, **data: Any) -> RunSpec:
+    """A LanguageModel at a tiny scale, talking to the test server."""
+    body = {
+        "language": "Yoruba",
+        "teacher": {
+            "endpoint": {"url": url, "model": "scripted"},
+            "maxConcurrency": 8,
+            "requestTimeoutSeconds": 1,
+            "maxRetries": 6,
+        },
+        "student": {"model": str(tokenizer)},
+        "storage": {"uri": str(storage)},
+        "data": {
+            "topics": {"generalSeeds": ["health", "sciences"],
+                       "languageSeeds": ["{language} culture"],
+                       "macroTopicsPerSeed": 3, "topicsPerMacroTopic": 2,
+                       "minPromptsPerTopic": 1, "maxPromptsPerTopic": 1, "shards": 2},
+            "scenarios": {"broadGeneral": 2, "broadLanguage": 1, "detailedPerBroad": 2,
+                          "promptsPerScenario": 2},
+            "contexts": {"source": {"path": str(FIXTURES / "fineweb2_yor_Latn.jsonl")},
+                         "maxDocuments": 5, "keepOneAbove": 10, "maxDocumentTokens": 40,
+                         "shards": 2},
+            "revise": {"shards": 2},
+            "respond": {"shards": 3},
+            **data,
+        },
+    }
+    obj = {"apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageModel",
+           "metadata": {"name": "yo-test", "namespace": "tests"}, "spec": body}
+    return run_spec(parse_object(obj))
+
+
+def fast_teacher(stage, shard: int) -> TeacherClient:
+    """The stage's own client settings, with test-sized backoff."""
+    from kakugo_stages.stages.base import teacher_target
+
+    target = teacher_target(stage.run)
+    return TeacherClient.from_settings(
+        stage.run.spec.teacher, base_url=target.url, model=target.model,
+        cache=RequestCache(stage.store.child(stage.name, "_cache")),
+        backoff_base=0.01, backoff_max=0.05, seed=0,
+    )
+
+
+def run_all(run: RunSpec, stages=("topics", "scenarios", "contexts", "revise", "respond")):
+    store = open_store(run.run_uri)
+    return {name: run_stage(get_stage(name)(run, store), teacher_factory=fast_teacher)
+            for name in stages}
+
+
+def rows(run: RunSpec, stage: str) -> list[dict[str, Any]]:
+    return list(StageOutput(open_store(run.run_uri), stage).iter_all_rows())
+
+
+def totals(summary) -> dict[str, int]:
+    return summary.as_dict()
+
+
+def test_trees_give_expected_counts(tmp_path: Path, tokenizer_dir: Path) -> None:
+    with TeacherServer(scripted_teacher) as srv:
+        run = small_spec(srv.url, tmp_path, tokenizer_dir)
+        out = run_all(run)
+    topics = totals(out["topics"])
+    # 3 seeds -> 9 macro-topics -> 18 topics; 30 subjects with 1 prompt each.
+    assert topics["requests"] == 3 + 9 + 30 and topics["rows_out"] == 30
+    scen = totals(out["scenarios"])
+    # 2 broad lists; 3 broad scenarios -> 6 detailed; 9 scenarios x 2 prompts.
+    assert scen["requests"] == 2 + 3 + 9 and scen["rows_out"] == 18
+    ctx = totals(out["contexts"])
+    # 5 of 12 documents; the corpus (12) is above keepOneAbove (10): one prompt each.
+    assert ctx["requests"] == 5 and ctx["rows_out"] == 5
+    revised = rows(run, "revise")
+    assert len(revised) == 30 + 18 + 5
+    n_revised = sum(r["revised"] for r in revised)
+    assert 0.3 * len(revised) < n_revised < 0.7 * len(revised)
+    assert totals(out["revise"])["requests"] == n_revised
+    responded = rows(run, "respond")
+    assert len(responded) == len(revised)
+    assert all(r["response"].startswith("Ìdáhùn") and r["reasoning"] for r in responded)
+    # Context rows carry their document, and the respond stage sent it to the teacher.
+    ctx_rows = [r for r in responded if r["source"] == "contexts"]
+    assert ctx_rows and all(r["user"].startswith(r["document"]) for r in ctx_rows)
+    # Documents were cut to 40 student tokens.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert all(len(tok(r["document"], add_special_tokens=False)["input_ids"]) <= 40
+               for r in ctx_rows)
+    # Layout of DESIGN.md: rows, stats and the marker of every shard.
+    store = open_store(run.run_uri)
+    for name, shards in (("topics", 2), ("contexts", 2), ("respond", 3)):
+        for i in range(shards):
+            for key in (f"{name}/shard-{i:05d}.jsonl", f"{name}/_stats/{i:05d}.json",
+                        f"{name}/_completed/{i:05d}", f"{name}/_raw/{i:05d}.jsonl"):
+                assert store.exists(key), key
+
+
+def test_keep_all_prompts_of_a_small_corpus(tmp_path: Path, tokenizer_dir: Path) -> None:
+    with TeacherServer(scripted_teacher) as srv:
+        run = small_spec(srv.url, tmp_path, tokenizer_dir)
+        body = run.spec.model_dump(by_alias=True, exclude_none=True)
+        body["data"]["contexts"]["keepOneAbove"] = 100
+        run = RunSpec(run.name, run.namespace, type(run.spec).model_validate(body),
+                      run.storage_root)
+        out = run_all(run, ("contexts",))
+    assert totals(out["contexts"])["rows_out"] == 5 * 3
+
+
+def test_same_rows_on_rerun_and_no_request_sent_twice(tmp_path: Path, tokenizer_dir) -> None:
+    with TeacherServer(scripted_teacher) as srv:
+        run = small_spec(srv.url, tmp_path / "a", tokenizer_dir)
+        run_all(run)
+        first = {s: rows(run, s) for s in ("topics", "scenarios", "contexts", "respond")}
+        sent = srv.count
+        # Remove the completion markers and the rows: a rerun must rebuild the same rows
+        # from the request cache without asking the teacher again.
+        store = open_store(run.run_uri)
+        for stage in first:
+            for key in store.list(f"{stage}/"):
+                if "/_cache/" not in key and not key.startswith(f"{stage}/_documents"):
+                    store.delete(key)
+        run_all(run)
+        assert srv.count == sent
+        assert {s: rows(run, s) for s in first} == first
+
+
+def _kill_when(srv: TeacherServer, proc: subprocess.Popen, at: int) -> None:
+    deadline = time.monotonic() + 60
+    while srv.count < at and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_midway_and_resume(tmp_path: Path, tokenizer_dir: Path) -> None:
+    with TeacherServer(scripted_teacher, latency=0.02) as srv:
+        clean = small_spec(srv.url, tmp_path / "clean", tokenizer_dir)
+        run_all(clean, ("topics",))
+        total = srv.count
+        srv.reset()
+
+        run = small_spec(srv.url, tmp_path / "killed", tokenizer_dir)
+        spec_file = tmp_path / "spec.yaml"
+        spec_file.write_text(run.to_yaml(), encoding="utf-8")
+        cmd = [sys.executable, "-m", "kakugo_stages.cli", "stage", "topics",
+               "--spec", str(spec_file), "--no-progress"]
+        proc = subprocess.Popen(cmd, env={**os.environ}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        _kill_when(srv, proc, total // 2)
+        assert proc.returncode == -signal.SIGKILL
+        cache = open_store(run.run_uri).child("topics", "_cache")
+        cached_before = len(cache.list())
+        assert 0 < cached_before < total
+        sent_before = srv.count
+        srv.reset()
+        done = subprocess.run(cmd, env={**os.environ}, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        # Only requests without a cached answer went out again.
+        assert srv.count == total - cached_before
+        assert sent_before + srv.count >= total
+    assert rows(run, "topics") == rows(clean, "topics")
+    assert json.loads(done.stdout.strip().splitlines()[-1])["completed"] == 2
+
+
+def test_thirty_percent_faults_every_request_accounted(tmp_path: Path, tokenizer_dir) -> None:
+    faults = FaultPlan(
+        rates={"500": 0.08, "429": 0.05, "timeout": 0.04, "drop": 0.05, "length": 0.04,
+               "bad_json": 0.04},
+        seed=7, max_per_body=2,
+    )
+    with TeacherServer(flaky(0.05), faults=faults, timeout_sleep=1.5) as srv:
+        run = small_spec(srv.url, tmp_path, tokenizer_dir, maxFailureRate=0.5)
+        out = run_all(run)
+        injected = len(srv.injected)
+        assert injected / srv.count > 0.2, (injected, srv.count)
+    for name, summary in out.items():
+        for shard_stats in StageOutput(open_store(run.run_uri), name).all_stats().values():
+            rejected = sum(shard_stats["rejected"].values())
+            assert shard_stats["requests"] == shard_stats["requests_ok"] + rejected, name
+        assert summary.as_dict()["completed"] == summary.shards, name
+    # Content faults end as rejects with their reason; transport faults were retried.
+    reasons = {}
+    for name in out:
+        for s in StageOutput(open_store(run.run_uri), name).all_stats().values():
+            for k, v in s["rejected"].items():
+                reasons[k] = reasons.get(k, 0) + v
+    assert reasons.get("finish_length", 0) > 0 and reasons.get("bad_json", 0) > 0
+    # Respond: every prompt became a row or a counted reject.
+    resp = StageOutput(open_store(run.run_uri), "respond").all_stats().values()
+    assert sum(s["rows_in"] for s in resp) == sum(
+        s["rows_out"] + sum(s["rejected"].values()) for s in resp
+    )
+    # A rejected row never reaches the outputs.
+    assert all(r["response"] for r in rows(run, "respond"))
+
+
+def test_failure_rate_threshold_fails_the_stage(tmp_path: Path, tokenizer_dir: Path) -> None:
+    with TeacherServer(flaky(0.5)) as srv:
+        run = small_spec(srv.url, tmp_path, tokenizer_dir, maxFailureRate=0.2)
+        store = open_store(run.run_uri)
+        stage = get_stage("contexts")(run, store)
+        log_file = tmp_path / "termination-log"
+        with pytest.raises(StageFailed, match=r"above data.maxFailureRate 20.0%"):
+            run_stage(stage, teacher_factory=fast_teacher, termination_log=str(log_file))
+    assert not stage.output.completed_shards()
+    assert store.read_jsonl("contexts/_rejects/00000.jsonl")[0]["reason"]
+    summary = json.loads(log_file.read_text())
+    assert summary["stage"] == "contexts" and "maxFailureRate" in summary["error"]
+
+
+def test_broad_scenarios_are_retried_until_they_parse(tmp_path, tokenizer_dir) -> None:
+    def broken_first_broad(body: dict[str, Any]) -> Any:
+        text = body["messages"][-1]["content"]
+        first_try = body.get("seed") is not None and len(seen) < 2 and "broad kinds" in text
+        if first_try:
+            seen.append(1)
+            return "sorry, I cannot produce JSON today"
+        return scripted_teacher(body)
+
+    seen: list[int] = []
+    with TeacherServer(broken_first_broad) as srv:
+        run = small_spec(srv.url, tmp_path, tokenizer_dir, maxFailureRate=0.5)
+        out = run_all(run, ("scenarios",))
+    assert totals(out["scenarios"])["rows_out"] == 18
+    assert totals(out["scenarios"])["rejected"] == {"bad_json": 2}
+
+
+def test_api_key_never_leaks(tmp_path: Path, tokenizer_dir: Path, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("KAKUGO_TEACHER_API_KEY", SECRET)
+    caplog.set_level(logging.DEBUG)
+    faults = FaultPlan(rates={"500": 0.2, "400": 0.05, "bad_json": 0.1}, seed=3, max_per_body=1)
+    with TeacherServer(flaky(0.1), faults=faults, api_key=SECRET) as srv:
+        run = small_spec(srv.url, tmp_path, tokenizer_dir, maxFailureRate=0.9)
+        errors = []
+        for name in ("topics", "scenarios", "contexts"):
+            try:
+                run_all(run, (name,))
+            except StageFailed as exc:
+                errors.append(repr(exc) + str(exc))
+        assert srv.authorizations and all(a == f"Bearer {SECRET}" for a in srv.authorizations)
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and SECRET in p.read_text(
+        encoding="utf-8", errors="ignore")]
+    assert leaked == []
+    assert SECRET not in caplog.text
+    assert not any(SECRET in e for e in errors)

@@ -1,0 +1,46 @@
+"""Tiny models built at test time: nothing is downloaded and nothing is committed.
+
+`build_tokenizer(dir)` trains a small byte-level BPE tokenizer on a few KB of
+multilingual text (English, Yoruba, Swahili), with Granite 4's special tokens, and saves
+it as a Hugging Face tokenizer folder with the shipped granite-4 chat template.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kakugo_stages.chat_format import load_chat_template
+
+CORPUS = """
+The quick brown fox jumps over the lazy dog. Language models learn from text.
+Ẹ kú àárọ̀. Báwo ni o ṣe wà? Mo fẹ́ kọ́ èdè Yorùbá. Ọjà náà kún fún èèyàn lónìí.
+Àwọn ọmọdé ń ṣeré ní ìta. Ìlú Èkó tóbi gan-an. Oúnjẹ aládùn ni àmàlà àti ewédú.
+Habari ya asubuhi. Ninapenda kujifunza lugha ya Kiswahili. Soko limejaa watu leo.
+Translate the text into English. Summarize the passage in two sentences.
+What is the capital of Nigeria? Abuja is the capital; Lagos is the largest city.
+""" * 20
+
+SPECIAL_TOKENS = ["<|pad|>", "<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>"]
+
+
+def build_tokenizer(folder: Path, vocab_size: int = 400) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator([CORPUS], trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|end_of_text|>"
+    )
+    # The Granite 4 layout: the shipped template with generation markers.
+    fast.chat_template = load_chat_template("granite-4")
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(folder)
+    return folder
