@@ -25,6 +25,17 @@ def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def _token_note(mix: MixResult) -> str:
+    if not mix.estimated_sources:
+        return "Token counts are exact, with the student's tokenizer and chat template."
+    return (
+        "Token counts of translated rows, and of rows near the length cutoff, are exact; "
+        f"for the other rows of {', '.join(sorted(mix.estimated_sources))} they are "
+        "estimated from their UTF-8 size and the tokens per byte of a seeded 1-in-20 "
+        "sample (the train stage reports exact totals)."
+    )
+
+
 def dataset_card(run: RunSpec, mix: MixResult, teacher: str, splits: dict[str, str],
                  stage_stats: dict[str, Any]) -> str:
     lang, spec = run.language, run.spec
@@ -93,6 +104,8 @@ def dataset_card(run: RunSpec, mix: MixResult, teacher: str, splits: dict[str, s
         _table([*counts, ("total", sum(c[1] for c in counts), sum(c[2] for c in counts),
                            total_tokens)],
                ("source", "kept", "dropped", "tokens (student)")),
+        "",
+        _token_note(mix),
         "",
         "## Why rows were dropped",
         "",

@@ -60,3 +60,11 @@ def tokenize_conversation(
     mask = list(enc["assistant_masks"])
     labels = [t if m else -100 for t, m in zip(ids, mask, strict=True)]
     return {"input_ids": ids, "labels": labels}
+
+
+def template_overhead(tokenizer: Any, template: str) -> int:
+    """Tokens the template adds per message (role markers, end of turn), rounded up."""
+    empty = [{"role": r, "content": ""} for r in ("system", "user", "assistant")]
+    ids = tokenizer.apply_chat_template(empty, chat_template=template, tokenize=True,
+                                        return_dict=True)["input_ids"]
+    return -(-len(ids) // len(empty))

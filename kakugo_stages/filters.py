@@ -21,10 +21,17 @@ class FilterSettings:
     max_ratio: float
     media_tags: tuple[str, ...]
     max_tokens: int  # the training cutoff
+    template_tokens: int = 5  # tokens the chat template adds per message
+    #: Name of the student tokenizer: per-turn counts measured with it upstream are reused.
+    tokenizer_name: str | None = None
 
     @classmethod
-    def from_spec(cls, cfg: FilterConfig, cutoff_len: int) -> FilterSettings:
-        return cls(cfg.min_token_ratio, cfg.max_token_ratio, tuple(cfg.media_tags), cutoff_len)
+    def from_spec(
+        cls, cfg: FilterConfig, cutoff_len: int, template_tokens: int = 5,
+        tokenizer_name: str | None = None,
+    ) -> FilterSettings:
+        return cls(cfg.min_token_ratio, cfg.max_token_ratio, tuple(cfg.media_tags), cutoff_len,
+                   template_tokens, tokenizer_name)
 
 
 def has_media(texts: Sequence[str], tags: Sequence[str]) -> bool:
@@ -101,7 +108,12 @@ def check_ratios(
 
 
 class TokenCounter:
-    """Token counts of many texts in one batched call of a fast tokenizer."""
+    """Token counts of many texts, in batched calls of a fast tokenizer.
+
+    Batches are bounded so memory stays flat however many texts come in.
+    """
+
+    BATCH = 2048
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
@@ -110,11 +122,21 @@ class TokenCounter:
         )
         self._fast = getattr(backend, "encode_batch_fast", None) if backend else None
 
-    def __call__(self, texts: Sequence[str]) -> list[int]:
-        if not texts:
-            return []
+    def _batch(self, texts: list[str]) -> list[int]:
         if self._fast is not None:
-            # No offsets or Python lists of ids: several times faster on big batches.
-            return [len(e) for e in self._fast(list(texts), add_special_tokens=False)]
-        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)[
+            # No offsets, no Python lists of ids: several times faster than __call__.
+            return [len(e) for e in self._fast(texts, add_special_tokens=False)]
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)[
             "input_ids"]]
+
+    def __call__(self, texts: Sequence[str]) -> list[int]:
+        out: list[int] = []
+        for i in range(0, len(texts), self.BATCH):
+            out.extend(self._batch(list(texts[i : i + self.BATCH])))
+        return out
+
+
+def utf8_len(text: str) -> int:
+    """Bytes of a text in UTF-8: an upper bound of its token count for byte-level BPE and
+    SentencePiece tokenizers alike, since every token covers at least one byte."""
+    return len(text.encode("utf-8"))

@@ -10,6 +10,7 @@ get the concise system prompt.
 from __future__ import annotations
 
 import random
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,13 +22,12 @@ from kakugo_stages.filters import (
     check_generated,
     check_ratios,
     check_translation,
+    utf8_len,
 )
 from kakugo_stages.spec import MixConfig
 from kakugo_stages.store import ArtifactStore
 
 DATASET_DIR = "dataset"
-#: Tokens a chat template adds per message (role markers, end of turn), for length checks.
-TEMPLATE_TOKENS_PER_MESSAGE = 5
 
 
 @dataclass
@@ -39,6 +39,8 @@ class MixResult:
     dropped: Counter[str] = field(default_factory=Counter)
     dropped_by_source: dict[str, Counter[str]] = field(default_factory=dict)
     tokens_by_source: Counter[str] = field(default_factory=Counter)
+    #: Sources whose token totals are partly estimated (see _length_filter_generated).
+    estimated_sources: set[str] = field(default_factory=set)
     reasoning_rows: int = 0
 
     @property
@@ -83,7 +85,6 @@ def build_mix(
     tags = settings.media_tags
     candidates: list[tuple[dict[str, Any], list[dict[str, str]]]] = []
 
-    # Generated rows: structure first, then one batched token count of what is left.
     seen_prompts: set[str] = set()
     gen_ok = []
     for row in generated:
@@ -99,15 +100,9 @@ def build_mix(
             _exclude(result, row, reason)
         else:
             gen_ok.append((row, generated_conversation(row, cfg)))
-    lengths = _conversation_tokens([conv for _, conv in gen_ok], count)
-    for (row, conv), n in zip(gen_ok, lengths, strict=True):
-        if n > settings.max_tokens:
-            _exclude(result, row, "too_long")
-        else:
-            candidates.append((row, conv))
-            result.tokens_by_source[row["source"]] += n
+    _length_filter_generated(result, gen_ok, candidates, settings, count)
 
-    # Translated rows: structure, then per-turn ratios and length from one batched count.
+    # Translated rows: structure, then per-turn ratios and length from batched counts.
     tr_ok = []
     for row in translated:
         reason = check_translation(row, tags)
@@ -115,17 +110,16 @@ def build_mix(
             _exclude(result, row, reason)
         else:
             tr_ok.append(row)
-    flat_orig = [m["content"] for row in tr_ok for m in row["original"]]
-    flat_tr = [m["content"] for row in tr_ok for m in row["messages"]]
-    orig_counts, tr_counts = count(flat_orig), count(flat_tr)
+    original_counts, translated_counts = _translated_counts(tr_ok, settings, count)
     system_tokens = count([cfg.concise_system_prompt])[0] if tr_ok else 0
+    overhead = settings.template_tokens
     pos = 0
-    for row in tr_ok:
+    for row, o in zip(tr_ok, original_counts, strict=True):
         n_turns = len(row["messages"])
-        o, t = orig_counts[pos : pos + n_turns], tr_counts[pos : pos + n_turns]
+        t = translated_counts[pos : pos + n_turns]
         pos += n_turns
         reason = check_ratios(o, t, settings.min_ratio, settings.max_ratio)
-        total = sum(t) + system_tokens + TEMPLATE_TOKENS_PER_MESSAGE * (n_turns + 1)
+        total = sum(t) + system_tokens + overhead * (n_turns + 1)
         if reason is None and total > settings.max_tokens:
             reason = "too_long"
         if reason:
@@ -150,12 +144,88 @@ def build_mix(
     return result
 
 
-def _conversation_tokens(convs: list[list[dict[str, str]]], count: TokenCounter) -> list[int]:
-    flat = [m["content"] for conv in convs for m in conv]
-    counts = count(flat)
+def _length_filter_generated(
+    result: MixResult,
+    rows: list[tuple[dict[str, Any], list[dict[str, str]]]],
+    candidates: list[tuple[dict[str, Any], list[dict[str, str]]]],
+    settings: FilterSettings,
+    count: TokenCounter,
+) -> None:
+    """Drop generated rows over the cutoff, tokenizing only the rows that might be.
+
+    A conversation's UTF-8 size (+1 per message for a tokenizer's prefix space, + the
+    template's tokens) bounds its token count from above, so a row within the cutoff by
+    that bound needs no tokenizer. Token totals for the card are exact for the rows that
+    were counted and, for the rest, bytes times the tokens-per-byte of a seeded 1-in-20
+    sample of each source (recorded as estimated).
+    """
+    overhead = settings.template_tokens + 1
+    sizes = [sum(utf8_len(m["content"]) for m in conv) + overhead * len(conv)
+             for _, conv in rows]
+    must = [i for i, n in enumerate(sizes) if n > settings.max_tokens]
+    must_set = set(must)
+    sample = [i for i, (row, _) in enumerate(rows)
+              if i not in must_set and _in_sample(row["id"])]
+    counted = dict(zip(
+        must + sample,
+        _conversation_tokens([rows[i][1] for i in must + sample], count, overhead - 1),
+        strict=True,
+    ))
+    ratio_num: Counter[str] = Counter()
+    ratio_den: Counter[str] = Counter()
+    for i in sample:
+        source = rows[i][0]["source"]
+        ratio_num[source] += counted[i]
+        ratio_den[source] += sizes[i]
+    for i, (row, conv) in enumerate(rows):
+        source = row["source"]
+        if i in counted:
+            n = counted[i]
+        else:
+            ratio = ratio_num[source] / ratio_den[source] if ratio_den[source] else 1.0
+            n = round(sizes[i] * ratio)
+            result.estimated_sources.add(source)
+        if i in counted and n > settings.max_tokens:
+            _exclude(result, row, "too_long")
+        else:
+            candidates.append((row, conv))
+            result.tokens_by_source[source] += n
+
+
+def _translated_counts(
+    rows: list[dict[str, Any]], settings: FilterSettings, count: TokenCounter
+) -> tuple[list[list[int]], list[int]]:
+    """Per-row token counts of the English turns and flat counts of the translated turns.
+
+    The translate stage measures the English turns when it samples them (it tokenizes them
+    anyway for its length cap); only rows without those counts are measured here."""
+    known = [_known_original_tokens(row, settings.tokenizer_name) for row in rows]
+    missing = iter(count([m["content"] for row, k in zip(rows, known, strict=True) if k is None
+                          for m in row["original"]]))
+    originals = [k if k is not None else [next(missing) for _ in row["original"]]
+                 for row, k in zip(rows, known, strict=True)]
+    return originals, count([m["content"] for row in rows for m in row["messages"]])
+
+
+def _known_original_tokens(row: dict[str, Any], tokenizer: str | None) -> list[int] | None:
+    counts = row.get("original_tokens")
+    if (tokenizer is None or row.get("original_tokenizer") != tokenizer
+            or not isinstance(counts, list) or len(counts) != len(row["original"])):
+        return None
+    return counts
+
+
+def _in_sample(row_id: str) -> bool:
+    return zlib.crc32(row_id.encode()) % 20 == 0
+
+
+def _conversation_tokens(
+    convs: list[list[dict[str, str]]], count: TokenCounter, per_message: int
+) -> list[int]:
+    counts = count([m["content"] for conv in convs for m in conv])
     out, pos = [], 0
     for conv in convs:
-        out.append(sum(counts[pos : pos + len(conv)]) + TEMPLATE_TOKENS_PER_MESSAGE * len(conv))
+        out.append(sum(counts[pos : pos + len(conv)]) + per_message * len(conv))
         pos += len(conv)
     return out
 

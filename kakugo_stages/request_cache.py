@@ -112,7 +112,9 @@ class RequestCache:
         # pure-Python encoder path, a measurable share of the client's CPU per request.
         data = json.dumps(response, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         try:
-            self.store.write_bytes(path, data)
+            # No fsync: a cache entry lost in a power cut only costs asking again, and the
+            # atomic rename still keeps half-written entries out.
+            self.store.write_bytes(path, data, durable=False)
         except StoreError as e:
             log.warning("cannot write teacher cache entry %s: %s", path, e)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -64,6 +65,8 @@ _TEMP_RE = re.compile(r"^\..+\.tmp-[0-9a-f]{32}$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 _MiB = 1024 * 1024
+#: Rows per parquet row group when writing rows.
+PARQUET_BATCH = 4096
 
 
 # --------------------------------------------------------------------------- errors
@@ -141,8 +144,12 @@ class ArtifactStore(ABC):
         """Full URI of ``key`` (of the store root when empty)."""
 
     @abstractmethod
-    def write_bytes(self, key: str, data: bytes) -> None:
-        """Atomically write ``data`` to ``key``."""
+    def write_bytes(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Atomically write ``data`` to ``key``.
+
+        ``durable=False`` skips the fsyncs of a local write (still atomic, but may be lost
+        in a power cut): for caches, where a lost entry only costs recomputing it.
+        """
 
     @abstractmethod
     def read_bytes(self, key: str) -> bytes:
@@ -165,7 +172,9 @@ class ArtifactStore(ABC):
         """Delete everything under ``prefix`` (incl. leftovers of crashed writes); count objects."""
 
     @abstractmethod
-    def open_write(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]:
+    def open_write(
+        self, key: str, *, durable: bool = True
+    ) -> contextlib.AbstractContextManager[BinaryIO]:
         """Streaming atomic write: the object appears only if the block exits cleanly.
 
         Do not close the yielded file yourself.
@@ -248,14 +257,31 @@ class ArtifactStore(ABC):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = (
-            rows
-            if isinstance(rows, pa.Table)
-            else pa.Table.from_pylist([r if isinstance(r, dict) else dict(r) for r in rows])
-        )
+        if isinstance(rows, pa.Table):
+            with self.open_write(key) as f:
+                pq.write_table(rows, f)
+            return rows.num_rows
+        # Row groups of PARQUET_BATCH rows: memory stays bounded however many rows come.
+        # The schema is the first batch's; later batches are converted to it.
+        written, writer = 0, None
+        it = iter(rows)
         with self.open_write(key) as f:
-            pq.write_table(table, f)
-        return table.num_rows
+            try:
+                while batch := [r if isinstance(r, dict) else dict(r)
+                                for r in itertools.islice(it, PARQUET_BATCH)]:
+                    if writer is None:
+                        table = pa.Table.from_pylist(batch)
+                        writer = pq.ParquetWriter(f, table.schema)
+                    else:
+                        table = pa.Table.from_pylist(batch, schema=writer.schema)
+                    writer.write_table(table)
+                    written += len(batch)
+                if writer is None:  # no rows: an empty file with an empty schema
+                    pq.write_table(pa.table({}), f)
+            finally:
+                if writer is not None:
+                    writer.close()
+        return written
 
     def read_parquet(self, key: str) -> list[dict[str, Any]]:
         """Read all rows of a parquet object."""
@@ -355,8 +381,8 @@ class FileStore(ArtifactStore):
     def local_path(self, key: str = "") -> Path:
         return self._path(key, prefix=True)
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        with self.open_write(key) as f:
+    def write_bytes(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        with self.open_write(key, durable=durable) as f:
             f.write(data)
 
     def read_bytes(self, key: str) -> bytes:
@@ -407,7 +433,7 @@ class FileStore(ArtifactStore):
         return count
 
     @contextlib.contextmanager
-    def open_write(self, key: str) -> Iterator[BinaryIO]:
+    def open_write(self, key: str, *, durable: bool = True) -> Iterator[BinaryIO]:
         path = self._path(key)
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
         with self._errors(key, reading=False):
@@ -419,7 +445,8 @@ class FileStore(ArtifactStore):
             yield f  # type: ignore[misc]
             with self._errors(key, reading=False):
                 f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    os.fsync(f.fileno())
                 f.close()
                 os.replace(tmp, path)
         except BaseException:
@@ -427,7 +454,8 @@ class FileStore(ArtifactStore):
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
 
     @contextlib.contextmanager
     def open_read(self, key: str) -> Iterator[BinaryIO]:
@@ -527,7 +555,8 @@ class S3Store(ArtifactStore):
             return self.uri
         return f"s3://{self.bucket}/{self._key(key, prefix=True)}"
 
-    def write_bytes(self, key: str, data: bytes) -> None:
+    def write_bytes(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        # S3 objects are durable once the PUT returns; there is nothing to skip.
         full = self._key(key)
         if len(data) >= self.transfer_config.multipart_threshold:
             with self._errors(key):
@@ -625,7 +654,7 @@ class S3Store(ArtifactStore):
             log.debug("could not abort multipart uploads under %s: %s", full_prefix, e)
 
     @contextlib.contextmanager
-    def open_write(self, key: str) -> Iterator[BinaryIO]:
+    def open_write(self, key: str, *, durable: bool = True) -> Iterator[BinaryIO]:
         full = self._key(key)
         # Spool to memory, then disk; nothing reaches S3 until the block exits cleanly.
         with tempfile.SpooledTemporaryFile(max_size=8 * _MiB) as spool:

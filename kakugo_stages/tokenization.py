@@ -59,3 +59,8 @@ def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
     if not texts:
         return []
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def student_tokenizer_name(student: Any) -> str:
+    """The student's tokenizer: `student.tokenizer`, else the model's own."""
+    return student.tokenizer or student.model

@@ -22,7 +22,12 @@ from kakugo_stages.parsing import parse_string_list
 from kakugo_stages.sources import SourceError, shuffled_records, take
 from kakugo_stages.stages import register
 from kakugo_stages.stages.base import ShardContext, Stage, StageFailed
-from kakugo_stages.tokenization import TokenizerError, cut_to_tokens, load_tokenizer
+from kakugo_stages.tokenization import (
+    TokenizerError,
+    cut_to_tokens,
+    load_tokenizer,
+    student_tokenizer_name,
+)
 
 DOCUMENTS = "contexts/_documents.jsonl"
 DOCUMENTS_META = "contexts/_documents.json"
@@ -71,7 +76,7 @@ class ContextsStage(Stage):
         cfg, student = self.config, self.run.spec.student
         try:
             rows, corpus_size = self._sample()
-            tokenizer = load_tokenizer(student.tokenizer or student.model, student.revision)
+            tokenizer = load_tokenizer(student_tokenizer_name(student), student.revision)
         except (SourceError, TokenizerError) as exc:
             raise StageFailed(f"stage contexts: {exc}") from exc
         docs, empty = [], 0

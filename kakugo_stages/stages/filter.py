@@ -7,13 +7,14 @@ training mix (see `mix.py`), written as a Hugging Face dataset with its card und
 from __future__ import annotations
 
 from kakugo_stages.cards import dataset_card
+from kakugo_stages.chat_format import load_chat_template, template_overhead
 from kakugo_stages.filters import FilterSettings, TokenCounter
 from kakugo_stages.mix import build_mix, write_dataset
 from kakugo_stages.stages import register
 from kakugo_stages.stages.base import ShardContext, Stage, StageFailed, teacher_target
 from kakugo_stages.stages.revise import GENERATED
 from kakugo_stages.store import StageOutput
-from kakugo_stages.tokenization import TokenizerError, load_tokenizer
+from kakugo_stages.tokenization import TokenizerError, load_tokenizer, student_tokenizer_name
 
 EXCLUDED = "filter/_excluded/00000.jsonl"
 
@@ -43,10 +44,17 @@ class FilterStage(Stage):
         ctx.stats.rows_in = len(generated) + len(translated)
         student = spec.student
         try:
-            tokenizer = load_tokenizer(student.tokenizer or student.model, student.revision)
+            tokenizer = load_tokenizer(student_tokenizer_name(student), student.revision)
         except TokenizerError as exc:
             raise StageFailed(f"stage filter: {exc}") from exc
-        settings = FilterSettings.from_spec(spec.data.filter, spec.training.cutoff_len)
+        try:
+            template = load_chat_template(student.chat_template)
+        except (OSError, ValueError) as exc:
+            raise StageFailed(f"stage filter: student.chatTemplate: {exc}") from exc
+        settings = FilterSettings.from_spec(
+            spec.data.filter, spec.training.cutoff_len, template_overhead(tokenizer, template),
+            tokenizer_name=student_tokenizer_name(spec.student),
+        )
         mix = build_mix(generated, translated, settings, spec.data.mix, TokenCounter(tokenizer),
                         spec.data.seed)
         if mix.rows == 0:

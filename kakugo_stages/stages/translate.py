@@ -23,7 +23,12 @@ from kakugo_stages.parsing import parse_messages
 from kakugo_stages.sources import SourceError, shuffled_records
 from kakugo_stages.stages import register
 from kakugo_stages.stages.base import ShardContext, Stage, StageFailed
-from kakugo_stages.tokenization import TokenizerError, count_tokens, load_tokenizer
+from kakugo_stages.tokenization import (
+    TokenizerError,
+    count_tokens,
+    load_tokenizer,
+    student_tokenizer_name,
+)
 
 log = logging.getLogger("kakugo.stages.translate")
 
@@ -78,8 +83,21 @@ class TranslateStage(Stage):
             except TokenizerError as exc:
                 log.warning("teacher tokenizer unavailable, measuring with the student's: %s",
                             exc)
-        name = student.tokenizer or student.model
+        name = student_tokenizer_name(student)
         return load_tokenizer(name, student.revision), f"{name} (student fallback)"
+
+    def _student_turn_tokens(self, kept: list[dict[str, Any]]) -> str:
+        """Per-turn student-token counts of the English turns, for the filter's ratio check
+        (measured here, where the stage waits on the teacher anyway)."""
+        student = self.run.spec.student
+        name = student_tokenizer_name(student)
+        counts = count_tokens(load_tokenizer(name, student.revision),
+                              [m["content"] for conv in kept for m in conv["messages"]])
+        pos = 0
+        for conv in kept:
+            conv["turn_tokens"] = counts[pos : pos + len(conv["messages"])]
+            pos += len(conv["messages"])
+        return name
 
     def conversations(self) -> list[dict[str, Any]]:
         """The sampled English conversations; computed once per run."""
@@ -128,10 +146,14 @@ class TranslateStage(Stage):
                 f"stage translate: no usable {src.language_value!r} conversation among "
                 f"{scanned} records of {src.path or src.dataset} ({dropped})"
             )
+        try:
+            turn_tokenizer = self._student_turn_tokens(kept)
+        except TokenizerError as exc:
+            raise StageFailed(f"stage translate: {exc}") from exc
         self.store.write_jsonl(SOURCES, kept)
         self.store.write_json(SOURCES_META, {
             "conversations": len(kept), "scanned": scanned, "dropped": dropped,
-            "length_tokenizer": measured_by,
+            "length_tokenizer": measured_by, "turn_tokenizer": turn_tokenizer,
         })
         return kept
 
@@ -140,7 +162,8 @@ class TranslateStage(Stage):
         convs = [c for i, c in enumerate(self.conversations())
                  if i % self.num_shards() == ctx.shard]
         ctx.stats.rows_in = len(convs)
-        ctx.stats.extra.update(self.store.read_json(SOURCES_META))
+        meta = self.store.read_json(SOURCES_META)
+        ctx.stats.extra.update(meta)
 
         async def translate(conv: dict[str, Any]) -> None:
             answer = await ctx.ask(
@@ -156,6 +179,8 @@ class TranslateStage(Stage):
                 "source": "translated",
                 "source_id": conv["source_id"],
                 "original": conv["messages"],
+                "original_tokens": conv.get("turn_tokens"),
+                "original_tokenizer": meta.get("turn_tokenizer"),
                 "messages": answer[1],
             })
 
