@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-SHIPPED_TEMPLATES = ("granite-4",)
+SHIPPED_TEMPLATES = ("granite-4", "chatml")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 

@@ -3,6 +3,7 @@ run stages (one stage in a Job, or the whole pipeline on one machine)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -221,6 +222,58 @@ def stage(
     except (StageFailed, StoreError) as exc:
         _fail(f"error: {exc}")
     click.echo(json.dumps(summary.as_dict(), ensure_ascii=False))
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--from", "from_stage", default=None, metavar="STAGE",
+              help="Start at this stage (earlier stages must be finished).")
+@click.option("--until", default=None, metavar="STAGE", help="Stop after this stage.")
+@click.option("--runs-dir", default="./runs", show_default=True,
+              help="Where local runs live when the spec has no storage: <runs-dir>/<name>.")
+@click.option("--gpu-price", type=str, default=None, metavar="DOLLARS",
+              help="Price of one GPU-hour for the cost estimate, e.g. 2.50.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a TTY).")
+@click.option("--force-spec", is_flag=True,
+              help="Continue a run folder although its spec changed (finished stages stay).")
+def run(manifest: Path, from_stage: str | None, until: str | None, runs_dir: str,
+        gpu_price: str | None, progress: bool | None, force_spec: bool) -> None:
+    """Run the whole pipeline on this machine, e.g. `kakugo run examples/demo-cpu.yaml`.
+
+    Resumable: run it again and it continues where it stopped, never repeating a finished
+    shard or a teacher request. Ends with a report (report.md in the run folder).
+    """
+    from decimal import Decimal, InvalidOperation
+
+    from kakugo_stages.local_teacher import LocalTeacherError
+    from kakugo_stages.report import render
+    from kakugo_stages.runner import RunError, RunOptions, local_run, run_pipeline
+    from kakugo_stages.store import StoreError, open_store
+
+    try:
+        price = Decimal(gpu_price) if gpu_price is not None else None
+    except InvalidOperation:
+        _fail(f"error: --gpu-price {gpu_price!r} is not a number of dollars, e.g. 2.50")
+    try:
+        lms = [m for m in load_manifests(manifest) if m.kind == "LanguageModel"]
+    except ManifestError as exc:
+        _fail(f"error: {exc}")
+    if len(lms) != 1:
+        _fail(f"error: {manifest} must hold exactly one LanguageModel (found {len(lms)})")
+    show = sys.stderr.isatty() if progress is None else progress
+    options = RunOptions(from_stage=from_stage, until=until, runs_dir=runs_dir,
+                         progress=show, force_spec=force_spec)
+    local = local_run(run_spec(lms[0]), runs_dir)
+    try:
+        run_pipeline(local, options, echo=lambda m: click.echo(m, err=True))
+    except (RunError, LocalTeacherError, StoreError) as exc:
+        with contextlib.suppress(Exception):  # what was made so far is still worth a report
+            render(local, open_store(local.run_uri), price)
+            click.echo(f"partial report: {open_store(local.run_uri).url('report.md')}", err=True)
+        _fail(f"error: {exc}")
+    store = open_store(local.run_uri)
+    click.echo(render(local, store, price))
+    click.echo(f"report: {store.url('report.md')}", err=True)
 
 
 def _lang_row(lang) -> dict:

@@ -6,6 +6,7 @@ This is what the operator mounts into every Job (`/etc/kakugo/spec.yaml`), what
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ class RunSpec:
     namespace: str
     spec: LanguageModelSpec
     storage_root: str  # the storage URI under which <namespace>/<name>/ lives
+    #: Set for local runs (`kakugo run`: ./runs/<name>) and by a resolved spec.yaml.
+    uri: str | None = None
 
     @property
     def language(self) -> Language:
@@ -37,6 +40,8 @@ class RunSpec:
     @property
     def run_uri(self) -> str:
         """Where this run's artifacts live: <storage root>/<namespace>/<name>."""
+        if self.uri is not None:
+            return self.uri
         return f"{self.storage_root.rstrip('/')}/{self.namespace}/{self.name}"
 
     def spec_dict(self) -> dict[str, Any]:
@@ -95,5 +100,10 @@ def load_run_spec(path: str | Path, storage_root: str | None = None) -> RunSpec:
     if len(lms) != 1:
         raise ValueError(f"{path}: expected exactly one LanguageModel, found {len(lms)}")
     obj = {k: v for k, v in lms[0].items() if k != "resolved"}
-    return run_spec(parse_object(obj, str(path)), storage_root)
+    run = run_spec(parse_object(obj, str(path)), storage_root)
+    resolved = lms[0].get("resolved")
+    if isinstance(resolved, dict) and isinstance(resolved.get("runUri"), str):
+        # A resolved spec.yaml pins where its run lives (local runs use ./runs/<name>).
+        run = dataclasses.replace(run, uri=resolved["runUri"])
+    return run
 

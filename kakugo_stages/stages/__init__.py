@@ -7,11 +7,11 @@ with `@register`. `get_stage` imports the modules on first use.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from kakugo_stages.stages.base import Stage, StageFailed, run_shard, run_stage
 
 _REGISTRY: dict[str, type[Stage]] = {}
-_MODULES = ("topics", "scenarios", "contexts", "revise", "respond", "translate", "filter")
 
 
 def register(cls: type[Stage]) -> type[Stage]:
@@ -20,8 +20,13 @@ def register(cls: type[Stage]) -> type[Stage]:
 
 
 def _load() -> None:
-    for module in _MODULES:
-        importlib.import_module(f"kakugo_stages.stages.{module}")
+    # One module per stage, named after it (kakugo_stages/stages/<stage>.py).
+    from kakugo_stages.spec import STAGES
+
+    for name in STAGES:
+        module = f"kakugo_stages.stages.{name}"
+        if name not in _REGISTRY and importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
 
 
 def available() -> list[str]:
