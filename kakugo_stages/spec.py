@@ -322,6 +322,17 @@ class TeacherSettings(SpecModel):
     max_retries: int = Field(
         default=8, ge=0, le=100, description="Retries per request on 429, 5xx, timeouts."
     )
+    seed_requests: bool = Field(
+        default=True,
+        description="Send each request a seed derived from data.seed and the request, so "
+        "servers that honour seeds answer reproducibly.",
+    )
+    structured_output: bool = Field(
+        default=False,
+        description="Constrain JSON answers (prompt lists, rewrites, translations) to their "
+        "schema with the server's structured output (response_format json_schema). Off in "
+        "the recipe; small teachers need it.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> TeacherSettings:
@@ -350,7 +361,7 @@ class StudentSpec(SpecModel):
         default="granite-4",
         min_length=1,
         description="Chat template with generation markers for assistant-only loss: a shipped "
-        "name (granite-4) or a path to a Jinja file.",
+        "name (granite-4, chatml) or a path to a Jinja file.",
     )
 
 
@@ -614,6 +625,13 @@ class TrainingSpec(SpecModel):
     per_device_batch_size: int = Field(default=1, ge=1, le=1024)
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096)
     gradient_checkpointing: bool = True
+    attn_implementation: Literal[
+        "auto", "flash_attention_2", "flash_attention_3", "sdpa", "eager"
+    ] = Field(
+        default="auto",
+        description="Attention kernel. auto: flash_attention_2 when installed on cuda, else "
+        "sdpa. Every choice keeps packed examples from attending to each other.",
+    )
     deepspeed_stage: Literal[0, 2, 3] = Field(
         default=3, description="DeepSpeed ZeRO stage; 0 trains without DeepSpeed."
     )
@@ -663,6 +681,9 @@ class EvaluationSpec(SpecModel):
     compare_base: bool = Field(default=True, description="Also score the base model.")
     repetition_penalty: float = Field(default=1.05, ge=1.0, le=2.0)
     batch_size: int = Field(default=8, ge=1)
+    log_samples: bool = Field(
+        default=True, description="Also write per-item prompts and answers to evaluation/samples/."
+    )
     flores: FloresTask = Field(default=FloresTask())
     sib200: Sib200Task = Field(default=Sib200Task())
     belebele: BelebeleTask = Field(default=BelebeleTask())

@@ -659,6 +659,7 @@ class TeacherClient:
         temperature: float | None = None,
         top_p: float | None = None,
         sample_index: int = 0,
+        response_format: dict[str, Any] | None = None,
     ) -> ChatResult:
         """Send one chat request (or replay it from the cache) and return the answer.
 
@@ -671,6 +672,7 @@ class TeacherClient:
         key = request_key({
             "messages": messages, "temperature": float(temperature), "top_p": float(top_p),
             "max_tokens": int(max_tokens), "sample_index": int(sample_index),
+            "response_format": response_format,
         })
         usage = self.usage
         usage.requests += 1
@@ -690,6 +692,9 @@ class TeacherClient:
             "temperature": float(temperature),
             "top_p": float(top_p),
         }
+        if response_format is not None:
+            # OpenAI-style structured output; vLLM constrains decoding to the schema.
+            body["response_format"] = response_format
         if self.seed is not None:
             body["seed"] = _derive_seed(self.seed, key)
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")

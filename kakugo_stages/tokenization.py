@@ -22,7 +22,7 @@ def load_tokenizer(name_or_path: str, revision: str | None = None) -> Any:
         from transformers import AutoTokenizer
     except ImportError as exc:  # pragma: no cover - the stage images install it
         raise TokenizerError("transformers is not installed: pip install 'kakugo[stages]'") from exc
-    source = name_or_path
+    source = expand_path(name_or_path)
     if name_or_path.startswith("s3://"):
         dest = Path(tempfile.mkdtemp(prefix="kakugo-tok-"))
         open_store(name_or_path).download_dir("", dest)
@@ -64,3 +64,8 @@ def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
 def student_tokenizer_name(student: Any) -> str:
     """The student's tokenizer: `student.tokenizer`, else the model's own."""
     return student.tokenizer or student.model
+
+
+def expand_path(name_or_path: str) -> str:
+    """`~/models/x` -> `/home/me/models/x`; hub ids and URIs pass unchanged."""
+    return str(Path(name_or_path).expanduser()) if name_or_path.startswith("~") else name_or_path

@@ -280,3 +280,22 @@ def test_api_key_never_leaks(tmp_path: Path, tokenizer_dir: Path, monkeypatch, c
     assert leaked == []
     assert SECRET not in caplog.text
     assert not any(SECRET in e for e in errors)
+
+
+def test_structured_output_sends_the_answer_schema(tmp_path: Path, tokenizer_dir: Path) -> None:
+    with TeacherServer(scripted_teacher) as srv:
+        run = small_spec(srv.url, tmp_path / "plain", tokenizer_dir)
+        run_all(run, ("topics",))
+        assert all("response_format" not in body for body in srv.requests)
+        srv.reset()
+        body = run.spec.model_dump(by_alias=True, exclude_none=True)
+        body["teacher"]["structuredOutput"] = True
+        structured = RunSpec(run.name, run.namespace, type(run.spec).model_validate(body),
+                             str(tmp_path / "structured"))
+        run_all(structured, ("topics",))
+    formats = [b["response_format"] for b in srv.requests]
+    assert len(formats) == 3 + 9 + 30
+    macro = formats[0]["json_schema"]["schema"]["properties"]["topics"]
+    assert formats[0]["type"] == "json_schema" and macro["maxItems"] == 3
+    keys = {next(iter(f["json_schema"]["schema"]["properties"])) for f in formats}
+    assert keys == {"topics", "prompts"}

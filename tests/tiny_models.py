@@ -44,3 +44,35 @@ def build_tokenizer(folder: Path, vocab_size: int = 400) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(folder)
     return folder
+
+
+def build_model(folder: Path, tokenizer_dir: Path, *, seed: int = 0) -> Path:
+    """A random Granite-4.0-Micro-layout model (GraniteMoeHybrid, attention layers only, no
+    experts) at toy size, saved with the tiny tokenizer (and its chat template) beside it."""
+    import torch
+    from transformers import AutoTokenizer, GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = GraniteMoeHybridConfig(
+        layer_types=["attention"] * 2,
+        num_hidden_layers=2,
+        num_local_experts=0,
+        hidden_size=64,
+        intermediate_size=128,
+        shared_intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+        position_embedding_type="rope",  # as Granite-4.0-Micro
+    )
+    torch.manual_seed(seed)
+    model = GraniteMoeHybridForCausalLM(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -166,20 +166,27 @@ class ShardContext:
         max_tokens: int,
         parse: Callable[[str], Any] | None = None,
         sample_index: int = 0,
+        schema: dict[str, Any] | None = None,
     ) -> tuple[ChatResult, Any] | None:
         """One teacher request for `item`. Returns (result, parsed) when the answer finished
         with "stop" and `parse` accepted it; otherwise records the rejection and returns
-        None. Every call counts as exactly one request, ok or rejected."""
+        None. Every call counts as exactly one request, ok or rejected. `schema` is the
+        answer's JSON schema, sent when `teacher.structuredOutput` is on."""
         assert self.teacher is not None, f"stage {self.stage.name} has no teacher"
-        sampling = self.run.spec.teacher.sampling
+        settings = self.run.spec.teacher
+        response_format = (
+            {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+            if schema is not None and settings.structured_output else None
+        )
         self.stats.requests += 1
         try:
             result = await self.teacher.chat(
                 messages,
                 max_tokens=max_tokens,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
+                temperature=settings.sampling.temperature,
+                top_p=settings.sampling.top_p,
                 sample_index=sample_index,
+                response_format=response_format,
             )
         except TeacherError as exc:
             self._log_raw(item, messages, None, exc.reason)
@@ -231,6 +238,8 @@ class Stage(ABC):
     writes_rows: ClassVar[bool] = True
     #: Stages whose completed output this one reads.
     inputs: ClassVar[tuple[str, ...]] = ()
+    #: Keys of the shard stats copied into the termination summary (e.g. final loss).
+    summary_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, run: RunSpec, store: ArtifactStore):
         self.run = run
@@ -278,6 +287,7 @@ class StageSummary:
     completed: list[int]
     ran: list[int]
     stats: dict[int, dict[str, Any]]
+    extra_keys: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         tot: Counter[str] = Counter()
@@ -289,12 +299,14 @@ class StageSummary:
             tot["completion_tokens"] += s.get("teacher", {}).get("completion_tokens", 0)
             tot["seconds"] += s.get("seconds", 0)
             rejected.update(s.get("rejected", {}))
+        extra = {k: s[k] for s in self.stats.values() for k in self.extra_keys if k in s}
         return {
             "stage": self.stage,
             "shards": self.shards,
             "completed": len(self.completed),
             **{k: round(v, 3) if isinstance(v, float) else v for k, v in tot.items()},
             "rejected": dict(rejected.most_common(8)),
+            **extra,
         }
 
 
@@ -325,7 +337,7 @@ def _make_teacher(stage: Stage, shard: int) -> TeacherClient:
         model=target.model,
         cache=cache,
         api_key_env=target.api_key_env,
-        seed=stage.run.spec.data.seed,
+        seed=stage.run.spec.data.seed if stage.run.spec.teacher.seed_requests else None,
     )
 
 
@@ -344,7 +356,7 @@ async def run_shard(
     skipped = stage.skip_reason()
     if skipped is not None:
         ctx = ShardContext(stage, shard, None, on_request)
-        ctx.stats.extra["skipped"] = skipped
+        ctx.stats.extra["stage_skipped"] = skipped
     else:
         teacher = (teacher_factory or _make_teacher)(stage, shard) if stage.uses_teacher else None
         ctx = ShardContext(stage, shard, teacher, on_request)
@@ -418,6 +430,7 @@ def run_stage(
         completed=sorted(stage.output.completed_shards()),
         ran=todo,
         stats=stage.output.all_stats(),
+        extra_keys=stage.summary_keys,
     )
     message = summary.as_dict()
     if failure is not None:

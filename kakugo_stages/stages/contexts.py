@@ -117,6 +117,7 @@ class ContextsStage(Stage):
                 prompts.context_prompts(doc["text"], task, k, lang),
                 max_tokens=cfg.max_tokens,
                 parse=partial(parse_string_list, key="prompts", expected=k),
+                schema=prompts.list_schema("prompts", k),
             )
             if answer is None:
                 return

@@ -60,6 +60,7 @@ class ReviseStage(Stage):
                 prompts.revise_prompt(row["prompt"], style, lang, "document" in row),
                 max_tokens=cfg.max_tokens,
                 parse=partial(parse_string, key="improved_prompt"),
+                schema=prompts.string_schema("improved_prompt"),
             )
             if answer is None:  # rejected and counted by ctx.ask; the prompt stays
                 return out

@@ -48,6 +48,7 @@ class ScenariosStage(Stage):
                 max_tokens=cfg.max_tokens,
                 parse=partial(parse_string_list, key="scenarios", expected=count),
                 sample_index=attempt,
+                schema=prompts.list_schema("scenarios", count),
             )
             if answer is not None:
                 return answer[1]
@@ -82,6 +83,7 @@ class ScenariosStage(Stage):
                 prompts.detailed_scenarios(text, cfg.detailed_per_broad, lang),
                 max_tokens=cfg.max_tokens,
                 parse=partial(parse_string_list, key="scenarios", expected=cfg.detailed_per_broad),
+                schema=prompts.list_schema("scenarios", cfg.detailed_per_broad),
             )
             return [(f"{bid}.{j}", d) for j, d in enumerate(answer[1])] if answer else []
 
@@ -103,6 +105,7 @@ class ScenariosStage(Stage):
                 prompts.scenario_prompts(text, k, lang),
                 max_tokens=cfg.max_tokens,
                 parse=partial(parse_string_list, key="prompts", expected=k),
+                schema=prompts.list_schema("prompts", k),
             )
             for n, prompt in enumerate(answer[1] if answer else []):
                 ctx.keep({

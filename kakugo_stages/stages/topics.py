@@ -71,7 +71,9 @@ class TopicsStage(Stage):
 
         parse = partial(parse_string_list, key="topics", expected=count)
         answers = await asyncio.gather(*(
-            ctx.ask(p.id, messages(p), max_tokens=cfg.max_tokens, parse=parse) for p in parents
+            ctx.ask(p.id, messages(p), max_tokens=cfg.max_tokens, parse=parse,
+                    schema=prompts.list_schema("topics", count))
+            for p in parents
         ))
         children = []
         for parent, answer in zip(parents, answers, strict=True):
@@ -104,6 +106,7 @@ class TopicsStage(Stage):
                 prompts.topic_prompts(subject.text, k, lang),
                 max_tokens=cfg.max_tokens,
                 parse=partial(parse_string_list, key="prompts", expected=k),
+                schema=prompts.list_schema("prompts", k),
             )
             if answer is None:
                 return

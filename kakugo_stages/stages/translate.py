@@ -171,6 +171,7 @@ class TranslateStage(Stage):
                 prompts.translate_conversation(conv["messages"], lang),
                 max_tokens=cfg.max_tokens,
                 parse=parse_messages,
+                schema=prompts.messages_schema(len(conv["messages"])),
             )
             if answer is None:
                 return
