@@ -193,9 +193,14 @@ def reference(update: Path | None, check: bool) -> None:
     help="Storage root when the spec has none (default: ./runs).",
 )
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
+@click.option(
+    "--reset", is_flag=True,
+    help="Redo the shards this run covers although they are marked complete (the operator "
+    "passes it when the stage's inputs changed); cached teacher answers are still replayed.",
+)
 def stage(
     name: str, spec_path: Path, shard: int | None, shards: int | None, storage: str | None,
-    progress: bool | None,
+    progress: bool | None, reset: bool,
 ) -> None:
     """Run one stage of the pipeline, e.g. `kakugo stage topics --spec yoruba.yaml`.
 
@@ -218,7 +223,8 @@ def stage(
             _fail(f"error: --shards {shards} but the spec gives stage {name} "
                   f"{runner.num_shards()} shard(s)")
         show = sys.stderr.isatty() if progress is None else progress
-        summary = run_stage(runner, None if shard is None else [shard], progress=show)
+        summary = run_stage(runner, None if shard is None else [shard], progress=show,
+                            reset=reset)
     except (StageFailed, StoreError) as exc:
         _fail(f"error: {exc}")
     click.echo(json.dumps(summary.as_dict(), ensure_ascii=False))
@@ -274,6 +280,32 @@ def run(manifest: Path, from_stage: str | None, until: str | None, runs_dir: str
     store = open_store(local.run_uri)
     click.echo(render(local, store, price))
     click.echo(f"report: {store.url('report.md')}", err=True)
+
+
+@main.command("operator")
+@click.option("-n", "--namespace", "namespaces", multiple=True,
+              help="Watch these namespaces (repeatable; default: all).")
+@click.option("--peering", default=None, metavar="NAME",
+              help="Kopf peering for several replicas (default: standalone).")
+@click.option("--liveness", default=None, metavar="URL",
+              help="Liveness endpoint (default http://0.0.0.0:8080/healthz; 'none' disables).")
+@click.option("--verbose", is_flag=True, help="Verbose Kopf logging.")
+@click.option("--debug", is_flag=True, help="Debug Kopf logging.")
+def operator_cmd(namespaces: tuple[str, ...], peering: str | None, liveness: str | None,
+                 verbose: bool, debug: bool) -> None:
+    """Run the Kubernetes operator (kopf run with Kakugo's handlers and settings).
+
+    Settings come from the YAML file named by $KAKUGO_OPERATOR_SETTINGS and from
+    KAKUGO_* environment variables (images, GPU prices, default storage, retries).
+    """
+    from kakugo_operator.main import run_operator
+
+    argv = [a for ns in namespaces for a in ("--namespace", ns)]
+    argv += ["--peering", peering] if peering else ["--standalone"]
+    if liveness:
+        argv += ["--liveness", liveness]
+    argv += ["--verbose"] * verbose + ["--debug"] * debug
+    run_operator(argv)
 
 
 def _lang_row(lang) -> dict:

@@ -299,3 +299,21 @@ def test_structured_output_sends_the_answer_schema(tmp_path: Path, tokenizer_dir
     assert formats[0]["type"] == "json_schema" and macro["maxItems"] == 3
     keys = {next(iter(f["json_schema"]["schema"]["properties"])) for f in formats}
     assert keys == {"topics", "prompts"}
+
+
+def test_reset_redoes_complete_shards_from_the_cache(tmp_path: Path, tokenizer_dir) -> None:
+    with TeacherServer(scripted_teacher) as srv:
+        run = small_spec(srv.url, tmp_path, tokenizer_dir)
+        run_all(run, ("contexts",))
+        before = rows(run, "contexts")
+        sent = srv.count
+        store = open_store(run.run_uri)
+        stage = get_stage("contexts")(run, store)
+        # Without reset, complete shards are skipped; with it they are redone, and the
+        # shared document sample is recomputed, from cached answers only.
+        assert run_stage(stage, teacher_factory=fast_teacher).ran == []
+        store.write_jsonl("contexts/_documents.jsonl", [])  # stale shared state
+        again = run_stage(get_stage("contexts")(run, store), teacher_factory=fast_teacher,
+                          reset=True)
+        assert again.ran == [0, 1] and srv.count == sent
+    assert rows(run, "contexts") == before

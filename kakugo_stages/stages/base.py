@@ -245,6 +245,11 @@ class Stage(ABC):
         self.run = run
         self.store = store  # the run's root: <storage>/<namespace>/<name>/
         self.output = StageOutput(store, self.name)
+        #: Set by `run_stage(reset=True)`: files computed once per run are recomputed.
+        self.reset = False
+
+    def reset_shared(self) -> None:  # noqa: B027 - an optional hook, empty by default
+        """Forget state shared by the shards that a reset must not reuse."""
 
     @property
     def language(self) -> str:
@@ -397,14 +402,24 @@ def run_stage(
     teacher_factory: Callable[[Stage, int], TeacherClient] | None = None,
     progress: bool = False,
     termination_log: str | None = None,
+    reset: bool = False,
 ) -> StageSummary:
     """Run the given shards (default: every unfinished one) one after another, then write
-    the stage summary to the termination log. Raises StageFailed after writing it."""
+    the stage summary to the termination log. Raises StageFailed after writing it.
+
+    `reset` redoes the given shards although they are complete (their inputs changed):
+    markers go first, then rows and stats; the request cache stays, so unchanged requests
+    are replayed, not paid for again."""
     total = stage.num_shards()
     wanted = list(range(total)) if shards is None else list(shards)
     bad = [s for s in wanted if not 0 <= s < total]
     if bad:
         raise StageFailed(f"stage {stage.name} has {total} shard(s); no shard {bad[0]}")
+    if reset:
+        stage.reset = True
+        stage.reset_shared()
+        for shard in wanted:
+            stage.output.reset_shard(shard)
     done_before = stage.output.completed_shards()
     todo = [s for s in wanted if s not in done_before]
     bar = _progress_bar(stage.name, progress)

@@ -70,7 +70,7 @@ class ContextsStage(Stage):
 
     def documents(self) -> tuple[list[dict[str, Any]], int]:
         """The sampled, cut documents and the corpus size seen; computed once per run."""
-        if self.store.exists(DOCUMENTS_META) and self.store.exists(DOCUMENTS):
+        if not self.reset and self.store.exists(DOCUMENTS_META) and self.store.exists(DOCUMENTS):
             meta = self.store.read_json(DOCUMENTS_META)
             return self.store.read_jsonl(DOCUMENTS), int(meta["corpus_size"])
         cfg, student = self.config, self.run.spec.student

@@ -19,14 +19,18 @@ class TrainStage(Stage):
     uses_teacher = False
     writes_rows = False  # the output is model/, not rows
     inputs = ("filter",)
-    #: Stats keys for the termination summary. Needs base.py support (StageSummary copies
-    #: them from the shard stats; proposed to the lead). While training runs, the worker
-    #: writes step, loss, tokens/s and ETA to the termination log itself.
+    #: Stats keys for the termination summary (StageSummary copies them from the shard
+    #: stats). While training runs, the worker writes step, loss, tokens/s and ETA to the
+    #: termination log itself.
     summary_keys = ("steps", "final_loss", "eval_loss", "train_tokens", "tokens_per_s",
                     "resumed_from_step")
 
     def num_shards(self) -> int:
         return 1
+
+    def reset_shared(self) -> None:
+        # Checkpoints of a model trained on other inputs must never be resumed.
+        self.store.delete_prefix("train/checkpoints/")
 
     async def run_shard(self, ctx: ShardContext) -> None:
         missing = self.missing_shards("filter")

@@ -101,7 +101,7 @@ class TranslateStage(Stage):
 
     def conversations(self) -> list[dict[str, Any]]:
         """The sampled English conversations; computed once per run."""
-        if self.store.exists(SOURCES_META) and self.store.exists(SOURCES):
+        if not self.reset and self.store.exists(SOURCES_META) and self.store.exists(SOURCES):
             return self.store.read_jsonl(SOURCES)
         cfg, src = self.config, self.config.source
         try:

@@ -1,0 +1,183 @@
+"""Manifests of the objects a LanguageModel owns: its spec ConfigMap and its stage Jobs.
+
+Pure functions of (resolved spec, stage, attempt, settings, teacher endpoint): the same
+inputs always give the same object, which is what makes re-creation after a restart safe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kakugo_operator import naming
+from kakugo_operator.settings import OperatorSettings
+from kakugo_stages.resolved import RunSpec
+from kakugo_stages.spec import TEACHER_STAGES
+from kakugo_stages.stages.base import TEACHER_MODEL_ENV, TEACHER_URL_ENV
+
+SPEC_MOUNT = "/etc/kakugo"
+SPEC_FILE = f"{SPEC_MOUNT}/spec.yaml"
+#: Stages whose Job is Indexed (one completion per shard); the others run one Pod.
+SHARDED_STAGES = ("topics", "scenarios", "contexts", "revise", "respond", "translate")
+
+
+@dataclass(frozen=True)
+class TeacherEnv:
+    """Where the stages find the teacher (ref/serve: the Teacher's Service)."""
+
+    url: str | None = None
+    model: str | None = None
+
+
+def shards(run: RunSpec, stage: str) -> int:
+    if stage not in SHARDED_STAGES:
+        return 1
+    return int(getattr(run.spec.data, stage).shards)
+
+
+def config_map(run: RunSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": naming.config_map_name(run.name),
+            "namespace": run.namespace,
+            "labels": naming.lm_labels(run.name, run.language.code),
+        },
+        "data": {"spec.yaml": run.to_yaml()},
+    }
+
+
+def _env(run: RunSpec, stage: str, teacher: TeacherEnv) -> tuple[list[dict], list[dict]]:
+    env: list[dict[str, Any]] = [
+        {"name": "KAKUGO_STAGE", "value": stage},
+        {"name": "KAKUGO_RUN_URI", "value": run.run_uri},
+        {"name": "KAKUGO_TERMINATION_LOG", "value": "/dev/termination-log"},
+        {"name": "HF_HUB_DISABLE_PROGRESS_BARS", "value": "1"},
+    ]
+    env_from: list[dict[str, Any]] = []
+    settings = run.spec.teacher
+    if stage in TEACHER_STAGES:
+        if settings.endpoint is not None and settings.endpoint.api_key_secret_ref is not None:
+            ref = settings.endpoint.api_key_secret_ref
+            env.append({
+                "name": settings.endpoint.api_key_env,
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            })
+        elif settings.endpoint is None and teacher.url:
+            env.append({"name": TEACHER_URL_ENV, "value": teacher.url})
+            if teacher.model:
+                env.append({"name": TEACHER_MODEL_ENV, "value": teacher.model})
+    storage = run.spec.storage
+    if storage is not None and storage.s3 is not None:
+        if storage.s3.credentials_secret_ref:
+            env_from.append({"secretRef": {"name": storage.s3.credentials_secret_ref}})
+        if storage.s3.endpoint_url:
+            env.append({"name": "AWS_ENDPOINT_URL_S3", "value": storage.s3.endpoint_url})
+        if storage.s3.region:
+            env.append({"name": "AWS_DEFAULT_REGION", "value": storage.s3.region})
+    return env, env_from
+
+
+def job(
+    run: RunSpec,
+    stage: str,
+    attempt: int,
+    settings: OperatorSettings,
+    teacher: TeacherEnv,
+    *,
+    reset: bool = False,
+    suspend: bool = False,
+) -> dict[str, Any]:
+    """The Job of one attempt of one stage (owner references are added by kopf.adopt)."""
+    res = run.spec.resources.for_stage(stage)
+    labels = naming.stage_labels(run.name, run.language.code, stage, attempt)
+    job_labels = dict(labels)
+    if res.queue_name:
+        job_labels[naming.QUEUE_LABEL] = res.queue_name
+    gpus = res.gpus or 0
+    requests: dict[str, str] = {}
+    if res.cpu:
+        requests["cpu"] = res.cpu
+    if res.memory:
+        requests["memory"] = res.memory
+    limits: dict[str, str] = {"memory": res.memory} if res.memory else {}
+    if gpus:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(gpus)
+    node_selector = dict(res.node_selector or {})
+    if res.gpu_type:
+        node_selector[naming.GPU_PRODUCT_LABEL] = res.gpu_type
+    env, env_from = _env(run, stage, teacher)
+    command = ["kakugo", "stage", stage, "--spec", SPEC_FILE]
+    # The first attempts after a spec change moved this stage's fingerprint: outputs of the
+    # old spec must not count as done (see docs/architecture.md, "Spec changes").
+    if reset:
+        command.append("--reset")
+    volumes: list[dict[str, Any]] = [
+        {"name": "spec", "configMap": {"name": naming.config_map_name(run.name)}},
+    ]
+    mounts: list[dict[str, Any]] = [{"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True}]
+    storage = run.spec.storage
+    if storage is not None and storage.pvc is not None:
+        volumes.append({"name": "storage",
+                        "persistentVolumeClaim": {"claimName": storage.pvc.claim_name}})
+        mounts.append({"name": "storage", "mountPath": storage.pvc.mount_path})
+    container: dict[str, Any] = {
+        "name": "stage",
+        "image": settings.image_for(stage),
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": command,
+        "env": env,
+        "resources": {"requests": requests, **({"limits": limits} if limits else {})},
+        "volumeMounts": mounts,
+        # The summary JSON, or the log's tail when the stage died before writing one.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if env_from:
+        container["envFrom"] = env_from
+    pod_spec: dict[str, Any] = {
+        # The operator retries, so that it can tell evictions from failures.
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if res.tolerations:
+        pod_spec["tolerations"] = [
+            t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in res.tolerations
+        ]
+    if res.priority_class_name:
+        pod_spec["priorityClassName"] = res.priority_class_name
+    if settings.service_account:
+        pod_spec["serviceAccountName"] = settings.service_account
+    n = shards(run, stage)
+    job_spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "completions": n,
+        "parallelism": min(n, res.parallelism or 1),
+        "completionMode": "Indexed" if stage in SHARDED_STAGES else "NonIndexed",
+        "template": {
+            "metadata": {
+                "labels": labels,
+                # Read back by the cost accounting (the node may lack the labels).
+                "annotations": {
+                    naming.GPU_ANNOTATION: res.gpu_type or "",
+                    naming.CAPACITY_ANNOTATION: res.capacity_type or "",
+                },
+            },
+            "spec": pod_spec,
+        },
+    }
+    if suspend:
+        job_spec["suspend"] = True
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": naming.job_name(run.name, stage, attempt),
+            "namespace": run.namespace,
+            "labels": job_labels,
+        },
+        "spec": job_spec,
+    }

@@ -1,0 +1,151 @@
+"""Prometheus metrics of the operator: `kakugo_` prefix, base units, bounded labels.
+
+Per-object series (cost, evaluation scores) are removed when the object is deleted; the
+other labels come from closed sets (stages, phases, outcomes, a capped set of reasons).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections import Counter
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, make_wsgi_app
+from prometheus_client import Counter as PCounter
+
+from kakugo_stages.spec import STAGES
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Stalled")
+#: Rejection reasons are free text in the stages: keep a closed, small set of label values.
+KNOWN_REASONS = ("http_429", "http_5xx", "timeout", "transport", "finish_length",
+                 "finish_content_filter", "parse", "empty", "refused", "language",
+                 "too_long", "too_short", "duplicate", "token_ratio", "media")
+
+LANGUAGEMODELS = Gauge("kakugo_languagemodels", "LanguageModels by phase.", ["phase"],
+                       registry=REGISTRY)
+STAGE_DURATION = Histogram(
+    "kakugo_stage_duration_seconds", "Wall time of a stage, first attempt to success.",
+    ["stage"], registry=REGISTRY,
+    buckets=(10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, float("inf")),
+)
+RETRIES = PCounter("kakugo_stage_retries_total", "Stage attempts that will be retried.",
+                   ["stage", "reason"], registry=REGISTRY)
+GPU_SECONDS = PCounter("kakugo_gpu_seconds_total", "GPU-seconds of finished stage attempts.",
+                       ["stage"], registry=REGISTRY)
+COST = Gauge("kakugo_cost_dollars", "Estimated cost of a LanguageModel so far, in dollars.",
+             ["namespace", "languagemodel"], registry=REGISTRY)
+EXAMPLES = PCounter("kakugo_examples_total",
+                    "Examples of finished stages: generated, kept, or dropped by reason.",
+                    ["stage", "outcome", "reason"], registry=REGISTRY)
+TOKENS = PCounter("kakugo_teacher_tokens_total", "Teacher tokens of finished stages.",
+                  ["direction"], registry=REGISTRY)
+SCORE = Gauge("kakugo_evaluation_score", "Evaluation score by task, base and tuned model.",
+              ["namespace", "languagemodel", "task", "model"], registry=REGISTRY)
+
+# Labels seen per object, so that they can be removed on deletion.
+_scores: dict[tuple[str, str], set[tuple[str, str]]] = {}
+_phases: dict[tuple[str, str], str] = {}
+
+
+def reason_label(reason: str) -> str:
+    """Map a free-text reason onto the bounded set (else "other")."""
+    reason = re.sub(r"[^a-z0-9_]+", "_", reason.lower())
+    for known in KNOWN_REASONS:
+        if reason.startswith(known):
+            return known
+    return "other"
+
+
+#: Set once the operator has started and its indexes are filled (readiness).
+READY = threading.Event()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args: Any) -> None:  # probes every few seconds: no access log
+        pass
+
+
+def _app() -> Any:
+    metrics_app = make_wsgi_app(REGISTRY)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/readyz":
+            ok = READY.is_set()
+            start_response("200 OK" if ok else "503 Service Unavailable",
+                           [("Content-Type", "text/plain")])
+            return [b"ready\n" if ok else b"starting\n"]
+        if path == "/livez":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        return metrics_app(environ, start_response)
+
+    return app
+
+
+def start(port: int, host: str = "0.0.0.0") -> WSGIServer:
+    """Serve /metrics, /readyz and /livez on `port` (a daemon thread)."""
+    server = make_server(host, port, _app(), handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
+    for phase in PHASES:
+        LANGUAGEMODELS.labels(phase).set(0)
+    return server
+
+
+def observe_plan(namespace: str, name: str, status: dict[str, Any], finished: list[dict],
+                 completed: list[tuple[str, float]]) -> None:
+    """Fold a reconciliation's results into the metrics."""
+    key = (namespace, name)
+    phase = status.get("phase")
+    if phase in PHASES and _phases.get(key) != phase:
+        if key in _phases:
+            LANGUAGEMODELS.labels(_phases[key]).dec()
+        LANGUAGEMODELS.labels(phase).inc()
+        _phases[key] = phase
+    cost = (status.get("cost") or {}).get("dollars")
+    if cost is not None:
+        COST.labels(namespace, name).set(float(cost))
+    for stage, seconds in completed:
+        if stage in STAGES:
+            STAGE_DURATION.labels(stage).observe(seconds)
+    for record in finished:
+        stage = record["stage"]
+        GPU_SECONDS.labels(stage).inc(float(record.get("gpuSeconds", 0)))
+        if record["outcome"] != "Succeeded":
+            RETRIES.labels(stage, "disruption" if record["outcome"] == "Disrupted"
+                           else "failure").inc()
+        counts = record.get("counts") or {}
+        TOKENS.labels("prompt").inc(counts.get("promptTokens", 0))
+        TOKENS.labels("completion").inc(counts.get("completionTokens", 0))
+        if record["outcome"] == "Succeeded":
+            EXAMPLES.labels(stage, "generated", "").inc(counts.get("requests", 0))
+            EXAMPLES.labels(stage, "kept", "").inc(counts.get("rowsOut", 0))
+            dropped: Counter[str] = Counter()
+            for reason, n in (counts.get("rejected") or {}).items():
+                dropped[reason_label(reason)] += int(n)
+            for reason, n in dropped.items():
+                EXAMPLES.labels(stage, "dropped", reason).inc(n)
+    evaluation = (status.get("evaluation") or {}).get("tasks") or {}
+    seen = _scores.setdefault(key, set())
+    for task, row in evaluation.items():
+        for model in ("base", "tuned"):
+            value = (row or {}).get(model)
+            if isinstance(value, int | float):
+                SCORE.labels(namespace, name, task, model).set(value)
+                seen.add((task, model))
+
+
+def forget(namespace: str, name: str) -> None:
+    """Remove an object's series (it was deleted)."""
+    key = (namespace, name)
+    if key in _phases:
+        LANGUAGEMODELS.labels(_phases.pop(key)).dec()
+    with contextlib.suppress(KeyError):
+        COST.remove(namespace, name)
+    for task, model in _scores.pop(key, set()):
+        with contextlib.suppress(KeyError):
+            SCORE.remove(namespace, name, task, model)

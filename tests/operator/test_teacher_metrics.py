@@ -1,0 +1,156 @@
+"""Teacher lifecycle (Deployment, Service, readiness, clients, scale to zero) and the
+metrics and health endpoints."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from k8s_emulator import Api
+from operator_helpers import (
+    METRICS_PORT,
+    NS,
+    Operator,
+    complete_job,
+    condition,
+    fail_job,
+    finish_pod,
+    job,
+    language_model,
+    lm_status,
+    make_pods,
+    stage,
+    summary,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+TEACHER = {
+    "apiVersion": "kakugo.io/v1alpha1", "kind": "Teacher",
+    "metadata": {"name": "gpt-oss-120b", "namespace": NS},
+    "spec": {"model": "openai/gpt-oss-120b", "gpus": 2, "tensorParallelSize": 2,
+             "maxNumSeqs": 128, "extraArgs": ["--enable-prefix-caching"],
+             "hfTokenSecretRef": {"name": "hf", "key": "token"},
+             "resources": {"gpuType": "NVIDIA-H100-80GB-HBM3"}},
+}
+
+
+def teacher_status(api: Api, name: str = "gpt-oss-120b") -> dict:
+    return (api.get("Teacher", NS, name) or {}).get("status") or {}
+
+
+def set_ready(api: Api, name: str, ready: int) -> None:
+    api.patch("Deployment", NS, name, {"status": {"readyReplicas": ready,
+                                                  "replicas": ready}}, sub="status")
+
+
+def test_teacher_lifecycle(cluster: Api, operator: Operator) -> None:
+    cluster.create(TEACHER)
+    deploy = wait_for(lambda: cluster.get("Deployment", NS, "gpt-oss-120b"))
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[args.index("--model") + 1] == "openai/gpt-oss-120b"
+    assert args[args.index("--tensor-parallel-size") + 1] == "2"
+    assert args[args.index("--max-num-seqs") + 1] == "128"
+    assert "--enable-prefix-caching" in args
+    assert container["image"] == "registry.test/vllm:1"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert container["env"][0] == {"name": "HF_TOKEN", "valueFrom": {
+        "secretKeyRef": {"name": "hf", "key": "token"}}}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    service = wait_for(lambda: cluster.get("Service", NS, "gpt-oss-120b"))
+    assert service["spec"]["ports"][0]["port"] == 8000
+    assert deploy["metadata"]["ownerReferences"][0]["kind"] == "Teacher"
+
+    # A LanguageModel that uses it waits until it is Ready.
+    cluster.create(language_model(teacher={"ref": {"name": "gpt-oss-120b"}}))
+    status = wait_for(lambda: (s := lm_status(cluster)).get("conditions") and s)
+    assert condition(status, "Reconciling")["reason"] == "WaitingForTeacher"
+    assert cluster.list("Job", NS) == []
+    wait_for(lambda: teacher_status(cluster).get("clients") == ["yoruba"])
+    set_ready(cluster, "gpt-oss-120b", 1)
+    ts = wait_for(lambda: (s := teacher_status(cluster)).get("phase") == "Ready" and s)
+    assert ts["url"] == "http://gpt-oss-120b.kakugo.svc:8000/v1"
+    assert condition(ts, "Ready")["status"] == "True"
+    j = job(cluster, "yoruba-topics-1")
+    env = {e["name"]: e.get("value") for e in j["spec"]["template"]["spec"]["containers"][0]
+           ["env"]}
+    assert env["KAKUGO_TEACHER_URL"] == "http://gpt-oss-120b.kakugo.svc:8000/v1"
+    assert env["KAKUGO_TEACHER_MODEL"] == "openai/gpt-oss-120b"
+
+    # No client in a teacher stage (suspended here) for idleSeconds: scale to zero.
+    cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"suspend": True}})
+    wait_for(lambda: cluster.get("Deployment", NS, "gpt-oss-120b")["spec"]["replicas"] == 0,
+             what=f"scale to zero {teacher_status(cluster)} {lm_status(cluster).get('phase')}")
+    set_ready(cluster, "gpt-oss-120b", 0)
+    ts = wait_for(lambda: (s := teacher_status(cluster)).get("phase") == "Idle" and s)
+    assert ts["clients"] == []
+    assert condition(ts, "Ready")["reason"] == "ScaledToZero"
+    # A client comes back: scale up again.
+    cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"suspend": False}})
+    wait_for(lambda: cluster.get("Deployment", NS, "gpt-oss-120b")["spec"]["replicas"] == 1,
+             what="scale up")
+
+
+def test_served_teacher_is_owned(cluster: Api, operator: Operator) -> None:
+    lm = cluster.create(language_model(teacher={"serve": {"model": "tiny", "device": "cpu",
+                                                          "gpus": 0}}))
+    teacher = wait_for(lambda: cluster.get("Teacher", NS, "yoruba-teacher"))
+    assert teacher["metadata"]["ownerReferences"][0]["uid"] == lm["metadata"]["uid"]
+    wait_for(lambda: cluster.get("Deployment", NS, "yoruba-teacher"))
+    set_ready(cluster, "yoruba-teacher", 1)
+    j = job(cluster, "yoruba-topics-1")
+    env = {e["name"]: e.get("value") for e in j["spec"]["template"]["spec"]["containers"][0]
+           ["env"]}
+    assert env["KAKUGO_TEACHER_URL"] == "http://yoruba-teacher.kakugo.svc:8000/v1"
+
+
+def metrics_text() -> str:
+    return httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).text
+
+
+def test_metrics_and_health(cluster: Api, operator: Operator) -> None:
+    cluster.create(language_model())
+    (pod, *_) = make_pods(cluster, job(cluster, "yoruba-topics-1"), count=1)
+    finish_pod(cluster, pod, exit_code=1, message="boom")
+    fail_job(cluster, "yoruba-topics-1")
+    complete_job(cluster, "yoruba-topics-2", summary(
+        "topics", rows_out=7, requests=9, rejected={"finish_length": 1, "parse_json": 1},
+        prompt_tokens=100, completion_tokens=200))
+    job(cluster, "yoruba-scenarios-1")
+    text = wait_for(lambda: (t := metrics_text()) and
+                    'kakugo_examples_total{outcome="kept",reason="",stage="topics"}' in t and t)
+    assert 'kakugo_languagemodels{phase="Running"} 1.0' in text
+    assert 'kakugo_stage_retries_total{reason="failure",stage="topics"}' in text
+    assert 'kakugo_cost_dollars{languagemodel="yoruba",namespace="kakugo"}' in text
+    assert 'kakugo_examples_total{outcome="dropped",reason="finish_length",stage="topics"}' \
+        in text
+    assert 'kakugo_examples_total{outcome="dropped",reason="parse",stage="topics"}' in text
+    assert 'kakugo_teacher_tokens_total{direction="completion"}' in text
+    assert 'kakugo_stage_duration_seconds_count{stage="topics"}' in text
+    assert "kakugo_gpu_seconds_total" in text
+    # Evaluation scores, base and tuned, per task.
+    for name in ("scenarios", "contexts", "revise", "respond", "translate", "filter", "train"):
+        complete_job(cluster, f"yoruba-{name}-1", summary(name))
+    complete_job(cluster, "yoruba-evaluate-1", summary(
+        "evaluate", summary="belebele +9.9", evaluation={
+            "belebele": {"base": 40.0, "tuned": 49.9, "delta": 9.9}}))
+    status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Succeeded" and s)
+    assert condition(status, "Ready")["status"] == "True"
+    assert status["evaluation"]["summary"] == "belebele +9.9"
+    assert status["artifacts"]["model"] == "s3://kakugo-artifacts/runs/kakugo/yoruba/model"
+    assert stage(status, "evaluate")["state"] == "Succeeded"
+    text = wait_for(lambda: (t := metrics_text()) and "kakugo_evaluation_score{" in t and t)
+    assert ('kakugo_evaluation_score{languagemodel="yoruba",model="tuned",namespace="kakugo",'
+            'task="belebele"} 49.9') in text
+    # Liveness and readiness.
+    assert httpx.get(operator.liveness, timeout=5).status_code == 200
+    ready = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/readyz", timeout=5)
+    assert (ready.status_code, ready.text) == (200, "ready\n")
+    # Deleting the object removes its series.
+    cluster.delete("LanguageModel", NS, "yoruba")
+    wait_for(lambda: 'languagemodel="yoruba"' not in metrics_text(), what="series removed")
+    assert 'kakugo_languagemodels{phase="Succeeded"} 0.0' in metrics_text()
+    time.sleep(0.1)
