@@ -148,6 +148,9 @@ def cost_lines(run: RunSpec, facts: RunFacts, gpu_price: Decimal | None) -> list
         total += cost
         lines.append((f"GPU time: {gpu_seconds / 3600:.3f} GPU-hours at ${gpu_price}/GPU-hour",
                       dollars(cost)))
+    if len(lines) == 0:
+        lines.append(("nothing priced: no teacher API; GPU time is priced with --gpu-price",
+                      dollars(total)))
     lines.append(("total", dollars(total)))
     return lines
 
