@@ -255,8 +255,23 @@ class Stage(ABC):
     def language(self) -> str:
         return self.run.language.name
 
-    @abstractmethod
-    def num_shards(self) -> int: ...
+    #: The stage's own frozen section of `spec.data` (data stages), e.g. "topics".
+    data_section: ClassVar[str | None] = None
+
+    @property
+    def config(self) -> Any:
+        """This stage's settings: `spec.data.<data_section>` (recipe mistake 3: each stage
+        has its own immutable config)."""
+        if self.data_section is None:
+            raise AttributeError(f"stage {self.name} has no data section")
+        return getattr(self.run.spec.data, self.data_section)
+
+    def num_shards(self) -> int:
+        return self.config.shards
+
+    def mine(self, items: Sequence[Any], shard: int) -> list[Any]:
+        """A shard's share of the stage's work items: every num_shards()-th, from `shard`."""
+        return list(items[shard :: self.num_shards()])
 
     def skip_reason(self) -> str | None:
         """Why this stage has nothing to do for this spec (an ablation), or None."""

@@ -37,12 +37,7 @@ DOCUMENTS_META = "contexts/_documents.json"
 class ContextsStage(Stage):
     name = "contexts"
 
-    @property
-    def config(self):
-        return self.run.spec.data.contexts
-
-    def num_shards(self) -> int:
-        return self.config.shards
+    data_section = "contexts"
 
     def skip_reason(self) -> str | None:
         if "contexts" not in self.run.spec.data.mix.sources:
@@ -104,7 +99,7 @@ class ContextsStage(Stage):
     async def run_shard(self, ctx: ShardContext) -> None:
         cfg, lang = self.config, self.language
         docs, corpus_size = self.documents()
-        mine = [d for i, d in enumerate(docs) if i % self.num_shards() == ctx.shard]
+        mine = self.mine(docs, ctx.shard)
         keep_one = corpus_size > cfg.keep_one_above
         ctx.stats.rows_in = len(mine)
         ctx.stats.extra.update(corpus_size=corpus_size, keep_one=keep_one)

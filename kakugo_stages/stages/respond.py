@@ -13,7 +13,7 @@ from kakugo_stages import prompts
 from kakugo_stages.parsing import ParseError
 from kakugo_stages.stages import register
 from kakugo_stages.stages.base import ShardContext, Stage
-from kakugo_stages.stages.revise import GENERATED
+from kakugo_stages.stages.revise import generation_skip_reason
 
 
 def _non_empty(text: str) -> str:
@@ -27,22 +27,14 @@ class RespondStage(Stage):
     name = "respond"
     inputs = ("revise",)
 
-    @property
-    def config(self):
-        return self.run.spec.data.respond
-
-    def num_shards(self) -> int:
-        return self.config.shards
+    data_section = "respond"
 
     def skip_reason(self) -> str | None:
-        if not set(GENERATED) & set(self.run.spec.data.mix.sources):
-            return "no generation method in data.mix.sources"
-        return None
+        return generation_skip_reason(self)
 
     async def run_shard(self, ctx: ShardContext) -> None:
         cfg, lang = self.config, self.language
-        rows = [r for i, r in enumerate(self.input_rows("revise"))
-                if i % self.num_shards() == ctx.shard]
+        rows = self.mine(self.input_rows("revise"), ctx.shard)
         ctx.stats.rows_in = len(rows)
 
         async def respond(row: dict[str, Any]) -> None:

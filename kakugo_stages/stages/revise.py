@@ -21,6 +21,13 @@ from kakugo_stages.stages.base import ShardContext, Stage
 GENERATED = ("topics", "scenarios", "contexts")
 
 
+def generation_skip_reason(stage: Stage) -> str | None:
+    """Revise and respond have nothing to do when the mix takes no generated prompts."""
+    if not set(GENERATED) & set(stage.run.spec.data.mix.sources):
+        return "no generation method in data.mix.sources"
+    return None
+
+
 def generated_rows(stage: Stage) -> list[dict[str, Any]]:
     """All prompts of the generation stages in the mix, in a stable order."""
     sources = [s for s in GENERATED if s in stage.run.spec.data.mix.sources]
@@ -32,21 +39,14 @@ class ReviseStage(Stage):
     name = "revise"
     inputs = GENERATED
 
-    @property
-    def config(self):
-        return self.run.spec.data.revise
-
-    def num_shards(self) -> int:
-        return self.config.shards
+    data_section = "revise"
 
     def skip_reason(self) -> str | None:
-        if not set(GENERATED) & set(self.run.spec.data.mix.sources):
-            return "no generation method in data.mix.sources"
-        return None
+        return generation_skip_reason(self)
 
     async def run_shard(self, ctx: ShardContext) -> None:
         cfg, lang = self.config, self.language
-        rows = [r for i, r in enumerate(generated_rows(self)) if i % self.num_shards() == ctx.shard]
+        rows = self.mine(generated_rows(self), ctx.shard)
         ctx.stats.rows_in = len(rows)
 
         async def revise(row: dict[str, Any]) -> dict[str, Any]:

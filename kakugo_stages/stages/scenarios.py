@@ -24,12 +24,7 @@ from kakugo_stages.stages.topics import norm
 class ScenariosStage(Stage):
     name = "scenarios"
 
-    @property
-    def config(self):
-        return self.run.spec.data.scenarios
-
-    def num_shards(self) -> int:
-        return self.config.shards
+    data_section = "scenarios"
 
     def skip_reason(self) -> str | None:
         if "scenarios" not in self.run.spec.data.mix.sources:
@@ -73,7 +68,7 @@ class ScenariosStage(Stage):
                     continue
                 seen.add(norm(text))
                 broad.append((f"{prefix}{i}", text))
-        mine = [b for i, b in enumerate(broad) if i % self.num_shards() == ctx.shard]
+        mine = self.mine(broad, ctx.shard)
 
         async def detailed(bid: str, text: str) -> list[tuple[str, str]]:
             if cfg.detailed_per_broad == 0:

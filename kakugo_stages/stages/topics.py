@@ -35,12 +35,7 @@ class Subject:
 class TopicsStage(Stage):
     name = "topics"
 
-    @property
-    def config(self):
-        return self.run.spec.data.topics
-
-    def num_shards(self) -> int:
-        return self.config.shards
+    data_section = "topics"
 
     def skip_reason(self) -> str | None:
         if "topics" not in self.run.spec.data.mix.sources:
@@ -90,7 +85,7 @@ class TopicsStage(Stage):
 
     async def run_shard(self, ctx: ShardContext) -> None:
         cfg, lang = self.config, self.language
-        seeds = [s for i, s in enumerate(self.seeds()) if i % self.num_shards() == ctx.shard]
+        seeds = self.mine(self.seeds(), ctx.shard)
         seen = {norm(s.text) for s in seeds}
         macros = await self._expand(ctx, seeds, cfg.macro_topics_per_seed, "macro_topic", seen)
         topics = await self._expand(ctx, macros, cfg.topics_per_macro_topic, "topic", seen)

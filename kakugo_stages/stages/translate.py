@@ -61,12 +61,7 @@ def to_messages(record: dict[str, Any]) -> list[dict[str, str]] | None:
 class TranslateStage(Stage):
     name = "translate"
 
-    @property
-    def config(self):
-        return self.run.spec.data.translate
-
-    def num_shards(self) -> int:
-        return self.config.shards
+    data_section = "translate"
 
     def skip_reason(self) -> str | None:
         if "translated" not in self.run.spec.data.mix.sources:
@@ -159,8 +154,7 @@ class TranslateStage(Stage):
 
     async def run_shard(self, ctx: ShardContext) -> None:
         cfg, lang = self.config, self.language
-        convs = [c for i, c in enumerate(self.conversations())
-                 if i % self.num_shards() == ctx.shard]
+        convs = self.mine(self.conversations(), ctx.shard)
         ctx.stats.rows_in = len(convs)
         meta = self.store.read_json(SOURCES_META)
         ctx.stats.extra.update(meta)
