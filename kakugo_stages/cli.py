@@ -105,7 +105,7 @@ def crds(folders: tuple[Path, ...], check_folders: tuple[Path, ...]) -> None:
 
     \b
     kakugo crds | kubectl apply -f -
-    kakugo crds --write crds --write helm/kakugo/crds
+    kakugo crds --write crds --write helm/kakugo/files/crds
     """
     rendered = {name: crd_gen.render(crd) for name, crd in crd_gen.all_crds().items()}
     if check_folders:

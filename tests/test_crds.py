@@ -30,7 +30,7 @@ def _schema(plural: str) -> dict[str, Any]:
     return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
-@pytest.mark.parametrize("folder", ["crds", "helm/kakugo/crds"])
+@pytest.mark.parametrize("folder", ["crds", "helm/kakugo/files/crds"])
 def test_checked_in_crds_match_the_models(repo: Path, folder: str) -> None:
     for name, crd in all_crds().items():
         path = repo / folder / name

@@ -1,7 +1,8 @@
 """Kopf handlers: thin. They gather the world from in-memory indexes, call the pure
-decisions (`reconcile.decide`, `teacher.decide_teacher`) and execute the plans.
+decisions (`reconcile.decide`, `teacher.decide_teacher`, `fleet.decide_fleet`) and
+execute the plans.
 
-One daemon per LanguageModel and per Teacher re-decides whenever something it owns or
+One daemon per LanguageModel, Teacher and LanguageFleet re-decides whenever something it owns or
 depends on changes (Job, Pod and Teacher events wake it) and at least every
 `resyncSeconds`. Each daemon is the only writer of its object's status, so it keeps the
 status it last wrote instead of waiting for the watch to echo it back.
@@ -18,6 +19,7 @@ from typing import Any
 
 import kopf
 
+from kakugo_operator import fleet as fleet_mod
 from kakugo_operator import k8s, metrics, naming
 from kakugo_operator import settings as settings_mod
 from kakugo_operator.observe import iso
@@ -53,6 +55,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     SETTINGS = settings_mod.load()
     _wakeups.clear()
     _ghosts.clear()
+    metrics.reset()
     settings.persistence.finalizer = "kakugo.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kakugo.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -128,6 +131,17 @@ def teacher_clients(namespace: str, name: str, spec: dict[str, Any], status: dic
     return {}  # not None: Kopf keeps an object's old index entries when given None
 
 
+@kopf.index(GROUP, VERSION, "languagemodels", labels={fleet_mod.FLEET_LABEL: kopf.PRESENT})
+def fleet_children(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any) -> Any:
+    return {(namespace, labels[fleet_mod.FLEET_LABEL]): dict(body)}
+
+
+@kopf.index(GROUP, VERSION, "languagemodels")
+def languagemodel_fleets(namespace: str, name: str, labels: dict[str, str], **_: Any) -> Any:
+    """Every LanguageModel's fleet ("" for none): a fleet must not take over a name."""
+    return {namespace: (name, labels.get(fleet_mod.FLEET_LABEL, ""))}
+
+
 # ------------------------------------------------------------------ wake-ups
 # Async on purpose: Kopf runs sync handlers in threads, and asyncio.Event is not
 # thread-safe.
@@ -166,10 +180,17 @@ async def teacher_event(namespace: str, name: str, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, "languagemodels")
-async def languagemodel_event(namespace: str, name: str, spec: dict[str, Any], **_: Any) -> None:
+async def languagemodel_event(namespace: str, name: str, spec: dict[str, Any],
+                              labels: dict[str, str], **_: Any) -> None:
     wake("lm", namespace, name)
     if teacher := teacher_of(name, dict(spec)):
         wake("teacher", namespace, teacher)
+    wake("fleet", namespace, labels.get(fleet_mod.FLEET_LABEL))
+
+
+@kopf.on.event(GROUP, VERSION, "languagefleets")
+async def languagefleet_event(namespace: str, name: str, **_: Any) -> None:
+    wake("fleet", namespace, name)
 
 
 async def _sleep(key: tuple[str, str, str], stopped: kopf.DaemonStopped, seconds: float) -> None:
@@ -213,11 +234,15 @@ async def languagemodel(
         teacher = None
         if teacher_name:
             teacher = next(iter(kakugo_teachers.get((namespace, teacher_name), [])), None)
+        meta = body.get("metadata") or {}
         obs = Observed(
             name=name, namespace=namespace,
-            generation=int(body.get("metadata", {}).get("generation") or 1),
+            generation=int(meta.get("generation") or 1),
             spec=spec, status=status, jobs=list(kakugo_jobs.get((namespace, name), [])),
             pods=pods, teacher=teacher, now=now(),
+            fleet=(meta.get("labels") or {}).get(fleet_mod.FLEET_LABEL) or None,
+            gpu_admitted=(meta.get("annotations") or {}).get(
+                fleet_mod.ADMITTED_ANNOTATION) == "true",
         )
         plan = decide(obs, SETTINGS)
         try:
@@ -253,7 +278,7 @@ async def languagemodel(
                 status = plan.status
             _post(body, plan.events)
             metrics.observe_plan(namespace, name, plan.status, plan.finished,
-                                 plan.completed_stages)
+                                 plan.completed_stages, spec)
             if plan.finished:  # accounted for: drop the ghosts of finished attempts
                 _ghosts.pop((namespace, name), None)
         except Exception as exc:  # a failed API call: log, back off, decide again
@@ -296,7 +321,15 @@ async def languagemodel_deleted(name: str, namespace: str, spec: dict[str, Any],
         return
     from kakugo_stages.store import open_store
 
-    root = storage.get("uri") or f"file://{(storage.get('pvc') or {}).get('mountPath', '/data')}"
+    if storage.get("uri"):
+        root = storage["uri"]
+    elif storage.get("pvc"):
+        root = f"file://{(storage.get('pvc') or {}).get('mountPath', '/data')}"
+    elif SETTINGS.storage_uri:  # no storage in the spec: the operator's default storage
+        root = SETTINGS.storage_uri
+    else:
+        logger.warning("no storage to delete artifacts from")
+        return
     run_uri = f"{root.rstrip('/')}/{namespace}/{name}"
     s3 = storage.get("s3") or {}
     store = open_store(run_uri, endpoint_url=s3.get("endpointUrl"), region=s3.get("region"))
@@ -337,6 +370,8 @@ async def teacher(
                                       sub="status")
                 status = plan.status
             _post(body, plan.events)
+            metrics.observe_teacher(namespace, name, plan.status.get("phase") == "Ready",
+                                    len(plan.status.get("clients") or []))
         except Exception as exc:
             logger.warning("reconciliation of Teacher %s/%s failed: %r", namespace, name, exc)
             await _sleep(key, stopped, 5.0)
@@ -347,6 +382,71 @@ async def teacher(
 @kopf.on.delete(GROUP, VERSION, "teachers", optional=True)
 def teacher_deleted(name: str, namespace: str, **_: Any) -> None:
     _wakeups.pop(("teacher", namespace, name), None)
+    metrics.forget_teacher(namespace, name)
+
+
+# ------------------------------------------------------------------ LanguageFleet
+
+
+@kopf.daemon(GROUP, VERSION, "languagefleets", initial_delay=0, cancellation_timeout=10)
+async def languagefleet(
+    stopped: kopf.DaemonStopped, name: str, namespace: str, body: kopf.Body,
+    fleet_children: kopf.Index, languagemodel_fleets: kopf.Index, logger: logging.Logger,
+    **_: Any,
+) -> None:
+    key = ("fleet", namespace, name)
+    status: dict[str, Any] = dict(body.get("status") or {})
+    while not stopped:
+        _wakeups[key].clear()
+        meta = body.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return
+        children = list(fleet_children.get((namespace, name), []))
+        taken = dict(languagemodel_fleets.get(namespace, []))
+        plan = fleet_mod.decide_fleet(name, namespace, int(meta.get("generation") or 1),
+                                      dict(body.get("spec") or {}), status, children, taken,
+                                      now())
+        try:
+            for obj in plan.create:
+                kopf.append_owner_reference(obj, owner=body)  # not kopf.adopt: the fleet's
+                await k8s.create(obj)  # labels (e.g. Argo CD's tracking label) stay its own
+            for child, patch in plan.patch.items():
+                await k8s.merge_patch(API, "languagemodels", namespace, child, patch)
+            for child in plan.delete:
+                if child in plan.delete_artifacts:
+                    await k8s.merge_patch(API, "languagemodels", namespace, child, {
+                        "spec": {"storage": {"deleteArtifactsOnDelete": True}}})
+                await k8s.delete(API, "languagemodels", namespace, child)
+            if plan.status != status:
+                # Nested maps (phases, byLanguage) lose keys too: a deep merge patch.
+                await k8s.merge_patch(API, "languagefleets", namespace, name,
+                                      {"status": fleet_mod.merge_diff(status, plan.status)},
+                                      sub="status")
+                status = plan.status
+            _post(body, plan.events)
+        except Exception as exc:
+            logger.warning("reconciliation of LanguageFleet %s/%s failed: %r", namespace, name,
+                           exc)
+            await _sleep(key, stopped, 5.0)
+            continue
+        await _sleep(key, stopped, plan.requeue_after or SETTINGS.resync_seconds)
+
+
+@kopf.on.delete(GROUP, VERSION, "languagefleets")
+async def languagefleet_deleted(name: str, namespace: str, spec: dict[str, Any],
+                                fleet_children: kopf.Index, logger: logging.Logger,
+                                **_: Any) -> None:
+    """Members go through ownerReferences (the garbage collector). With artifactPolicy
+    Delete, each member is marked to delete its artifacts and deleted here first."""
+    _wakeups.pop(("fleet", namespace, name), None)
+    if spec.get("artifactPolicy") != "Delete":
+        return
+    for child in list(fleet_children.get((namespace, name), [])):
+        child_name = child["metadata"]["name"]
+        await k8s.merge_patch(API, "languagemodels", namespace, child_name, {
+            "spec": {"storage": {"deleteArtifactsOnDelete": True}}})
+        await k8s.delete(API, "languagemodels", namespace, child_name)
+        logger.info("deleted member %s with its artifacts", child_name)
 
 
 @kopf.on.probe(id="kakugo")

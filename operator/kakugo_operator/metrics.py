@@ -19,7 +19,7 @@ from prometheus_client import Counter as PCounter
 from kakugo_stages.spec import STAGES
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Stalled")
+PHASES = ("Pending", "Queued", "Running", "Suspended", "Succeeded", "Stalled")
 #: Rejection reasons are free text in the stages: keep a closed, small set of label values.
 KNOWN_REASONS = ("http_429", "http_5xx", "timeout", "transport", "finish_length",
                  "finish_content_filter", "parse", "empty", "refused", "language",
@@ -45,10 +45,20 @@ TOKENS = PCounter("kakugo_teacher_tokens_total", "Teacher tokens of finished sta
                   ["direction"], registry=REGISTRY)
 SCORE = Gauge("kakugo_evaluation_score", "Evaluation score by task, base and tuned model.",
               ["namespace", "languagemodel", "task", "model"], registry=REGISTRY)
+PROGRESS = Gauge("kakugo_progress_ratio", "Share of a LanguageModel's stages that are done.",
+                 ["namespace", "languagemodel", "language"], registry=REGISTRY)
+BUDGET = Gauge("kakugo_budget_dollars", "spec.budget.maxDollars of a LanguageModel.",
+               ["namespace", "languagemodel"], registry=REGISTRY)
+TEACHER_READY = Gauge("kakugo_teacher_ready", "1 when a Teacher's server is Ready, else 0.",
+                      ["namespace", "teacher"], registry=REGISTRY)
+TEACHER_CLIENTS = Gauge("kakugo_teacher_clients",
+                        "LanguageModels that need a Teacher now (in a teacher stage).",
+                        ["namespace", "teacher"], registry=REGISTRY)
 
 # Labels seen per object, so that they can be removed on deletion.
 _scores: dict[tuple[str, str], set[tuple[str, str]]] = {}
 _phases: dict[tuple[str, str], str] = {}
+_languages: dict[tuple[str, str], str] = {}
 
 
 def reason_label(reason: str) -> str:
@@ -97,9 +107,25 @@ def start(port: int, host: str = "0.0.0.0") -> WSGIServer:
 
 
 def observe_plan(namespace: str, name: str, status: dict[str, Any], finished: list[dict],
-                 completed: list[tuple[str, float]]) -> None:
+                 completed: list[tuple[str, float]], spec: dict[str, Any] | None = None) -> None:
     """Fold a reconciliation's results into the metrics."""
     key = (namespace, name)
+    spec = spec or {}
+    progress = status.get("progress") or {}
+    if progress.get("stagesTotal"):
+        language = str(spec.get("language") or "")
+        if _languages.get(key, language) != language:  # a renamed language: drop the old series
+            with contextlib.suppress(KeyError):
+                PROGRESS.remove(namespace, name, _languages[key])
+        _languages[key] = language
+        PROGRESS.labels(namespace, name, language).set(
+            progress.get("stagesDone", 0) / progress["stagesTotal"])
+    budget = (spec.get("budget") or {}).get("maxDollars")
+    if budget is not None:
+        BUDGET.labels(namespace, name).set(float(budget))
+    else:
+        with contextlib.suppress(KeyError):
+            BUDGET.remove(namespace, name)
     phase = status.get("phase")
     if phase in PHASES and _phases.get(key) != phase:
         if key in _phases:
@@ -139,6 +165,14 @@ def observe_plan(namespace: str, name: str, status: dict[str, Any], finished: li
                 seen.add((task, model))
 
 
+def reset() -> None:
+    """Forget the phases counted so far: a (re)started operator counts its objects anew as
+    its daemons observe them (several operator runs in one process, as in tests)."""
+    _phases.clear()
+    for phase in PHASES:
+        LANGUAGEMODELS.labels(phase).set(0)
+
+
 def forget(namespace: str, name: str) -> None:
     """Remove an object's series (it was deleted)."""
     key = (namespace, name)
@@ -146,6 +180,22 @@ def forget(namespace: str, name: str) -> None:
         LANGUAGEMODELS.labels(_phases.pop(key)).dec()
     with contextlib.suppress(KeyError):
         COST.remove(namespace, name)
+    with contextlib.suppress(KeyError):
+        BUDGET.remove(namespace, name)
+    if key in _languages:
+        with contextlib.suppress(KeyError):
+            PROGRESS.remove(namespace, name, _languages.pop(key))
     for task, model in _scores.pop(key, set()):
         with contextlib.suppress(KeyError):
             SCORE.remove(namespace, name, task, model)
+
+
+def observe_teacher(namespace: str, name: str, ready: bool, clients: int) -> None:
+    TEACHER_READY.labels(namespace, name).set(1 if ready else 0)
+    TEACHER_CLIENTS.labels(namespace, name).set(clients)
+
+
+def forget_teacher(namespace: str, name: str) -> None:
+    for gauge in (TEACHER_READY, TEACHER_CLIENTS):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name)

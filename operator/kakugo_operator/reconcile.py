@@ -56,6 +56,10 @@ class Observed:
     pods: list[dict[str, Any]]
     teacher: dict[str, Any] | None  # the Teacher of teacher.ref / teacher.serve
     now: datetime
+    #: The LanguageFleet this object belongs to (label kakugo.io/fleet), if any: a member
+    #: starts a GPU stage only once its fleet admitted it (annotation kakugo.io/gpu-admitted).
+    fleet: str | None = None
+    gpu_admitted: bool = False
 
 
 @dataclass
@@ -70,6 +74,12 @@ class Plan:
     log_pod: str | None = None  # a failed Pod whose log tail the Stalled message wants
     finished: list[dict[str, Any]] = field(default_factory=list)  # attempt records
     completed_stages: list[tuple[str, float]] = field(default_factory=list)  # stage, seconds
+
+
+def gpu_stages(spec: LanguageModelSpec) -> tuple[str, ...]:
+    """The stages whose Pods request GPUs (by default train and evaluate): the ones a
+    fleet's maxConcurrent gates."""
+    return tuple(s for s in STAGES if spec.resources.for_stage(s).gpus)
 
 
 def _requeue(plan: Plan, seconds: float) -> None:
@@ -212,6 +222,8 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     stalled: tuple[str, str] | None = None
     reconciling: tuple[str, str] = ("Running", "")
     active: str | None = None
+    queued = False
+    gated = gpu_stages(spec) if obs.fleet else ()
 
     def spent() -> Decimal:
         return _cost(entries, pods_by_job, spec, now, settings)[0]
@@ -330,6 +342,15 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
                        f"${max_dollars}; stage {stage} was not started. Raise the budget to "
                        "go on.")
             break
+        if stage in gated and not obs.gpu_admitted:
+            # A fleet member waits for its fleet's admission before a GPU stage
+            # (spec.maxConcurrent of the LanguageFleet); the fleet reads this phase.
+            queued = True
+            reconciling = ("WaitingForGPUQuota", (
+                f"queued before stage {stage}: LanguageFleet {obs.fleet} lets at most "
+                "spec.maxConcurrent members run GPU stages at once"))
+            _requeue(plan, settings.resync_seconds)
+            break
         if stage in TEACHER_STAGES and not ready_teacher:
             reconciling = ("WaitingForTeacher", teacher_wait)
             _requeue(plan, settings.resync_seconds)
@@ -366,7 +387,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     if suspended and not stalled and not done:
         phase = "Suspended"
     else:
-        phase = ("Stalled" if stalled else "Succeeded" if done else
+        phase = ("Stalled" if stalled else "Succeeded" if done else "Queued" if queued else
                  "Running" if any(entries[s]["attempt"] for s in STAGES) else "Pending")
     status["phase"] = phase
 

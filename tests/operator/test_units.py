@@ -168,3 +168,21 @@ def test_teacher_scales_to_zero_after_idle() -> None:
     idle = decide_teacher("t", "ns", spec, busy.status, deploy, [], NOW + timedelta(seconds=61),
                           SETTINGS)
     assert idle.replicas == 0 and idle.status["phase"] == "Idle"
+
+
+def test_progress_budget_and_teacher_series_are_removed_on_delete() -> None:
+    from kakugo_operator import metrics
+    from prometheus_client import generate_latest
+
+    metrics.observe_plan("units", "lm", {"progress": {"stagesDone": 2, "stagesTotal": 4}},
+                         [], [], {"language": "yo", "budget": {"maxDollars": "10"}})
+    metrics.observe_teacher("units", "tch", ready=False, clients=3)
+    text = generate_latest(metrics.REGISTRY).decode()
+    assert 'kakugo_progress_ratio{language="yo",languagemodel="lm",namespace="units"} 0.5' in text
+    assert 'kakugo_budget_dollars{languagemodel="lm",namespace="units"} 10.0' in text
+    assert 'kakugo_teacher_ready{namespace="units",teacher="tch"} 0.0' in text
+    assert 'kakugo_teacher_clients{namespace="units",teacher="tch"} 3.0' in text
+    metrics.forget("units", "lm")
+    metrics.forget_teacher("units", "tch")
+    text = generate_latest(metrics.REGISTRY).decode()
+    assert 'namespace="units"' not in text

@@ -1,0 +1,6 @@
+-- Resume every member of the fleet.
+if obj.spec == nil then
+  obj.spec = {}
+end
+obj.spec.suspend = false
+return obj

@@ -1,0 +1,10 @@
+-- Retry: ask the operator for a fresh retry budget for the failed stage. The value is a
+-- new timestamp each time, so every click is a new request.
+if obj.metadata == nil then
+  obj.metadata = {}
+end
+if obj.metadata.annotations == nil then
+  obj.metadata.annotations = {}
+end
+obj.metadata.annotations["kakugo.io/retry"] = os.date("!%Y-%m-%dT%H:%M:%SZ")
+return obj

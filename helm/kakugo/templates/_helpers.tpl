@@ -1,0 +1,102 @@
+{{/* Names and labels. */}}
+{{- define "kakugo.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kakugo.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kakugo.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "kakugo.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kakugo
+{{- end -}}
+
+{{- define "kakugo.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kakugo.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "kakugo.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kakugo.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The namespaces the operator watches (namespaced mode): a list, never empty. */}}
+{{- define "kakugo.watchNamespaces" -}}
+{{- $ns := .Values.watch.namespaces | default (list .Release.Namespace) -}}
+{{- toJson (uniq $ns) -}}
+{{- end -}}
+
+{{/* repository:tag (tag default: appVersion). Args: dict "image" <values> "root" $ */}}
+{{- define "kakugo.image" -}}
+{{- $tag := .image.tag | default .root.Chart.AppVersion -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The operator's settings file (operator/kakugo_operator/settings.py, camelCase keys). */}}
+{{- define "kakugo.settings" -}}
+images:
+  stages: {{ include "kakugo.image" (dict "image" .Values.images.stages "root" .) | quote }}
+  trainer: {{ include "kakugo.image" (dict "image" .Values.images.trainer "root" .) | quote }}
+  eval: {{ include "kakugo.image" (dict "image" .Values.images.eval "root" .) | quote }}
+  teacher: {{ include "kakugo.image" (dict "image" .Values.images.teacher "root" .) | quote }}
+imagePullPolicy: {{ .Values.stages.imagePullPolicy | quote }}
+{{- with .Values.stages.serviceAccount }}
+serviceAccount: {{ . | quote }}
+{{- end }}
+{{- with .Values.stages.storageUri }}
+storageUri: {{ . | quote }}
+{{- end }}
+gpuPrices:
+{{- range $product, $byCapacity := .Values.gpuPrices.products }}
+  {{ $product | quote }}:
+  {{- range $capacity, $price := $byCapacity }}
+    {{ $capacity | quote }}: {{ $price | toString | quote }}
+  {{- end }}
+{{- end }}
+defaultGpuProduct: {{ .Values.gpuPrices.defaultProduct | quote }}
+defaultCapacityType: {{ .Values.gpuPrices.defaultCapacityType | quote }}
+backoffBaseSeconds: {{ .Values.stages.backoffBaseSeconds }}
+backoffMaxSeconds: {{ .Values.stages.backoffMaxSeconds }}
+retryBudget: {{ .Values.stages.retryBudget }}
+specChanges: {{ .Values.stages.specChanges | quote }}
+{{- if not (kindIs "invalid" .Values.teacher.idleSeconds) }}
+teacherIdleSeconds: {{ .Values.teacher.idleSeconds }}
+{{- end }}
+resyncSeconds: {{ .Values.operator.resyncSeconds }}
+metricsPort: {{ .Values.metrics.port }}
+livenessEndpoint: {{ printf "http://0.0.0.0:%d/healthz" (int .Values.operator.healthPort) | quote }}
+logTailLines: {{ .Values.stages.logTailLines }}
+{{- end -}}
+
+{{/* RBAC rules of the operator, from files/rbac/operator-rules.yaml. */}}
+{{- define "kakugo.rules" -}}
+{{- $rules := .Files.Get "files/rbac/operator-rules.yaml" | fromYaml -}}
+{{- toYaml $rules.namespaced -}}
+{{- end -}}
+
+{{- define "kakugo.clusterRules" -}}
+{{- $rules := .Files.Get "files/rbac/operator-rules.yaml" | fromYaml -}}
+{{- toYaml (concat $rules.namespaced $rules.clusterWideOnly) -}}
+{{- end -}}

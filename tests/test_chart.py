@@ -1,0 +1,403 @@
+"""helm/kakugo: lint, render with default and non-default values, validate the objects
+offline, and check that the chart matches the operator (settings, RBAC, CRDs, CLI)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from click.testing import CliRunner
+from kakugo_operator import settings as operator_settings
+from packaging_tools import CHART, REPO, by_kind, helm_template, one, run, tool
+
+RULES = yaml.safe_load((CHART / "files/rbac/operator-rules.yaml").read_text())
+NS = "kakugo-system"
+
+#: Non-default values: everything switched the other way.
+CUSTOM: dict[str, Any] = {
+    "fullnameOverride": "kakugo-op",
+    "crds": {"install": True, "keep": False},
+    "image": {"repository": "registry.example/kakugo-operator", "tag": "1.2.3",
+              "digest": "sha256:" + "a" * 64},
+    "imagePullSecrets": [{"name": "regcred"}],
+    "images": {"stages": {"repository": "registry.example/kakugo-stages", "tag": "1.2.3"},
+               "trainer": {"repository": "registry.example/kakugo-trainer", "tag": "1.2.3"},
+               "eval": {"repository": "registry.example/kakugo-eval", "tag": "1.2.3"},
+               "teacher": {"repository": "registry.example/kakugo-teacher", "tag": "1.2.3"}},
+    "stages": {"imagePullPolicy": "Always", "serviceAccount": "kakugo-stages",
+               "storageUri": "s3://kakugo-artifacts/runs", "backoffBaseSeconds": 10,
+               "backoffMaxSeconds": 600, "retryBudget": 5, "specChanges": "refuse",
+               "logTailLines": 50},
+    "gpuPrices": {"defaultProduct": "NVIDIA-L4", "defaultCapacityType": "spot",
+                  "products": {"NVIDIA-L4": {"on-demand": "0.90", "spot": "0.40"},
+                               "NVIDIA-B200": {"on-demand": "6.50"}}},
+    "teacher": {"idleSeconds": 300},
+    "rbac": {"clusterWide": True},
+    "serviceAccount": {"name": "kakugo-sa", "annotations": {"example.com/role": "x"}},
+    "operator": {"resyncSeconds": 60, "logLevel": "verbose", "healthPort": 8081,
+                 "env": [{"name": "AWS_REGION", "value": "eu-west-1"}],
+                 "envFrom": [{"secretRef": {"name": "kakugo-s3"}}],
+                 "nodeSelector": {"pool": "system"}, "priorityClassName": "system-cluster-critical",
+                 "tolerations": [{"key": "dedicated", "operator": "Exists"}]},
+    "metrics": {"port": 9191, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                "prometheusRule": {"enabled": True, "labels": {"release": "prom"},
+                                   "additionalLabels": {"team": "ml"}}},
+    "dashboards": {"label": "grafana_dashboard", "labelValue": "kakugo",
+                   "namespace": "monitoring", "folder": "ML"},
+}
+
+
+@pytest.fixture(scope="module")
+def default_objects() -> list[dict[str, Any]]:
+    return helm_template(namespace=NS)
+
+
+@pytest.fixture(scope="module")
+def custom_objects(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return helm_template(CUSTOM, namespace=NS, tmp=tmp_path_factory.mktemp("values"))
+
+
+def _values_file(tmp_path: Path, values: dict[str, Any]) -> str:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def test_helm_lint(tmp_path: Path) -> None:
+    helm = tool("helm")
+    run([helm, "lint", "--strict", str(CHART)])
+    run([helm, "lint", "--strict", str(CHART), "--values", _values_file(tmp_path, CUSTOM)])
+
+
+def test_the_old_crds_folder_is_gone() -> None:
+    # Helm installs crds/ by itself (and never upgrades it): with templates/crds.yaml the
+    # CRDs would be installed twice. The generated copy lives in files/crds/.
+    assert not (CHART / "crds").exists(), (
+        "helm/kakugo/crds/ must go: the chart renders files/crds/ (make crds writes it)")
+
+
+def test_chart_crds_match_the_repository() -> None:
+    names = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
+    assert names == sorted(p.name for p in (CHART / "files/crds").glob("*.yaml"))
+    for name in names:
+        assert (CHART / "files/crds" / name).read_text() == (REPO / "crds" / name).read_text(), (
+            f"helm/kakugo/files/crds/{name} drifted from crds/: run `make crds`")
+
+
+def _crds(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in by_kind(objects, "CustomResourceDefinition")}
+
+
+def test_crds_install_and_keep_switches(default_objects: list, custom_objects: list,
+                                        tmp_path: Path) -> None:
+    repo_crds = {yaml.safe_load(p.read_text())["metadata"]["name"]: yaml.safe_load(p.read_text())
+                 for p in (REPO / "crds").glob("*.yaml")}
+    kept = _crds(default_objects)
+    assert set(kept) == set(repo_crds) == {
+        "languagemodels.kakugo.io", "teachers.kakugo.io", "languagefleets.kakugo.io"}
+    for name, crd in kept.items():
+        annotations = crd["metadata"].pop("annotations")
+        assert annotations == {"helm.sh/resource-policy": "keep"}
+        assert crd == repo_crds[name], f"rendered CRD {name} differs from crds/"
+    not_kept = _crds(custom_objects)
+    assert set(not_kept) == set(repo_crds)
+    for name, crd in not_kept.items():
+        assert "annotations" not in crd["metadata"]
+        assert crd == repo_crds[name]
+    off = helm_template({"crds": {"install": False, "keep": True}}, namespace=NS, tmp=tmp_path)
+    assert not _crds(off)
+
+
+def test_default_deployment(default_objects: list[dict[str, Any]]) -> None:
+    deploy = one(default_objects, "Deployment")
+    spec = deploy["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == "ghcr.io/kakugo/kakugo-operator:0.1.0"
+    assert c["args"] == ["operator", f"--namespace={NS}",
+                         "--liveness=http://0.0.0.0:8080/healthz"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": 9090, "health": 8080}
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["runAsNonRoot"] is True
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["serviceAccountName"] == "kakugo"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["KAKUGO_OPERATOR_SETTINGS"] == "/etc/kakugo-operator/settings.yaml"
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert mounts == {"/etc/kakugo-operator": "settings", "/tmp": "tmp"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["settings"]["configMap"]["name"] == "kakugo-settings"
+
+
+def _settings(objects: list[dict[str, Any]], tmp_path: Path) -> operator_settings.OperatorSettings:
+    cm = next(o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith(
+        "-settings"))
+    path = tmp_path / "settings.yaml"
+    path.write_text(cm["data"]["settings.yaml"])
+    # Exactly what the operator does at startup: an unknown key would raise.
+    return operator_settings.load({operator_settings.SETTINGS_FILE_ENV: str(path)})
+
+
+def test_settings_are_what_the_operator_reads(default_objects: list, custom_objects: list,
+                                              tmp_path: Path) -> None:
+    default = _settings(default_objects, tmp_path)
+    assert default.images == {k: f"ghcr.io/kakugo/kakugo-{k}:0.1.0"
+                              for k in ("stages", "trainer", "eval", "teacher")}
+    assert default.gpu_prices == operator_settings.DEFAULT_GPU_PRICES
+    assert default.metrics_port == 9090 and default.retry_budget == 3
+    assert default.storage_uri is None and default.teacher_idle_seconds is None
+    assert default.liveness_endpoint == "http://0.0.0.0:8080/healthz"
+    custom = _settings(custom_objects, tmp_path)
+    assert custom.images["trainer"] == "registry.example/kakugo-trainer:1.2.3"
+    assert custom.gpu_prices[("NVIDIA-L4", "spot")] == Decimal("0.40")
+    assert custom.gpu_prices[("NVIDIA-B200", "on-demand")] == Decimal("6.50")
+    assert (custom.default_gpu_product, custom.default_capacity_type) == ("NVIDIA-L4", "spot")
+    assert custom.storage_uri == "s3://kakugo-artifacts/runs"
+    assert custom.service_account == "kakugo-stages" and custom.image_pull_policy == "Always"
+    assert (custom.retry_budget, custom.spec_changes, custom.log_tail_lines) == (5, "refuse", 50)
+    assert (custom.backoff_base_seconds, custom.backoff_max_seconds) == (10, 600)
+    assert custom.teacher_idle_seconds == 300 and custom.resync_seconds == 60
+    assert custom.metrics_port == 9191
+    assert custom.liveness_endpoint == "http://0.0.0.0:8081/healthz"
+
+
+def _cli_argv(args: list[str], monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What `kakugo <args>` hands to the operator (the CLI parses the container's args)."""
+    from kakugo_operator import main as operator_main
+
+    from kakugo_stages.cli import main as cli
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(operator_main, "run_operator", lambda argv=(): seen.append(list(argv)))
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    (argv,) = seen
+    return argv
+
+
+def test_container_args_are_a_valid_operator_command(default_objects: list,
+                                                     custom_objects: list,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from kakugo_operator.main import kopf_args
+
+    monkeypatch.delenv(operator_settings.SETTINGS_FILE_ENV, raising=False)
+    monkeypatch.delenv("KAKUGO_NAMESPACES", raising=False)
+    (c,) = one(default_objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    kopf = kopf_args(_cli_argv(c["args"], monkeypatch))
+    assert f"--namespace={NS}" in kopf and "--all-namespaces" not in kopf
+    assert "--standalone" in kopf and "--liveness=http://0.0.0.0:8080/healthz" in kopf
+    (c,) = one(custom_objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    kopf = kopf_args(_cli_argv(c["args"], monkeypatch))
+    assert "--all-namespaces" in kopf and "--verbose" in kopf
+    assert "--liveness=http://0.0.0.0:8081/healthz" in kopf
+
+
+def _rules(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    return obj["rules"]
+
+
+def test_rbac_namespaced_by_default(default_objects: list[dict[str, Any]]) -> None:
+    assert not by_kind(default_objects, "ClusterRole")
+    assert not by_kind(default_objects, "ClusterRoleBinding")
+    role = one(default_objects, "Role")
+    assert role["metadata"]["namespace"] == NS
+    assert _rules(role) == RULES["namespaced"]
+    binding = one(default_objects, "RoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "kakugo"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kakugo",
+                                    "namespace": NS}]
+    assert one(default_objects, "ServiceAccount")["metadata"]["name"] == "kakugo"
+
+
+def test_rbac_in_each_watched_namespace(tmp_path: Path) -> None:
+    objects = helm_template({"watch": {"namespaces": ["team-a", "team-b"]}}, namespace=NS,
+                            tmp=tmp_path)
+    roles = by_kind(objects, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    bindings = by_kind(objects, "RoleBinding")
+    assert all(b["subjects"][0]["namespace"] == NS for b in bindings)
+    (c,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert [a for a in c["args"] if a.startswith("--namespace")] == [
+        "--namespace=team-a", "--namespace=team-b"]
+
+
+def test_rbac_cluster_wide(custom_objects: list[dict[str, Any]]) -> None:
+    assert not by_kind(custom_objects, "Role") and not by_kind(custom_objects, "RoleBinding")
+    role = one(custom_objects, "ClusterRole")
+    assert _rules(role) == RULES["namespaced"] + RULES["clusterWideOnly"]
+    binding = one(custom_objects, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kakugo-sa",
+                                    "namespace": NS}]
+
+
+def _kopf_resources(source: str) -> dict[str, set[tuple[str, str]]]:
+    """(group, plural) of every Kopf handler in the source, by decorator (index, event, ...)."""
+    consts = {"GROUP": "kakugo.io", "VERSION": "v1alpha1"}
+    out: dict[str, set[tuple[str, str]]] = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for deco in node.decorator_list:
+            if not isinstance(deco, ast.Call):
+                continue
+            name = ast.unparse(deco.func)
+            if not name.startswith("kopf."):
+                continue
+            args = [a.value if isinstance(a, ast.Constant) else consts.get(ast.unparse(a))
+                    for a in deco.args]
+            if len(args) == 3:
+                group, _version, plural = args
+            elif len(args) == 2:  # ("v1", "pods"): the core group
+                group, plural = "", args[1]
+            else:
+                continue
+            out.setdefault(name, set()).add((group, plural))
+    return out
+
+
+def test_rbac_is_exactly_what_the_operator_code_uses() -> None:
+    """Every resource the handlers watch or write is granted, and nothing else is."""
+    ops = REPO / "operator/kakugo_operator"
+    handlers = (ops / "handlers.py").read_text()
+    granted = {(g, r): set(rule["verbs"]) for rule in RULES["namespaced"]
+               for g in rule["apiGroups"] for r in rule["resources"]}
+    kopf = _kopf_resources(handlers)
+    expected: dict[tuple[str, str], set[str]] = {}
+    # Kopf lists and watches every resource with a handler or an index.
+    for resources in kopf.values():
+        for key in resources:
+            expected.setdefault(key, set()).update({"list", "watch"})
+    # Daemons and deletion handlers: Kopf patches the object (finalizer, annotations), the
+    # daemon writes the status subresource.
+    for deco in ("kopf.daemon", "kopf.on.delete"):
+        for group, plural in kopf.get(deco, set()):
+            expected[(group, plural)].add("patch")
+            expected.setdefault((group, f"{plural}/status"), set()).add("patch")
+    # Writes through k8s.py, with the kinds the daemons create.
+    writes = {
+        ("kakugo.io", "teachers"): {"create", "get"},  # served Teacher (409: get)
+        # LanguageFleet members: created (409: get), spec and annotation patched, removed.
+        ("kakugo.io", "languagemodels"): {"create", "get", "patch", "delete"},
+        ("", "configmaps"): {"create", "get", "patch"},
+        ("batch", "jobs"): {"create", "get", "patch", "delete"},
+        ("apps", "deployments"): {"create", "get", "patch"},
+        ("", "services"): {"create", "get"},
+        ("", "pods/log"): {"get"},
+        ("", "events"): {"create"},  # kopf.event
+    }
+    for key, verbs in writes.items():
+        expected.setdefault(key, set()).update(verbs)
+    assert granted == expected, (
+        "files/rbac/operator-rules.yaml differs from what the operator uses: "
+        f"granted-only {sorted(set(granted.items()) - set(expected.items()))}, "
+        f"needed {sorted(set(expected.items()) - set(granted.items()))}")
+    # The k8s.py calls these rules assume: a new kind of call needs a new rule.
+    k8s = (ops / "k8s.py").read_text()
+    assert set(re.findall(r'call\("(GET|POST|PATCH|DELETE)"', k8s)) == {
+        "GET", "POST", "PATCH", "DELETE"}
+    calls = set(re.findall(r"k8s\.(\w+)\(", handlers))
+    assert calls <= {"configure", "create", "merge_patch", "delete", "pod_log_tail"}, calls
+    kinds = set(re.findall(r'"kind": "(\w+)"', "".join(
+        (ops / f).read_text() for f in ("builders.py", "teacher.py", "fleet.py")
+        if (ops / f).exists())))
+    assert kinds <= {"ConfigMap", "Job", "Deployment", "Service", "Teacher",
+                     "LanguageModel"}, kinds
+
+
+def test_metrics_service_and_monitor(default_objects: list, custom_objects: list) -> None:
+    svc = one(default_objects, "Service")
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics",
+                                     "protocol": "TCP"}]
+    deploy = one(default_objects, "Deployment")
+    assert svc["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"][
+        "labels"].items()
+    assert not by_kind(default_objects, "ServiceMonitor")
+    assert not by_kind(default_objects, "PrometheusRule")
+    sm = one(custom_objects, "ServiceMonitor")
+    svc = one(custom_objects, "Service")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    assert sm["spec"]["endpoints"][0]["honorLabels"] is True  # the objects' namespace label
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    rule = one(custom_objects, "PrometheusRule")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"KakugoStageStuck", "KakugoStageFailureRateHigh", "KakugoBudgetNearLimit",
+            "KakugoTeacherDown"} <= set(alerts)
+    assert all(r["labels"]["team"] == "ml" for r in alerts.values())
+
+
+def test_dashboard_configmap(default_objects: list, custom_objects: list) -> None:
+    cm = one(default_objects, "ConfigMap", "kakugo-dashboards")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dash = json.loads(cm["data"]["kakugo.json"])
+    assert dash["uid"] == "kakugo-overview" and dash["panels"]
+    cm = one(custom_objects, "ConfigMap", "kakugo-op-dashboards")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "kakugo"
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["annotations"]["grafana_folder"] == "ML"
+
+
+def test_custom_images_and_pod_settings(custom_objects: list[dict[str, Any]]) -> None:
+    pod = one(custom_objects, "Deployment")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == "registry.example/kakugo-operator@sha256:" + "a" * 64
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["nodeSelector"] == {"pool": "system"}
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert c["envFrom"] == [{"secretRef": {"name": "kakugo-s3"}}]
+    assert {"name": "AWS_REGION", "value": "eu-west-1"} in c["env"]
+    assert one(custom_objects, "ServiceAccount")["metadata"]["annotations"] == {
+        "example.com/role": "x"}
+
+
+@pytest.mark.parametrize("which", ["default", "custom"])
+def test_rendered_objects_are_valid(which: str, default_objects: list,
+                                    custom_objects: list) -> None:
+    objects = default_objects if which == "default" else custom_objects
+    for obj in objects:
+        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            # Prometheus Operator kinds: not in the Kubernetes schemas; shape checked above.
+            assert obj["kind"] in ("ServiceMonitor", "PrometheusRule")
+            continue
+        kubernetes_validate.validate(obj, "1.30", strict=True)
+
+
+@pytest.mark.parametrize("bad", [
+    {"stages": {"specChanges": "sometimes"}},
+    {"gpuPrices": {"products": {"NVIDIA-L4": {"on-demand": "cheap"}}}},
+    {"watch": {"namespaces": ["Not_A_Namespace"]}},
+    {"unknownKey": 1},
+    {"images": {"stages": {"repository": ""}}},
+    {"crds": {"install": "yes"}},
+    {"metrics": {"prometheusRule": {"stuckStageAfter": "soon"}}},
+])
+def test_values_schema_rejects_bad_values(bad: dict[str, Any], tmp_path: Path) -> None:
+    helm = tool("helm")
+    path = _values_file(tmp_path, bad)
+    with pytest.raises(AssertionError, match=r"values don't meet the specifications|schema"):
+        run([helm, "template", "x", str(CHART), "--values", path])
+
+
+def test_notes_render(tmp_path: Path) -> None:
+    helm = tool("helm")
+    out = run([helm, "install", "kakugo", str(CHART), "--dry-run=client", "--namespace", NS,
+               "--values", _values_file(tmp_path, {"watch": {"namespaces": ["langs"]}})]).stdout
+    notes = out.split("NOTES:", 1)[1]
+    assert "kubectl -n langs apply -f yoruba.yaml" in notes
+    assert "status.cost.dollars" in notes and "rollout status deployment/kakugo" in notes
