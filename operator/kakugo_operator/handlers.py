@@ -27,6 +27,9 @@ from kakugo_operator.reconcile import Observed, decide
 from kakugo_operator.teacher import decide_teacher, served_teacher
 from kakugo_stages.spec import TEACHER_STAGES
 
+#: Set by Argo CD's retry action (gitops/argocd): failed stages get a fresh retry budget.
+RETRY_ANNOTATION = "kakugo.io/retry"
+
 GROUP, VERSION = "kakugo.io", "v1alpha1"
 API = f"{GROUP}/{VERSION}"
 SETTINGS = settings_mod.load()
@@ -243,6 +246,7 @@ async def languagemodel(
             fleet=(meta.get("labels") or {}).get(fleet_mod.FLEET_LABEL) or None,
             gpu_admitted=(meta.get("annotations") or {}).get(
                 fleet_mod.ADMITTED_ANNOTATION) == "true",
+            retry_request=(meta.get("annotations") or {}).get(RETRY_ANNOTATION),
         )
         plan = decide(obs, SETTINGS)
         try:

@@ -60,6 +60,9 @@ class Observed:
     #: starts a GPU stage only once its fleet admitted it (annotation kakugo.io/gpu-admitted).
     fleet: str | None = None
     gpu_admitted: bool = False
+    #: The annotation kakugo.io/retry (Argo CD's retry action sets it to a timestamp): a new
+    #: value gives the failed stages a fresh retry budget.
+    retry_request: str | None = None
 
 
 @dataclass
@@ -203,6 +206,18 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
                          retryAt=None, message="inputs changed in generation "
                          f"{obs.generation}")
         entry["fingerprint"] = fps[stage]
+
+    # A retry request is honoured once per annotation value: failed stages start again with
+    # a fresh retry budget (the status remembers the value, so the decision is level-based).
+    if obs.retry_request and obs.retry_request != status.get("retryRequest"):
+        status["retryRequest"] = obs.retry_request
+        failed = [s for s in STAGES if entries[s]["state"] == "Failed"]
+        for stage in failed:
+            entries[stage].update(state="Retrying", failures=0, retryAt=None,
+                                  message=f"retry requested ({obs.retry_request})")
+        if failed:
+            plan.events.append(("Normal", "RetryRequested",
+                                f"retrying {', '.join(failed)} with a fresh retry budget"))
 
     if status.get("specFingerprint") != run.fingerprint():
         plan.apply_config_map = builders.config_map(run)

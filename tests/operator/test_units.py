@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -125,6 +126,33 @@ def test_backoff_then_budget_then_stall() -> None:
     plan = decide(observed(status=plan.status, jobs=[failed], pods=[broken], now=later),
                   SETTINGS)
     assert [o["metadata"]["name"] for o in plan.create] == ["yoruba-topics-2"]
+
+
+def test_a_retry_request_gives_failed_stages_a_fresh_budget() -> None:
+    plan = decide(observed(), SETTINGS)
+    status, job = plan.status, plan.create[0]
+    failed = {**job, "status": {"failed": 1}}
+    broken = _pod(1, phase="Failed", containerStatuses=[{"state": {"terminated": {
+        "exitCode": 2, "reason": "Error", "message": "oops"}}}])
+    status["stages"][0].update(failures=SETTINGS.retry_budget)
+    plan = decide(observed(status=status, jobs=[failed], pods=[broken]), SETTINGS)
+    assert plan.status["stages"][0]["state"] == "Failed"
+    stalled = next(c for c in plan.status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "StageFailed"
+
+    def asked(status: dict, value: str) -> Observed:
+        obs = observed(status=status, jobs=[failed], pods=[broken])
+        return replace(obs, retry_request=value)
+
+    retried = decide(asked(plan.status, "2026-11-26T12:00:00Z"), SETTINGS)
+    entry = retried.status["stages"][0]
+    assert (entry["state"], entry["failures"]) == ("Running", 0)
+    assert [o["metadata"]["name"] for o in retried.create] == ["yoruba-topics-2"]
+    assert retried.status["retryRequest"] == "2026-11-26T12:00:00Z"
+    assert any(e[1] == "RetryRequested" for e in retried.events)
+    # The same value again changes nothing: the request was already honoured.
+    again = decide(asked(retried.status, "2026-11-26T12:00:00Z"), SETTINGS)
+    assert not any(e[1] == "RetryRequested" for e in again.events)
 
 
 def test_failure_classification() -> None:
