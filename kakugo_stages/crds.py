@@ -49,11 +49,16 @@ def to_structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     node = _deref(dict(node), defs)
 
     if node.get("x-kubernetes-int-or-string"):
-        # anyOf of integer|string is the one union a structural schema allows, with no type.
+        # The one union a structural schema allows is exactly anyOf [integer, string], with
+        # no type and nothing else in the branches; each branch's checks move to the node
+        # (as controller-gen does for Quantity): `pattern` applies to strings only and
+        # `minimum` to numbers only.
         out = {k: v for k, v in node.items() if k in _KEEP and k != "type"}
-        out["anyOf"] = [
-            {k: v for k, v in branch.items() if k in _KEEP} for branch in node["anyOf"]
-        ]
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+        for branch in node["anyOf"]:
+            for key in ("pattern", "minimum", "maximum"):
+                if key in branch:
+                    out[key] = branch[key]
         if out.get("default") is None:
             out.pop("default", None)
         return out
@@ -180,7 +185,7 @@ _COST = {
     "x-kubernetes-preserve-unknown-fields": True,
     "properties": {
         "dollars": {"type": "string", "description": "Total spent, a decimal string."},
-        "gpuHours": {"type": "number"},
+        "gpuHours": {"type": "string", "description": "GPU-hours, a decimal string."},
     },
 }
 _READY = '.status.conditions[?(@.type=="Ready")].status'

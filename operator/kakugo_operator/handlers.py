@@ -65,6 +65,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix="kakugo.io", key="last-handled-configuration")
     # Our Events are explicit (kopf.event); do not turn every log line into one.
     settings.posting.level = logging.WARNING
+    # No cluster-wide CRD and namespace scanning: the chart's namespaced RBAC forbids it,
+    # and the watched namespaces are given on the command line.
+    settings.scanning.disabled = True
     settings.execution.max_workers = 32
     settings.watching.server_timeout = 300
     k8s.configure()
