@@ -34,8 +34,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from kakugo_operator import naming
-from kakugo_operator.observe import iso
-from kakugo_operator.reconcile import gpu_stages
+from kakugo_operator.reconcile import _set_condition, gpu_stages
 from kakugo_stages.cost import dollars
 from kakugo_stages.manifest import ManifestError, fleet_members, merge_patch, validate_spec
 from kakugo_stages.spec import LanguageFleetSpec, LanguageModelSpec
@@ -178,19 +177,6 @@ def member_labels(fleet: str, code: str | None) -> dict[str, str]:
     if code:
         labels[naming.LANGUAGE_LABEL] = naming.label_value(code)
     return labels
-
-
-def _set_condition(conds: list[dict[str, Any]], prev: list[dict[str, Any]], kind: str,
-                   value: bool, reason: str, message: str, now: datetime,
-                   generation: int) -> None:
-    old = next((c for c in prev if c.get("type") == kind), None)
-    status = "True" if value else "False"
-    moved = old is None or old.get("status") != status
-    conds.append({
-        "type": kind, "status": status, "reason": reason, "message": message[:1024],
-        "observedGeneration": generation,
-        "lastTransitionTime": iso(now) if moved else old.get("lastTransitionTime", iso(now)),
-    })
 
 
 def _events(prev: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
