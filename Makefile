@@ -57,8 +57,8 @@ test: setup lint models test-tools e2e-tools
 	$(BIN)/kakugo crds --check crds --check helm/kakugo/files/crds
 	$(BIN)/kakugo reference --update README.md --check
 	$(BIN)/python -m pytest --ignore=tests/e2e
-	# The end-to-end suite in its own process: its conftest, cluster and operator would
-	# clash with the emulator tests' (same module names, other KUBECONFIG).
+	# The end-to-end suite in its own process, with missing tools an error: its operator
+	# talks to a real API server, the emulator tests' to KMock (their kubeconfigs differ).
 	KAKUGO_E2E_REQUIRED=1 $(BIN)/python -m pytest tests/e2e -m e2e
 
 ## Regenerate the CRDs from the spec models.

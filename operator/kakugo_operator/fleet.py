@@ -16,6 +16,10 @@ from memory, so an operator restart or a missed event changes nothing.
   `maxConcurrent` members hold a slot, and takes it back from members that no longer
   need a GPU. A member holds a slot while one of its GPU stages is running or retrying,
   or while it is admitted and waiting to start one.
+- The fleet's view of its members comes from a watch and can lag behind its own writes:
+  `AdmissionLedger` keeps each admission it granted or took back until the watch shows
+  it, so a stale view never hands a second slot to another member (the ReplicaSet
+  controller's "expectations").
 - Removal: a member no entry names any more is deleted; with `artifactPolicy: Delete`
   its `storage.deleteArtifactsOnDelete` is set first, so the LanguageModel's finalizer
   deletes its artifacts.
@@ -71,6 +75,54 @@ class FleetPlan:
     delete_artifacts: list[str] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)
     requeue_after: float | None = None
+
+
+@dataclass
+class AdmissionLedger:
+    """The admission annotations this fleet wrote that its watch does not show yet.
+
+    Without it, a grant made from one view (A queued, B not yet) is invisible in the next
+    view (A and B queued, neither admitted), and list order hands the slot to B as well.
+    An expectation ends when the watch shows the written value, or after `ttl` seconds
+    (someone else changed the member; the API is the truth again). Memory only: after a
+    restart, Kopf fills the indexes before the daemons start, so the view is current."""
+
+    ttl: float = 60.0
+    pending: dict[str, tuple[str | None, float]] = field(default_factory=dict)
+
+    def record(self, name: str, patch: dict[str, Any], clock: float) -> None:
+        """After a member patch succeeded: expect its admission value (if it set one)."""
+        annotations = (patch.get("metadata") or {}).get("annotations") or {}
+        if ADMITTED_ANNOTATION in annotations:
+            self.pending[name] = (annotations[ADMITTED_ANNOTATION], clock)
+
+    def overlay(self, children: list[dict[str, Any]], clock: float) -> list[dict[str, Any]]:
+        """`children` with the admissions still expected written in."""
+        out = []
+        for child in children:
+            name = _meta(child).get("name", "")
+            expected = self.pending.get(name)
+            seen = (_meta(child).get("annotations") or {}).get(ADMITTED_ANNOTATION)
+            if expected is None:
+                out.append(child)
+                continue
+            value, since = expected
+            if seen == value or clock - since > self.ttl:
+                del self.pending[name]
+                out.append(child)
+                continue
+            child = {**child, "metadata": {**_meta(child)}}
+            annotations = dict(_meta(child).get("annotations") or {})
+            if value is None:
+                annotations.pop(ADMITTED_ANNOTATION, None)
+            else:
+                annotations[ADMITTED_ANNOTATION] = value
+            child["metadata"]["annotations"] = annotations
+            out.append(child)
+        for name, (_, since) in list(self.pending.items()):  # members that went away
+            if clock - since > self.ttl:
+                del self.pending[name]
+        return out
 
 
 def spec_hash(body: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
@@ -403,12 +404,14 @@ async def languagefleet(
 ) -> None:
     key = ("fleet", namespace, name)
     status: dict[str, Any] = dict(body.get("status") or {})
+    ledger = fleet_mod.AdmissionLedger()
     while not stopped:
         _wakeups[key].clear()
         meta = body.get("metadata") or {}
         if meta.get("deletionTimestamp"):
             return
-        children = list(fleet_children.get((namespace, name), []))
+        children = ledger.overlay(list(fleet_children.get((namespace, name), [])),
+                                  time.monotonic())
         taken = dict(languagemodel_fleets.get(namespace, []))
         plan = fleet_mod.decide_fleet(name, namespace, int(meta.get("generation") or 1),
                                       dict(body.get("spec") or {}), status, children, taken,
@@ -419,6 +422,7 @@ async def languagefleet(
                 await k8s.create(obj)  # labels (e.g. Argo CD's tracking label) stay its own
             for child, patch in plan.patch.items():
                 await k8s.merge_patch(API, "languagemodels", namespace, child, patch)
+                ledger.record(child, patch, time.monotonic())
             for child in plan.delete:
                 if child in plan.delete_artifacts:
                     await k8s.merge_patch(API, "languagemodels", namespace, child, {

@@ -1,0 +1,223 @@
+"""Helpers of the end-to-end tests: the operator as a local process under the chart's
+RBAC, manifests, and reading LanguageModels back. Its own module name (not `conftest`), so
+that the suite can be collected with the other test folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cluster import Cluster, free_port, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+NS = "kakugo-e2e"  # where the LanguageModels live; the operator watches it
+RELEASE_NS = "kakugo-system"  # the chart's release namespace (operator's ServiceAccount)
+RELEASE = "kakugo"
+
+
+
+def helm_template(cluster: Cluster, *sets: str) -> list[dict[str, Any]]:
+    """`helm template` of the chart (namespaced mode, watching NS)."""
+    cmd = [str(cluster.tools.helm), "template", RELEASE, str(REPO / "helm" / "kakugo"),
+           "--namespace", RELEASE_NS, "--set", f"watch.namespaces={{{NS}}}"]
+    for s in sets:
+        cmd += ["--set", s]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+class OperatorProcess:
+    """`kakugo operator` as the chart's Deployment runs it, but as a local process."""
+
+    def __init__(self, cluster: Cluster, folder: Path) -> None:
+        self.cluster = cluster
+        self.folder = folder
+        self.health_port, self.metrics_port = free_port(), free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = folder / "operator.log"
+
+    def setup(self) -> None:
+        docs = helm_template(
+            self.cluster,
+            f"operator.healthPort={self.health_port}", f"metrics.port={self.metrics_port}",
+            # Fast retries and resyncs for the tests.
+            "stages.backoffBaseSeconds=1", "stages.backoffMaxSeconds=2",
+            "operator.resyncSeconds=5",
+        )
+        self.rbac = [d for d in docs if d["kind"] in (
+            "ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
+        kinds = sorted(d["kind"] for d in self.rbac)
+        assert kinds == ["Role", "RoleBinding", "ServiceAccount"], kinds
+        (self.folder / "rbac.yaml").write_text(yaml.safe_dump_all(self.rbac))
+        self.cluster.kubectl("apply", "-f", str(self.folder / "rbac.yaml"))
+        (settings_cm,) = [d for d in docs if d["kind"] == "ConfigMap"
+                          and d["metadata"]["name"].endswith("-settings")]
+        self.settings = self.folder / "settings.yaml"
+        self.settings.write_text(settings_cm["data"]["settings.yaml"])
+        (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+        container = deploy["spec"]["template"]["spec"]["containers"][0]
+        self.args = list(container["args"])
+        self.env = {e["name"]: e["value"] for e in container.get("env") or [] if "value" in e}
+        sa = deploy["spec"]["template"]["spec"]["serviceAccountName"]
+        self.service_account = sa
+        # A real ServiceAccount token (TokenRequest API), as a projected token would be.
+        import kubernetes
+
+        core = kubernetes.client.CoreV1Api(self.cluster.api_client())
+        req = core.create_namespaced_service_account_token(sa, RELEASE_NS, {
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 7200,
+                     "audiences": ["https://kubernetes.default.svc"]}})
+        self.token = req.status.token
+        self.kubeconfig = self.cluster.write_kubeconfig(self.folder / "operator.kubeconfig",
+                                                        self.token, f"sa-{sa}")
+
+    def start(self) -> None:
+        env = {**os.environ, **self.env,
+               "KUBECONFIG": str(self.kubeconfig),
+               "KAKUGO_OPERATOR_SETTINGS": str(self.settings),
+               # insecure-skip-tls-verify: the apiserver's certificate is self-signed.
+               "PYTHONWARNINGS": "ignore:Unverified HTTPS request"}
+        for key in list(env):  # only the chart's settings, no developer overrides
+            if key.startswith("KAKUGO_") and key not in (
+                    "KAKUGO_OPERATOR_SETTINGS", "KAKUGO_CACHE"):
+                env.pop(key)
+        kakugo = Path(sys.executable).parent / "kakugo"
+        assert self.args[0] == "operator", self.args
+        self.out = self.log.open("ab")
+        self.proc = subprocess.Popen([str(kakugo), *self.args], env=env, stdout=self.out,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     cwd=self.folder, start_new_session=True)
+
+        def healthy() -> bool:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"the operator exited:\n{self.log_tail()}")
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz",
+                                        timeout=2) as r:
+                return r.status == 200
+
+        wait_until(healthy, 60, "the operator's /healthz")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def failed_reconciliations(self, name: str) -> int:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return text.count(f"reconciliation of {NS}/{name} failed")
+
+    def forbidden(self) -> list[str]:
+        """Lines of the operator's log about requests RBAC refused."""
+        return [line for line in self.log.read_text(errors="replace").splitlines()
+                if "403" in line or "forbidden" in line.lower()]
+
+
+
+# ------------------------------------------------------------------ helpers for the tests
+
+
+def manifest(name: str, teacher_url: str, student: Path, storage: Path, **extra: Any) -> str:
+    """A tiny LanguageModel (the shape of tests/test_run.py, one shard everywhere)."""
+    fixtures = REPO / "tests" / "fixtures"
+    ev = fixtures / "eval"
+    body = {
+        "apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageModel",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "language": "Yoruba",
+            "teacher": {"endpoint": {
+                "url": teacher_url, "model": "scripted",
+                "prices": {"inputPerMillion": "0.15", "outputPerMillion": "0.60"}},
+                "maxConcurrency": 8},
+            "student": {"model": str(student)},
+            "storage": {"uri": f"file://{storage}"},
+            # One shard per stage: 1.20 has no Indexed Jobs (completionMode is dropped).
+            "data": {
+                "topics": {"generalSeeds": ["health"], "languageSeeds": ["{language} culture"],
+                           "macroTopicsPerSeed": 2, "topicsPerMacroTopic": 2, "shards": 1},
+                "scenarios": {"broadGeneral": 2, "broadLanguage": 1, "detailedPerBroad": 2,
+                              "promptsPerScenario": 2, "shards": 1},
+                "contexts": {"source": {"path": str(fixtures / "fineweb2_yor_Latn.jsonl")},
+                             "maxDocuments": 4, "maxDocumentTokens": 60, "shards": 1},
+                "revise": {"shards": 1},
+                "respond": {"shards": 1},
+                "translate": {"source": {
+                    "path": str(fixtures / "infinity_instruct_7M_core.jsonl")}, "samples": 6,
+                    "shards": 1},
+            },
+            "training": {"device": "cpu", "precision": "fp32", "deepspeedStage": 0,
+                         "cutoffLen": 512, "gradientCheckpointing": False,
+                         "checkpointEverySteps": 2, "learningRate": 1.0e-3},
+            "evaluation": {
+                "device": "cpu", "batchSize": 4,
+                "flores": {"path": str(ev / "flores_plus"), "limit": 3, "maxNewTokens": 8},
+                "sib200": {"path": str(ev / "sib200"), "limit": 4},
+                "belebele": {"path": str(ev / "belebele"), "limit": 5},
+                "globalMmlu": {"path": str(ev / "global_mmlu"), "limit": 3},
+            },
+        },
+    }
+    for key, value in extra.items():
+        body["spec"][key] = value
+    return yaml.safe_dump(body, sort_keys=False)
+
+
+def custom(kube: Any) -> Any:
+    import kubernetes
+
+    return kubernetes.client.CustomObjectsApi(kube)
+
+
+def get_lm(kube: Any, name: str) -> dict[str, Any] | None:
+    import kubernetes
+
+    try:
+        return custom(kube).get_namespaced_custom_object(
+            "kakugo.io", "v1alpha1", NS, "languagemodels", name)
+    except kubernetes.client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    conds = (obj.get("status") or {}).get("conditions") or []
+    return next((c for c in conds if c["type"] == kind), {})
+
+
+def wait_ready(kube: Any, name: str, op: OperatorProcess, timeout: float = 420) -> dict[str, Any]:
+    """Until Ready=True (fails early on Stalled, with the operator's log)."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        last = get_lm(kube, name) or {}
+        if condition(last, "Ready").get("status") == "True":
+            return last
+        stalled = condition(last, "Stalled")
+        if stalled.get("status") == "True":
+            raise AssertionError(f"{name} stalled: {stalled}\n{op.log_tail()}")
+        if op.proc is None or op.proc.poll() is not None:
+            raise AssertionError(f"the operator exited:\n{op.log_tail()}")
+        if op.failed_reconciliations(name) > 20:
+            raise AssertionError(f"{name}: the operator keeps failing:\n{op.log_tail()}")
+        time.sleep(1)
+    status = json.dumps((last or {}).get("status"), indent=1)[-3000:]
+    raise AssertionError(f"{name} not Ready after {timeout}s; status:\n{status}\n"
+                         f"operator log:\n{op.log_tail()}")
