@@ -192,6 +192,13 @@ def train_tokenizer(generated: list[dict], translated: list[dict]):
     return PreTrainedTokenizerFast(tokenizer_object=tok)
 
 
+def utf8(row: dict) -> int:
+    """Bytes of a row's text fields (what the filters may have to tokenize)."""
+    texts = [row.get(k) for k in ("prompt", "response", "reasoning")]
+    texts += [m.get("content") for m in row.get("messages") or []]
+    return sum(len(t.encode()) for t in texts if isinstance(t, str))
+
+
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -212,6 +219,15 @@ def main() -> None:
         0.75, 25.0, ("<image>", "<video>", "<audio>"), 8000, tokenizer_name="bench-bpe"
     )
     counter = TokenCounter(tokenizer)
+    print(f"tokenizer:          byte-level BPE, word/byte bounds apply: {counter.bounded}")
+    calls: list[int] = []
+    tokenize = counter._batch
+
+    def counted(texts: list[str]) -> list[int]:
+        calls.append(sum(len(t.encode()) for t in texts))
+        return tokenize(texts)
+
+    counter._batch = counted  # type: ignore[method-assign]  # to report bytes tokenized
     upstream = time.perf_counter()
     if not args.no_upstream_counts:
         # What the translate stage stores with each row: the English turns' token counts,
@@ -222,6 +238,7 @@ def main() -> None:
             r["original_tokenizer"] = "bench-bpe"
     upstream = time.perf_counter() - upstream
     rss_before = rss_mb()
+    calls.clear()
 
     start = time.perf_counter()
     cpu = time.process_time()
@@ -241,6 +258,8 @@ def main() -> None:
     print(f"+ dataset write:    {elapsed:8.2f} s  ({total / elapsed:,.0f} rows/s), CPU {cpu:.2f} s")
     if not args.no_upstream_counts:
         print(f"(translate stage:   {upstream:8.2f} s measuring the English turns, not counted)")
+    text_mb = sum(utf8(r) for r in generated) + sum(utf8(r) for r in translated)
+    print(f"tokenized:          {sum(calls) / 1e6:8.1f} MB of {text_mb / 1e6:.1f} MB of text")
     print(f"peak RSS:           {rss_mb():8.0f} MB (after building the input: {rss_before:.0f})")
     print(
         json.dumps(
@@ -251,6 +270,7 @@ def main() -> None:
                 "seconds": round(elapsed, 2),
                 "peak_rss_mb": round(rss_mb()),
                 "kept": mix.rows,
+                "tokenized_mb": round(sum(calls) / 1e6, 1),
                 "dropped": dict(mix.dropped),
             }
         )

@@ -93,24 +93,58 @@ def check_translation(row: dict[str, Any], tags: Sequence[str]) -> str | None:
     return None
 
 
+#: What `check_ratio_bounds` says when bounds cannot decide: count the turns.
+UNDECIDED = "undecided"
+
+
 def check_ratios(
     original_lengths: Sequence[int], translated_lengths: Sequence[int], lo: float, hi: float
 ) -> str | None:
     """Every turn's translated/original token ratio within [lo, hi]. An empty turn never
     divides by zero: empty on both sides is an empty turn, empty on one side is out of
     range."""
-    for o, t in zip(original_lengths, translated_lengths, strict=True):
-        if o == 0 and t == 0:
-            return "empty_turn"
-        if o == 0 or not lo <= t / o <= hi:
+    return check_ratio_bounds(original_lengths, [(t, t) for t in translated_lengths], lo, hi)
+
+
+def check_ratio_bounds(
+    original_lengths: Sequence[int], translated_bounds: Sequence[tuple[int, int]], lo: float,
+    hi: float,
+) -> str | None:
+    """`check_ratios` over (lower, upper) bounds of the translated turns' counts: the same
+    reason (or None) whenever the bounds decide it, else `UNDECIDED`. Turns are judged in
+    order, so the first failing turn names the reason either way."""
+    for o, (a, b) in zip(original_lengths, translated_bounds, strict=True):
+        if o == 0:
+            if b == 0:
+                return "empty_turn"
+            if a >= 1:
+                return "token_ratio"
+            return UNDECIDED
+        if lo <= a / o and b / o <= hi:
+            continue
+        if b / o < lo or a / o > hi:
             return "token_ratio"
+        return UNDECIDED
     return None
+
+
+def token_bounds(text: str, bounded: bool) -> tuple[int, int]:
+    """(lower, upper) token count of a text without tokenizing it: exact for an empty text;
+    with a `TokenCounter.bounded` tokenizer, at least one token per word (and one for any
+    non-empty text) and at most one per byte, +1 for a prefix space."""
+    if not text:
+        return 0, 0
+    if not bounded:
+        return 1, 1 << 40
+    return max(1, word_count(text)), utf8_len(text) + 1
 
 
 class TokenCounter:
     """Token counts of many texts, in batched calls of a fast tokenizer.
 
-    Batches are bounded so memory stays flat however many texts come in.
+    Batches are bounded so memory stays flat however many texts come in. `bounded` says
+    whether `word_count(text) <= tokens <= utf8_len(text) + 1` holds for this tokenizer
+    (see `words_bound_tokens`): then a filter can often decide without tokenizing.
     """
 
     BATCH = 2048
@@ -121,6 +155,7 @@ class TokenCounter:
             tokenizer, "_tokenizer", None
         )
         self._fast = getattr(backend, "encode_batch_fast", None) if backend else None
+        self.bounded = backend is not None and words_bound_tokens(backend)
 
     def _batch(self, texts: list[str]) -> list[int]:
         if self._fast is not None:
@@ -140,3 +175,65 @@ def utf8_len(text: str) -> int:
     """Bytes of a text in UTF-8: an upper bound of its token count for byte-level BPE and
     SentencePiece tokenizers alike, since every token covers at least one byte."""
     return len(text.encode("utf-8"))
+
+
+def word_count(text: str) -> int:
+    """Whitespace-separated words: a lower bound of the token count for tokenizers that
+    split words apart before their model runs (`words_bound_tokens`)."""
+    return len(text.split())
+
+
+#: Texts on which `words_bound_tokens` checks its bounds: scripts, digits, punctuation,
+#: runs of spaces and newlines, markup.
+_PROBES = (
+    "Ẹ kú àárọ̀, ṣé dáadáa ni? Ọjà ńlá wà ní ìlú wa.",
+    "The  quick\tbrown fox -- jumped over 12,345 lazy dogs!!!\n\n  Done.",
+    "def f(x):\n    return x ** 2  # square\n",
+    "Habari za asubuhi? Ninafurahi kukuona.   Karibu sana…",
+    "¿Qué tal? Ça va très bien, merci. 日本語のテキスト。 مرحبا بالعالم",
+    "<think>\nplan</think>\n\nanswer: [1, 2, 3] {\"a\": \"b\"} https://example.com/a?b=c",
+)
+
+
+def words_bound_tokens(backend: Any) -> bool:
+    """Whether `word_count(t) <= tokens(t) <= utf8_len(t) + 1` for every text `t`.
+
+    The upper bound holds for byte-level BPE (every token covers at least one byte; +1 for
+    a prefix space) without a normalizer that could add bytes. The lower bound holds when
+    the pre-tokenizer never joins two whitespace-separated words into one piece (GPT-2's
+    regex, or a `Split` regex of that family before a byte-level step) and no added token
+    contains whitespace: every word is then at least one token. Known structures only,
+    then checked on probe texts; anything else gets False (the filters tokenize).
+    """
+    import json
+
+    try:
+        config = json.loads(backend.to_str())
+    except (AttributeError, ValueError, TypeError):
+        return False
+    if config.get("normalizer") is not None or (config.get("model") or {}).get("type") != "BPE":
+        return False
+    if any(any(c.isspace() for c in t.get("content", "")) for t in config.get("added_tokens")
+           or []):
+        return False
+    pre = config.get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel":
+        if not pre.get("use_regex", True):
+            return False
+    elif pre.get("type") == "Sequence":
+        steps = pre.get("pretokenizers") or []
+        if not steps or steps[-1].get("type") != "ByteLevel" or any(
+                step.get("type") != "Split" or step.get("invert")
+                or step.get("behavior") != "Isolated" for step in steps[:-1]):
+            return False
+    else:
+        return False
+    for text in _PROBES:
+        # No piece spans two words (offsets are into the original text).
+        spans = [text[a:b] for _, (a, b) in backend.pre_tokenizer.pre_tokenize_str(text)]
+        if any(word_count(span) > 1 for span in spans):
+            return False
+        n = len(backend.encode(text, add_special_tokens=False).ids)
+        if not word_count(text) <= n <= utf8_len(text) + 1:
+            return False
+    return True

@@ -255,27 +255,37 @@ class ArtifactStore(ABC):
     def write_parquet(self, key: str, rows: Iterable[Mapping[str, Any]] | pyarrow.Table) -> int:
         """Atomically write rows (or a pyarrow Table) as parquet; return the row count."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if isinstance(rows, pa.Table):
-            with self.open_write(key) as f:
-                pq.write_table(rows, f)
-            return rows.num_rows
+            return self.write_parquet_tables(key, [rows])
         # Row groups of PARQUET_BATCH rows: memory stays bounded however many rows come.
         # The schema is the first batch's; later batches are converted to it.
-        written, writer = 0, None
         it = iter(rows)
+        schema: list[pyarrow.Schema] = []
+
+        def tables() -> Iterator[pyarrow.Table]:
+            while batch := [r if isinstance(r, dict) else dict(r)
+                            for r in itertools.islice(it, PARQUET_BATCH)]:
+                table = pa.Table.from_pylist(batch, schema=schema[0] if schema else None)
+                schema[:] = [table.schema]
+                yield table
+
+        return self.write_parquet_tables(key, tables())
+
+    def write_parquet_tables(self, key: str, tables: Iterable[pyarrow.Table]) -> int:
+        """Atomically write tables of one schema as row groups of one parquet object (an
+        iterator keeps only one table in memory); return the row count."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        written, writer = 0, None
         with self.open_write(key) as f:
             try:
-                while batch := [r if isinstance(r, dict) else dict(r)
-                                for r in itertools.islice(it, PARQUET_BATCH)]:
+                for table in tables:
                     if writer is None:
-                        table = pa.Table.from_pylist(batch)
                         writer = pq.ParquetWriter(f, table.schema)
-                    else:
-                        table = pa.Table.from_pylist(batch, schema=writer.schema)
                     writer.write_table(table)
-                    written += len(batch)
+                    written += table.num_rows
                 if writer is None:  # no rows: an empty file with an empty schema
                     pq.write_table(pa.table({}), f)
             finally:

@@ -233,6 +233,117 @@ def test_rows_without_reasoning_do_not_get_the_think_prompt(counter: TokenCounte
     assert all(r["messages"][0]["content"] == CONCISE_SYSTEM_PROMPT for r in mix.train)
 
 
+# --------------------------------------------------------------------------- token bounds
+# The filters decide most rows from `word_count <= tokens <= utf8 bytes + 1` and tokenize
+# only the rest; these tests show the bounds hold and never change a decision.
+
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def split_tokenizer() -> Any:
+    """The Granite / Llama 3 layout: a Split regex, then byte-level without its regex."""
+    from tiny_models import CORPUS
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([CORPUS], trainers.BpeTrainer(
+        vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def unbounded_tokenizers() -> list[Any]:
+    """Layouts the bounds are not proven for: each must be refused."""
+    from tiny_models import CORPUS
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    out = []
+    for layout in ("metaspace", "nfd", "no-regex"):
+        tok = Tokenizer(models.BPE())
+        if layout == "metaspace":
+            tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        else:
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(use_regex=layout != "no-regex")
+        if layout == "nfd":
+            tok.normalizer = normalizers.NFD()
+        tok.train_from_iterator([CORPUS], trainers.BpeTrainer(vocab_size=300))
+        out.append(PreTrainedTokenizerFast(tokenizer_object=tok))
+    return out
+
+
+def random_text(rng: Any, words: int) -> str:
+    pieces = ["Ẹ", "kú", "àárọ̀", "ṣé", "the", "fox", "12,345", "!!", "...", "ọjà", "日本語",
+              "مرحبا", "<think>", "x=1;", "https://a.b/c", "\n", "  ", "\t", "—", "Lagos's"]
+    return "".join(rng.choice(pieces) + rng.choice([" ", "", "\n", "  "])
+                   for _ in range(words))
+
+
+def test_word_and_byte_bounds_hold(counter: TokenCounter) -> None:
+    import random
+
+    from kakugo_stages.filters import token_bounds
+
+    rng = random.Random(0)
+    texts = [random_text(rng, rng.randint(0, 60)) for _ in range(400)]
+    for tc in (counter, TokenCounter(split_tokenizer())):
+        assert tc.bounded
+        for text, n in zip(texts, tc(texts), strict=True):
+            lower, upper = token_bounds(text, bounded=True)
+            assert lower <= n <= upper, (text, lower, n, upper)
+    for tokenizer in unbounded_tokenizers():
+        assert not TokenCounter(tokenizer).bounded
+
+
+def test_bounds_never_change_a_decision(counter: TokenCounter) -> None:
+    """Rows at the edges (ratios around 0.75 and 25, empty turns, lengths around the
+    cutoff) get the same verdicts with the bounds as with every turn counted."""
+    import random
+
+    class Counting(TokenCounter):
+        texts = 0
+
+        def __call__(self, texts: Any) -> list[int]:
+            self.texts += len(texts)
+            return super().__call__(texts)
+
+    rng = random.Random(1)
+    fast_counter, exact = Counting(counter.tokenizer), Counting(counter.tokenizer)
+    exact.bounded = False
+    generated, translated = [], []
+    for i in range(150):
+        prompt = random_text(rng, rng.randint(1, 40))
+        generated.append(gen_row(i, prompt=prompt, user=prompt,
+                                 response=random_text(rng, rng.randint(1, 120)),
+                                 reasoning=random_text(rng, rng.randint(0, 80))))
+    for i in range(300):
+        turns = 2 * rng.randint(1, 2)
+        original = [random_text(rng, rng.randint(0, 30)) for _ in range(turns)]
+        # Translations from a tenth to thirty times the length of the source turn.
+        messages = [random_text(rng, round(len(o.split()) * rng.choice(
+            [0, 0.1, 0.5, 0.7, 0.75, 0.8, 1, 2, 10, 24, 26, 30]))) for o in original]
+        translated.append({"id": f"translated-{i:03d}", "source": "translated",
+                           "original": conv(*original), "messages": conv(*messages)})
+    for limit in (8000, 300, 120):  # the cutoff: none, some and many rows too long
+        settings = FilterSettings(0.75, 25.0, TAGS, limit, template_tokens=3)
+        fast = build_mix(generated, translated, settings, MixConfig(), fast_counter, seed=0)
+        slow = build_mix(generated, translated, settings, MixConfig(), exact, seed=0)
+        assert [r["id"] for r in fast.train] == [r["id"] for r in slow.train]
+        assert [(r["id"], r["reason"]) for r in fast.excluded] == [
+            (r["id"], r["reason"]) for r in slow.excluded]
+        assert len(fast.dropped) >= 2, fast.dropped  # the edges were reached
+    assert fast.dropped["too_long"] and fast.dropped["token_ratio"]
+    assert {r["source"] for r in fast.excluded if r["reason"] == "too_long"} == {
+        "topics", "translated"}
+    # The bounds decided some rows (else this proves nothing), not all (edges need counts).
+    assert 0 < fast_counter.texts < exact.texts, (fast_counter.texts, exact.texts)
+
+
 # --------------------------------------------------------------------------- the stage
 
 

@@ -15,9 +15,9 @@ import pytest
 from k8s_emulator import PLURALS, Api
 from kakugo_operator.fleet import (
     ADMITTED_ANNOTATION,
-    AdmissionLedger,
     FLEET_LABEL,
     SPEC_HASH_ANNOTATION,
+    AdmissionLedger,
     decide_fleet,
     member_labels,
     merge_diff,
