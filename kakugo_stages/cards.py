@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from kakugo_stages.mix import MixResult
+from kakugo_stages.mix import SAMPLE_EVERY, MixResult
 from kakugo_stages.resolved import RunSpec
 
 LICENSE_NOTES = """\
@@ -29,10 +29,11 @@ def _token_note(mix: MixResult) -> str:
     if not mix.estimated_sources:
         return "Token counts are exact, with the student's tokenizer and chat template."
     return (
-        "Token counts of translated rows, and of rows near the length cutoff, are exact; "
-        f"for the other rows of {', '.join(sorted(mix.estimated_sources))} they are "
-        "estimated from their UTF-8 size and the tokens per byte of a seeded 1-in-20 "
-        "sample (the train stage reports exact totals)."
+        "Token counts of the rows the filters had to count (near the length cutoff or a "
+        "ratio bound) are exact; for the other rows of "
+        f"{', '.join(sorted(mix.estimated_sources))} they are estimated from their UTF-8 "
+        f"size and the tokens per byte of a seeded 1-in-{SAMPLE_EVERY} sample (the train "
+        "stage reports exact totals)."
     )
 
 

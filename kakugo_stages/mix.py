@@ -178,18 +178,21 @@ def _length_filter_generated(
             exact[i][j] = n
         pending = [i for i in pending if undecided(i)]
 
+    # Tokens per byte-bound of each source's sample, for the messages left uncounted.
     ratio_num: Counter[str] = Counter()
     ratio_den: Counter[str] = Counter()
     for i in sample:
         source = rows[i][0]["source"]
-        ratio_num[source] += bound(i)
-        ratio_den[source] += sum(sizes[i]) + per_message * len(sizes[i])
+        ratio_num[source] += sum(exact[i].values())
+        ratio_den[source] += sum(sizes[i])
     for i, (row, conv) in enumerate(rows):
         source = row["source"]
         n = bound(i)
-        if len(exact.get(i, {})) < len(sizes[i]):  # within the cutoff by the bound
+        known = exact.get(i, {})
+        if len(known) < len(sizes[i]):  # within the cutoff by the bound
             ratio = ratio_num[source] / ratio_den[source] if ratio_den[source] else 1.0
-            n = round(n * ratio)
+            rest = sum(size for j, size in enumerate(sizes[i]) if j not in known)
+            n = n - rest + round(rest * ratio)
             result.estimated_sources.add(source)
         elif n > settings.max_tokens:
             _exclude(result, row, "too_long")
