@@ -38,7 +38,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from kakugo_operator import naming
-from kakugo_operator.reconcile import _set_condition, gpu_stages
+from kakugo_operator.reconcile import _set_condition, condition_events, gpu_stages
 from kakugo_stages.cost import dollars
 from kakugo_stages.manifest import ManifestError, fleet_members, merge_patch, validate_spec
 from kakugo_stages.spec import LanguageFleetSpec, LanguageModelSpec
@@ -232,20 +232,9 @@ def member_labels(fleet: str, code: str | None) -> dict[str, str]:
 
 
 def _events(prev: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """One Event per condition transition."""
-    before = {c["type"]: c for c in prev}
-    out = []
-    for cond in new:
-        old = before.get(cond["type"])
-        if old and old.get("status") == cond["status"] and old.get("reason") == cond["reason"]:
-            continue
-        if old is None and cond["status"] == "False":
-            continue
-        bad = cond["status"] == "True" and cond["type"] in ("Stalled", "Degraded")
-        msg = f"{cond['type']}={cond['status']}" + (
-            f": {cond['message']}" if cond["message"] else "")
-        out.append(("Warning" if bad else "Normal", cond["reason"], msg))
-    return out
+    """A fleet's Events: Stalled or Degraded becoming True are Warnings."""
+    return condition_events(prev, new, lambda c: c["status"] == "True" and c["type"] in (
+        "Stalled", "Degraded"))
 
 
 def _decimal(value: Any) -> Decimal:

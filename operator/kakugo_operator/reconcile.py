@@ -9,6 +9,7 @@ duplicate events are harmless; the handlers only execute plans.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -127,22 +128,31 @@ def _set_condition(conds: list[dict[str, Any]], prev: list[dict[str, Any]], kind
     })
 
 
-def _events_for(prev: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[tuple]:
-    """One Event per condition transition (status or reason changed)."""
+def condition_events(prev: list[dict[str, Any]], new: list[dict[str, Any]],
+                     warning: Callable[[dict[str, Any]], bool],
+                     new_false_reasons: Collection[str] = ()) -> list[tuple[str, str, str]]:
+    """One Event per condition transition (status or reason changed). A condition that
+    first appears as False is news only with one of `new_false_reasons`; `warning` says
+    which transitions are Warnings."""
     before = {c["type"]: c for c in prev}
     out = []
     for cond in new:
         old = before.get(cond["type"])
         if old and old.get("status") == cond["status"] and old.get("reason") == cond["reason"]:
             continue
-        if old is None and cond["status"] == "False" and cond["reason"] not in STALL_REASONS:
+        if old is None and cond["status"] == "False" and cond["reason"] not in new_false_reasons:
             continue  # a new condition that is merely not-yet-true: nothing happened
-        warn = (cond["type"] == "Stalled" and cond["status"] == "True") or cond["reason"] in (
-            "Retrying", "Disrupted", "Failed", *STALL_REASONS)
         msg = f"{cond['type']}={cond['status']}: {cond['message']}" if cond["message"] else (
             f"{cond['type']}={cond['status']}")
-        out.append(("Warning" if warn else "Normal", cond["reason"], msg))
+        out.append(("Warning" if warning(cond) else "Normal", cond["reason"], msg))
     return out
+
+
+def _events_for(prev: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[tuple]:
+    """A LanguageModel's Events: stalls and failed attempts are Warnings."""
+    return condition_events(prev, new, lambda c: (
+        c["type"] == "Stalled" and c["status"] == "True") or c["reason"] in (
+        "Retrying", "Disrupted", "Failed", *STALL_REASONS), STALL_REASONS)
 
 
 def _stalled_only(obs: Observed, reason: str, message: str) -> Plan:
