@@ -6,6 +6,7 @@ they appear in stats, the exclusions file and the dataset card.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -131,11 +132,12 @@ def check_ratio_bounds(
 def token_bounds(text: str, bounded: bool) -> tuple[int, int]:
     """(lower, upper) token count of a text without tokenizing it: exact for an empty text;
     with a `TokenCounter.bounded` tokenizer, at least one token per word (and one for any
-    non-empty text) and at most one per byte, +1 for a prefix space."""
+    non-empty text) and at most one per byte, +1 for a prefix space. Other tokenizers may
+    give a whitespace-only text no token at all, so nothing is known."""
     if not text:
         return 0, 0
     if not bounded:
-        return 1, 1 << 40
+        return 0, 1 << 40
     return max(1, word_count(text)), utf8_len(text) + 1
 
 
@@ -205,8 +207,6 @@ def words_bound_tokens(backend: Any) -> bool:
     contains whitespace: every word is then at least one token. Known structures only,
     then checked on probe texts; anything else gets False (the filters tokenize).
     """
-    import json
-
     try:
         config = json.loads(backend.to_str())
     except (AttributeError, ValueError, TypeError):

@@ -218,7 +218,7 @@ def _ratio_and_length_filter_translated(
     count: TokenCounter,
 ) -> None:
     """Every turn's translated/original token ratio within [min, max] and the row within
-    the cutoff. Bounds decide most turns (see `_turn_bounds`); the rows they cannot
+    the cutoff. Bounds decide most turns (see `token_bounds`); the rows they cannot
     decide, and a seeded sample for the card's token totals, are tokenized (batched)."""
     if not rows:
         return

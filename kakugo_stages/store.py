@@ -261,13 +261,13 @@ class ArtifactStore(ABC):
         # Row groups of PARQUET_BATCH rows: memory stays bounded however many rows come.
         # The schema is the first batch's; later batches are converted to it.
         it = iter(rows)
-        schema: list[pyarrow.Schema] = []
 
         def tables() -> Iterator[pyarrow.Table]:
+            schema = None
             while batch := [r if isinstance(r, dict) else dict(r)
                             for r in itertools.islice(it, PARQUET_BATCH)]:
-                table = pa.Table.from_pylist(batch, schema=schema[0] if schema else None)
-                schema[:] = [table.schema]
+                table = pa.Table.from_pylist(batch, schema=schema)
+                schema = table.schema
                 yield table
 
         return self.write_parquet_tables(key, tables())

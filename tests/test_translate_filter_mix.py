@@ -136,6 +136,18 @@ def test_token_ratios_never_divide_by_zero() -> None:
     assert check_ratios([5], [0], 0.75, 25) == "token_ratio"
 
 
+def test_bounds_decide_only_what_they_know() -> None:
+    from kakugo_stages.filters import UNDECIDED, check_ratio_bounds, token_bounds
+
+    assert check_ratio_bounds([0], [token_bounds("", False)], 0.75, 25) == "empty_turn"
+    # A whitespace-only turn may be no token for some tokenizers: it must be counted.
+    assert check_ratio_bounds([0], [token_bounds("  ", False)], 0.75, 25) == UNDECIDED
+    assert check_ratio_bounds([0], [token_bounds("  ", True)], 0.75, 25) == "token_ratio"
+    assert check_ratio_bounds([4], [token_bounds("a b c", True)], 0.75, 25) is None
+    assert check_ratio_bounds([4], [token_bounds("a b c", False)], 0.75, 25) == UNDECIDED
+    assert check_ratio_bounds([40], [token_bounds("a b", True)], 0.75, 25) == "token_ratio"
+
+
 @pytest.mark.parametrize(
     ("row", "reason"),
     [
