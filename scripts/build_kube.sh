@@ -46,7 +46,7 @@ cached() {
 }
 
 if cached; then
-  say "cached in $BIN ($("$BIN/kube-apiserver" --version), etcd $("$BIN/etcd" --version | head -1 | awk '{print $3}'))"
+  say "cached in $BIN ($("$BIN/kube-apiserver" --version), etcd $("$BIN/etcd" --version | awk 'NR == 1 {print $3}'))"
   exit 0
 fi
 
@@ -94,11 +94,11 @@ JSONITER=/usr/share/gocode/src/github.com/json-iterator/go
 
 # ---------------------------------------------------------------- 3. sources
 mkdir -p "$SRC" "$BIN"
-TREE="$(find "$SRC" -maxdepth 1 -type d -name 'kubernetes-*' | head -1)"
+TREE="$(find "$SRC" -maxdepth 1 -type d -name 'kubernetes-*' | sed -n 1p)"
 if [ -z "$TREE" ] || [ ! -f "$TREE/Makefile" ]; then
   say "apt-get source kubernetes into $SRC"
   (cd "$SRC" && apt-get source -qq kubernetes >/dev/null)
-  TREE="$(find "$SRC" -maxdepth 1 -type d -name 'kubernetes-*' | head -1)"
+  TREE="$(find "$SRC" -maxdepth 1 -type d -name 'kubernetes-*' | sed -n 1p)"
 fi
 [ -n "$TREE" ] || { say "apt-get source kubernetes gave no tree"; exit 1; }
 grep -q "gitVersion.*v$VERSION\|$VERSION" "$TREE/debian/changelog" 2>/dev/null \

