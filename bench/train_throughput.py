@@ -1,8 +1,9 @@
 """Benchmark: training tokens/s and model-FLOPs utilisation (MFU) of the train stage.
 
 Ours: the train stage's own pieces (`kakugo_stages.training`): examples packed into rows
-of up to `--cutoff` tokens with restarting position_ids, flash-attention 2 varlen kwargs
-when flash-attn is installed (else sdpa with the block-diagonal packed mask), bf16,
+of up to `--cutoff` tokens with restarting position_ids, the attention the stage picks
+(`auto`: flash-attention 2 varlen kwargs when flash-attn is installed, else FlexAttention
+with a block-diagonal document mask on GPUs, sdpa with the same mask on CPU), bf16,
 gradient checkpointing, the stage's TrainingArguments and DeepSpeed config (ZeRO-3 by
 default, as the spec's default), per-device batch 1.
 Baseline: a plain `transformers.Trainer`, no packing, padding to the longest example in a
@@ -12,8 +13,8 @@ padded batches do not fit), no DeepSpeed.
 Both train on the same synthetic chat examples (system + user + assistant, loss on the
 assistant part) with a realistic length mix: 60 % short (64-512 tokens), 30 % medium
 (512-2,048), 10 % long (2,048 to the cutoff). Tokens/s counts real (non-padding) tokens
-only, measured from step `--skip` on (allocator warm-up, kernel autotuning excluded), with
-a CUDA sync at each step end.
+only, measured from step `--skip` on (allocator warm-up, kernel compilation and
+autotuning excluded), with a CUDA sync at each step end.
 
 MFU = 6 x parameters x tokens/s / peak dense bf16 FLOP/s of the GPU (PaLM-style model
 FLOPs: the recomputation of gradient checkpointing and the attention score FLOPs are not
@@ -23,9 +24,10 @@ counted, so it is a conservative figure). Peak: H100 SXM / H200 989 TFLOP/s, H10
     python bench/train_throughput.py                 # GPU: Granite-4.0-Micro shape
     python bench/train_throughput.py --scale 1b      # GPU with less memory: ~1.4B shape
     python bench/train_throughput.py --tiny          # CPU (the default without CUDA)
+    python bench/train_throughput.py --zero 0 --runs ours --out ours-zero0.json
 
-The last output line is one JSON object: device, tokens_per_s, baseline_tokens_per_s,
-speedup, mfu, baseline_mfu and the settings.
+The last output line is one JSON object (also written to `--out`): device, tokens_per_s,
+baseline_tokens_per_s, speedup, mfu, baseline_mfu and the settings.
 """
 
 from __future__ import annotations
@@ -42,7 +44,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The checkout last: an installed kakugo (gpu_check.sh installs one) comes first.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from granite_shapes import SHAPES, auto_shape, granite_config, peak_flops
+from loaded_distributions import record_at_exit
 
 from kakugo_stages.training.attention import (
     FLASH_IMPLEMENTATIONS,
@@ -57,38 +64,6 @@ from kakugo_stages.training.data import (
     PaddedCollator,
     TrainDataset,
 )
-
-# ibm-granite/granite-4.0-micro (GraniteMoeHybrid layout, attention layers only, no
-# experts): 40 layers, hidden 2560, 40 heads / 8 KV heads, MLP 8192, vocab 100,352, tied
-# embeddings, RoPE. About 3.4B parameters.
-SHAPES: dict[str, dict[str, Any]] = {
-    "micro": dict(hidden_size=2560, num_hidden_layers=40, num_attention_heads=40,
-                  num_key_value_heads=8, intermediate_size=8192,
-                  shared_intermediate_size=8192, vocab_size=100352),
-    "1b": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=32,
-               num_key_value_heads=8, intermediate_size=6144, shared_intermediate_size=6144,
-               vocab_size=100352),
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, intermediate_size=128, shared_intermediate_size=128,
-                 vocab_size=512),
-}
-PEAK_BF16_FLOPS = (  # dense, no sparsity; first match on torch.cuda.get_device_name()
-    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12),
-    ("L40S", 362e12),
-)
-
-
-def granite_config(shape: str, max_positions: int) -> Any:
-    from transformers import GraniteMoeHybridConfig
-
-    dims = SHAPES[shape]
-    return GraniteMoeHybridConfig(
-        layer_types=["attention"] * dims["num_hidden_layers"], num_local_experts=0,
-        position_embedding_type="rope", rope_theta=10_000_000.0, tie_word_embeddings=True,
-        max_position_embeddings=max(max_positions, 4096), embedding_multiplier=12.0,
-        logits_scaling=10.0, residual_multiplier=0.22, attention_multiplier=0.015625,
-        pad_token_id=0, eos_token_id=1, bos_token_id=1, **dims,
-    )
 
 
 def synthetic_examples(n_tokens: int, cutoff: int, vocab: int, seed: int) -> list[Example]:
@@ -108,10 +83,6 @@ def synthetic_examples(n_tokens: int, cutoff: int, vocab: int, seed: int) -> lis
     return examples
 
 
-def peak_flops(device: str) -> float | None:
-    return next((f for name, f in PEAK_BF16_FLOPS if name in device), None)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,12 +95,21 @@ def timing_callback(cuda: bool) -> Any:
 
     class Timing(TrainerCallback):
         def __init__(self) -> None:
+            self.begin = time.perf_counter()
             self.points: list[tuple[float, int]] = []
 
         def on_step_end(self, args, state, control, **kwargs):
             if cuda:
                 torch.cuda.synchronize()
             self.points.append((time.perf_counter(), int(state.num_input_tokens_seen)))
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.begin = time.perf_counter()
+
+        def first_steps(self, skip: int) -> float:
+            """Seconds of the untimed warm-up steps (compilation, autotuning)."""
+            skip = min(skip, len(self.points) - 2)
+            return self.points[skip][0] - self.begin if self.points else 0.0
 
         def rate(self, skip: int) -> tuple[float, int, float]:
             skip = min(skip, len(self.points) - 2)
@@ -148,10 +128,20 @@ def bench_config(args: argparse.Namespace, out: Path, cuda: bool) -> TrainConfig
         learning_rate=1e-5, lr_scheduler="cosine", warmup_ratio=0.05, weight_decay=0.0,
         max_grad_norm=1.0, precision="bf16" if cuda else "fp32", cutoff_len=args.cutoff,
         packing=True, per_device_batch_size=1, gradient_accumulation_steps=1,
-        gradient_checkpointing=True, attn_implementation="auto", deepspeed_stage=args.zero,
+        gradient_checkpointing=True, attn_implementation=args.attn, deepspeed_stage=args.zero,
         checkpoint_every_steps=10**9, save_total_limit=1, log_every_steps=10**9,
         seed=0, max_steps=-1,
     )
+
+
+def _init_device(cuda: bool, zero: int) -> Any:
+    """Where random weights are initialised: on the GPU (a 3.4B model takes a minute on
+    the CPU), except under ZeRO-3, whose zero.Init places the partitions itself."""
+    import contextlib
+
+    import torch
+
+    return torch.device("cuda") if cuda and zero != 3 else contextlib.nullcontext()
 
 
 def run_ours(args: argparse.Namespace, examples: list[Example], cuda: bool) -> dict[str, Any]:
@@ -164,12 +154,16 @@ def run_ours(args: argparse.Namespace, examples: list[Example], cuda: bool) -> d
     out = Path(tempfile.mkdtemp(prefix="kakugo-bench-ours-"))
     config = bench_config(args, out, cuda)
     precision = resolve_precision(config.precision, config.device)
-    impl = resolve_attn_implementation("auto", config.device)
+    impl = resolve_attn_implementation(config.attn_implementation, config.device)
     if args.zero:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
         import deepspeed
 
+        if not cuda:
+            # One CPU process has no peer to share memory with: skip DeepSpeed's
+            # shared-memory all-reduce op, a ~30 s JIT build (GPUs never build it).
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     targs = training_arguments(config, precision, out)
     # Packed rows carry no padding: count every token (there is no tokenizer here for the
@@ -177,26 +171,30 @@ def run_ours(args: argparse.Namespace, examples: list[Example], cuda: bool) -> d
     targs.include_num_input_tokens_seen = "all"
     dtype = torch.bfloat16 if (precision == "bf16" and args.zero) else torch.float32
     model_config = granite_config(args.shape, args.cutoff)
-    model = AutoModelForCausalLM.from_config(model_config, dtype=dtype,
-                                             attn_implementation=impl)
+    started = time.perf_counter()
+    with _init_device(cuda, args.zero):
+        model = AutoModelForCausalLM.from_config(model_config, dtype=dtype,
+                                                 attn_implementation=impl)
+    init_seconds = time.perf_counter() - started
     model.config.use_cache = False
     flash = impl in FLASH_IMPLEMENTATIONS
     if not flash:
         install_packed_mask_hook(model)
-    params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel()
-                 for p in model.parameters())
     timing = timing_callback(cuda)
     trainer = Trainer(model=model, args=targs,
                       train_dataset=TrainDataset(examples, args.cutoff, packing=True),
                       data_collator=PackedCollator(flash_kwargs=flash), callbacks=[timing])
+    started = time.perf_counter()
     trainer.train()
+    wall = time.perf_counter() - started
     rate, tokens, seconds = timing.rate(args.skip)
     peak_mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     del trainer, model
     gc.collect()
-    return {"tokens_per_s": rate, "tokens": tokens, "seconds": seconds, "params": params,
+    return {"tokens_per_s": rate, "tokens": tokens, "seconds": seconds,
             "steps": len(timing.points), "attn_implementation": impl,
-            "precision": precision, "peak_gib": peak_mem}
+            "precision": precision, "peak_gib": peak_mem, "init_seconds": init_seconds,
+            "train_wall_seconds": wall, "first_steps_seconds": timing.first_steps(args.skip)}
 
 
 def run_baseline(args: argparse.Namespace, examples: list[Example],
@@ -204,17 +202,20 @@ def run_baseline(args: argparse.Namespace, examples: list[Example],
     import torch
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
+    from kakugo_stages.training.trainer import checkpointing_arguments
+
     out = Path(tempfile.mkdtemp(prefix="kakugo-bench-base-"))
     targs = TrainingArguments(
         output_dir=str(out), num_train_epochs=1, learning_rate=1e-5, lr_scheduler_type="cosine",
         warmup_steps=0.05, per_device_train_batch_size=args.baseline_batch,
-        activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": False},
+        **checkpointing_arguments(True),
         bf16=cuda, use_cpu=not cuda, save_strategy="no", report_to="none",
         disable_tqdm=True, logging_steps=10**9, remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding", seed=0,
     )
-    model = AutoModelForCausalLM.from_config(granite_config(args.shape, args.cutoff),
-                                             dtype=torch.float32, attn_implementation="sdpa")
+    with _init_device(cuda, 0):
+        model = AutoModelForCausalLM.from_config(granite_config(args.shape, args.cutoff),
+                                                 dtype=torch.float32, attn_implementation="sdpa")
     model.config.use_cache = False
     timing = timing_callback(cuda)
     trainer = Trainer(model=model, args=targs,
@@ -235,6 +236,7 @@ def run_baseline(args: argparse.Namespace, examples: list[Example],
 def main() -> None:
     import torch
 
+    record_at_exit()
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", default=not cuda,
@@ -247,67 +249,133 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=None,
                    help="real tokens trained per run (GPU 300k; tiny 40k)")
     p.add_argument("--baseline-batch", type=int, default=4)
+    p.add_argument("--runs", choices=("both", "ours", "baseline"), default="both",
+                   help="what to measure in this process (baseline first)")
     p.add_argument("--zero", type=int, choices=(0, 2, 3), default=None,
                    help="ZeRO stage for ours (GPU: 3, the spec default; tiny: 0)")
-    p.add_argument("--skip", type=int, default=None, help="warm-up steps not timed")
+    p.add_argument("--attn", default="auto",
+                   choices=("auto", "flash_attention_2", "flex_attention", "sdpa", "eager"),
+                   help="attention for ours, as training.attnImplementation (auto: the stage's "
+                   "choice)")
+    p.add_argument("--skip", type=int, default=None,
+                   help="warm-up steps not timed (GPU 5: compilation; tiny 2)")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON line here")
     args = p.parse_args()
     if args.tiny:
         args.shape, cuda = "tiny", False
     elif args.scale == "auto":
-        memory = torch.cuda.get_device_properties(0).total_memory / 2**30
-        args.shape = "micro" if memory >= 100 else "1b"
+        args.shape = auto_shape(torch.cuda.get_device_properties(0).total_memory / 2**30)
     else:
         args.shape = args.scale
     args.cutoff = args.cutoff or (512 if args.tiny else 8000)
     args.tokens = args.tokens or (40_000 if args.tiny else 300_000)
     args.zero = (0 if args.tiny else 3) if args.zero is None else args.zero
-    args.skip = args.skip if args.skip is not None else (2 if args.tiny else 3)
+    args.skip = args.skip if args.skip is not None else (2 if args.tiny else 5)
     os.environ.setdefault("TORCH_EXTENSIONS_DIR",
                           str(Path.home() / ".cache" / "kakugo" / "torch_extensions"))
 
     device = torch.cuda.get_device_name() if cuda else "cpu"
     vocab = SHAPES[args.shape]["vocab_size"]
     examples = synthetic_examples(args.tokens, args.cutoff, vocab, seed=0)
-    # Baseline first: the ZeRO-3 run leaves DeepSpeed's global state behind.
-    try:
-        base = run_baseline(args, examples, cuda)
-        ours = run_ours(args, examples, cuda)
-    except torch.cuda.OutOfMemoryError as exc:
-        print(json.dumps({"device": device, "model": args.shape, "error": f"out of memory: "
-                          f"{str(exc)[:200]}; try --scale 1b or a smaller --baseline-batch"}))
-        sys.exit(1)
+    # Before any run: under ZeRO-3, DeepSpeed's global state would partition this model too.
+    params = sum(p.numel() for p in _shape_model_params(args))
+    # Baseline first: the ZeRO-3 run leaves DeepSpeed's global state behind. A run that
+    # fails (out of memory, a kernel that does not compile) is reported, and the other's
+    # figures are kept.
+    errors: dict[str, str] = {}
+    base = ours = None
+    for name, fn in (("baseline", run_baseline), ("ours", run_ours)):
+        if args.runs not in ("both", name):
+            continue
+        try:
+            result = fn(args, examples, cuda)
+        except Exception as exc:  # any failure is a result to report
+            hint = ("; try --scale 1b or a smaller --baseline-batch"
+                    if isinstance(exc, torch.cuda.OutOfMemoryError) else "")
+            errors[name] = f"{type(exc).__name__}: {str(exc)[:300]}{hint}"
+            print(f"{name} failed: {errors[name]}", file=sys.stderr)
+            if cuda:
+                torch.cuda.empty_cache()
+            continue
+        if name == "baseline":
+            base = result
+        else:
+            ours = result
     peak = peak_flops(device) if cuda else None
-    flops_per_token = 6 * ours["params"]
-    mfu = flops_per_token * ours["tokens_per_s"] / peak if peak else None
-    base_mfu = flops_per_token * base["tokens_per_s"] / peak if peak else None
-    speedup = ours["tokens_per_s"] / base["tokens_per_s"]
+    mfu = 6 * params * ours["tokens_per_s"] / peak if peak and ours else None
+    base_mfu = 6 * params * base["tokens_per_s"] / peak if peak and base else None
+    speedup = ours["tokens_per_s"] / base["tokens_per_s"] if ours and base else None
 
-    print(f"\ndevice {device} | model {args.shape} ({ours['params'] / 1e9:.3f}B params) | "
+    print(f"\ndevice {device} | model {args.shape} ({params / 1e9:.3f}B params) | "
           f"{len(examples)} examples, {sum(len(e) for e in examples):,} tokens, "
-          f"cutoff {args.cutoff}")
+          f"cutoff {args.cutoff}"
+          + (f" | ours: {ours['attn_implementation']}, ZeRO-{args.zero}" if ours else ""))
     print(f"{'run':<10}{'tokens/s':>12}{'MFU':>8}{'steps':>8}{'timed tok':>11}{'s':>8}"
           f"{'peak GiB':>10}")
     for name, r, m in (("ours", ours, mfu), ("baseline", base, base_mfu)):
+        if r is None:
+            continue
         print(f"{name:<10}{r['tokens_per_s']:>12,.1f}{'-' if m is None else f'{m:.1%}':>8}"
               f"{r['steps']:>8}{r['tokens']:>11,}{r['seconds']:>8.2f}"
               f"{'-' if r['peak_gib'] is None else format(r['peak_gib'], '.1f'):>10}")
-    print(f"speedup {speedup:.2f}x")
-    print(json.dumps({
+    if speedup is not None:
+        print(f"speedup {speedup:.2f}x")
+
+    def rounded(value: float | None, digits: int) -> float | None:
+        return None if value is None else round(value, digits)
+
+    line = {
         "device": device,
         "model": args.shape,
-        "params": ours["params"],
-        "tokens_per_s": round(ours["tokens_per_s"], 1),
-        "baseline_tokens_per_s": round(base["tokens_per_s"], 1),
-        "speedup": round(speedup, 3),
-        "mfu": None if mfu is None else round(mfu, 4),
-        "baseline_mfu": None if base_mfu is None else round(base_mfu, 4),
-        "attn_implementation": ours["attn_implementation"],
-        "precision": ours["precision"],
-        "zero_stage": args.zero,
+        "params": params,
+        "runs": args.runs,
+        "tokens_per_s": rounded(ours and ours["tokens_per_s"], 1),
+        "baseline_tokens_per_s": rounded(base and base["tokens_per_s"], 1),
+        "speedup": rounded(speedup, 3),
+        "mfu": rounded(mfu, 4),
+        "baseline_mfu": rounded(base_mfu, 4),
+        "attn_implementation": ours and ours["attn_implementation"],
+        "precision": ours and ours["precision"],
+        "zero_stage": args.zero if ours else None,
         "cutoff_len": args.cutoff,
-        "baseline_batch": args.baseline_batch,
+        "baseline_batch": args.baseline_batch if base else None,
         "examples": len(examples),
-    }))
+        "tokens": sum(len(e) for e in examples),
+        "peak_gib": rounded(ours and ours["peak_gib"], 2),
+        "baseline_peak_gib": rounded(base and base["peak_gib"], 2),
+        "init_seconds": rounded(ours and ours["init_seconds"], 2),
+        "train_wall_seconds": rounded(ours and ours["train_wall_seconds"], 2),
+        "warmup_seconds": rounded(ours and ours["first_steps_seconds"], 2),
+        "versions": versions(),
+        "errors": errors,
+    }
+    print(json.dumps(line))
+    if args.out:
+        args.out.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    if errors:
+        sys.exit(1)
+
+
+def _shape_model_params(args: argparse.Namespace) -> Any:
+    """The parameters of the shape, counted on the meta device (no memory, no init)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(granite_config(args.shape, args.cutoff))
+    return model.parameters()
+
+
+def versions() -> dict[str, str | None]:
+    import importlib.metadata
+
+    out: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for dist in ("torch", "transformers", "accelerate", "deepspeed", "kakugo"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
 
 
 if __name__ == "__main__":

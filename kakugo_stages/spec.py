@@ -626,11 +626,12 @@ class TrainingSpec(SpecModel):
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096)
     gradient_checkpointing: bool = True
     attn_implementation: Literal[
-        "auto", "flash_attention_2", "flash_attention_3", "sdpa", "eager"
+        "auto", "flash_attention_2", "flash_attention_3", "flex_attention", "sdpa", "eager"
     ] = Field(
         default="auto",
-        description="Attention kernel. auto: flash_attention_2 when installed on cuda, else "
-        "sdpa. Every choice keeps packed examples from attending to each other.",
+        description="Attention kernel. auto: on cuda flash_attention_2 when installed, else "
+        "flex_attention; sdpa on cpu. Every choice keeps packed examples from attending to "
+        "each other.",
     )
     deepspeed_stage: Literal[0, 2, 3] = Field(
         default=3, description="DeepSpeed ZeRO stage; 0 trains without DeepSpeed."

@@ -163,7 +163,11 @@ def test_packing_is_greedy_bounded_and_restarts_positions() -> None:
     assert batch["cu_seq_lens_q"].tolist() == [0, 3, 7, 9] and batch["max_length_q"] == 4
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("impl", [
+    "sdpa", "eager",
+    # FlexAttention compiles its kernels (C++ on CPU: ~1 minute on 2 cores).
+    pytest.param("flex_attention", marks=pytest.mark.slow),
+])
 def test_packed_examples_do_not_attend_to_each_other(model_dir: Path, impl: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM
@@ -179,6 +183,22 @@ def test_packed_examples_do_not_attend_to_each_other(model_dir: Path, impl: str)
         alone = model(input_ids=torch.tensor([b])).logits[0]
         packed = model(**batch).logits[0, 20:]
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_auto_attention_is_flash_then_flex_on_cuda_and_sdpa_on_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kakugo_stages.training import attention
+
+    monkeypatch.setattr(attention, "flash_attn_available", lambda impl="": True)
+    assert attention.resolve_attn_implementation("auto", "cuda") == "flash_attention_2"
+    monkeypatch.setattr(attention, "flash_attn_available", lambda impl="": False)
+    assert attention.resolve_attn_implementation("auto", "cuda") == "flex_attention"
+    assert attention.resolve_attn_implementation("auto", "cpu") == "sdpa"
+    monkeypatch.setattr(attention, "flex_attention_available", lambda: False)
+    assert attention.resolve_attn_implementation("auto", "cuda") == "sdpa"
+    with pytest.raises(attention.AttentionError, match="flex_attention needs torch"):
+        attention.resolve_attn_implementation("flex_attention", "cuda")
 
 
 # --------------------------------------------------------------------------- configs

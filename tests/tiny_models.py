@@ -23,7 +23,7 @@ What is the capital of Nigeria? Abuja is the capital; Lagos is the largest city.
 SPECIAL_TOKENS = ["<|pad|>", "<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>"]
 
 
-def build_tokenizer(folder: Path, vocab_size: int = 400) -> Path:
+def build_tokenizer(folder: Path, vocab_size: int = 400, extra_text: str = "") -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -35,7 +35,7 @@ def build_tokenizer(folder: Path, vocab_size: int = 400) -> Path:
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator([CORPUS], trainer=trainer)
+    tok.train_from_iterator([CORPUS, extra_text], trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|end_of_text|>"
     )

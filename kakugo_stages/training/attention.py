@@ -9,6 +9,12 @@ another depends on the attention implementation (checked against transformers 5.
   the kernel never looks across a boundary. No mask is materialised. Granite 4's model
   does not forward `position_ids` to its attention layers, so the explicit kwargs are
   required: flash attention's own "infer from position_ids" path never sees them.
+- `flex_attention` (PyTorch's FlexAttention, compiled by transformers): takes a
+  `BlockMask`, which `create_causal_mask` builds from the same restarting `position_ids`
+  when the model is loaded with this implementation. It skips the masked-out blocks, so
+  packing costs almost nothing, and it needs no package beyond torch: `auto` picks it on
+  cuda when flash-attn is missing (the GPU images may lack it: it is a large CUDA build).
+  Same gap and same fix as sdpa below: the pre-hook hands the decoder the block mask.
 - `sdpa` / `eager`: these need a mask. transformers derives a block-diagonal causal mask
   from restarting `position_ids` (`find_packed_sequence_indices`), but only in models that
   pass `position_ids` to `create_causal_mask` (Llama does; Granite 4's
@@ -31,7 +37,8 @@ from typing import Any
 log = logging.getLogger("kakugo.training")
 
 FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3")
-MASK_IMPLEMENTATIONS = ("sdpa", "eager")
+#: Implementations that keep packed examples apart through a mask built by the pre-hook.
+MASK_IMPLEMENTATIONS = ("flex_attention", "sdpa", "eager")
 
 
 class AttentionError(ValueError):
@@ -43,13 +50,27 @@ def flash_attn_available(impl: str = "flash_attention_2") -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def flex_attention_available() -> bool:
+    from transformers.utils import is_torch_flex_attn_available
+
+    return bool(is_torch_flex_attn_available())
+
+
 def resolve_attn_implementation(requested: str, device: str) -> str:
-    """The implementation to load the model with: `auto` picks flash-attention 2 on cuda
-    when the package is installed, else sdpa."""
+    """The implementation to load the model with. `auto` on cuda: flash-attention 2 when
+    the package is installed, else FlexAttention (block-sparse, in torch itself), else
+    sdpa; on cpu: sdpa (FlexAttention compiles C++ kernels there, minutes for nothing)."""
     if requested == "auto":
         if device == "cuda" and flash_attn_available():
             return "flash_attention_2"
+        if device == "cuda" and flex_attention_available():
+            return "flex_attention"
         return "sdpa"
+    if requested == "flex_attention" and not flex_attention_available():
+        raise AttentionError(
+            "training.attnImplementation: flex_attention needs torch >= 2.5 with "
+            "torch.nn.attention.flex_attention; use auto or sdpa"
+        )
     if requested in FLASH_IMPLEMENTATIONS:
         if device != "cuda":
             raise AttentionError(
@@ -84,8 +105,10 @@ def _decoder(model: Any) -> Any:
 
 
 def install_packed_mask_hook(model: Any) -> Any:
-    """For sdpa/eager: build the block-diagonal causal mask of a packed row from its
-    restarting position_ids before the decoder runs. Returns the hook handle."""
+    """For flex_attention/sdpa/eager: build the block-diagonal causal mask of a packed
+    row from its restarting position_ids before the decoder runs (a `BlockMask` for
+    flex_attention, a boolean 4D mask otherwise: `create_causal_mask` picks by the
+    model's implementation). Returns the hook handle."""
     import torch
     from transformers.masking_utils import create_causal_mask, find_packed_sequence_indices
 

@@ -85,6 +85,20 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def checkpointing_arguments(enabled: bool) -> dict[str, Any]:
+    """Gradient checkpointing in the names of the installed transformers: 5.24 calls it
+    `activation_checkpointing` (the old name is a deprecated alias); earlier releases,
+    such as the 5.17 of the GPU machines, know only `gradient_checkpointing`."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    prefix = "activation" if "activation_checkpointing" in names else "gradient"
+    return {f"{prefix}_checkpointing": enabled,
+            f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}}
+
+
 def training_arguments(config: TrainConfig, precision: str, output_dir: Path) -> Any:
     from transformers import TrainingArguments
 
@@ -102,9 +116,7 @@ def training_arguments(config: TrainConfig, precision: str, output_dir: Path) ->
         per_device_train_batch_size=config.per_device_batch_size,
         per_device_eval_batch_size=config.per_device_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        # transformers 5 names the model's gradient checkpointing "activation checkpointing".
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
+        **checkpointing_arguments(config.gradient_checkpointing),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         deepspeed=ds,
