@@ -56,7 +56,10 @@ else
 fi
 
 # Seconds: the whole check, and what each optional step needs to be worth starting.
-if [ "$DRY" = 1 ]; then BUDGET=115; else BUDGET=450; fi
+# KAKUGO_GPU_CHECK_SLACK multiplies every limit: the test of the dry run must not fail
+# because other work slows the machine down (its speed is measured, not asserted).
+SLACK="${KAKUGO_GPU_CHECK_SLACK:-1}"
+if [ "$DRY" = 1 ]; then BUDGET=$((115 * SLACK)); else BUDGET=$((450 * SLACK)); fi
 START=$(date +%s)
 elapsed() { echo $(( $(date +%s) - START )); }
 left() { echo $(( BUDGET - $(elapsed) )); }
@@ -142,7 +145,7 @@ else
 fi
 T="$REPO/bench/train_throughput.py"
 E="$REPO/bench/eval_throughput.py"
-min() { [ "$1" -lt "$2" ] && echo "$1" || echo "$2"; }
+min() { [ "$(( $1 * SLACK ))" -lt "$2" ] && echo "$(( $1 * SLACK ))" || echo "$2"; }
 
 step "train: ours (packing, ZeRO-3 config, gradient checkpointing)"
 run_step train_ours "$(min "$LIMIT_TRAIN" "$(left)")" \

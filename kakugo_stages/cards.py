@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import yaml
@@ -37,6 +38,34 @@ def _token_note(mix: MixResult) -> str:
     )
 
 
+def mix_digest(mix: MixResult) -> str:
+    """A digest of the rows of every split, in order: what the card says the files hold."""
+    h = hashlib.blake2b(digest_size=8)
+    for split, rows in (("train", mix.train), ("validation", mix.validation)):
+        h.update(f"\0{split}\0{len(rows)}".encode())
+        for row in rows:
+            h.update(str(row["id"]).encode())
+            for message in row["messages"]:
+                h.update(b"\0")
+                h.update(message["content"].encode())
+    return h.hexdigest()
+
+
+def dataset_info(run: RunSpec, mix: MixResult, splits: dict[str, str]) -> dict[str, Any]:
+    """The card's `dataset_info`: split sizes and the run's identity. Beyond telling the
+    Hub what the splits hold, it keeps `datasets.load_dataset` from mixing up two runs:
+    datasets 5.2 caches a local folder under a key made from its name (`dataset`) and its
+    card's metadata, not its path, so two runs' `dataset/` folders with otherwise equal
+    cards would share one cache entry and the second load would return the first's rows."""
+    rows = {"train": len(mix.train), "validation": len(mix.validation)}
+    return {
+        "config_name": "default",
+        "description": (f"Kakugo training mix of LanguageModel {run.namespace}/{run.name} "
+                        f"(spec {run.fingerprint()}, rows {mix_digest(mix)})"),
+        "splits": [{"name": s, "num_examples": rows[s]} for s in splits],
+    }
+
+
 def dataset_card(run: RunSpec, mix: MixResult, teacher: str, splits: dict[str, str],
                  stage_stats: dict[str, Any]) -> str:
     lang, spec = run.language, run.spec
@@ -49,6 +78,7 @@ def dataset_card(run: RunSpec, mix: MixResult, teacher: str, splits: dict[str, s
             "data_files": [{"split": s, "path": key.removeprefix("dataset/")}
                            for s, key in splits.items()],
         }],
+        "dataset_info": dataset_info(run, mix, splits),
     }
     sources = sorted(set(mix.kept_by_source) | set(mix.dropped_by_source))
     counts = [

@@ -22,10 +22,13 @@ def test_dry_run_does_every_step_with_the_carried_wheels(tmp_path: Path) -> None
     if not (WHEELS / "requirements.txt").is_file():
         pytest.fail(f"{WHEELS} is missing: run `make gpu-wheels` (make test does)")
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
+    # Generous limits: a loaded machine may be slow; the dry run's speed is measured in
+    # docs/benchmarks.md, not asserted here.
+    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path),
+           "KAKUGO_GPU_CHECK_SLACK": "4"}
     env.pop("PYTHONPATH", None)
     proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--dry-run", str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=900)
     log = (out / "gpu_check.log").read_text() if (out / "gpu_check.log").exists() else ""
     assert proc.returncode == 0, log[-4000:] or proc.stderr[-4000:]
 

@@ -1,8 +1,9 @@
 """The train stage on CPU: a tiny random Granite-4-layout model, the tiny tokenizer, a
 handful of chat rows, DeepSpeed ZeRO-3 over gloo.
 
-The DeepSpeed tests run the real worker process (as the stage does); the first one on a
-machine JIT-builds DeepSpeed's comm op into ~/.cache/kakugo/torch_extensions (~30 s once).
+The DeepSpeed tests run the real worker process (as the stage does); the first one of a
+test session JIT-builds DeepSpeed's comm op (~30 s) into the session's
+TORCH_EXTENSIONS_DIR (conftest.py).
 """
 
 from __future__ import annotations

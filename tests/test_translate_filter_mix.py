@@ -20,8 +20,9 @@ from kakugo_stages.filters import (
     check_ratios,
     check_translation,
 )
+from kakugo_stages.manifest import parse_object
 from kakugo_stages.mix import build_mix
-from kakugo_stages.resolved import RunSpec
+from kakugo_stages.resolved import RunSpec, run_spec
 from kakugo_stages.spec import CONCISE_SYSTEM_PROMPT, THINK_SYSTEM_PROMPT, MixConfig
 from kakugo_stages.stages import get_stage, run_stage
 from kakugo_stages.store import open_store
@@ -401,3 +402,31 @@ def test_pipeline_to_dataset_and_the_trainer_sees_the_system_prompt(
     concise = next(r for r in ds["train"] if r["source"] == "translated")
     text = tok.decode(tokenize_conversation(tok, concise["messages"], template)["input_ids"])
     assert CONCISE_SYSTEM_PROMPT in text and "<think>" not in text
+
+
+def test_two_runs_datasets_load_with_their_own_rows(tmp_path: Path, counter: TokenCounter) -> None:
+    """datasets caches a local folder by its name and card, not its path: each run's card
+    carries the run's identity and rows, so `runs/a/dataset` and `runs/b/dataset` (same
+    folder name, same recipe) each load their own rows, also in one process."""
+    from datasets import load_dataset
+
+    from kakugo_stages.cards import dataset_card
+    from kakugo_stages.mix import write_dataset
+
+    folders = {}
+    for name, n in (("a", 12), ("b", 20)):
+        obj = {"apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageModel",
+               "metadata": {"name": name, "namespace": "tests"},
+               "spec": {"language": "Yoruba",
+                        "teacher": {"endpoint": {"url": "http://127.0.0.1:9/v1", "model": "m"}},
+                        "storage": {"uri": str(tmp_path / "runs")}}}
+        run = run_spec(parse_object(obj))
+        mix = build_mix([gen_row(i) for i in range(n)], [], SETTINGS,
+                        MixConfig(validationFraction=0.0), counter, seed=1)
+        store = open_store(run.run_uri)
+        splits = {"train": "dataset/data/train-00000-of-00001.parquet"}
+        write_dataset(store, mix, dataset_card(run, mix, "teacher", splits, {}))
+        folders[name] = (Path(store.local_path("dataset")), n)
+    assert folders["a"][0].name == folders["b"][0].name == "dataset"
+    for folder, n in folders.values():
+        assert len(load_dataset(str(folder))["train"]) == n
