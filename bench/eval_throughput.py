@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # tiny_models
-# The checkout last: an installed kakugo (gpu_check.sh installs one) comes first.
+# The checkout last (tests.helpers; an installed kakugo, as gpu_check.sh installs one,
+# comes first).
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from granite_shapes import auto_shape, granite_config
@@ -54,8 +54,9 @@ def build_models(folder: Path, shape: str, cuda: bool) -> tuple[Path, int]:
     """Tokenizer and random model saved as one Hugging Face folder; returns it and the
     parameter count."""
     import torch
-    from tiny_models import build_tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.helpers.tiny_models import build_tokenizer
 
     build_tokenizer(folder, vocab_size=4096, extra_text=fixture_text())
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -29,9 +29,9 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "operator"))
+sys.path.insert(0, str(REPO))
 
-from k8s_emulator import Api, EmulatorThread  # noqa: E402
+from tests.operator.k8s_emulator import Api, EmulatorThread  # noqa: E402
 
 NS = "bench"
 
@@ -72,7 +72,7 @@ def first_jobs(emu: EmulatorThread) -> int:
 
 def operator_requests(emu: EmulatorThread) -> int:
     # Everything except our own creates (the bench's client sends a distinct User-Agent).
-    from k8s_emulator import Emulator
+    from tests.operator.k8s_emulator import Emulator
 
     return sum(n for agent, n in Emulator.by_agent.items() if agent != "python-httpx")
 

@@ -46,7 +46,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
-sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(REPO))
 
 TEACHER_STAGES = ("topics", "scenarios", "contexts", "revise", "respond", "translate")
 LANGUAGES = ("Yoruba", "Swahili")
@@ -65,7 +65,7 @@ class BatchingResponder:
         self.active = 0
 
     async def __call__(self, body: dict[str, Any]) -> Any:
-        from teacher_scripts import scripted_teacher
+        from tests.helpers.teacher_scripts import scripted_teacher
 
         if self.slots is None:  # created on the server's loop
             self.slots = asyncio.Semaphore(self.batch)
@@ -81,7 +81,7 @@ class BatchingResponder:
 
 
 def serve(batch: int, latency: float, slowdown: float) -> None:
-    from teacher_server import TeacherServer
+    from tests.helpers.teacher_server import TeacherServer
 
     server = TeacherServer(BatchingResponder(batch, latency, slowdown), record=False)
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"note: 2 x --concurrency ({2 * args.concurrency}) is above --batch "
               f"({args.batch}): the shared run queues at the server", flush=True)
 
-    from tiny_models import build_tokenizer
+    from tests.helpers.tiny_models import build_tokenizer
 
     server = subprocess.Popen(
         [sys.executable, __file__, "--serve", "--batch", str(args.batch),

@@ -53,7 +53,7 @@ from kakugo_stages.request_cache import RequestCache  # noqa: E402
 from kakugo_stages.store import open_store  # noqa: E402
 from kakugo_stages.teacher import TeacherClient  # noqa: E402
 
-SERVER = REPO / "tests" / "teacher_server.py"
+SERVER = "tests.helpers.teacher_server"  # run as a module from the checkout
 
 # (name, concurrency, latency seconds, window seconds)
 REALISTIC = [
@@ -115,9 +115,9 @@ def _get_json(url: str) -> dict:
 @contextlib.contextmanager
 def server_process(latency: float):
     proc = subprocess.Popen(
-        [sys.executable, str(SERVER), "--latency", str(latency),
+        [sys.executable, "-m", SERVER, "--latency", str(latency),
          "--content-chars", "1500", "--reasoning-chars", "1500"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, text=True, cwd=REPO,
     )
     try:
         assert proc.stdout is not None

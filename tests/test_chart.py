@@ -15,7 +15,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from kakugo_operator import settings as operator_settings
-from packaging_tools import CHART, REPO, by_kind, helm_template, one, run, tool
+
+from tests.helpers.packaging_tools import CHART, REPO, by_kind, helm_template, one, run, tool
 
 RULES = yaml.safe_load((CHART / "files/rbac/operator-rules.yaml").read_text())
 NS = "kakugo-system"

@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from packaging_tools import REPO, helm_template, one, run, tool
+
+from tests.helpers.packaging_tools import REPO, helm_template, one, run, tool
 
 #: Metrics the dashboard and alerts use that the operator does not export yet (see the
 #: operator issue). Remove a name here once metrics.py exports it: the test then checks it.

@@ -8,7 +8,6 @@ Granite through the real `hf` backend, and SmolLM2-135M-Instruct (scripts/setup_
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,10 @@ from kakugo_stages.resolved import RunSpec, run_spec
 from kakugo_stages.spec import EvaluationSpec
 from kakugo_stages.stages import StageFailed, get_stage, run_stage
 from kakugo_stages.store import StageOutput, open_store
+from tests.helpers.smollm2 import setup_smollm2
 
 REPO = Path(__file__).resolve().parent.parent
 EVAL = Path(__file__).parent / "fixtures" / "eval"
-sys.path.insert(0, str(REPO / "scripts"))
-import setup_smollm2  # noqa: E402
 
 CARD = """# yo-test
 
@@ -353,7 +351,7 @@ def one_thread(monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The tiny random Granite-4 layout the other stage tests use.
-    from tiny_models import build_model, build_tokenizer
+    from tests.helpers.tiny_models import build_model, build_tokenizer
 
     tok = build_tokenizer(tmp_path_factory.mktemp("tok"))
     return build_model(tmp_path_factory.mktemp("tiny-granite"), tok)

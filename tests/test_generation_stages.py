@@ -14,9 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from teacher_scripts import flaky, scripted_teacher
-from teacher_server import FaultPlan, TeacherServer
-from tiny_models import build_tokenizer
 
 from kakugo_stages.manifest import parse_object
 from kakugo_stages.request_cache import RequestCache
@@ -24,6 +21,9 @@ from kakugo_stages.resolved import RunSpec, run_spec
 from kakugo_stages.stages import StageFailed, get_stage, run_stage
 from kakugo_stages.store import StageOutput, open_store
 from kakugo_stages.teacher import TeacherClient
+from tests.helpers.teacher_scripts import flaky, scripted_teacher
+from tests.helpers.teacher_server import FaultPlan, TeacherServer
+from tests.helpers.tiny_models import build_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SECRET = "sk-kakugo-test-SECRET-4f9d1c"

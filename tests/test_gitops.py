@@ -15,9 +15,9 @@ import yaml
 from kakugo_operator.reconcile import Observed, decide
 from kakugo_operator.settings import OperatorSettings
 from openapi_schema_validator import OAS30Validator
-from packaging_tools import INSTALL_HINT, REPO, run, tool
 
 from kakugo_stages.crds import all_crds
+from tests.helpers.packaging_tools import INSTALL_HINT, REPO, run, tool
 
 ARGO = REPO / "gitops" / "argocd" / "kakugo.io"
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

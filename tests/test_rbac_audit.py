@@ -6,7 +6,6 @@ request must be allowed by the chart's rules, and each rule must be used by some
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +15,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "operator"))
 
-from k8s_emulator import Api, Emulator, EmulatorThread  # noqa: E402
-from operator_helpers import (  # noqa: E402
+from tests.operator.k8s_emulator import Api, Emulator, EmulatorThread  # noqa: E402
+from tests.operator.operator_helpers import (  # noqa: E402
     NS,
     Operator,
     fail_job,

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from teacher_scripts import scripted_teacher
-from teacher_server import TeacherServer
-from tiny_models import build_model, build_tokenizer
+
+from tests.helpers.teacher_scripts import scripted_teacher
+from tests.helpers.teacher_server import TeacherServer
+from tests.helpers.tiny_models import build_model, build_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parent.parent

@@ -15,14 +15,6 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ConnectionClosedError
-from s3_server import (
-    FAKE_ACCESS_KEY,
-    FAKE_SECRET_KEY,
-    create_bucket,
-    free_port,
-    moto_s3_server,
-    set_fake_aws_env,
-)
 
 from kakugo_stages.store import (
     ArtifactNotFound,
@@ -37,6 +29,14 @@ from kakugo_stages.store import (
     open_store,
     shard_key,
     stats_key,
+)
+from tests.helpers.s3_server import (
+    FAKE_ACCESS_KEY,
+    FAKE_SECRET_KEY,
+    create_bucket,
+    free_port,
+    moto_s3_server,
+    set_fake_aws_env,
 )
 
 YORUBA = "Ẹ kú àárọ̀! Báwo ni? Yorùbá ni èdè wa."

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from teacher_server import Fault, FaultPlan, TeacherServer, chat_response, harmony
 
 from kakugo_stages.request_cache import RequestCache, request_key
 from kakugo_stages.spec import SamplingSpec, TeacherEndpoint, TeacherSettings
@@ -25,6 +24,7 @@ from kakugo_stages.teacher import (
     _parse_retry_after,
     split_reasoning,
 )
+from tests.helpers.teacher_server import Fault, FaultPlan, TeacherServer, chat_response, harmony
 
 pytestmark = pytest.mark.timeout(60)
 

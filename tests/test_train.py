@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 import yaml
-from tiny_models import build_model, build_tokenizer
 
 from kakugo_stages.chat_format import load_chat_template, tokenize_conversation
 from kakugo_stages.manifest import parse_object
@@ -43,6 +42,7 @@ from kakugo_stages.training.model_card import (
     EVAL_START,
     update_evaluation_section,
 )
+from tests.helpers.tiny_models import build_model, build_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM = "Before you answer, reason step by step inside <think> and </think>."
@@ -266,7 +266,7 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path,
     if request.param == "file":
         yield open_store(str(tmp_path / "s"))
         return
-    from s3_server import create_bucket, moto_s3_server, set_fake_aws_env
+    from tests.helpers.s3_server import create_bucket, moto_s3_server, set_fake_aws_env
 
     with moto_s3_server() as url:
         set_fake_aws_env(monkeypatch, url)

@@ -7,10 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from teacher_scripts import scripted_teacher
-from teacher_server import TeacherServer
-from test_generation_stages import FIXTURES, fast_teacher, run_all, small_spec
-from tiny_models import build_tokenizer
 
 from kakugo_stages.chat_format import load_chat_template, tokenize_conversation
 from kakugo_stages.filters import (
@@ -26,6 +22,10 @@ from kakugo_stages.resolved import RunSpec, run_spec
 from kakugo_stages.spec import CONCISE_SYSTEM_PROMPT, THINK_SYSTEM_PROMPT, MixConfig
 from kakugo_stages.stages import get_stage, run_stage
 from kakugo_stages.store import open_store
+from tests.helpers.teacher_scripts import scripted_teacher
+from tests.helpers.teacher_server import TeacherServer
+from tests.helpers.tiny_models import build_tokenizer
+from tests.test_generation_stages import FIXTURES, fast_teacher, run_all, small_spec
 
 TAGS = ("<image>", "<video>", "<audio>")
 
@@ -256,9 +256,10 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 
 def split_tokenizer() -> Any:
     """The Granite / Llama 3 layout: a Split regex, then byte-level without its regex."""
-    from tiny_models import CORPUS
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+
+    from tests.helpers.tiny_models import CORPUS
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -272,9 +273,10 @@ def split_tokenizer() -> Any:
 
 def unbounded_tokenizers() -> list[Any]:
     """Layouts the bounds are not proven for: each must be refused."""
-    from tiny_models import CORPUS
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+
+    from tests.helpers.tiny_models import CORPUS
 
     out = []
     for layout in ("metaspace", "nfd", "no-regex"):

@@ -9,18 +9,15 @@ then missing tools fail the suite (CI sets it; `make e2e-tools` builds them).
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from cluster import Cluster, Tools, find_tools
-from e2e_support import NS, RELEASE_NS, REPO, OperatorProcess
-from kubelet import FakeKubelet
+from tests.e2e.cluster import Cluster, Tools, find_tools
+from tests.e2e.e2e_support import NS, RELEASE_NS, REPO, OperatorProcess
+from tests.e2e.kubelet import FakeKubelet
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +66,8 @@ def crds(cluster: Cluster) -> list[str]:
 
 @pytest.fixture(scope="session")
 def teacher() -> Iterator[Any]:
-    from teacher_scripts import scripted_teacher
-    from teacher_server import TeacherServer
+    from tests.helpers.teacher_scripts import scripted_teacher
+    from tests.helpers.teacher_server import TeacherServer
 
     with TeacherServer(scripted_teacher) as srv:
         yield srv
@@ -78,7 +75,7 @@ def teacher() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def student(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tiny_models import build_model, build_tokenizer
+    from tests.helpers.tiny_models import build_model, build_tokenizer
 
     folder = tmp_path_factory.mktemp("models")
     tok = build_tokenizer(folder / "tok")

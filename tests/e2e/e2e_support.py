@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cluster import Cluster, free_port, wait_until
+
+from tests.e2e.cluster import Cluster, free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "kakugo-e2e"  # where the LanguageModels live; the operator watches it

@@ -13,7 +13,8 @@ from typing import Any
 
 import kubernetes
 import pytest
-from e2e_support import NS, condition, get_lm, manifest, wait_ready
+
+from tests.e2e.e2e_support import NS, condition, get_lm, manifest, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:Unverified HTTPS request")]
 

@@ -7,17 +7,14 @@ write Job and Pod statuses (succeeded with termination messages, failed, evicted
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from k8s_emulator import Api, EmulatorThread
-from operator_helpers import METRICS_PORT, Operator
+from tests.operator.k8s_emulator import Api, EmulatorThread
+from tests.operator.operator_helpers import METRICS_PORT, Operator
 
 # The kubernetes client reads KUBECONFIG once, at import: one path for the whole session,
 # rewritten for each test's emulator.

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from k8s_emulator import Api
+from tests.operator.k8s_emulator import Api
 
 NS = "kakugo"
 

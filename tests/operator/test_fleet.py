@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from k8s_emulator import PLURALS, Api
 from kakugo_operator.fleet import (
     ADMITTED_ANNOTATION,
     FLEET_LABEL,
@@ -23,7 +22,9 @@ from kakugo_operator.fleet import (
     merge_diff,
     spec_hash,
 )
-from operator_helpers import (
+
+from tests.operator.k8s_emulator import PLURALS, Api
+from tests.operator.operator_helpers import (
     NS,
     Operator,
     complete_job,
@@ -300,7 +301,7 @@ def test_failed_member_does_not_stop_the_others(cluster: Api, operator: Operator
 
 
 def test_shared_teacher_serves_members_at_once(cluster: Api, operator: Operator) -> None:
-    from test_teacher_metrics import TEACHER, set_ready, teacher_status
+    from tests.test_teacher_metrics import TEACHER, set_ready, teacher_status
 
     cluster.create(TEACHER)
     wait_for(lambda: cluster.get("Deployment", NS, "gpt-oss-120b"))

@@ -6,8 +6,9 @@ from datetime import timedelta
 
 import kubernetes_validate
 import pytest
-from k8s_emulator import Api, Emulator
-from operator_helpers import (
+
+from tests.operator.k8s_emulator import Api, Emulator
+from tests.operator.operator_helpers import (
     NS,
     Operator,
     complete_job,
@@ -228,7 +229,7 @@ def test_resume_unsuspends_the_running_job(cluster: Api, operator: Operator) -> 
 
 
 def test_budget_runs_out(cluster: Api, operator: Operator) -> None:
-    from operator_helpers import hours_ago
+    from tests.operator.operator_helpers import hours_ago
 
     gpu = {"gpus": 1, "gpuType": "NVIDIA-H100-80GB-HBM3", "capacityType": "on-demand"}
     cluster.create(language_model(budget={"maxDollars": "4.5"}, resources={"topics": gpu}))

@@ -7,8 +7,9 @@ import time
 
 import httpx
 import pytest
-from k8s_emulator import Api
-from operator_helpers import (
+
+from tests.operator.k8s_emulator import Api
+from tests.operator.operator_helpers import (
     METRICS_PORT,
     NS,
     Operator,

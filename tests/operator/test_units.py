@@ -14,7 +14,8 @@ from kakugo_operator.main import kopf_args
 from kakugo_operator.observe import classify_failure, stage_counts
 from kakugo_operator.reconcile import Observed, decide
 from kakugo_operator.teacher import decide_teacher
-from operator_helpers import language_model
+
+from tests.operator.operator_helpers import language_model
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SETTINGS = settings.OperatorSettings(storage_uri="s3://b/runs", backoff_base_seconds=10,

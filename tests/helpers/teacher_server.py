@@ -4,7 +4,7 @@ Plain asyncio (no web framework), so it can do what real servers and proxies do 
 misbehave: drop a connection without answering, send a truncated JSON body, stall past
 the client's timeout. Runs in a background thread on 127.0.0.1 and a free port::
 
-    from teacher_server import TeacherServer, FaultPlan, Fault, chat_response
+    from tests.helpers.teacher_server import TeacherServer, FaultPlan, Fault, chat_response
 
     with TeacherServer(responder=lambda body: "Ẹ kú àárọ̀", faults=FaultPlan(at={0: "500"})) as srv:
         client = TeacherClient(srv.url, "any-model")
@@ -24,7 +24,7 @@ A *responder* is ``(body: dict) -> str | dict | Fault`` (may be async):
 
 Run it as its own process (the benchmark does)::
 
-    python tests/teacher_server.py --latency 0.2 --content-chars 1500 --reasoning-chars 1500
+    python -m tests.helpers.teacher_server --latency 0.2 --content-chars 1500 --reasoning-chars 1500
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The test suites (a package, so that helpers import as `tests.helpers...`)."""

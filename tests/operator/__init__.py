@@ -1,0 +1,1 @@
+"""Operator tests on the KMock emulator."""
