@@ -122,8 +122,11 @@ if ! "${PIP[@]}" --find-links "$WHEELS" -r "$WHEELS/requirements.txt"; then
   echo "gpu_check: installing the carried wheels failed" >&2; exit 1
 fi
 # The project from the working tree (not a wheel built earlier, which could be stale),
-# with the machine's own setuptools.
-if ! "${PIP[@]}" --no-build-isolation "$REPO"; then
+# with the machine's own setuptools; built from a copy, so no build/ is left in the tree.
+mkdir -p "$WORK/src/operator"
+cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/kakugo_stages" "$WORK/src/"
+cp -r "$REPO/operator/kakugo_operator" "$WORK/src/operator/"
+if ! "${PIP[@]}" --no-build-isolation "$WORK/src"; then
   echo "gpu_check: installing the project failed" >&2; exit 1
 fi
 export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"

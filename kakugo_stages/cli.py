@@ -7,6 +7,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import yaml
@@ -17,8 +18,30 @@ from kakugo_stages.languages import search
 from kakugo_stages.manifest import Manifest, ManifestError, fleet_members, load_manifests
 from kakugo_stages.resolved import run_spec
 
+#: Entry-point group through which other packages add commands: the operator package adds
+#: `kakugo operator`, so that the pipeline never imports the operator.
+COMMANDS_GROUP = "kakugo.commands"
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _PluginGroup(click.Group):
+    """The `kakugo` group, with the commands of installed packages loaded on demand."""
+
+    def _plugins(self) -> dict[str, Any]:
+        from importlib.metadata import entry_points
+
+        return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._plugins()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in (plugins := self._plugins()):
+            command = plugins[cmd_name].load()
+        return command
+
+
+@click.group(cls=_PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kakugo")
 def main() -> None:
     """Kakugo: distil a low-resource language into a small instruction-tuned model.
@@ -280,32 +303,6 @@ def run(manifest: Path, from_stage: str | None, until: str | None, runs_dir: str
     store = open_store(local.run_uri)
     click.echo(render(local, store, price))
     click.echo(f"report: {store.url('report.md')}", err=True)
-
-
-@main.command("operator")
-@click.option("-n", "--namespace", "namespaces", multiple=True,
-              help="Watch these namespaces (repeatable; default: all).")
-@click.option("--peering", default=None, metavar="NAME",
-              help="Kopf peering for several replicas (default: standalone).")
-@click.option("--liveness", default=None, metavar="URL",
-              help="Liveness endpoint (default http://0.0.0.0:8080/healthz; 'none' disables).")
-@click.option("--verbose", is_flag=True, help="Verbose Kopf logging.")
-@click.option("--debug", is_flag=True, help="Debug Kopf logging.")
-def operator_cmd(namespaces: tuple[str, ...], peering: str | None, liveness: str | None,
-                 verbose: bool, debug: bool) -> None:
-    """Run the Kubernetes operator (kopf run with Kakugo's handlers and settings).
-
-    Settings come from the YAML file named by $KAKUGO_OPERATOR_SETTINGS and from
-    KAKUGO_* environment variables (images, GPU prices, default storage, retries).
-    """
-    from kakugo_operator.main import run_operator
-
-    argv = [a for ns in namespaces for a in ("--namespace", ns)]
-    argv += ["--peering", peering] if peering else ["--standalone"]
-    if liveness:
-        argv += ["--liveness", liveness]
-    argv += ["--verbose"] * verbose + ["--debug"] * debug
-    run_operator(argv)
 
 
 def _lang_row(lang) -> dict:

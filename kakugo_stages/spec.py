@@ -28,27 +28,12 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from kakugo_stages.graph import STAGES
 from kakugo_stages.languages import Language, resolve
 
 API_GROUP = "kakugo.io"
 API_VERSION = "v1alpha1"
 
-#: Pipeline stages, in run order. Names appear in status, labels and metrics: keep stable.
-STAGES: tuple[str, ...] = (
-    "topics",
-    "scenarios",
-    "contexts",
-    "revise",
-    "respond",
-    "translate",
-    "filter",
-    "train",
-    "evaluate",
-)
-#: Stages that send requests to the teacher.
-TEACHER_STAGES: tuple[str, ...] = (
-    "topics", "scenarios", "contexts", "revise", "respond", "translate",
-)
 #: Generation methods a training mix can draw from (the paper's ablations).
 MIX_SOURCES: tuple[str, ...] = ("topics", "scenarios", "contexts", "translated")
 
@@ -210,6 +195,12 @@ class ResourcesSpec(SpecModel):
     """Per-stage Pod resources. `default` applies to every stage, a stage entry overrides it."""
 
     default: StageResources = Field(default=StageResources(), description="Applies to all stages.")
+    max_concurrent_stages: int = Field(
+        default=4, ge=1, le=len(STAGES),
+        description="How many stages may run at once, each as soon as the stages it reads "
+        "are complete: topics, scenarios, contexts and translate need nothing from each "
+        "other, so together they keep the teacher's batch full. 1 runs one stage at a time.",
+    )
     topics: StageResources | None = None
     scenarios: StageResources | None = None
     contexts: StageResources | None = None

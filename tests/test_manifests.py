@@ -7,9 +7,10 @@ import yaml
 from click.testing import CliRunner
 
 from kakugo_stages.cli import main
+from kakugo_stages.graph import STAGES
 from kakugo_stages.manifest import ManifestError, fleet_members, load_manifests, merge_patch
 from kakugo_stages.resolved import load_run_spec, run_spec
-from kakugo_stages.spec import STAGES, LanguageModelSpec
+from kakugo_stages.spec import LanguageModelSpec
 
 HERE = Path(__file__).parent
 BROKEN = sorted((HERE / "manifests" / "broken").glob("*.yaml"))

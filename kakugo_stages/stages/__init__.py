@@ -1,6 +1,6 @@
 """The registry of pipeline stages: stage name -> implementation.
 
-Stage names are those of `kakugo_stages.spec.STAGES`; each module registers its class
+Stage names are those of `kakugo_stages.graph.STAGES`; each module registers its class
 with `@register`. `get_stage` imports the modules on first use.
 """
 
@@ -21,7 +21,7 @@ def register(cls: type[Stage]) -> type[Stage]:
 
 def _load() -> None:
     # One module per stage, named after it (kakugo_stages/stages/<stage>.py).
-    from kakugo_stages.spec import STAGES
+    from kakugo_stages.graph import STAGES
 
     for name in STAGES:
         module = f"kakugo_stages.stages.{name}"
@@ -30,7 +30,7 @@ def _load() -> None:
 
 
 def available() -> list[str]:
-    from kakugo_stages.spec import STAGES
+    from kakugo_stages.graph import STAGES
 
     _load()
     return [s for s in STAGES if s in _REGISTRY]

@@ -29,6 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from kakugo_stages import graph
+from kakugo_stages.contract import (
+    DEFAULT_TERMINATION_LOG,
+    TEACHER_MODEL_ENV,
+    TEACHER_URL_ENV,
+    TERMINATION_LIMIT,
+    TERMINATION_LOG_ENV,
+    served_model_name,
+)
+from kakugo_stages.graph import StageDecl
 from kakugo_stages.parsing import ParseError
 from kakugo_stages.request_cache import RequestCache
 from kakugo_stages.resolved import RunSpec
@@ -37,11 +47,6 @@ from kakugo_stages.teacher import ChatResult, TeacherClient, TeacherError
 
 log = logging.getLogger("kakugo.stages")
 
-TERMINATION_LOG_ENV = "KAKUGO_TERMINATION_LOG"
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
-TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
-TEACHER_URL_ENV = "KAKUGO_TEACHER_URL"
-TEACHER_MODEL_ENV = "KAKUGO_TEACHER_MODEL"
 
 
 class StageFailed(RuntimeError):
@@ -118,7 +123,7 @@ def teacher_target(run: RunSpec) -> TeacherTarget:
             f"export {TEACHER_URL_ENV}=http://HOST:PORT/v1 (and {TEACHER_MODEL_ENV})."
         )
     if not model:
-        model = settings.serve.served_model_name or settings.serve.model if settings.serve else ""
+        model = served_model_name(settings.serve) if settings.serve else ""
     return TeacherTarget(url, model or "teacher", None)
 
 
@@ -230,16 +235,34 @@ class ShardContext:
 
 
 class Stage(ABC):
-    """One step of the pipeline. Subclasses set `name` and implement `run_shard`."""
+    """One step of the pipeline. Subclasses set `name` and implement `run_shard`; what the
+    stage reads, whether it uses the teacher, its shard count and its summary keys come
+    from its declaration in `kakugo_stages.graph` (`decl`), the one place the graph is
+    written down."""
 
     name: ClassVar[str]
-    uses_teacher: ClassVar[bool] = True
+    decl: ClassVar[StageDecl]
     #: False when the stage writes its own output format (and sets stats.rows_out).
     writes_rows: ClassVar[bool] = True
-    #: Stages whose completed output this one reads.
-    inputs: ClassVar[tuple[str, ...]] = ()
-    #: Keys of the shard stats copied into the termination summary (e.g. final loss).
-    summary_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            cls.decl = graph.decl(cls.name)
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.decl.teacher
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Stages whose completed output this one reads."""
+        return self.decl.inputs
+
+    @property
+    def summary_keys(self) -> tuple[str, ...]:
+        """Keys of the shard stats copied into the termination summary (e.g. final loss)."""
+        return self.decl.summary
 
     def __init__(self, run: RunSpec, store: ArtifactStore):
         self.run = run
@@ -267,7 +290,7 @@ class Stage(ABC):
         return getattr(self.run.spec.data, self.data_section)
 
     def num_shards(self) -> int:
-        return self.config.shards
+        return self.decl.num_shards(self.run.spec_dict())
 
     def mine(self, items: Sequence[Any], shard: int) -> list[Any]:
         """A shard's share of the stage's work items: every num_shards()-th, from `shard`."""
@@ -282,7 +305,11 @@ class Stage(ABC):
         """Fill ctx.rows (and use ctx.ask / ctx.drop); the machinery writes everything."""
 
     def input_rows(self, stage: str) -> list[dict[str, Any]]:
-        """Every row of an upstream stage; it must be complete."""
+        """Every row of an upstream stage; it must be complete, and declared as an input
+        (the executors start a stage only once its declared inputs are complete)."""
+        if stage not in self.inputs:
+            raise StageFailed(f"stage {self.name} reads stage {stage}, which is not among its "
+                              f"declared inputs {self.inputs} (kakugo_stages/graph.py)")
         upstream = StageOutput(self.store, stage)
         missing = self.missing_shards(stage)
         if missing:
@@ -293,6 +320,9 @@ class Stage(ABC):
         return list(upstream.iter_all_rows())
 
     def missing_shards(self, stage: str) -> list[int]:
+        """Shards of a stage this one depends on that are not complete yet."""
+        if stage not in self.inputs and stage not in graph.upstream(self.name):
+            raise StageFailed(f"stage {self.name} does not depend on stage {stage}")
         from kakugo_stages.stages import get_stage  # registry imports the stage modules
 
         upstream = get_stage(stage)(self.run, self.store)

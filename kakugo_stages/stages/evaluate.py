@@ -47,13 +47,8 @@ MODEL_CARD = "model/README.md"
 @register
 class EvaluateStage(Stage):
     name = "evaluate"
-    uses_teacher = False
     writes_rows = False  # the output is evaluation/results.json
-    inputs = ("train",)
-    summary_keys = ("summary", "evaluation", "skipped")
 
-    def num_shards(self) -> int:
-        return 1
 
     # ---- models (tests override `lm_for` to inject scripted lm-eval models)
 

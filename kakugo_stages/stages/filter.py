@@ -22,12 +22,8 @@ EXCLUDED = "filter/_excluded/00000.jsonl"
 @register
 class FilterStage(Stage):
     name = "filter"
-    uses_teacher = False
     writes_rows = False  # the rows are the dataset under dataset/
-    inputs = ("respond", "translate")
 
-    def num_shards(self) -> int:
-        return 1
 
     def _teacher_name(self) -> str:
         try:

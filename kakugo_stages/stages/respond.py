@@ -25,7 +25,6 @@ def _non_empty(text: str) -> str:
 @register
 class RespondStage(Stage):
     name = "respond"
-    inputs = ("revise",)
 
     data_section = "respond"
 

@@ -37,7 +37,6 @@ def generated_rows(stage: Stage) -> list[dict[str, Any]]:
 @register
 class ReviseStage(Stage):
     name = "revise"
-    inputs = GENERATED
 
     data_section = "revise"
 

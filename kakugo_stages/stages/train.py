@@ -16,17 +16,8 @@ from kakugo_stages.training.launch import TrainingFailed, prepare, run_worker
 @register
 class TrainStage(Stage):
     name = "train"
-    uses_teacher = False
     writes_rows = False  # the output is model/, not rows
-    inputs = ("filter",)
-    #: Stats keys for the termination summary (StageSummary copies them from the shard
-    #: stats). While training runs, the worker writes step, loss, tokens/s and ETA to the
-    #: termination log itself.
-    summary_keys = ("steps", "final_loss", "eval_loss", "train_tokens", "tokens_per_s",
-                    "resumed_from_step")
 
-    def num_shards(self) -> int:
-        return 1
 
     def reset_shared(self) -> None:
         # Checkpoints of a model trained on other inputs must never be resumed.

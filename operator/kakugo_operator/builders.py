@@ -11,14 +11,21 @@ from typing import Any
 
 from kakugo_operator import naming
 from kakugo_operator.settings import OperatorSettings
-from kakugo_stages.resolved import RunSpec
-from kakugo_stages.spec import TEACHER_STAGES
-from kakugo_stages.stages.base import TEACHER_MODEL_ENV, TEACHER_URL_ENV
-
-SPEC_MOUNT = "/etc/kakugo"
-SPEC_FILE = f"{SPEC_MOUNT}/spec.yaml"
-#: Stages whose Job is Indexed (one completion per shard); the others run one Pod.
-SHARDED_STAGES = ("topics", "scenarios", "contexts", "revise", "respond", "translate")
+from kakugo_stages.contract import (
+    DEFAULT_TERMINATION_LOG,
+    RUN_URI_ENV,
+    SPEC_KEY,
+    SPEC_MOUNT,
+    SPEC_PATH,
+    STAGE_ENV,
+    TEACHER_MODEL_ENV,
+    TEACHER_STAGES,
+    TEACHER_URL_ENV,
+    TERMINATION_LOG_ENV,
+    RunSpec,
+    decl,
+    stage_command,
+)
 
 
 @dataclass(frozen=True)
@@ -30,9 +37,8 @@ class TeacherEnv:
 
 
 def shards(run: RunSpec, stage: str) -> int:
-    if stage not in SHARDED_STAGES:
-        return 1
-    return int(getattr(run.spec.data, stage).shards)
+    """Completions of the stage's Job: its declared shard count (Indexed), else one Pod."""
+    return decl(stage).num_shards(run.spec_dict())
 
 
 def config_map(run: RunSpec) -> dict[str, Any]:
@@ -44,15 +50,15 @@ def config_map(run: RunSpec) -> dict[str, Any]:
             "namespace": run.namespace,
             "labels": naming.lm_labels(run.name, run.language.code),
         },
-        "data": {"spec.yaml": run.to_yaml()},
+        "data": {SPEC_KEY: run.to_yaml()},
     }
 
 
 def _env(run: RunSpec, stage: str, teacher: TeacherEnv) -> tuple[list[dict], list[dict]]:
     env: list[dict[str, Any]] = [
-        {"name": "KAKUGO_STAGE", "value": stage},
-        {"name": "KAKUGO_RUN_URI", "value": run.run_uri},
-        {"name": "KAKUGO_TERMINATION_LOG", "value": "/dev/termination-log"},
+        {"name": STAGE_ENV, "value": stage},
+        {"name": RUN_URI_ENV, "value": run.run_uri},
+        {"name": TERMINATION_LOG_ENV, "value": DEFAULT_TERMINATION_LOG},
         {"name": "HF_HUB_DISABLE_PROGRESS_BARS", "value": "1"},
     ]
     env_from: list[dict[str, Any]] = []
@@ -108,11 +114,9 @@ def job(
     if res.gpu_type:
         node_selector[naming.GPU_PRODUCT_LABEL] = res.gpu_type
     env, env_from = _env(run, stage, teacher)
-    command = ["kakugo", "stage", stage, "--spec", SPEC_FILE]
     # The first attempts after a spec change moved this stage's fingerprint: outputs of the
     # old spec must not count as done (see docs/architecture.md, "Spec changes").
-    if reset:
-        command.append("--reset")
+    command = stage_command(stage, SPEC_PATH, reset=reset)
     volumes: list[dict[str, Any]] = [
         {"name": "spec", "configMap": {"name": naming.config_map_name(run.name)}},
     ]
@@ -156,7 +160,7 @@ def job(
         "backoffLimit": 0,
         "completions": n,
         "parallelism": min(n, res.parallelism or 1),
-        "completionMode": "Indexed" if stage in SHARDED_STAGES else "NonIndexed",
+        "completionMode": "Indexed" if decl(stage).sharded else "NonIndexed",
         "template": {
             "metadata": {
                 "labels": labels,

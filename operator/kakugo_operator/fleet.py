@@ -39,8 +39,13 @@ from typing import Any
 
 from kakugo_operator import naming
 from kakugo_operator.reconcile import _set_condition, condition_events, gpu_stages
-from kakugo_stages.cost import dollars
-from kakugo_stages.manifest import ManifestError, fleet_members, merge_patch, validate_spec
+from kakugo_stages.contract import (
+    ManifestError,
+    dollars,
+    fleet_members,
+    merge_patch,
+    validate_spec,
+)
 from kakugo_stages.spec import LanguageFleetSpec, LanguageModelSpec
 
 FLEET_LABEL = "kakugo.io/fleet"

@@ -26,7 +26,7 @@ from kakugo_operator import settings as settings_mod
 from kakugo_operator.observe import iso
 from kakugo_operator.reconcile import Observed, decide
 from kakugo_operator.teacher import decide_teacher, served_teacher
-from kakugo_stages.spec import TEACHER_STAGES
+from kakugo_stages.contract import TEACHER_STAGES, delete_run_artifacts, run_uri
 
 #: Set by Argo CD's retry action (gitops/argocd): failed stages get a fresh retry budget.
 RETRY_ANNOTATION = "kakugo.io/retry"
@@ -327,8 +327,6 @@ async def languagemodel_deleted(name: str, namespace: str, spec: dict[str, Any],
     storage = dict(spec.get("storage") or {})
     if not storage.get("deleteArtifactsOnDelete"):
         return
-    from kakugo_stages.store import open_store
-
     if storage.get("uri"):
         root = storage["uri"]
     elif storage.get("pvc"):
@@ -338,11 +336,11 @@ async def languagemodel_deleted(name: str, namespace: str, spec: dict[str, Any],
     else:
         logger.warning("no storage to delete artifacts from")
         return
-    run_uri = f"{root.rstrip('/')}/{namespace}/{name}"
+    root_uri = run_uri(root, namespace, name)
     s3 = storage.get("s3") or {}
-    store = open_store(run_uri, endpoint_url=s3.get("endpointUrl"), region=s3.get("region"))
-    removed = await asyncio.to_thread(store.delete_prefix, "")
-    logger.info("deleted %d artifact(s) under %s", removed, run_uri)
+    removed = await asyncio.to_thread(delete_run_artifacts, root_uri,
+                                      endpoint_url=s3.get("endpointUrl"), region=s3.get("region"))
+    logger.info("deleted %d artifact(s) under %s", removed, root_uri)
 
 
 # ------------------------------------------------------------------ Teacher

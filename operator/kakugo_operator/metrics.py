@@ -16,7 +16,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Gauge, Histogram, make_wsgi_app
 from prometheus_client import Counter as PCounter
 
-from kakugo_stages.spec import STAGES
+from kakugo_stages.contract import STAGES
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 PHASES = ("Pending", "Queued", "Running", "Suspended", "Succeeded", "Stalled")

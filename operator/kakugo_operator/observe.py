@@ -145,9 +145,10 @@ def classify_failure(pods: list[dict[str, Any]]) -> Failure:
     return Failure(False, reason, text, pod["metadata"]["name"])
 
 
-def stage_counts(pods: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts of a stage from its Pods' summaries. Each summary totals the whole stage as
-    its Pod saw it, so the largest value of each count is the stage's."""
+def stage_counts(pods: list[dict[str, Any]], extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Counts of a stage from its Pods' summaries, and the stage's declared extra summary
+    keys (`StageDecl.summary`). Each summary totals the whole stage as its Pod saw it, so
+    the largest value of each count is the stage's."""
     counts: dict[str, Any] = {}
     rejected: dict[str, int] = {}
     extra: dict[str, Any] = {}
@@ -160,7 +161,7 @@ def stage_counts(pods: list[dict[str, Any]]) -> dict[str, Any]:
                 counts[out] = max(counts.get(out, 0), int(summary[key]))
         for reason, n in (summary.get("rejected") or {}).items():
             rejected[reason] = max(rejected.get(reason, 0), int(n))
-        for key in ("summary", "evaluation", "skipped"):
+        for key in extra_keys:
             if key in summary:
                 extra[key] = summary[key]
     if rejected:

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from kakugo_operator import builders, naming
-from kakugo_operator.fingerprints import STAGE_INPUTS, stage_fingerprints
+from kakugo_operator.fingerprints import stage_fingerprints
 from kakugo_operator.observe import (
     attempt_of,
     classify_failure,
@@ -29,10 +29,18 @@ from kakugo_operator.observe import (
     stage_counts,
 )
 from kakugo_operator.settings import OperatorSettings
-from kakugo_stages.cost import dollars, token_cost
-from kakugo_stages.manifest import ManifestError, validate_spec
-from kakugo_stages.resolved import RunSpec
-from kakugo_stages.spec import STAGES, TEACHER_STAGES, LanguageModelSpec
+from kakugo_stages.contract import (
+    STAGES,
+    TEACHER_STAGES,
+    ManifestError,
+    RunSpec,
+    artifact_uris,
+    decl,
+    dollars,
+    token_cost,
+    validate_spec,
+)
+from kakugo_stages.spec import LanguageModelSpec
 
 #: A Job we created but whose watch event has not arrived yet is waited for this long.
 INDEX_GRACE_SECONDS = 30.0
@@ -201,7 +209,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     moved = [s for s in STAGES if s in entries and entries[s]["attempt"] > 0
              and entries[s]["fingerprint"] != fps[s]]
     if moved and settings.spec_changes == "refuse":
-        paths = ", ".join(f"spec.{p}" for p in STAGE_INPUTS[moved[0]])
+        paths = ", ".join(f"spec.{p}" for p in decl(moved[0]).fingerprint_paths)
         return _stalled_only(obs, "SpecChangeRefused", (
             f"this change alters the inputs of stages that already ran ({', '.join(moved)}; "
             f"{moved[0]} reads {paths}); the operator is set to refuse such changes: revert "
@@ -283,7 +291,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
             pods = pods_by_job.get((stage, entry["attempt"]), [])
             state = job_state(job)
             if state == "Running":
-                entry["counts"] = stage_counts(pods) or entry.get("counts", {})
+                entry["counts"] = stage_counts(pods, decl(stage).summary) or entry.get("counts", {})
                 spec_suspended = bool((job.get("spec") or {}).get("suspend"))
                 if suspended != spec_suspended:
                     plan.suspend_jobs[entry["job"]] = suspended
@@ -316,7 +324,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
             record = {"job": entry["job"], "attempt": entry["attempt"], "finishedAt": iso(now),
                       "gpuSeconds": round(seconds, 3), "dollars": dollars(cost)}
             if state == "Succeeded":
-                entry["counts"] = stage_counts(pods)
+                entry["counts"] = stage_counts(pods, decl(stage).summary)
                 entry.update(state="Succeeded", finishedAt=iso(now), message="", retryAt=None,
                              reset=False)
                 entry["attempts"] = [*entry["attempts"], {**record, "outcome": "Succeeded"}][-10:]
@@ -330,7 +338,8 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
             entry["attempts"] = [*entry["attempts"], {**record, "outcome": outcome,
                                                       "reason": failure.reason}][-10:]
             plan.finished.append({"stage": stage, **record, "outcome": outcome,
-                                  "reason": failure.reason, "counts": stage_counts(pods)})
+                                  "reason": failure.reason,
+                                  "counts": stage_counts(pods, decl(stage).summary)})
             if failure.disrupted:
                 entry["disruptions"] += 1
                 entry.update(state="Retrying", retryAt=iso(now), message=(
@@ -485,12 +494,6 @@ def _progress(entries: dict[str, dict[str, Any]], active: str | None) -> dict[st
 
 
 def _artifacts(run: RunSpec, entries: dict[str, dict[str, Any]]) -> dict[str, str]:
-    root = run.run_uri
-    out = {"run": root, "spec": f"{root}/spec.yaml"}
-    if entries["filter"]["state"] == "Succeeded":
-        out["dataset"] = f"{root}/dataset"
-    if entries["train"]["state"] == "Succeeded":
-        out["model"] = f"{root}/model"
-    if entries["evaluate"]["state"] == "Succeeded":
-        out["evaluation"] = f"{root}/evaluation/results.json"
-    return out
+    """What the run has produced so far: each succeeded stage's declared artifacts."""
+    return artifact_uris(run.run_uri, {s for s, e in entries.items()
+                                       if e["state"] == "Succeeded"})

@@ -17,9 +17,6 @@ import yaml
 
 SETTINGS_FILE_ENV = "KAKUGO_OPERATOR_SETTINGS"
 
-#: Stage -> image kind (the images/ Dockerfiles): data stages share one CPU image.
-IMAGE_KIND = {"train": "trainer", "evaluate": "eval"}
-
 DEFAULT_IMAGES = {
     "stages": "ghcr.io/kakugo/kakugo-stages:latest",
     "trainer": "ghcr.io/kakugo/kakugo-trainer:latest",
@@ -72,7 +69,10 @@ class OperatorSettings:
     log_tail_lines: int = 20
 
     def image_for(self, stage: str) -> str:
-        return self.images[IMAGE_KIND.get(stage, "stages")]
+        """The image of the stage's declared kind (images/: the data stages share one)."""
+        from kakugo_stages.contract import decl
+
+        return self.images[decl(stage).image]
 
     def gpu_price(self, product: str | None, capacity: str | None) -> Decimal:
         """$ per GPU-hour; unknown products fall back to the default product's price."""

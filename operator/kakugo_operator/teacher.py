@@ -14,31 +14,20 @@ from typing import Any
 from kakugo_operator import naming
 from kakugo_operator.observe import iso, parse_time
 from kakugo_operator.settings import OperatorSettings
-from kakugo_stages.manifest import ManifestError, validate_spec
+from kakugo_stages.contract import (
+    VLLM_MODULE,
+    ManifestError,
+    served_model_name,
+    validate_spec,
+    vllm_args,
+)
 from kakugo_stages.spec import TeacherSpec
-
-
-def served_name(spec: TeacherSpec) -> str:
-    return spec.served_model_name or spec.model
 
 
 def deployment(name: str, namespace: str, spec: TeacherSpec, settings: OperatorSettings,
                replicas: int) -> dict[str, Any]:
     labels = naming.teacher_labels(name)
-    args = [
-        "--model", spec.model,
-        "--served-model-name", served_name(spec),
-        "--host", "0.0.0.0",
-        "--port", str(spec.port),
-        "--tensor-parallel-size", str(spec.tensor_parallel_size),
-        "--max-num-seqs", str(spec.max_num_seqs),
-        "--max-model-len", str(spec.max_model_len),
-    ]
-    if spec.device == "cuda":
-        args += ["--gpu-memory-utilization", str(spec.gpu_memory_utilization)]
-    if spec.revision:
-        args += ["--revision", spec.revision]
-    args += list(spec.extra_args)
+    args = vllm_args(spec, host="0.0.0.0", port=spec.port)
     res = spec.resources
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
@@ -58,7 +47,7 @@ def deployment(name: str, namespace: str, spec: TeacherSpec, settings: OperatorS
         "name": "vllm",
         "image": spec.image or settings.images["teacher"],
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-m", "vllm.entrypoints.openai.api_server"],
+        "command": ["python", "-m", VLLM_MODULE],
         "args": args,
         "env": env,
         "ports": [{"name": "http", "containerPort": spec.port}],
@@ -168,7 +157,7 @@ def decide_teacher(name: str, namespace: str, raw_spec: dict[str, Any],
                "ScaledToZero": f"no client for {idle_for:.0f}s (idleSeconds {idle:g})",
                "Starting": "waiting for the vLLM server to pass its readiness probe"}[reason]
     status.update(
-        url=url(name, namespace, spec), model=served_name(spec), clients=clients,
+        url=url(name, namespace, spec), model=served_model_name(spec), clients=clients,
         replicas=want, readyReplicas=ready_replicas, observedGeneration=generation,
         phase="Ready" if ready else "Idle" if want == 0 else "Starting",
         conditions=[_cond("Ready", ready, reason, message, now, status),

@@ -1,0 +1,33 @@
+"""`kakugo operator`: the operator's command, added to the `kakugo` command line through
+the `kakugo.commands` entry point (pyproject.toml), so that the pipeline package never
+imports the operator."""
+
+from __future__ import annotations
+
+import click
+
+from kakugo_operator.main import run_operator
+
+
+@click.command("operator")
+@click.option("-n", "--namespace", "namespaces", multiple=True,
+              help="Watch these namespaces (repeatable; default: all).")
+@click.option("--peering", default=None, metavar="NAME",
+              help="Kopf peering for several replicas (default: standalone).")
+@click.option("--liveness", default=None, metavar="URL",
+              help="Liveness endpoint (default http://0.0.0.0:8080/healthz; 'none' disables).")
+@click.option("--verbose", is_flag=True, help="Verbose Kopf logging.")
+@click.option("--debug", is_flag=True, help="Debug Kopf logging.")
+def operator_cmd(namespaces: tuple[str, ...], peering: str | None, liveness: str | None,
+                 verbose: bool, debug: bool) -> None:
+    """Run the Kubernetes operator (kopf run with Kakugo's handlers and settings).
+
+    Settings come from the YAML file named by $KAKUGO_OPERATOR_SETTINGS and from
+    KAKUGO_* environment variables (images, GPU prices, default storage, retries).
+    """
+    argv = [a for ns in namespaces for a in ("--namespace", ns)]
+    argv += ["--peering", peering] if peering else ["--standalone"]
+    if liveness:
+        argv += ["--liveness", liveness]
+    argv += ["--verbose"] * verbose + ["--debug"] * debug
+    run_operator(argv)
