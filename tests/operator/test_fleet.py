@@ -301,7 +301,7 @@ def test_failed_member_does_not_stop_the_others(cluster: Api, operator: Operator
 
 
 def test_shared_teacher_serves_members_at_once(cluster: Api, operator: Operator) -> None:
-    from tests.test_teacher_metrics import TEACHER, set_ready, teacher_status
+    from tests.operator.test_teacher_metrics import TEACHER, set_ready, teacher_status
 
     cluster.create(TEACHER)
     wait_for(lambda: cluster.get("Deployment", NS, "gpt-oss-120b"))
