@@ -59,7 +59,7 @@ def _fail(message: str) -> None:
 def _resolved_view(manifest: Manifest) -> tuple[dict, list[ManifestError]]:
     if manifest.kind == "LanguageModel":
         return run_spec(manifest).to_manifest(), []
-    body = {
+    body: dict[str, Any] = {
         "apiVersion": crd_gen.API_GROUP + "/" + crd_gen.API_VERSION,
         "kind": manifest.kind,
         "metadata": {"name": manifest.name, "namespace": manifest.namespace},
@@ -67,7 +67,7 @@ def _resolved_view(manifest: Manifest) -> tuple[dict, list[ManifestError]]:
     }
     errors: list[ManifestError] = []
     if manifest.kind == "LanguageFleet":
-        members = []
+        members: list[dict[str, Any]] = []
         for member in fleet_members(manifest.spec):
             if member.error is not None:
                 errors.append(member.error)

@@ -195,6 +195,8 @@ def parse_object(obj: Any, source: str = "manifest") -> Manifest:
             errors.extend(exc.errors)
     if errors:
         raise ManifestError(source, errors)
+    # Checked above: a known kind and a DNS-label name.
+    assert isinstance(kind, str) and isinstance(name, str)
     return Manifest(
         kind=kind,
         name=name,
@@ -223,7 +225,8 @@ def load_manifests(path: str | Path) -> list[Manifest]:
     docs = load_documents(path)
     if not docs:
         raise ManifestError(str(path), [FieldError("(file)", "no YAML documents found")])
-    manifests, errors = [], []
+    manifests: list[Manifest] = []
+    errors: list[FieldError] = []
     for i, doc in enumerate(docs):
         source = str(path) if len(docs) == 1 else f"{path} (document {i + 1})"
         try:

@@ -38,9 +38,9 @@ def _type_name(annotation: Any) -> str:
         return f"map of {_type_name(args[1])}"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "object"
-    names = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
-             "Decimal": "dollars", "Any": "any"}
-    return names.get(getattr(annotation, "__name__", ""), str(annotation))
+    simple = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
+              "Decimal": "dollars", "Any": "any"}
+    return simple.get(getattr(annotation, "__name__", ""), str(annotation))
 
 
 def _bounds(info: FieldInfo) -> str:

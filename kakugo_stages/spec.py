@@ -35,7 +35,8 @@ API_GROUP = "kakugo.io"
 API_VERSION = "v1alpha1"
 
 #: Generation methods a training mix can draw from (the paper's ablations).
-MIX_SOURCES: tuple[str, ...] = ("topics", "scenarios", "contexts", "translated")
+MixSource = Literal["topics", "scenarios", "contexts", "translated"]
+MIX_SOURCES: tuple[MixSource, ...] = ("topics", "scenarios", "contexts", "translated")
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -553,7 +554,7 @@ CONCISE_SYSTEM_PROMPT = "Answer helpfully and keep your answer concise."
 
 
 class MixConfig(SpecModel):
-    sources: list[Literal["topics", "scenarios", "contexts", "translated"]] = Field(
+    sources: list[MixSource] = Field(
         default=list(MIX_SOURCES),
         min_length=1,
         description="Generation methods in the training mix (the paper's ablations).",

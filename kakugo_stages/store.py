@@ -17,6 +17,7 @@ Stage outputs follow the layout in DESIGN.md ("Where things are stored")::
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 import itertools
@@ -160,7 +161,7 @@ class ArtifactStore(ABC):
         """Whether an object exists at ``key``."""
 
     @abstractmethod
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "") -> builtins.list[str]:
         """Sorted keys under ``prefix`` (string prefix, recursive), without temp files."""
 
     @abstractmethod
@@ -248,7 +249,7 @@ class ArtifactStore(ABC):
                 except ValueError as e:
                     raise StoreError(f"{self.url(key)} line {lineno}: invalid JSON: {e}") from e
 
-    def read_jsonl(self, key: str) -> list[dict[str, Any]]:
+    def read_jsonl(self, key: str) -> builtins.list[dict[str, Any]]:
         """Read all rows of a JSON-lines object."""
         return list(self.iter_jsonl(key))
 
@@ -293,7 +294,7 @@ class ArtifactStore(ABC):
                     writer.close()
         return written
 
-    def read_parquet(self, key: str) -> list[dict[str, Any]]:
+    def read_parquet(self, key: str) -> builtins.list[dict[str, Any]]:
         """Read all rows of a parquet object."""
         return self.read_parquet_table(key).to_pylist()
 
@@ -420,7 +421,7 @@ class FileStore(ArtifactStore):
                 if key.startswith(prefix):
                     yield key, base / name
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "") -> builtins.list[str]:
         return sorted(key for key, _ in self._walk(prefix, temps=False))
 
     def delete(self, key: str) -> None:
@@ -602,7 +603,7 @@ class S3Store(ArtifactStore):
             for obj in page.get("Contents", ()):
                 yield obj["Key"]
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "") -> builtins.list[str]:
         full = self._key(prefix, prefix=True)
         strip = len(self.prefix) + 1 if self.prefix else 0
         with self._errors(prefix):
@@ -634,7 +635,7 @@ class S3Store(ArtifactStore):
         self._abort_uploads(full)
         return count
 
-    def _delete_batch(self, keys: list[str], prefix: str) -> int:
+    def _delete_batch(self, keys: builtins.list[str], prefix: str) -> int:
         resp = self._client.delete_objects(
             Bucket=self.bucket,
             Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True},

@@ -196,7 +196,8 @@ def parse_response(raw: Mapping[str, Any], *, cached: bool = False) -> ChatResul
     else:
         reasoning, content = split_reasoning(content)
     finish = choice.get("finish_reason")
-    usage = raw.get("usage") if isinstance(raw.get("usage"), dict) else {}
+    usage = raw.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
     return ChatResult(
         content=content,
         reasoning=reasoning,

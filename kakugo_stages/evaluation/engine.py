@@ -121,11 +121,11 @@ def evaluate_model(
         import concurrent.futures
         import multiprocessing
 
-        kwargs = {"label": label, "device": device, "batch_size": batch_size,
-                  "log_samples": log_samples}
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            future = pool.submit(evaluate_model, model, model_args, tasks, task_dir, **kwargs)
+            future = pool.submit(evaluate_model, model, model_args, tasks, task_dir,
+                                 label=label, device=device, batch_size=batch_size,
+                                 log_samples=log_samples)
             try:
                 return future.result()
             except concurrent.futures.process.BrokenProcessPool as exc:

@@ -105,7 +105,8 @@ class TranslateStage(Stage):
                 path=src.path, dataset=src.dataset, config=src.config, split=src.split,
                 seed=self.run.spec.data.seed, where=(src.language_field, src.language_value),
             )
-            kept, dropped, scanned = [], {"bad_roles": 0, "too_long": 0}, 0
+            kept: list[dict[str, Any]] = []
+            dropped, scanned = {"bad_roles": 0, "too_long": 0}, 0
             batch: list[tuple[dict[str, Any], list[dict[str, str]]]] = []
 
             def flush() -> None:

@@ -131,10 +131,9 @@ def install_packed_mask_hook(model: Any) -> Any:
         batch, length = ref.shape[0], ref.shape[1]
         dtype = next(p for p in module.parameters()).dtype
         probe = torch.empty((batch, length, 0), dtype=dtype, device=position_ids.device)
-        mask = create_causal_mask(
-            config=config, inputs_embeds=probe, attention_mask=None, cache=None,
-            position_ids=position_ids,
-        )
+        # The cache is the fourth parameter, positional: transformers 5.24 names it
+        # `cache`, earlier releases (the GPU image's 5.17) `past_key_values`.
+        mask = create_causal_mask(config, probe, None, None, position_ids=position_ids)
         if mapping_types:
             kwargs["attention_mask"] = {
                 t: (mask if t in ("full_attention", "attention") else None) for t in
