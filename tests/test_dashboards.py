@@ -22,6 +22,8 @@ import yaml
 
 from tests.helpers.packaging_tools import REPO, helm_template, one, run, tool
 
+pytestmark = pytest.mark.slow  # a real Prometheus server: not in `make unit`
+
 #: Metrics the dashboard and alerts use that the operator does not export yet (see the
 #: operator issue). Remove a name here once metrics.py exports it: the test then checks it.
 PENDING_OPERATOR_METRICS: set[str] = set()

@@ -24,6 +24,8 @@ from kakugo_stages.stages import StageFailed, get_stage, run_stage
 from kakugo_stages.store import StageOutput, open_store
 from tests.helpers.smollm2 import setup_smollm2
 
+pytestmark = pytest.mark.slow  # lm-eval over real (tiny) models: not in `make unit`
+
 REPO = Path(__file__).resolve().parent.parent
 EVAL = Path(__file__).parent / "fixtures" / "eval"
 

@@ -168,6 +168,7 @@ def _kill_when(srv: TeacherServer, proc: subprocess.Popen, at: int) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 def test_kill_midway_and_resume(tmp_path: Path, tokenizer_dir: Path) -> None:
     with TeacherServer(scripted_teacher, latency=0.02) as srv:
         clean = small_spec(srv.url, tmp_path / "clean", tokenizer_dir)
@@ -199,6 +200,7 @@ def test_kill_midway_and_resume(tmp_path: Path, tokenizer_dir: Path) -> None:
     assert json.loads(done.stdout.strip().splitlines()[-1])["completed"] == 2
 
 
+@pytest.mark.slow
 def test_thirty_percent_faults_every_request_accounted(tmp_path: Path, tokenizer_dir) -> None:
     faults = FaultPlan(
         rates={"500": 0.08, "429": 0.05, "timeout": 0.04, "drop": 0.05, "length": 0.04,

@@ -17,6 +17,8 @@ from tests.helpers.teacher_scripts import scripted_teacher
 from tests.helpers.teacher_server import TeacherServer
 from tests.helpers.tiny_models import build_model, build_tokenizer
 
+pytestmark = pytest.mark.slow  # whole pipelines, killed and resumed: not in `make unit`
+
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parent.parent
 

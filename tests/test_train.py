@@ -44,6 +44,9 @@ from kakugo_stages.training.model_card import (
 )
 from tests.helpers.tiny_models import build_model, build_tokenizer
 
+# Real training runs (DeepSpeed workers, a JIT-built op): not in `make unit`.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM = "Before you answer, reason step by step inside <think> and </think>."
 SOURCES = ("topics", "scenarios", "contexts", "translated")
