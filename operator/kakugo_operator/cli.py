@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from kakugo_operator.main import run_operator
+from kakugo_operator import main
 
 
 @click.command("operator")
@@ -30,4 +30,4 @@ def operator_cmd(namespaces: tuple[str, ...], peering: str | None, liveness: str
     if liveness:
         argv += ["--liveness", liveness]
     argv += ["--verbose"] * verbose + ["--debug"] * debug
-    run_operator(argv)
+    main.run_operator(argv)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "kakugo"
 CACHE_BIN = Path(os.environ.get("KAKUGO_CACHE", Path.home() / ".cache" / "kakugo")) / "bin"
 INSTALL_HINT = "run scripts/install_test_tools.sh (once per machine)"

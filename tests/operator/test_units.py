@@ -9,11 +9,10 @@ from decimal import Decimal
 
 import pytest
 from kakugo_operator import naming, settings
+from kakugo_operator.diff import merge_diff
 from kakugo_operator.fingerprints import stage_fingerprints
 from kakugo_operator.main import kopf_args
-from kakugo_operator.observe import classify_failure, stage_counts
-from kakugo_operator.diff import merge_diff
-from kakugo_operator.observe import iso
+from kakugo_operator.observe import classify_failure, iso, stage_counts
 from kakugo_operator.reconcile import Observed, decide
 from kakugo_operator.teacher import decide_teacher
 
@@ -90,7 +89,7 @@ def test_bad_settings_fail_naming_the_key(tmp_path, monkeypatch) -> None:
     with pytest.raises(settings.SettingsError, match=f"backoffMaxSeconds \\(file {path}\\)"):
         settings.load({"KAKUGO_OPERATOR_SETTINGS": str(path)})
     path.write_text("gpuPrices: {NVIDIA-L4: {spot: cheap}}\n")
-    with pytest.raises(settings.SettingsError, match="gpuPrices.NVIDIA-L4.spot"):
+    with pytest.raises(settings.SettingsError, match=r"gpuPrices\.NVIDIA-L4\.spot"):
         settings.load({"KAKUGO_OPERATOR_SETTINGS": str(path)})
     path.write_text("images: {gpu: x}\n")
     with pytest.raises(settings.SettingsError, match="unknown image kind"):
