@@ -460,3 +460,61 @@ def test_progress_budget_and_teacher_series_are_removed_on_delete() -> None:
     metrics.forget_teacher("units", "tch")
     text = generate_latest(metrics.REGISTRY).decode()
     assert 'namespace="units"' not in text
+
+
+def test_written_statuses_fit_the_crd_status_schemas() -> None:
+    """The CRDs' status schemas come from the status models: what the decisions write is
+    valid there (the API server would reject it, or prune what the schema lacks)."""
+    from kakugo_operator.fleet import decide_fleet
+    from openapi_schema_validator import OAS30Validator
+
+    from kakugo_stages.crds import all_crds
+
+    def validator(plural: str) -> OAS30Validator:
+        crd = all_crds()[f"{plural}.kakugo.io.yaml"]
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        return OAS30Validator(schema["properties"]["status"])
+
+    lm = validator("languagemodels")
+    running = decide(observed(), SETTINGS)
+    failed_job = {**running.create[0], "status": {"failed": 1}}
+    status = running.status.dump()
+    status["stages"][0]["failures"] = SETTINGS.retry_budget
+    stalled = decide(observed(status=status, jobs=[failed_job, *running.create[1:]],
+                              pods=[_broken(1)]), SETTINGS)
+    everything = succeeded(running.status.dump(), *[e.name for e in running.status.stages])
+    everything["stages"][-1]["counts"] = {"extra": {"summary": "belebele +1.0", "evaluation": {
+        "belebele": {"base": 1.0, "tuned": 2.0, "delta": 1.0}}}}
+    done = decide(observed(status=everything), SETTINGS)
+    invalid = decide(observed(spec=language_model(teacher={})["spec"]), SETTINGS)
+    for plan in (running, stalled, done, invalid):
+        errors = [e.message for e in lm.iter_errors(plan.status.dump())]
+        assert not errors, errors
+    teacher = decide_teacher("t", "ns", {"model": "m", "device": "cpu", "gpus": 0}, {}, None,
+                             ["lm"], NOW, SETTINGS)
+    assert not list(validator("teachers").iter_errors(teacher.status.dump()))
+    fleet_plan = decide_fleet("f", "ns", 1, {"languages": [{"language": "yo"}, {
+        "language": "Klingon"}], "template": {"teacher": {"endpoint": {
+            "url": "https://api.example.com/v1", "model": "m"}}}}, {}, [], {}, NOW)
+    assert not list(validator("languagefleets").iter_errors(fleet_plan.status.dump()))
+
+
+def test_a_teacher_is_needed_while_a_teacher_stage_runs_or_could_start() -> None:
+    from kakugo_operator.handlers import needs_teacher
+
+    def status(phase: str, **stages: tuple[str, str | None]) -> dict:
+        return {"phase": phase, "stages": [
+            {"name": n, "state": st, **({"waitingFor": w} if w else {})}
+            for n, (st, w) in stages.items()]}
+
+    assert needs_teacher({})  # new: about to start its first teacher stages
+    assert needs_teacher(status("Running", topics=("Pending", "Teacher")))
+    assert needs_teacher(status("Running", topics=("Retrying", "Backoff")))
+    # A failed stage stalls the object, but translate still runs and needs the server.
+    assert needs_teacher(status("Stalled", topics=("Failed", None),
+                                translate=("Running", None)))
+    assert not needs_teacher(status("Stalled", topics=("Failed", None),
+                                    translate=("Succeeded", None)))
+    assert not needs_teacher(status("Running", train=("Running", None)))
+    assert not needs_teacher(status("Running", topics=("Pending", "Budget")))
+    assert not needs_teacher(status("Suspended", topics=("Running", None)))
