@@ -34,10 +34,14 @@ def merge_diff(have: Any, want: dict[str, Any]) -> dict[str, Any]:
 
 
 def is_subset(want: Any, have: Any) -> bool:
-    """Every value of `want` is in `have` (dicts compared key by key; the API server may
-    have added defaults to `have`)."""
+    """Every value of `want` is in `have` (dicts compared key by key, lists item by item;
+    the API server may have added defaults to `have`, also inside list items such as a
+    Pod template's containers)."""
     if isinstance(want, dict):
         return isinstance(have, dict) and all(is_subset(v, have.get(k)) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(have, list) and len(want) == len(have) and all(
+            is_subset(w, h) for w, h in zip(want, have, strict=True))
     return bool(want == have)
 
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from kakugo_operator import naming
 from kakugo_operator.conditions import Want, conditions, transition_events
-from kakugo_operator.diff import digest, merge_diff
+from kakugo_operator.diff import digest, is_subset, merge_diff
 from kakugo_operator.observe import iso, parse_time
 from kakugo_operator.settings import OperatorSettings
 from kakugo_stages.contract import (
@@ -143,15 +143,26 @@ def desired_service(name: str, namespace: str, spec: TeacherSpec) -> dict[str, A
     return with_hash(svc, {"labels": svc["metadata"]["labels"], "spec": svc["spec"]})
 
 
+def _stamp(want: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"labels": want["metadata"]["labels"],
+                         "annotations": {TEMPLATE_HASH_ANNOTATION: _hash_of(want)}}}
+
+
+def _labels_hold(have: dict[str, Any], want: dict[str, Any]) -> bool:
+    return is_subset(want["metadata"]["labels"], (have.get("metadata") or {}).get("labels"))
+
+
 def deployment_patch(have: dict[str, Any], want: dict[str, Any]) -> dict[str, Any] | None:
     """A merge patch that rolls the Deployment's template out, or None when its hash is
-    current. Replicas are left alone; the selector never changes (it is immutable)."""
+    current. Replicas are left alone; the selector never changes (it is immutable). A
+    Deployment without the hash whose template already holds the wanted values (made by
+    an older operator) only gets the hash: no needless restart of a loaded model."""
     if _hash_of(have) == _hash_of(want):
         return None
-    template = merge_diff((have.get("spec") or {}).get("template"), want["spec"]["template"])
-    return {"metadata": {"labels": want["metadata"]["labels"],
-                         "annotations": {TEMPLATE_HASH_ANNOTATION: _hash_of(want)}},
-            "spec": {"template": template}}
+    template = (have.get("spec") or {}).get("template")
+    if is_subset(want["spec"]["template"], template) and _labels_hold(have, want):
+        return _stamp(want)
+    return {**_stamp(want), "spec": {"template": merge_diff(template, want["spec"]["template"])}}
 
 
 def service_patch(have: dict[str, Any], want: dict[str, Any]) -> dict[str, Any] | None:
@@ -159,8 +170,9 @@ def service_patch(have: dict[str, Any], want: dict[str, Any]) -> dict[str, Any] 
     the like are the API server's), or None when its hash is current."""
     if _hash_of(have) == _hash_of(want):
         return None
-    return {"metadata": {"labels": want["metadata"]["labels"],
-                         "annotations": {TEMPLATE_HASH_ANNOTATION: _hash_of(want)}},
+    if is_subset(want["spec"], have.get("spec")) and _labels_hold(have, want):
+        return _stamp(want)
+    return {**_stamp(want),
             "spec": {"ports": want["spec"]["ports"], "selector": want["spec"]["selector"]}}
 
 
@@ -229,7 +241,7 @@ def decide_teacher(name: str, namespace: str, raw_spec: dict[str, Any],
             plan.events.append(("Normal", "ScaledUp" if want else "ScaledToZero",
                                 f"{len(clients)} client(s); idle {idle_for:.0f}s"))
         plan.patch_deployment = deployment_patch(deploy, want_deploy)
-        if plan.patch_deployment:
+        if plan.patch_deployment and "spec" in plan.patch_deployment:
             plan.events.append(("Normal", "RollingOut",
                                 f"Deployment {name}: the Teacher's spec changed"))
     if service_obj is None:
@@ -239,7 +251,7 @@ def decide_teacher(name: str, namespace: str, raw_spec: dict[str, Any],
     if want and not clients and idle > 0:
         plan.requeue_after = max(idle - idle_for, 0.5)
     ready_replicas = int(((deploy or {}).get("status") or {}).get("readyReplicas") or 0)
-    rolling = plan.patch_deployment is not None or rolling_out(deploy)
+    rolling = "spec" in (plan.patch_deployment or {}) or rolling_out(deploy)
     ready = want > 0 and current > 0 and ready_replicas > 0 and not rolling
     reason = ("ServerReady" if ready else "ScaledToZero" if want == 0 else
               "RollingOut" if rolling else "Starting")

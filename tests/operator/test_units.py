@@ -442,6 +442,18 @@ def test_teacher_spec_change_rolls_out() -> None:
     # A missing Service (deleted by hand) is created again.
     again = decide_teacher("t", "ns", spec, {}, deploy, ["lm"], NOW, SETTINGS)
     assert [o["kind"] for o in again.create] == ["Service"]
+    # Made by an older operator (no hash), with the API server's defaults: only stamped.
+    old = copy.deepcopy(deploy)
+    del old["metadata"]["annotations"]
+    container = old["spec"]["template"]["spec"]["containers"][0]
+    container["terminationMessagePath"] = "/dev/termination-log"
+    old["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
+    stamped = decide_teacher("t", "ns", spec, {}, old, ["lm"], NOW, SETTINGS, service_obj=svc)
+    assert stamped.patch_deployment == {"metadata": {
+        "labels": deploy["metadata"]["labels"], "annotations": {
+            "kakugo.io/template-hash": deploy["metadata"]["annotations"][
+                "kakugo.io/template-hash"]}}}
+    assert stamped.status.phase == "Ready"
 
 
 def test_progress_budget_and_teacher_series_are_removed_on_delete() -> None:
