@@ -431,6 +431,77 @@ def with_log_tail(plan: Plan, stage: str, tail: str) -> None:
         for k, r, m in plan.events]
 
 
+# ------------------------------------------------------------------ the stages
+
+
+def advance_all(entries: dict[str, StageStatus], world: sm.World, obs: Observed,
+                spec: LanguageModelSpec, settings: OperatorSettings, plan: Plan) -> None:
+    """Adopt newer Jobs, then observe every Running stage and advance its state machine;
+    the steps' effects go into the plan."""
+    for stage in STAGES:
+        entries[stage] = sm.adopt(stage, entries[stage], world, obs.name, obs.now)
+        if entries[stage].state != "Running":
+            continue
+        seen = sm.observe(stage, entries[stage], world, obs.now)
+        step = sm.advance(stage, entries[stage], seen, spec.suspend, settings, obs.now)
+        entries[stage] = step.entry
+        plan.requeue(step.requeue)
+        if step.suspend is not None and step.entry.job:
+            plan.suspend_jobs[step.entry.job] = step.suspend
+        if step.finished:
+            plan.finished.append(step.finished)
+        if step.completed_seconds is not None:
+            plan.completed_stages.append((stage, step.completed_seconds))
+        if step.log_pod:
+            plan.log_pods[stage] = step.log_pod
+
+
+def gates_for(obs: Observed, spec: LanguageModelSpec, spent: Decimal, teacher_ready: bool,
+              teacher_wait: str) -> sm.Gates:
+    max_dollars = spec.budget.max_dollars
+    return sm.Gates(
+        suspended=spec.suspend,
+        budget_spent=f"spent ${dollars(spent)} of spec.budget.maxDollars ${max_dollars}"
+        if max_dollars is not None and spent >= max_dollars else None,
+        gpu_gated=frozenset(gpu_stages(spec)) if obs.fleet and not obs.gpu_admitted
+        else frozenset(),
+        fleet=obs.fleet, teacher_ready=teacher_ready, teacher_wait=teacher_wait,
+        limit=spec.resources.max_concurrent_stages,
+    )
+
+
+def schedule(entries: dict[str, StageStatus], gates: sm.Gates, run: RunSpec,
+             settings: OperatorSettings, tenv: builders.TeacherEnv, now: datetime,
+             plan: Plan) -> dict[str, sm.Hold]:
+    """Start every stage whose inputs have all succeeded (in run order) unless a gate
+    holds it; returns the holds (stage -> gate), also written to each entry's waitingFor."""
+    holds: dict[str, sm.Hold] = {}
+    done = [s for s in STAGES if entries[s].state == "Succeeded"]
+    running = sum(1 for s in STAGES if entries[s].state == "Running")
+    for stage in ready(done):
+        entry = entries[stage]
+        if entry.state in ("Running", "Failed"):
+            continue
+        hold = sm.gate(stage, entry, gates, running, now)
+        if hold is not None:
+            holds[stage] = hold
+            if hold.gate == "Backoff":
+                retry_at = sm.parse_time(entry.retry_at)
+                plan.requeue((retry_at - now).total_seconds() if retry_at else None)
+            elif hold.gate in ("GPUQuota", "Teacher", "Concurrency"):
+                plan.requeue(settings.resync_seconds)
+            continue
+        entries[stage], job = sm.start(stage, entry, run, settings, tenv, now)
+        plan.create.append(job)
+        running += 1
+        plan.requeue(settings.resync_seconds)
+    for stage in STAGES:  # a stage no gate holds waits for nothing
+        hold = holds.get(stage)
+        entries[stage] = entries[stage].model_copy(
+            update={"waiting_for": hold.gate if hold else None})
+    return holds
+
+
 # ------------------------------------------------------------------ the decision
 
 
@@ -464,60 +535,13 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
 
     # 2. Observe every running stage and advance its state machine.
     world = sm.World.of(obs.jobs, obs.pods)
-    for stage in STAGES:
-        entries[stage] = sm.adopt(stage, entries[stage], world, obs.name, now)
-        if entries[stage].state != "Running":
-            continue
-        seen = sm.observe(stage, entries[stage], world, now)
-        step = sm.advance(stage, entries[stage], seen, spec.suspend, settings, now)
-        entries[stage] = step.entry
-        plan.requeue(step.requeue)
-        if step.suspend is not None and step.entry.job:
-            plan.suspend_jobs[step.entry.job] = step.suspend
-        if step.finished:
-            plan.finished.append(step.finished)
-        if step.completed_seconds is not None:
-            plan.completed_stages.append((stage, step.completed_seconds))
-        if step.log_pod:
-            plan.log_pods[stage] = step.log_pod
+    advance_all(entries, world, obs, spec, settings, plan)
 
     # 3. Start every stage whose inputs succeeded, unless a gate holds it.
     spent, cost_status = cost(entries, world, spec, now, settings)
     teacher_ready, tenv, teacher_wait = teacher_env(spec, obs.teacher)
-    max_dollars = spec.budget.max_dollars
-    gates = sm.Gates(
-        suspended=spec.suspend,
-        budget_spent=f"spent ${dollars(spent)} of spec.budget.maxDollars ${max_dollars}"
-        if max_dollars is not None and spent >= max_dollars else None,
-        gpu_gated=frozenset(gpu_stages(spec)) if obs.fleet and not obs.gpu_admitted
-        else frozenset(),
-        fleet=obs.fleet, teacher_ready=teacher_ready, teacher_wait=teacher_wait,
-        limit=spec.resources.max_concurrent_stages,
-    )
-    holds: dict[str, sm.Hold] = {}
-    done = [s for s in STAGES if entries[s].state == "Succeeded"]
-    running = sum(1 for s in STAGES if entries[s].state == "Running")
-    for stage in ready(done):
-        entry = entries[stage]
-        if entry.state in ("Running", "Failed"):
-            continue
-        hold = sm.gate(stage, entry, gates, running, now)
-        if hold is not None:
-            holds[stage] = hold
-            entries[stage] = entry.model_copy(update={"waiting_for": hold.gate})
-            if hold.gate == "Backoff":
-                retry_at = sm.parse_time(entry.retry_at)
-                plan.requeue((retry_at - now).total_seconds() if retry_at else None)
-            elif hold.gate in ("GPUQuota", "Teacher", "Concurrency"):
-                plan.requeue(settings.resync_seconds)
-            continue
-        entries[stage], job = sm.start(stage, entry, run, settings, tenv, now)
-        plan.create.append(job)
-        running += 1
-        plan.requeue(settings.resync_seconds)
-    for stage in STAGES:  # a stage no gate holds now waits for nothing
-        if stage not in holds and entries[stage].waiting_for is not None:
-            entries[stage] = entries[stage].model_copy(update={"waiting_for": None})
+    gates = gates_for(obs, spec, spent, teacher_ready, teacher_wait)
+    holds = schedule(entries, gates, run, settings, tenv, now, plan)
 
     # 4. The status.
     summary = summarize(entries, holds, spec.suspend, gates.budget_spent)
