@@ -1,4 +1,5 @@
-"""CustomResourceDefinitions generated from the spec models (`kakugo crds`).
+"""CustomResourceDefinitions generated from the spec models (`kakugo_stages/spec.py`) and
+the status models (`kakugo_stages/status.py`) (`kakugo crds`).
 
 Pydantic emits JSON Schema 2020-12; Kubernetes wants a *structural* OpenAPI v3.0 schema:
 no `$ref`, a `type` on every node, `nullable` instead of `null` branches, boolean
@@ -25,6 +26,7 @@ from kakugo_stages.spec import (
     LanguageModelSpec,
     TeacherSpec,
 )
+from kakugo_stages.status import LanguageFleetStatus, LanguageModelStatus, TeacherStatus
 
 # Keys of JSON Schema that a structural schema keeps as they are.
 _KEEP = {
@@ -146,48 +148,37 @@ def spec_schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
-def _condition_schema() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["type", "status"],
-        "properties": {
-            "type": {"type": "string"},
-            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-            "reason": {"type": "string"},
-            "message": {"type": "string"},
-            "observedGeneration": {"type": "integer"},
-            "lastTransitionTime": {"type": "string", "format": "date-time"},
-        },
-    }
+def _strip_defaults(node: Any) -> Any:
+    """No defaults in a status schema: the API server would write them into every status,
+    and only the operator writes status."""
+    if isinstance(node, dict):
+        return {k: _strip_defaults(v) for k, v in node.items() if k != "default"}
+    if isinstance(node, list):
+        return [_strip_defaults(v) for v in node]
+    return node
 
 
-def _status_schema(extra: dict[str, Any]) -> dict[str, Any]:
-    # The operator owns status; its shape grows with it, so unknown fields are kept.
-    return {
-        "type": "object",
-        "x-kubernetes-preserve-unknown-fields": True,
-        "properties": {
-            "observedGeneration": {"type": "integer"},
-            "phase": {"type": "string"},
-            "conditions": {
-                "type": "array",
-                "items": _condition_schema(),
-                "x-kubernetes-list-type": "map",
-                "x-kubernetes-list-map-keys": ["type"],
-            },
-            **extra,
-        },
-    }
+def _conditions_as_maps(node: dict[str, Any]) -> dict[str, Any]:
+    """`conditions` lists are maps keyed by `type` (as metav1.Condition lists are)."""
+    for key, child in (node.get("properties") or {}).items():
+        if key == "conditions" and child.get("type") == "array":
+            child["x-kubernetes-list-type"] = "map"
+            child["x-kubernetes-list-map-keys"] = ["type"]
+        elif isinstance(child, dict):
+            _conditions_as_maps(child)
+    return node
 
 
-_COST = {
-    "type": "object",
-    "x-kubernetes-preserve-unknown-fields": True,
-    "properties": {
-        "dollars": {"type": "string", "description": "Total spent, a decimal string."},
-        "gpuHours": {"type": "string", "description": "GPU-hours, a decimal string."},
-    },
-}
+def status_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The structural schema of a status model (`kakugo_stages/status.py`). Fields the
+    model lacks are pruned by the API server, so the model is the whole truth."""
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    schema = _strip_defaults(to_structural(raw, raw.get("$defs", {})))
+    schema.pop("required", None)
+    schema["description"] = "Written by the operator only, through the status subresource."
+    return _conditions_as_maps(schema)
+
+
 _READY = '.status.conditions[?(@.type=="Ready")].status'
 _AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
 
@@ -252,20 +243,7 @@ def language_model_crd() -> dict[str, Any]:
     spec["properties"]["teacher"]["oneOf"] = [
         {"required": ["ref"]}, {"required": ["endpoint"]}, {"required": ["serve"]},
     ]
-    status = _status_schema(
-        {
-            "cost": _COST,
-            "stages": {
-                "type": "array",
-                "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-            },
-            "evaluation": {
-                "type": "object",
-                "x-kubernetes-preserve-unknown-fields": True,
-                "properties": {"summary": {"type": "string"}},
-            },
-        }
-    )
+    status = status_schema(LanguageModelStatus)
     columns = [
         {"name": "Language", "type": "string", "jsonPath": ".spec.language"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -283,13 +261,7 @@ def language_model_crd() -> dict[str, Any]:
 
 
 def teacher_crd() -> dict[str, Any]:
-    status = _status_schema(
-        {
-            "url": {"type": "string"},
-            "replicas": {"type": "integer"},
-            "clients": {"type": "array", "items": {"type": "string"}},
-        }
-    )
+    status = status_schema(TeacherStatus)
     columns = [
         {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
         {"name": "GPUs", "type": "integer", "jsonPath": ".spec.gpus"},
@@ -310,15 +282,7 @@ def language_fleet_crd() -> dict[str, Any]:
     template["required"] = [r for r in template.get("required", []) if r != "language"]
     template["description"] = "A LanguageModel spec without `language`, used for every member."
     spec["properties"]["template"] = template
-    status = _status_schema(
-        {
-            "languages": {"type": "integer"},
-            "ready": {"type": "integer"},
-            "running": {"type": "integer"},
-            "stalled": {"type": "integer"},
-            "cost": _COST,
-        }
-    )
+    status = status_schema(LanguageFleetStatus)
     columns = [
         {"name": "Languages", "type": "integer", "jsonPath": ".status.languages"},
         {"name": "Ready", "type": "integer", "jsonPath": ".status.ready"},
@@ -342,7 +306,8 @@ def all_crds() -> dict[str, dict[str, Any]]:
     }
 
 
-HEADER = "# Generated by `kakugo crds` from kakugo_stages/spec.py. Do not edit by hand.\n"
+HEADER = ("# Generated by `kakugo crds` from kakugo_stages/spec.py and status.py. Do not edit "
+          "by hand.\n")
 
 
 def render(crd: dict[str, Any]) -> str:

@@ -292,13 +292,14 @@ def test_rbac_is_exactly_what_the_operator_code_uses() -> None:
             expected.setdefault((group, f"{plural}/status"), set()).add("patch")
     # Writes through k8s.py, with the kinds the daemons create.
     writes = {
-        ("kakugo.io", "teachers"): {"create", "get"},  # served Teacher (409: get)
+        # Served Teacher: created (409: get), its spec patched to teacher.serve.
+        ("kakugo.io", "teachers"): {"create", "get", "patch"},
         # LanguageFleet members: created (409: get), spec and annotation patched, removed.
         ("kakugo.io", "languagemodels"): {"create", "get", "patch", "delete"},
         ("", "configmaps"): {"create", "get", "patch"},
         ("batch", "jobs"): {"create", "get", "patch", "delete"},
         ("apps", "deployments"): {"create", "get", "patch"},
-        ("", "services"): {"create", "get"},
+        ("", "services"): {"create", "get", "patch"},  # a Teacher spec change rolls out
         ("", "pods/log"): {"get"},
         ("", "events"): {"create"},  # kopf.event
     }

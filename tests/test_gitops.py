@@ -109,11 +109,13 @@ SAMPLES = {
                                       (False, "NotSuspended"))}),
               "Healthy", "belebele +9.9; $41.2000"),
     "running": (lm({"observedGeneration": 1, "phase": "Running", "cost": {"dollars": "3.1"},
-                    "progress": {"stage": "respond", "stagesDone": 4, "stagesTotal": 9},
-                    "conditions": conds((False, "RespondRunning"),
-                                        (True, "RespondRunning", "Job yoruba-respond-1 is running"),
+                    "progress": {"stages": ["respond", "translate"], "stagesDone": 4,
+                                 "stagesTotal": 9},
+                    "conditions": conds((False, "StagesRunning"),
+                                        (True, "StagesRunning",
+                                         "Job(s) yoruba-respond-1, yoruba-translate-1 running"),
                                         (False, "NotStalled"), (False, "NotSuspended"))}),
-                "Progressing", "stage respond (4/9 done)"),
+                "Progressing", "stages respond, translate (4/9 done)"),
     "stalled": (lm({"observedGeneration": 1, "phase": "Stalled", "conditions": conds(
         (False, "StageFailed"), (False, "StageFailed"),
         (True, "StageFailed", "stage train failed 4 times"), (False, "NotSuspended"))}),
@@ -189,7 +191,7 @@ def _decided(spec: dict[str, Any], status: dict[str, Any] | None = None,
              generation: int = 1) -> dict[str, Any]:
     obs = Observed(name="yoruba", namespace="kakugo", generation=generation, spec=spec,
                    status=status or {}, jobs=[], pods=[], teacher=None, now=NOW)
-    return decide(obs, OperatorSettings()).status
+    return decide(obs, OperatorSettings()).status.dump()
 
 
 def _all_succeeded() -> dict[str, Any]:
@@ -369,8 +371,9 @@ def _fleet_status(phases: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     for obj, phase in zip(plan.create, phases, strict=True):
         children.append({**obj, "status": _member_status(phase)})
     taken = {c["metadata"]["name"]: "west" for c in children}
-    plan = fleet_mod.decide_fleet("west", "kakugo", 1, spec, plan.status, children, taken, NOW)
-    return spec, plan.status
+    plan = fleet_mod.decide_fleet("west", "kakugo", 1, spec, plan.status.dump(), children,
+                                  taken, NOW)
+    return spec, plan.status.dump()
 
 
 @pytest.mark.parametrize(("phases", "expected", "kstat"), [

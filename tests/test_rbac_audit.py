@@ -131,6 +131,11 @@ def _exercise(api: Api) -> None:
     api.patch("LanguageModel", NS, "igbo", {"spec": {"suspend": True}})
     wait_for(lambda: api.get("Deployment", NS, "igbo-teacher")["spec"]["replicas"] == 0,
              what="scale to zero")
+    # teacher.serve changes: the served Teacher is patched, its Deployment and Service
+    # roll the change out.
+    api.patch("LanguageModel", NS, "igbo", {"spec": {"teacher": {"serve": {"port": 8001}}}})
+    wait_for(lambda: api.get("Service", NS, "igbo-teacher")["spec"]["ports"][0]["port"] == 8001,
+             what="the Service rolled out")
     # A fleet: members created, then one removed from the list and deleted.
     template = {k: v for k, v in language_model("x")["spec"].items() if k != "language"}
     fleet = {"apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageFleet",

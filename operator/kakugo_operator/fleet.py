@@ -12,10 +12,12 @@ from memory, so an operator restart or a missed event changes nothing.
   loop handles the new generation.
 - GPU admission (`spec.maxConcurrent`): a member starts a GPU stage only with the
   annotation `kakugo.io/gpu-admitted: "true"` (checked in `reconcile.decide`). The fleet
-  grants it to waiting members (phase `Queued`) in list order while fewer than
-  `maxConcurrent` members hold a slot, and takes it back from members that no longer
-  need a GPU. A member holds a slot while one of its GPU stages is running or retrying,
-  or while it is admitted and waiting to start one.
+  grants it to waiting members (a GPU stage with `waitingFor: GPUQuota`) in list order
+  while fewer than `maxConcurrent` members hold a slot, and takes it back from members
+  that no longer need a GPU. A member holds a slot while one of its GPU stages is running
+  or retrying, or while it is admitted and one of its GPU stages could start. Members
+  run several stages at once (the stage DAG), so this reads every stage entry, not one
+  current stage.
 - The fleet's view of its members comes from a watch and can lag behind its own writes:
   `AdmissionLedger` keeps each admission it granted or took back until the watch shows
   it, so a stale view never hands a second slot to another member (the ReplicaSet
@@ -23,12 +25,14 @@ from memory, so an operator restart or a missed event changes nothing.
 - Removal: a member no entry names any more is deleted; with `artifactPolicy: Delete`
   its `storage.deleteArtifactsOnDelete` is set first, so the LanguageModel's finalizer
   deletes its artifacts.
+
+`decide_fleet` chains small pure functions: `expand`, `member_changes`, `removals`,
+`admissions`, `aggregate`, `fleet_wants` (conditions) and `member_events`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 from collections import Counter
@@ -37,8 +41,12 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from pydantic import ValidationError
+
 from kakugo_operator import naming
-from kakugo_operator.reconcile import _set_condition, condition_events, gpu_stages
+from kakugo_operator.conditions import Want, conditions, transition_events
+from kakugo_operator.diff import is_subset, merge_diff
+from kakugo_operator.reconcile import gpu_stages, read_status
 from kakugo_stages.contract import (
     ManifestError,
     dollars,
@@ -47,6 +55,18 @@ from kakugo_stages.contract import (
     validate_spec,
 )
 from kakugo_stages.spec import LanguageFleetSpec, LanguageModelSpec
+from kakugo_stages.status import (
+    Condition,
+    FleetCost,
+    GpuAdmission,
+    InvalidLanguage,
+    LanguageFleetStatus,
+    LanguageModelStatus,
+    MemberRow,
+    StalledLanguage,
+    TaskMean,
+    find_condition,
+)
 
 FLEET_LABEL = "kakugo.io/fleet"
 ADMITTED_ANNOTATION = "kakugo.io/gpu-admitted"
@@ -55,6 +75,8 @@ SPEC_HASH_ANNOTATION = "kakugo.io/fleet-spec-hash"
 PHASES = ("Pending", "Queued", "Running", "Suspended", "Succeeded", "Stalled")
 #: States of a GPU stage that mean "it holds a GPU (or will again, on retry)".
 HOLDING_STATES = ("Running", "Retrying")
+#: Gates that do not make a member wait for a GPU (it would not start if admitted).
+NOT_WAITING = ("Suspended", "Budget")
 
 
 @dataclass(frozen=True)
@@ -72,7 +94,7 @@ class Member:
 
 @dataclass
 class FleetPlan:
-    status: dict[str, Any]
+    status: LanguageFleetStatus
     create: list[dict[str, Any]] = field(default_factory=list)  # LanguageModels
     patch: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> merge patch
     delete: list[str] = field(default_factory=list)
@@ -166,62 +188,30 @@ def expand(fleet: LanguageFleetSpec, taken: dict[str, str] | None = None,
     return members
 
 
-def is_subset(want: Any, have: Any) -> bool:
-    """Every value of `want` is in `have` (dicts compared key by key; the API server may
-    have added defaults to `have`)."""
-    if isinstance(want, dict):
-        return isinstance(have, dict) and all(is_subset(v, have.get(k)) for k, v in want.items())
-    return bool(want == have)
-
-
-def merge_diff(have: Any, want: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch that turns `have` into `want` (keys only in `have` become null; the
-    API server re-applies schema defaults)."""
-    have = have if isinstance(have, dict) else {}
-    out: dict[str, Any] = {}
-    for key, value in want.items():
-        old = have.get(key)
-        if isinstance(value, dict) and isinstance(old, dict):
-            sub = merge_diff(old, value)
-            if sub:
-                out[key] = sub
-        elif value != old:
-            out[key] = value
-    for key in have:
-        if key not in want:
-            out[key] = None
-    return out
-
-
 def _meta(obj: dict[str, Any]) -> dict[str, Any]:
     return obj.get("metadata") or {}
-
-
-def _cond(obj: dict[str, Any], kind: str) -> dict[str, Any]:
-    for c in (obj.get("status") or {}).get("conditions") or []:
-        if c.get("type") == kind:
-            return c
-    return {}
 
 
 def admitted(child: dict[str, Any]) -> bool:
     return (_meta(child).get("annotations") or {}).get(ADMITTED_ANNOTATION) == "true"
 
 
-def in_gpu_stage(child: dict[str, Any], gstages: tuple[str, ...]) -> bool:
+def member_status(child: dict[str, Any] | None) -> LanguageModelStatus:
+    return read_status((child or {}).get("status"))
+
+
+def holds_gpu(status: LanguageModelStatus, gstages: tuple[str, ...]) -> bool:
     """One of its GPU stages runs (a suspended Job too) or waits for its retry."""
-    return any(e.get("name") in gstages and e.get("state") in HOLDING_STATES
-               for e in (child.get("status") or {}).get("stages") or [])
+    return any(e.name in gstages and e.state in HOLDING_STATES for e in status.stages)
 
 
-def waits_for_gpu(child: dict[str, Any], gstages: tuple[str, ...]) -> bool:
-    """Queued, or about to start a GPU stage."""
-    status = child.get("status") or {}
-    phase = status.get("phase")
-    if phase == "Queued":
+def wants_gpu(status: LanguageModelStatus, gstages: tuple[str, ...]) -> bool:
+    """A GPU stage of it could start now but for a gate that admission, time or a slot
+    will open (not suspend, not the budget); or it says it is Queued."""
+    if status.phase == "Queued":
         return True
-    return phase in ("Pending", "Running") and (status.get("progress") or {}).get(
-        "stage") in gstages
+    return any(e.name in gstages and e.waiting_for not in (None, *NOT_WAITING)
+               for e in status.stages)
 
 
 def member_labels(fleet: str, code: str | None) -> dict[str, str]:
@@ -236,9 +226,9 @@ def member_labels(fleet: str, code: str | None) -> dict[str, str]:
     return labels
 
 
-def _events(prev: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+def _events(prev: list[Condition], new: list[Condition]) -> list[tuple[str, str, str]]:
     """A fleet's Events: Stalled or Degraded becoming True are Warnings."""
-    return condition_events(prev, new, lambda c: c["status"] == "True" and c["type"] in (
+    return transition_events(prev, new, lambda c: c.is_true and c.type in (
         "Stalled", "Degraded"))
 
 
@@ -249,53 +239,48 @@ def _decimal(value: Any) -> Decimal:
         return Decimal(0)
 
 
-def _invalid_spec(plan: FleetPlan, prev: list[dict[str, Any]], message: str,
-                  generation: int, now: datetime) -> FleetPlan:
-    conds: list[dict[str, Any]] = []
-    _set_condition(conds, prev, "Ready", False, "InvalidSpec", message, now, generation)
-    _set_condition(conds, prev, "Reconciling", False, "InvalidSpec", "", now, generation)
-    _set_condition(conds, prev, "Stalled", True, "InvalidSpec", message, now, generation)
-    _set_condition(conds, prev, "Degraded", True, "InvalidSpec", message, now, generation)
-    plan.status.update(conditions=conds, observedGeneration=generation, phase="Stalled")
-    plan.events = _events(prev, conds)
-    return plan
-
-
-def decide_fleet(name: str, namespace: str, generation: int, raw_spec: dict[str, Any],
-                 status: dict[str, Any], children: list[dict[str, Any]],
-                 taken: dict[str, str], now: datetime) -> FleetPlan:
-    """The fleet's plan. `children`: the LanguageModels labelled with this fleet;
-    `taken`: LanguageModel name -> fleet label ("" for none) of the LanguageModels in the
-    namespace (to tell a name clash from a member)."""
-    status = copy.deepcopy(status)
-    prev = list(status.get("conditions") or [])
-    plan = FleetPlan(status=status)
+def read_fleet_status(raw: dict[str, Any] | None) -> LanguageFleetStatus:
     try:
-        fleet = validate_spec("LanguageFleet", raw_spec, f"{namespace}/{name}")
-    except ManifestError as exc:
-        return _invalid_spec(plan, prev, "; ".join(str(e) for e in exc.errors), generation,
-                             now)
+        return LanguageFleetStatus.model_validate(raw or {})
+    except ValidationError:
+        return LanguageFleetStatus(conditions=[
+            c for c in (Condition.model_validate(x) for x in (raw or {}).get("conditions") or []
+                        if isinstance(x, dict) and x.get("type") and x.get("status"))])
 
-    members = expand(fleet, taken, name)
-    by_name = {c["metadata"]["name"]: c for c in children}
-    valid = [m for m in members if m.body is not None]
-    invalid = [m for m in members if m.body is None]
-    listed = {m.name for m in members if m.name}
-    unknown_names = any(m.name is None for m in invalid)
 
-    # ---- create and update members
+def _invalid_spec(prev: LanguageFleetStatus, message: str, generation: int,
+                  now: datetime) -> FleetPlan:
+    conds = conditions(prev.conditions, [
+        Want("Ready", False, "InvalidSpec", message), Want("Reconciling", False, "InvalidSpec"),
+        Want("Stalled", True, "InvalidSpec", message),
+        Want("Degraded", True, "InvalidSpec", message)], now, generation)
+    status = prev.model_copy(deep=True, update={
+        "conditions": conds, "observed_generation": generation, "phase": "Stalled"})
+    return FleetPlan(status=status, events=_events(prev.conditions, conds))
+
+
+# ------------------------------------------------------------------ members
+
+
+def member_changes(fleet_name: str, namespace: str, fleet: LanguageFleetSpec,
+                   valid: list[Member], by_name: dict[str, dict[str, Any]]
+                   ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(members to create, merge patches of existing members): a member is patched when
+    the hash of its wanted spec changed or its spec no longer holds the wanted values."""
+    create: list[dict[str, Any]] = []
+    patches: dict[str, dict[str, Any]] = {}
     for m in valid:
         n, body = m.name or "", m.body or {}
-        digest = spec_hash(body)
+        digest_ = spec_hash(body)
         child = by_name.get(n)
         if child is None:
-            annotations = {SPEC_HASH_ANNOTATION: digest}
+            annotations = {SPEC_HASH_ANNOTATION: digest_}
             if fleet.max_concurrent is None:
                 annotations[ADMITTED_ANNOTATION] = "true"
-            plan.create.append({
+            create.append({
                 "apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageModel",
                 "metadata": {"name": n, "namespace": namespace,
-                             "labels": member_labels(name, m.code),
+                             "labels": member_labels(fleet_name, m.code),
                              "annotations": annotations},
                 "spec": body,
             })
@@ -304,199 +289,267 @@ def decide_fleet(name: str, namespace: str, generation: int, raw_spec: dict[str,
             continue  # re-added while being deleted: created again once it is gone
         patch: dict[str, Any] = {}
         have = _meta(child).get("annotations") or {}
-        if have.get(SPEC_HASH_ANNOTATION) != digest or not is_subset(body, child.get("spec")):
-            diff = merge_diff(child.get("spec"), body)
-            if diff:
+        if have.get(SPEC_HASH_ANNOTATION) != digest_ or not is_subset(body, child.get("spec")):
+            if diff := merge_diff(child.get("spec"), body):
                 patch["spec"] = diff
             patch.setdefault("metadata", {}).setdefault("annotations", {})[
-                SPEC_HASH_ANNOTATION] = digest
-        want_labels = member_labels(name, m.code)
+                SPEC_HASH_ANNOTATION] = digest_
+        want_labels = member_labels(fleet_name, m.code)
         labels = _meta(child).get("labels") or {}
         if any(labels.get(k) != v for k, v in want_labels.items()):
             patch.setdefault("metadata", {})["labels"] = want_labels
         if patch:
-            plan.patch[n] = patch
+            patches[n] = patch
+    return create, patches
 
-    # ---- remove members no entry names. While an entry's language cannot be resolved,
-    # its member cannot be told apart from a removed one: nothing is deleted until then.
-    removals = sorted(n for n, c in by_name.items() if n not in listed
-                      and not _meta(c).get("deletionTimestamp"))
-    held = bool(removals) and unknown_names
-    if not held:
-        plan.delete = removals
-        if fleet.artifact_policy == "Delete":
-            plan.delete_artifacts = list(removals)
+
+@dataclass(frozen=True)
+class Removals:
+    delete: list[str]
+    delete_artifacts: list[str]
+    #: Members no entry names, kept while an entry's language is unknown.
+    held: list[str]
+    #: Members being deleted now.
+    deleting: list[str]
+
+
+def removals(members: list[Member], by_name: dict[str, dict[str, Any]],
+             policy: str) -> Removals:
+    """Members no entry names are deleted, unless an entry's language cannot be resolved:
+    its member cannot be told apart from a removed one (a typo must not delete a
+    language's artifacts)."""
+    listed = {m.name for m in members if m.name}
+    unknown = any(m.name is None for m in members if m.body is None)
+    gone = sorted(n for n, c in by_name.items() if n not in listed
+                  and not _meta(c).get("deletionTimestamp"))
     deleting = [n for n, c in by_name.items() if _meta(c).get("deletionTimestamp")]
+    if gone and unknown:
+        return Removals([], [], gone, deleting)
+    return Removals(gone, list(gone) if policy == "Delete" else [], [], deleting)
 
-    # ---- GPU admission
-    gpu_of = {m.name or "": gpu_stages(m.spec) for m in valid if m.spec is not None}
-    live = [m.name or "" for m in valid if (c := by_name.get(m.name or "")) is not None
-            and not _meta(c).get("deletionTimestamp")]
+
+@dataclass(frozen=True)
+class Admission:
+    grants: dict[str, bool]  # member -> admitted (True) or released (False)
+    holding: list[str]
+    queued: list[str]
+
+
+def admissions(valid: list[Member], by_name: dict[str, dict[str, Any]],
+               limit: int | None) -> Admission:
+    """GPU admission: members holding a slot (a GPU stage running or retrying, or
+    admitted and about to start one), and waiting members admitted in list order while
+    fewer than `limit` hold one. Without a limit every member is admitted."""
+    live = [m for m in valid if (c := by_name.get(m.name or "")) is not None
+            and not _meta(c).get("deletionTimestamp") and m.spec is not None]
     holding: list[str] = []
     waiting: list[str] = []
-    for n in live:
-        child, g = by_name[n], gpu_of[n]
-        if in_gpu_stage(child, g) or (admitted(child) and waits_for_gpu(child, g)):
+    for m in live:
+        n = m.name or ""
+        child, g = by_name[n], gpu_stages(m.spec) if m.spec else ()
+        st = member_status(child)
+        if holds_gpu(st, g) or (admitted(child) and wants_gpu(st, g)):
             holding.append(n)
-        elif waits_for_gpu(child, g):
+        elif wants_gpu(st, g):
             waiting.append(n)
-    limit = fleet.max_concurrent
-    for n in live:
-        child = by_name[n]
-        grant: bool | None = None
+    grants: dict[str, bool] = {}
+    for m in live:
+        n, child = m.name or "", by_name[m.name or ""]
         if limit is None:
-            grant = True if not admitted(child) else None
+            if not admitted(child):
+                grants[n] = True
         elif admitted(child) and n not in holding:
-            grant = False  # done with GPUs (or back in CPU stages): free the slot
+            grants[n] = False  # done with GPUs (or back in CPU stages): free the slot
         elif not admitted(child) and n in waiting and len(holding) < limit:
-            grant = True
+            grants[n] = True
             holding.append(n)
-        if grant is not None:
-            meta = plan.patch.setdefault(n, {}).setdefault("metadata", {})
-            meta.setdefault("annotations", {})[ADMITTED_ANNOTATION] = "true" if grant else None
-    queued = [n for n in waiting if n not in holding]
+    return Admission(grants, holding, [n for n in waiting if n not in holding])
 
-    # ---- aggregate status
+
+# ------------------------------------------------------------------ aggregate status
+
+
+@dataclass
+class Aggregate:
+    phases: Counter[str]
+    ready: int
+    stale: int
+    rows: list[MemberRow]
+    stalled: list[StalledLanguage]
+    cost: FleetCost
+    evaluation: dict[str, TaskMean]
+
+
+def aggregate(valid: list[Member], by_name: dict[str, dict[str, Any]],
+              changing: set[str]) -> Aggregate:
+    """Counts by phase, readiness, cost, evaluation means and a row per member.
+    `changing`: members whose spec is being patched (a Succeeded one is Pending again)."""
     phases: Counter[str] = Counter()
-    total = Decimal(0)
-    gpu_hours = 0.0
+    total, gpu_hours = Decimal(0), 0.0
     by_language: dict[str, str] = {}
     deltas: dict[str, list[float]] = {}
-    stalled_list: list[dict[str, Any]] = []
-    rows: list[dict[str, Any]] = []
-    ready = 0
-    stale = 0
+    stalled: list[StalledLanguage] = []
+    rows: list[MemberRow] = []
+    ready = stale = 0
     for m in valid:
         n = m.name or ""
         child = by_name.get(n)
-        cstatus = (child or {}).get("status") or {}
-        changing = "spec" in plan.patch.get(n, {})
-        phase = cstatus.get("phase") or "Pending"
-        if changing and phase == "Succeeded":
+        st = member_status(child)
+        phase = st.phase or "Pending"
+        if n in changing and phase == "Succeeded":
             phase = "Pending"  # a change is on its way
         phases[phase] += 1
-        current = child is not None and not changing and cstatus.get(
-            "observedGeneration") == _meta(child).get("generation", 1)
+        current = child is not None and n not in changing and \
+            st.observed_generation == _meta(child).get("generation", 1)
         stale += not current
-        if current and _cond(child or {}, "Ready").get("status") == "True":
+        ready_cond = find_condition(st.conditions, "Ready")
+        if current and ready_cond is not None and ready_cond.is_true:
             ready += 1
-        cost = cstatus.get("cost") or {}
-        if cost.get("dollars") is not None:
-            money = _decimal(cost["dollars"])
+        if st.cost is not None:
+            money = _decimal(st.cost.dollars)
             total += money
             by_language[n] = dollars(money)
-        with contextlib.suppress(TypeError, ValueError):
-            gpu_hours += float(cost.get("gpuHours") or 0)
-        for task, result in ((cstatus.get("evaluation") or {}).get("tasks") or {}).items():
-            result = result or {}
-            delta = result.get("delta")
-            if delta is None and isinstance(result.get("base"), int | float) and \
-                    isinstance(result.get("tuned"), int | float):
-                delta = result["tuned"] - result["base"]
-            if isinstance(delta, int | float):
+            with contextlib.suppress(TypeError, ValueError):
+                gpu_hours += float(st.cost.gpu_hours or 0)
+        for task, score in (st.evaluation.tasks if st.evaluation else {}).items():
+            delta = score.delta
+            if delta is None and score.base is not None and score.tuned is not None:
+                delta = score.tuned - score.base
+            if delta is not None:
                 deltas.setdefault(task, []).append(float(delta))
         if phase == "Stalled":
-            cond = _cond(child or {}, "Stalled")
-            stalled_list.append({"name": n, "language": m.language,
-                                 "reason": cond.get("reason", "Stalled"),
-                                 "message": (cond.get("message") or "")[:512]})
-        row: dict[str, Any] = {"name": n, "language": m.language, "phase": phase}
-        stage = (cstatus.get("progress") or {}).get("stage")
-        if stage and phase != "Succeeded":
-            row["stage"] = stage
-        if n in by_language:
-            row["cost"] = by_language[n]
-        rows.append(row)
-
-    n_valid = len(valid)
-    gpu: dict[str, Any] = {"inUse": len(holding), "queued": sorted(queued)}
-    if limit is not None:
-        gpu = {"maxConcurrent": limit, **gpu}
-    status.update(
-        observedGeneration=generation,
-        languages=len(members),
-        members=n_valid,
-        ready=ready,
-        running=phases["Running"],
-        queued=len(queued),
-        pending=phases["Pending"],
-        suspended=phases["Suspended"],
-        succeeded=phases["Succeeded"],
-        stalled=phases["Stalled"],
-        invalid=len(invalid),
-        phases={p: phases[p] for p in PHASES if phases[p]},
-        gpu=gpu,
-        cost={"dollars": dollars(total), "gpuHours": f"{gpu_hours:.4f}",
-              "byLanguage": by_language},
-        evaluation={task: {"meanDelta": round(sum(v) / len(v), 2), "languages": len(v)}
+            cond = find_condition(st.conditions, "Stalled")
+            stalled.append(StalledLanguage(
+                name=n, language=m.language, reason=cond.reason if cond else "Stalled",
+                message=(cond.message if cond else "")[:512]))
+        rows.append(MemberRow(
+            name=n, language=m.language, phase=phase,
+            stages=list(st.progress.stages) if st.progress and phase != "Succeeded" else [],
+            cost=by_language.get(n)))
+    return Aggregate(
+        phases=phases, ready=ready, stale=stale, rows=rows, stalled=stalled,
+        cost=FleetCost(dollars=dollars(total), gpu_hours=f"{gpu_hours:.4f}",
+                       by_language=by_language),
+        evaluation={task: TaskMean(mean_delta=round(sum(v) / len(v), 2), languages=len(v))
                     for task, v in sorted(deltas.items())},
-        stalledLanguages=stalled_list,
-        invalidLanguages=[{"index": m.index, "language": m.language,
-                           **({"name": m.name} if m.name else {}),
-                           "errors": list(m.errors)} for m in invalid],
-        memberStatus=rows,
     )
 
-    # ---- conditions (kstatus: Ready, Reconciling, Stalled; plus Degraded)
-    g = generation
-    conds: list[dict[str, Any]] = []
-    all_ready = n_valid > 0 and ready == n_valid and not plan.create and not plan.delete
-    busy = [r for r in rows if r["phase"] not in ("Succeeded", "Stalled", "Suspended")]
-    work = bool(busy or stale or plan.create or plan.patch or plan.delete or deleting)
+
+def fleet_wants(agg: Aggregate, n_valid: int, invalid: list[Member], queued: list[str],
+                plan: FleetPlan, gone: Removals) -> tuple[list[Want], bool]:
+    """The fleet's conditions (kstatus: Ready, Reconciling, Stalled; plus Degraded) and
+    whether work is going on."""
+    phases = agg.phases
+    all_ready = n_valid > 0 and agg.ready == n_valid and not plan.create and not plan.delete
+    busy = [r for r in agg.rows if r.phase not in ("Succeeded", "Stalled", "Suspended")]
+    work = bool(busy or agg.stale or plan.create or plan.patch or plan.delete or gone.deleting)
     invalid_msg = "; ".join(" ".join(m.errors) for m in invalid)
-    stalled_msg = ", ".join(f"{s['name']} ({s['reason']})" for s in stalled_list)
-    ready_msg = f"{ready} of {n_valid} valid language(s) ready" + (
+    stalled_msg = ", ".join(f"{s.name} ({s.reason})" for s in agg.stalled)
+    ready_msg = f"{agg.ready} of {n_valid} valid language(s) ready" + (
         f"; {len(invalid)} invalid" if invalid else "") + (
         f"; {phases['Suspended']} suspended" if phases["Suspended"] else "")
-    _set_condition(conds, prev, "Ready", all_ready,
-                   "AllReady" if all_ready else "MembersNotReady", ready_msg, now, g)
     message = ""
     if work:
         message = (f"{phases['Running']} running, {len(queued)} queued for GPUs, "
                    f"{phases['Pending']} pending, {len(plan.create)} to create, "
-                   f"{len(plan.patch)} to update, {len(plan.delete) + len(deleting)} to delete")
-    if held:
+                   f"{len(plan.patch)} to update, "
+                   f"{len(plan.delete) + len(gone.deleting)} to delete")
+    if gone.held:
         message += ("; " if message else "") + (
-            f"not deleting {', '.join(removals)} while an entry's language is unknown (it "
+            f"not deleting {', '.join(gone.held)} while an entry's language is unknown (it "
             "may be the renamed language of a member)")
-    _set_condition(conds, prev, "Reconciling", work, "Progressing" if work else "Done",
-                   message, now, g)
-    if stalled_list:
-        _set_condition(conds, prev, "Stalled", True, "MembersStalled",
-                       f"{len(stalled_list)} stalled: {stalled_msg}"
-                       + (f"; invalid: {invalid_msg}" if invalid else ""), now, g)
+    wants = [Want("Ready", all_ready, "AllReady" if all_ready else "MembersNotReady",
+                  ready_msg),
+             Want("Reconciling", work, "Progressing" if work else "Done", message)]
+    if agg.stalled:
+        wants.append(Want("Stalled", True, "MembersStalled",
+                          f"{len(agg.stalled)} stalled: {stalled_msg}"
+                          + (f"; invalid: {invalid_msg}" if invalid else "")))
     elif invalid:
-        _set_condition(conds, prev, "Stalled", True, "InvalidLanguages", invalid_msg, now, g)
+        wants.append(Want("Stalled", True, "InvalidLanguages", invalid_msg))
     else:
-        _set_condition(conds, prev, "Stalled", False, "NotStalled", "", now, g)
+        wants.append(Want("Stalled", False, "NotStalled"))
     if invalid:
-        _set_condition(conds, prev, "Degraded", True, "InvalidLanguages",
-                       f"{len(invalid)} invalid language(s), not created; the valid ones go "
-                       f"on: {invalid_msg}", now, g)
-    elif stalled_list:
-        _set_condition(conds, prev, "Degraded", True, "MembersStalled", stalled_msg, now, g)
+        wants.append(Want("Degraded", True, "InvalidLanguages",
+                          f"{len(invalid)} invalid language(s), not created; the valid ones go "
+                          f"on: {invalid_msg}"))
+    elif agg.stalled:
+        wants.append(Want("Degraded", True, "MembersStalled", stalled_msg))
     else:
-        _set_condition(conds, prev, "Degraded", False, "AllValid", "", now, g)
-    status["conditions"] = conds
-    if work:
-        status["phase"] = "Running"
-    elif stalled_list or invalid:
-        status["phase"] = "Stalled"
-    else:
-        status["phase"] = "Ready" if all_ready else "Suspended"
+        wants.append(Want("Degraded", False, "AllValid"))
+    return wants, work
 
-    plan.events = _events(prev, conds)
+
+def member_events(plan: FleetPlan, limit: int | None) -> list[tuple[str, str, str]]:
+    events = []
     for obj in plan.create:
-        plan.events.append(("Normal", "MemberCreated", f"LanguageModel "
-                            f"{obj['metadata']['name']} ({obj['spec']['language']})"))
+        events.append(("Normal", "MemberCreated", f"LanguageModel "
+                       f"{obj['metadata']['name']} ({obj['spec']['language']})"))
     for n in plan.delete:
         kept = "deleted" if n in plan.delete_artifacts else "kept"
-        plan.events.append(("Normal", "MemberDeleted", f"LanguageModel {n} (artifacts {kept})"))
+        events.append(("Normal", "MemberDeleted", f"LanguageModel {n} (artifacts {kept})"))
     for n, p in plan.patch.items():
         if "spec" in p:
-            plan.events.append(("Normal", "MemberUpdated", f"LanguageModel {n}: spec changed"))
-        grant_value = ((p.get("metadata") or {}).get("annotations") or {})
-        if ADMITTED_ANNOTATION in grant_value and limit is not None:
-            plan.events.append(("Normal", "GPUAdmitted" if grant_value[ADMITTED_ANNOTATION]
-                                else "GPUReleased", f"LanguageModel {n}"))
+            events.append(("Normal", "MemberUpdated", f"LanguageModel {n}: spec changed"))
+        grant = (p.get("metadata") or {}).get("annotations") or {}
+        if ADMITTED_ANNOTATION in grant and limit is not None:
+            events.append(("Normal", "GPUAdmitted" if grant[ADMITTED_ANNOTATION]
+                           else "GPUReleased", f"LanguageModel {n}"))
+    return events
+
+
+# ------------------------------------------------------------------ the decision
+
+
+def decide_fleet(name: str, namespace: str, generation: int, raw_spec: dict[str, Any],
+                 status: dict[str, Any], children: list[dict[str, Any]],
+                 taken: dict[str, str], now: datetime) -> FleetPlan:
+    """The fleet's plan. `children`: the LanguageModels labelled with this fleet;
+    `taken`: LanguageModel name -> fleet label ("" for none) of the LanguageModels in the
+    namespace (to tell a name clash from a member)."""
+    prev = read_fleet_status(status)
+    try:
+        fleet = validate_spec("LanguageFleet", raw_spec, f"{namespace}/{name}")
+    except ManifestError as exc:
+        return _invalid_spec(prev, "; ".join(str(e) for e in exc.errors), generation, now)
+
+    members = expand(fleet, taken, name)
+    by_name = {c["metadata"]["name"]: c for c in children}
+    valid = [m for m in members if m.body is not None]
+    invalid = [m for m in members if m.body is None]
+
+    plan = FleetPlan(status=prev)
+    plan.create, plan.patch = member_changes(name, namespace, fleet, valid, by_name)
+    gone = removals(members, by_name, fleet.artifact_policy)
+    plan.delete, plan.delete_artifacts = gone.delete, gone.delete_artifacts
+    admission = admissions(valid, by_name, fleet.max_concurrent)
+    for n, grant in admission.grants.items():
+        meta = plan.patch.setdefault(n, {}).setdefault("metadata", {})
+        meta.setdefault("annotations", {})[ADMITTED_ANNOTATION] = "true" if grant else None
+
+    agg = aggregate(valid, by_name, {n for n, p in plan.patch.items() if "spec" in p})
+    wants, work = fleet_wants(agg, len(valid), invalid, admission.queued, plan, gone)
+    conds = conditions(prev.conditions, wants, now, generation)
+    if work:
+        phase = "Running"
+    elif agg.stalled or invalid:
+        phase = "Stalled"
+    else:
+        phase = "Ready" if wants[0].value else "Suspended"
+    plan.status = LanguageFleetStatus(
+        observed_generation=generation, phase=phase, conditions=conds,
+        languages=len(members), members=len(valid), ready=agg.ready,
+        running=agg.phases["Running"], queued=len(admission.queued),
+        pending=agg.phases["Pending"], suspended=agg.phases["Suspended"],
+        succeeded=agg.phases["Succeeded"], stalled=agg.phases["Stalled"],
+        invalid=len(invalid),
+        phases={p: agg.phases[p] for p in PHASES if agg.phases[p]},
+        gpu=GpuAdmission(max_concurrent=fleet.max_concurrent, in_use=len(admission.holding),
+                         queued=sorted(admission.queued)),
+        cost=agg.cost, evaluation=agg.evaluation, stalled_languages=agg.stalled,
+        invalid_languages=[InvalidLanguage(index=m.index, language=m.language, name=m.name,
+                                           errors=list(m.errors)) for m in invalid],
+        member_status=agg.rows,
+    )
+    plan.events = _events(prev.conditions, conds) + member_events(plan, fleet.max_concurrent)
     return plan

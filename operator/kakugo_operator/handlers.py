@@ -2,10 +2,15 @@
 decisions (`reconcile.decide`, `teacher.decide_teacher`, `fleet.decide_fleet`) and
 execute the plans.
 
-One daemon per LanguageModel, Teacher and LanguageFleet re-decides whenever something it owns or
-depends on changes (Job, Pod and Teacher events wake it) and at least every
-`resyncSeconds`. Each daemon is the only writer of its object's status, so it keeps the
-status it last wrote instead of waiting for the watch to echo it back.
+One daemon per LanguageModel, Teacher and LanguageFleet re-decides whenever something it
+owns or depends on changes (Job, Pod, Deployment, Service and Teacher events wake it) and
+at least every `resyncSeconds`. Each daemon is the only writer of its object's status, so
+it keeps the status it last wrote instead of waiting for the watch to echo it back, and
+writes the difference as one merge patch that also removes what is gone (`diff.merge_diff`).
+
+The operator's own state (settings, wake-ups, deleted Pods) lives in Kopf's memo
+(`memo.kakugo`, an `OperatorState` made at startup), never in module globals, so two
+operator runs in one process (the tests) share nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,9 +29,10 @@ import kopf
 from kakugo_operator import fleet as fleet_mod
 from kakugo_operator import k8s, metrics, naming
 from kakugo_operator import settings as settings_mod
+from kakugo_operator.diff import merge_diff
 from kakugo_operator.observe import iso
-from kakugo_operator.reconcile import Observed, decide
-from kakugo_operator.teacher import decide_teacher, served_teacher
+from kakugo_operator.reconcile import Observed, decide, read_status, with_log_tail
+from kakugo_operator.teacher import decide_teacher
 from kakugo_stages.contract import TEACHER_STAGES, delete_run_artifacts, run_uri
 
 #: Set by Argo CD's retry action (gitops/argocd): failed stages get a fresh retry budget.
@@ -33,19 +40,30 @@ RETRY_ANNOTATION = "kakugo.io/retry"
 
 GROUP, VERSION = "kakugo.io", "v1alpha1"
 API = f"{GROUP}/{VERSION}"
-SETTINGS = settings_mod.load()
 OWNED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
 
-# Wake-ups: one asyncio.Event per object key, set by the events that concern it.
-_wakeups: dict[tuple[str, str, str], asyncio.Event] = defaultdict(asyncio.Event)
-# Pods deleted before their Job was accounted for: the last state seen, for cost and for
-# telling a deleted (disrupted) Pod from a broken one.
-_ghosts: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+Key = tuple[str, str, str]  # (kind, namespace, name)
 
 
-def wake(kind: str, namespace: str | None, name: str | None) -> None:
-    if namespace and name:
-        _wakeups[(kind, namespace, name)].set()
+@dataclass
+class OperatorState:
+    """What the operator keeps in memory, in Kopf's memo (`memo.kakugo`)."""
+
+    settings: settings_mod.OperatorSettings
+    #: One asyncio.Event per object key, set by the events that concern it.
+    wakeups: dict[Key, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
+    #: Pods deleted before their Job was accounted for, (namespace, lm) -> pod -> the last
+    #: state seen: for cost, and to tell a deleted (disrupted) Pod from a broken one.
+    ghosts: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(
+        default_factory=lambda: defaultdict(dict))
+
+    def wake(self, kind: str, namespace: str | None, name: str | None) -> None:
+        if namespace and name:
+            self.wakeups[(kind, namespace, name)].set()
+
+
+def state(memo: Any) -> OperatorState:
+    return memo.kakugo  # type: ignore[no-any-return]
 
 
 def now() -> datetime:
@@ -53,12 +71,12 @@ def now() -> datetime:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global SETTINGS
-    # A fresh start (also a second operator run in one process, as in tests).
-    SETTINGS = settings_mod.load()
-    _wakeups.clear()
-    _ghosts.clear()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    try:
+        loaded = settings_mod.load()
+    except settings_mod.SettingsError as exc:  # the operator exits, saying which key
+        raise kopf.PermanentError(str(exc)) from None
+    memo.kakugo = OperatorState(loaded)
     metrics.reset()
     settings.persistence.finalizer = "kakugo.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kakugo.io")
@@ -72,9 +90,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 32
     settings.watching.server_timeout = 300
     k8s.configure()
-    if SETTINGS.metrics_port:
+    if loaded.metrics_port:
         with contextlib.suppress(OSError):  # a second operator in one process (tests)
-            metrics.start(SETTINGS.metrics_port)
+            metrics.start(loaded.metrics_port)
     # Ready to take work. Daemons still start only once Kopf's indexes hold every existing
     # Job and Pod, which is what makes restarts safe.
     metrics.READY.set()
@@ -112,6 +130,12 @@ def kakugo_deployments(namespace: str, labels: dict[str, str], body: kopf.Body,
     return {(namespace, teacher): dict(body)} if teacher else {}
 
 
+@kopf.index("v1", "services", labels=OWNED)
+def kakugo_services(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any) -> Any:
+    teacher = labels.get(naming.TEACHER_LABEL)
+    return {(namespace, teacher): dict(body)} if teacher else {}
+
+
 def teacher_of(name: str, spec: dict[str, Any]) -> str | None:
     teacher = spec.get("teacher") or {}
     if teacher.get("ref"):
@@ -121,12 +145,21 @@ def teacher_of(name: str, spec: dict[str, Any]) -> str | None:
     return None
 
 
-def needs_teacher(status: dict[str, Any]) -> bool:
-    """In (or about to enter) a teacher stage, and not stopped."""
-    if status.get("phase") in ("Succeeded", "Stalled", "Suspended"):
+#: Gates under which a waiting teacher stage does not need the server.
+IDLE_GATES = ("Suspended", "Budget")
+
+
+def needs_teacher(raw_status: dict[str, Any]) -> bool:
+    """A teacher stage runs, waits for its retry, or could start now but for a gate the
+    server's readiness (or time) opens; a new object is about to start its first ones."""
+    status = read_status(raw_status)
+    if status.phase in ("Succeeded", "Suspended"):
         return False
-    stage = (status.get("progress") or {}).get("stage")
-    return stage is None or stage in TEACHER_STAGES
+    if not status.stages:
+        return status.phase != "Stalled"
+    return any(e.name in TEACHER_STAGES and (
+        e.state in ("Running", "Retrying") or e.waiting_for not in (None, *IDLE_GATES))
+        for e in status.stages)
 
 
 @kopf.index(GROUP, VERSION, "languagemodels")
@@ -155,54 +188,65 @@ def languagemodel_fleets(namespace: str, name: str, labels: dict[str, str], **_:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED)
-async def job_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
-    wake("lm", namespace, labels.get(naming.LM_LABEL))
+async def job_event(namespace: str, labels: dict[str, str], memo: kopf.Memo, **_: Any) -> None:
+    state(memo).wake("lm", namespace, labels.get(naming.LM_LABEL))
 
 
 @kopf.on.event("v1", "pods", labels=OWNED)
-async def pod_event(type: str, namespace: str, name: str, labels: dict[str, str], body: kopf.Body,
-              **_: Any) -> None:
+async def pod_event(type: str, namespace: str, name: str, labels: dict[str, str],
+                    body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    st = state(memo)
     lm = labels.get(naming.LM_LABEL)
     if lm and type == "DELETED":
         ghost = dict(body)
         ghost["_deleted"], ghost["_deletedAt"] = True, iso(now())
-        _ghosts[(namespace, lm)][name] = ghost
+        st.ghosts[(namespace, lm)][name] = ghost
     if teacher := labels.get(naming.TEACHER_LABEL):
-        wake("teacher", namespace, teacher)
-    wake("lm", namespace, lm)
+        st.wake("teacher", namespace, teacher)
+    st.wake("lm", namespace, lm)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
-async def deployment_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
-    wake("teacher", namespace, labels.get(naming.TEACHER_LABEL))
+async def deployment_event(namespace: str, labels: dict[str, str], memo: kopf.Memo,
+                           **_: Any) -> None:
+    state(memo).wake("teacher", namespace, labels.get(naming.TEACHER_LABEL))
+
+
+@kopf.on.event("v1", "services", labels=OWNED)
+async def service_event(namespace: str, labels: dict[str, str], memo: kopf.Memo,
+                        **_: Any) -> None:
+    state(memo).wake("teacher", namespace, labels.get(naming.TEACHER_LABEL))
 
 
 @kopf.on.event(GROUP, VERSION, "teachers")
-async def teacher_event(namespace: str, name: str, **_: Any) -> None:
-    wake("teacher", namespace, name)
-    # LanguageModels that use it wait for its readiness.
-    for key in list(_wakeups):
+async def teacher_event(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    st = state(memo)
+    st.wake("teacher", namespace, name)
+    # LanguageModels that use it wait for its readiness (or re-create it when served).
+    for key in list(st.wakeups):
         if key[0] == "lm" and key[1] == namespace:
-            _wakeups[key].set()
+            st.wakeups[key].set()
 
 
 @kopf.on.event(GROUP, VERSION, "languagemodels")
 async def languagemodel_event(namespace: str, name: str, spec: dict[str, Any],
-                              labels: dict[str, str], **_: Any) -> None:
-    wake("lm", namespace, name)
+                              labels: dict[str, str], memo: kopf.Memo, **_: Any) -> None:
+    st = state(memo)
+    st.wake("lm", namespace, name)
     if teacher := teacher_of(name, dict(spec)):
-        wake("teacher", namespace, teacher)
-    wake("fleet", namespace, labels.get(fleet_mod.FLEET_LABEL))
+        st.wake("teacher", namespace, teacher)
+    st.wake("fleet", namespace, labels.get(fleet_mod.FLEET_LABEL))
 
 
 @kopf.on.event(GROUP, VERSION, "languagefleets")
-async def languagefleet_event(namespace: str, name: str, **_: Any) -> None:
-    wake("fleet", namespace, name)
+async def languagefleet_event(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    state(memo).wake("fleet", namespace, name)
 
 
-async def _sleep(key: tuple[str, str, str], stopped: kopf.DaemonStopped, seconds: float) -> None:
+async def _sleep(st: OperatorState, key: Key, stopped: kopf.DaemonStopped,
+                 seconds: float) -> None:
     """Until woken, stopped, or `seconds` pass."""
-    event = _wakeups[key]
+    event = st.wakeups[key]
     waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped.wait())}
     try:
         await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -216,114 +260,106 @@ def _post(body: kopf.Body, events: list[tuple[str, str, str]]) -> None:
         kopf.event(body, type=kind, reason=reason, message=message[:1024])
 
 
+async def write_status(plural: str, namespace: str, name: str, written: dict[str, Any],
+                       wanted: dict[str, Any]) -> dict[str, Any]:
+    """Bring the status from what this daemon last wrote to what it wants, by one merge
+    patch on /status that also removes what is gone; returns the new written status."""
+    if wanted != written:
+        await k8s.merge_patch(API, plural, namespace, name,
+                              {"status": merge_diff(written, wanted)}, sub="status")
+    return wanted
+
+
 # ------------------------------------------------------------------ LanguageModel
+
+
+def observed(name: str, namespace: str, body: kopf.Body, status: dict[str, Any],
+             jobs: list[dict[str, Any]], pods: list[dict[str, Any]],
+             teacher: dict[str, Any] | None) -> Observed:
+    meta = body.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    return Observed(
+        name=name, namespace=namespace, generation=int(meta.get("generation") or 1),
+        spec=dict(body.get("spec") or {}), status=status, jobs=jobs, pods=pods,
+        teacher=teacher, now=now(),
+        fleet=(meta.get("labels") or {}).get(fleet_mod.FLEET_LABEL) or None,
+        gpu_admitted=annotations.get(fleet_mod.ADMITTED_ANNOTATION) == "true",
+        retry_request=annotations.get(RETRY_ANNOTATION),
+    )
 
 
 @kopf.daemon(GROUP, VERSION, "languagemodels", initial_delay=0, cancellation_timeout=10)
 async def languagemodel(
     stopped: kopf.DaemonStopped, name: str, namespace: str, body: kopf.Body,
     kakugo_jobs: kopf.Index, kakugo_pods: kopf.Index, kakugo_teachers: kopf.Index,
-    logger: logging.Logger, **_: Any,
+    memo: kopf.Memo, logger: logging.Logger, **_: Any,
 ) -> None:
+    st = state(memo)
     key = ("lm", namespace, name)
-    status: dict[str, Any] = dict(body.get("status") or {})
-    teacher_created = False
+    written: dict[str, Any] = dict(body.get("status") or {})
     while not stopped:
-        _wakeups[key].clear()
-        spec = dict(body.get("spec") or {})
+        st.wakeups[key].clear()
         if body.get("metadata", {}).get("deletionTimestamp"):
             return
         pods = list(kakugo_pods.get((namespace, name), []))
         live = {p["metadata"]["name"] for p in pods}
-        ghosts = _ghosts.get((namespace, name), {})
-        pods += [g for n, g in ghosts.items() if n not in live]
-        teacher_name = teacher_of(name, spec)
-        teacher = None
-        if teacher_name:
-            teacher = next(iter(kakugo_teachers.get((namespace, teacher_name), [])), None)
-        meta = body.get("metadata") or {}
-        obs = Observed(
-            name=name, namespace=namespace,
-            generation=int(meta.get("generation") or 1),
-            spec=spec, status=status, jobs=list(kakugo_jobs.get((namespace, name), [])),
-            pods=pods, teacher=teacher, now=now(),
-            fleet=(meta.get("labels") or {}).get(fleet_mod.FLEET_LABEL) or None,
-            gpu_admitted=(meta.get("annotations") or {}).get(
-                fleet_mod.ADMITTED_ANNOTATION) == "true",
-            retry_request=(meta.get("annotations") or {}).get(RETRY_ANNOTATION),
-        )
-        plan = decide(obs, SETTINGS)
+        pods += [g for n, g in st.ghosts.get((namespace, name), {}).items() if n not in live]
+        teacher_name = teacher_of(name, dict(body.get("spec") or {}))
+        teacher = next(iter(kakugo_teachers.get((namespace, teacher_name), [])), None) \
+            if teacher_name else None
+        obs = observed(name, namespace, body, written,
+                       list(kakugo_jobs.get((namespace, name), [])), pods, teacher)
+        plan = decide(obs, st.settings)
         try:
-            if spec.get("teacher", {}).get("serve") is not None and teacher is None \
-                    and not teacher_created:
-                served = served_teacher(name, namespace, spec["teacher"]["serve"])
-                kopf.adopt(served, owner=body)
-                await k8s.create(served)
-                teacher_created = True
-            if plan.apply_config_map is not None:
-                cm = plan.apply_config_map
-                kopf.adopt(cm, owner=body)
-                created = await k8s.create(cm)
-                if created.get("data") != cm["data"]:
-                    await k8s.merge_patch("v1", "configmaps", namespace,
-                                          cm["metadata"]["name"], {"data": cm["data"]})
-            for job_name in plan.delete_jobs:
-                await k8s.delete("batch/v1", "jobs", namespace, job_name)
-            for job_name, suspend in plan.suspend_jobs.items():
-                await k8s.merge_patch("batch/v1", "jobs", namespace, job_name,
-                                      {"spec": {"suspend": suspend}})
-            for obj in plan.create:
-                kopf.adopt(obj, owner=body)
-                await k8s.create(obj)
-            if plan.log_pod:
-                tail = await k8s.pod_log_tail(namespace, plan.log_pod, SETTINGS.log_tail_lines)
-                if tail:
-                    _append_log_tail(plan, tail)
-            if plan.status != status:
-                await k8s.merge_patch(API, "languagemodels", namespace, name,
-                                      {"status": _status_patch(status, plan.status)},
-                                      sub="status")
-                status = plan.status
+            await execute_lm_plan(plan, body, namespace, st)
+            written = await write_status("languagemodels", namespace, name, written,
+                                         plan.status.dump())
             _post(body, plan.events)
-            metrics.observe_plan(namespace, name, plan.status, plan.finished,
-                                 plan.completed_stages, spec)
+            metrics.observe_plan(namespace, name, written, plan.finished,
+                                 plan.completed_stages, obs.spec)
             if plan.finished:  # accounted for: drop the ghosts of finished attempts
-                _ghosts.pop((namespace, name), None)
+                st.ghosts.pop((namespace, name), None)
         except Exception as exc:  # a failed API call: log, back off, decide again
             logger.warning("reconciliation of %s/%s failed: %r", namespace, name, exc)
-            await _sleep(key, stopped, 5.0)
+            await _sleep(st, key, stopped, 5.0)
             continue
-        await _sleep(key, stopped, plan.requeue_after or SETTINGS.resync_seconds)
+        await _sleep(st, key, stopped, plan.requeue_after or st.settings.resync_seconds)
 
 
-def _status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch from old to new status (removed keys become null)."""
-    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
-    for k in old:
-        if k not in new:
-            patch[k] = None
-    return patch
-
-
-def _append_log_tail(plan: Any, tail: str) -> None:
-    text = f"\n--- log tail ---\n{tail}"
-    for entry in plan.status.get("stages", []):
-        if entry.get("state") == "Failed" and "--- log tail ---" not in entry.get("message", ""):
-            entry["message"] = (entry["message"] + text)[-2048:]
-    for cond in plan.status.get("conditions", []):
-        if cond["type"] in ("Stalled", "Ready") and cond["reason"] == "StageFailed":
-            cond["message"] = (cond["message"] + text)[-2048:]
-    plan.events = [(k, r, (m + text)[-1024:]) if r == "StageFailed" else (k, r, m)
-                   for k, r, m in plan.events]
+async def execute_lm_plan(plan: Any, body: kopf.Body, namespace: str,
+                          st: OperatorState) -> None:
+    if plan.apply_config_map is not None:
+        cm = plan.apply_config_map
+        kopf.adopt(cm, owner=body)
+        created = await k8s.create(cm)
+        if created.get("data") != cm["data"]:
+            await k8s.merge_patch("v1", "configmaps", namespace, cm["metadata"]["name"],
+                                  {"data": cm["data"]})
+    if plan.teacher_patch is not None:
+        await k8s.merge_patch(API, "teachers", namespace,
+                              naming.served_teacher_name(body["metadata"]["name"]),
+                              plan.teacher_patch)
+    for job_name in plan.delete_jobs:
+        await k8s.delete("batch/v1", "jobs", namespace, job_name)
+    for job_name, suspend in plan.suspend_jobs.items():
+        await k8s.merge_patch("batch/v1", "jobs", namespace, job_name,
+                              {"spec": {"suspend": suspend}})
+    for obj in plan.create:
+        kopf.adopt(obj, owner=body)
+        await k8s.create(obj)
+    for stage, pod in plan.log_pods.items():
+        if tail := await k8s.pod_log_tail(namespace, pod, st.settings.log_tail_lines):
+            with_log_tail(plan, stage, tail)
 
 
 @kopf.on.delete(GROUP, VERSION, "languagemodels")
 async def languagemodel_deleted(name: str, namespace: str, spec: dict[str, Any],
-                                logger: logging.Logger, **_: Any) -> None:
+                                memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """Owned objects go through ownerReferences; artifacts only when the spec says so."""
+    st = state(memo)
     metrics.forget(namespace, name)
-    _ghosts.pop((namespace, name), None)
-    _wakeups.pop(("lm", namespace, name), None)
+    st.ghosts.pop((namespace, name), None)
+    st.wakeups.pop(("lm", namespace, name), None)
     storage = dict(spec.get("storage") or {})
     if not storage.get("deleteArtifactsOnDelete"):
         return
@@ -331,8 +367,8 @@ async def languagemodel_deleted(name: str, namespace: str, spec: dict[str, Any],
         root = storage["uri"]
     elif storage.get("pvc"):
         root = f"file://{(storage.get('pvc') or {}).get('mountPath', '/data')}"
-    elif SETTINGS.storage_uri:  # no storage in the spec: the operator's default storage
-        root = SETTINGS.storage_uri
+    elif st.settings.storage_uri:  # no storage in the spec: the operator's default storage
+        root = st.settings.storage_uri
     else:
         logger.warning("no storage to delete artifacts from")
         return
@@ -349,45 +385,50 @@ async def languagemodel_deleted(name: str, namespace: str, spec: dict[str, Any],
 @kopf.daemon(GROUP, VERSION, "teachers", initial_delay=0, cancellation_timeout=10)
 async def teacher(
     stopped: kopf.DaemonStopped, name: str, namespace: str, body: kopf.Body,
-    kakugo_deployments: kopf.Index, teacher_clients: kopf.Index, logger: logging.Logger,
-    **_: Any,
+    kakugo_deployments: kopf.Index, kakugo_services: kopf.Index, teacher_clients: kopf.Index,
+    memo: kopf.Memo, logger: logging.Logger, **_: Any,
 ) -> None:
+    st = state(memo)
     key = ("teacher", namespace, name)
-    status: dict[str, Any] = dict(body.get("status") or {})
+    written: dict[str, Any] = dict(body.get("status") or {})
     while not stopped:
-        _wakeups[key].clear()
+        st.wakeups[key].clear()
         if body.get("metadata", {}).get("deletionTimestamp"):
             return
         deploy = next(iter(kakugo_deployments.get((namespace, name), [])), None)
+        service = next(iter(kakugo_services.get((namespace, name), [])), None)
         clients = list(teacher_clients.get((namespace, name), []))
-        plan = decide_teacher(name, namespace, dict(body.get("spec") or {}), status, deploy,
-                              clients, now(), SETTINGS,
-                              int(body.get("metadata", {}).get("generation") or 1))
+        plan = decide_teacher(name, namespace, dict(body.get("spec") or {}), written, deploy,
+                              clients, now(), st.settings,
+                              int(body.get("metadata", {}).get("generation") or 1),
+                              service_obj=service)
         try:
             for obj in plan.create:
                 kopf.adopt(obj, owner=body)
                 await k8s.create(obj)
+            if plan.patch_deployment is not None:
+                await k8s.merge_patch("apps/v1", "deployments", namespace, name,
+                                      plan.patch_deployment)
+            if plan.patch_service is not None:
+                await k8s.merge_patch("v1", "services", namespace, name, plan.patch_service)
             if plan.replicas is not None:
                 await k8s.merge_patch("apps/v1", "deployments", namespace, name,
                                       {"spec": {"replicas": plan.replicas}})
-            if plan.status != status:
-                await k8s.merge_patch(API, "teachers", namespace, name,
-                                      {"status": _status_patch(status, plan.status)},
-                                      sub="status")
-                status = plan.status
+            written = await write_status("teachers", namespace, name, written,
+                                         plan.status.dump())
             _post(body, plan.events)
-            metrics.observe_teacher(namespace, name, plan.status.get("phase") == "Ready",
-                                    len(plan.status.get("clients") or []))
+            metrics.observe_teacher(namespace, name, plan.status.phase == "Ready",
+                                    len(plan.status.clients))
         except Exception as exc:
             logger.warning("reconciliation of Teacher %s/%s failed: %r", namespace, name, exc)
-            await _sleep(key, stopped, 5.0)
+            await _sleep(st, key, stopped, 5.0)
             continue
-        await _sleep(key, stopped, plan.requeue_after or SETTINGS.resync_seconds)
+        await _sleep(st, key, stopped, plan.requeue_after or st.settings.resync_seconds)
 
 
 @kopf.on.delete(GROUP, VERSION, "teachers", optional=True)
-def teacher_deleted(name: str, namespace: str, **_: Any) -> None:
-    _wakeups.pop(("teacher", namespace, name), None)
+def teacher_deleted(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    state(memo).wakeups.pop(("teacher", namespace, name), None)
     metrics.forget_teacher(namespace, name)
 
 
@@ -397,14 +438,15 @@ def teacher_deleted(name: str, namespace: str, **_: Any) -> None:
 @kopf.daemon(GROUP, VERSION, "languagefleets", initial_delay=0, cancellation_timeout=10)
 async def languagefleet(
     stopped: kopf.DaemonStopped, name: str, namespace: str, body: kopf.Body,
-    fleet_children: kopf.Index, languagemodel_fleets: kopf.Index, logger: logging.Logger,
-    **_: Any,
+    fleet_children: kopf.Index, languagemodel_fleets: kopf.Index, memo: kopf.Memo,
+    logger: logging.Logger, **_: Any,
 ) -> None:
+    st = state(memo)
     key = ("fleet", namespace, name)
-    status: dict[str, Any] = dict(body.get("status") or {})
+    written: dict[str, Any] = dict(body.get("status") or {})
     ledger = fleet_mod.AdmissionLedger()
     while not stopped:
-        _wakeups[key].clear()
+        st.wakeups[key].clear()
         meta = body.get("metadata") or {}
         if meta.get("deletionTimestamp"):
             return
@@ -412,7 +454,7 @@ async def languagefleet(
                                   time.monotonic())
         taken = dict(languagemodel_fleets.get(namespace, []))
         plan = fleet_mod.decide_fleet(name, namespace, int(meta.get("generation") or 1),
-                                      dict(body.get("spec") or {}), status, children, taken,
+                                      dict(body.get("spec") or {}), written, children, taken,
                                       now())
         try:
             for obj in plan.create:
@@ -426,28 +468,24 @@ async def languagefleet(
                     await k8s.merge_patch(API, "languagemodels", namespace, child, {
                         "spec": {"storage": {"deleteArtifactsOnDelete": True}}})
                 await k8s.delete(API, "languagemodels", namespace, child)
-            if plan.status != status:
-                # Nested maps (phases, byLanguage) lose keys too: a deep merge patch.
-                await k8s.merge_patch(API, "languagefleets", namespace, name,
-                                      {"status": fleet_mod.merge_diff(status, plan.status)},
-                                      sub="status")
-                status = plan.status
+            written = await write_status("languagefleets", namespace, name, written,
+                                         plan.status.dump())
             _post(body, plan.events)
         except Exception as exc:
             logger.warning("reconciliation of LanguageFleet %s/%s failed: %r", namespace, name,
                            exc)
-            await _sleep(key, stopped, 5.0)
+            await _sleep(st, key, stopped, 5.0)
             continue
-        await _sleep(key, stopped, plan.requeue_after or SETTINGS.resync_seconds)
+        await _sleep(st, key, stopped, plan.requeue_after or st.settings.resync_seconds)
 
 
 @kopf.on.delete(GROUP, VERSION, "languagefleets")
 async def languagefleet_deleted(name: str, namespace: str, spec: dict[str, Any],
-                                fleet_children: kopf.Index, logger: logging.Logger,
-                                **_: Any) -> None:
+                                fleet_children: kopf.Index, memo: kopf.Memo,
+                                logger: logging.Logger, **_: Any) -> None:
     """Members go through ownerReferences (the garbage collector). With artifactPolicy
     Delete, each member is marked to delete its artifacts and deleted here first."""
-    _wakeups.pop(("fleet", namespace, name), None)
+    state(memo).wakeups.pop(("fleet", namespace, name), None)
     if spec.get("artifactPolicy") != "Delete":
         return
     for child in list(fleet_children.get((namespace, name), [])):
@@ -459,5 +497,5 @@ async def languagefleet_deleted(name: str, namespace: str, spec: dict[str, Any],
 
 
 @kopf.on.probe(id="kakugo")
-def probe(**_: Any) -> dict[str, Any]:
-    return {"languagemodels": sum(1 for k in _wakeups if k[0] == "lm")}
+def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    return {"languagemodels": sum(1 for k in state(memo).wakeups if k[0] == "lm")}

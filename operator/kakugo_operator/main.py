@@ -20,7 +20,10 @@ def kopf_args(argv: Sequence[str] = ()) -> list[str]:
     """
     from kakugo_operator import settings as settings_mod
 
-    settings = settings_mod.load()
+    try:
+        settings = settings_mod.load()
+    except settings_mod.SettingsError as exc:  # before Kopf starts: say which key is wrong
+        raise SystemExit(f"kakugo operator: {exc}") from None
     args = list(argv)
     passthrough: list[str] = []
     if "--" in args:

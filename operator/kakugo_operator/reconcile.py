@@ -1,33 +1,37 @@
 """The LanguageModel decision: (spec, status, Jobs, Pods, Teacher, now) -> Plan.
 
-`decide` is pure and level-based: it reads the world and the last status and returns
-the status to write, the objects to create or change, and the Events to post. Running
-it twice on the same world gives the same plan, so restarts, missed events and
-duplicate events are harmless; the handlers only execute plans.
+`decide` is pure and level-based: it reads the world and the last status and returns the
+status to write, the objects to create or change, and the Events to post. Running it twice
+on the same world gives the same plan, so restarts, missed events and duplicate events are
+harmless; the handlers only execute plans.
+
+It runs the stage graph as a DAG, as a chain of small pure functions:
+
+1. `parse_spec`, then the spec's fingerprints: a new generation sends the stages whose
+   inputs moved back to Pending (`reset_moved`), and a retry request gives failed stages a
+   fresh budget (`honour_retry`);
+2. every Running stage is observed and its state machine advanced
+   (`stage_machine.observe` / `advance`);
+3. every stage whose inputs have Succeeded is started unless a gate holds it
+   (`stage_machine.gate`: backoff, suspend, budget, fleet GPU admission, teacher
+   readiness, `spec.resources.maxConcurrentStages`), in run order;
+4. the status is computed from the stages (`summarize`, `cost`, `progress`).
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Collection
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from pydantic import ValidationError
+
 from kakugo_operator import builders, naming
-from kakugo_operator.fingerprints import stage_fingerprints
-from kakugo_operator.observe import (
-    attempt_of,
-    classify_failure,
-    gpu_usage,
-    iso,
-    job_state,
-    labels,
-    parse_time,
-    pod_settled,
-    stage_counts,
-)
+from kakugo_operator import stage_machine as sm
+from kakugo_operator.conditions import Want, conditions, transition_events
+from kakugo_operator.diff import digest, is_subset, merge_diff
 from kakugo_operator.settings import OperatorSettings
 from kakugo_stages.contract import (
     STAGES,
@@ -37,15 +41,28 @@ from kakugo_stages.contract import (
     artifact_uris,
     decl,
     dollars,
+    fingerprints,
+    ready,
     token_cost,
     validate_spec,
 )
 from kakugo_stages.spec import LanguageModelSpec
+from kakugo_stages.status import (
+    Condition,
+    Cost,
+    Evaluation,
+    LanguageModelStatus,
+    Progress,
+    StageCost,
+    StageCounts,
+    StageStatus,
+)
 
-#: A Job we created but whose watch event has not arrived yet is waited for this long.
-INDEX_GRACE_SECONDS = 30.0
 CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Suspended")
 STALL_REASONS = ("InvalidSpec", "StageFailed", "BudgetExceeded", "SpecChangeRefused")
+#: On a served Teacher: the hash of the spec the LanguageModel wants it to have.
+SPEC_HASH_ANNOTATION = "kakugo.io/spec-hash"
+INDEX_GRACE_SECONDS = sm.INDEX_GRACE_SECONDS
 
 
 def stage_condition(stage: str) -> str:
@@ -76,16 +93,29 @@ class Observed:
 
 @dataclass
 class Plan:
-    status: dict[str, Any]
-    create: list[dict[str, Any]] = field(default_factory=list)  # ConfigMaps, Jobs, Teachers
+    status: LanguageModelStatus
+    create: list[dict[str, Any]] = field(default_factory=list)  # Jobs, the served Teacher
     apply_config_map: dict[str, Any] | None = None  # create or replace
+    #: A merge patch that brings the served Teacher (teacher.serve) to the wanted spec.
+    teacher_patch: dict[str, Any] | None = None
     delete_jobs: list[str] = field(default_factory=list)
     suspend_jobs: dict[str, bool] = field(default_factory=dict)  # job -> spec.suspend
     events: list[tuple[str, str, str]] = field(default_factory=list)  # type, reason, message
     requeue_after: float | None = None
-    log_pod: str | None = None  # a failed Pod whose log tail the Stalled message wants
+    #: stage -> a failed Pod whose log tail the failure message wants
+    log_pods: dict[str, str] = field(default_factory=dict)
     finished: list[dict[str, Any]] = field(default_factory=list)  # attempt records
     completed_stages: list[tuple[str, float]] = field(default_factory=list)  # stage, seconds
+
+    def requeue(self, seconds: float | None) -> None:
+        if seconds is None:
+            return
+        seconds = max(seconds, 0.5)
+        self.requeue_after = seconds if self.requeue_after is None else min(
+            self.requeue_after, seconds)
+
+
+# ------------------------------------------------------------------ reading
 
 
 def gpu_stages(spec: LanguageModelSpec) -> tuple[str, ...]:
@@ -94,15 +124,16 @@ def gpu_stages(spec: LanguageModelSpec) -> tuple[str, ...]:
     return tuple(s for s in STAGES if spec.resources.for_stage(s).gpus)
 
 
-def _requeue(plan: Plan, seconds: float) -> None:
-    seconds = max(seconds, 0.5)
-    plan.requeue_after = seconds if plan.requeue_after is None else min(
-        plan.requeue_after, seconds)
-
-
-def _new_entry(stage: str, fingerprint: str) -> dict[str, Any]:
-    return {"name": stage, "state": "Pending", "fingerprint": fingerprint, "attempt": 0,
-            "failures": 0, "disruptions": 0, "attempts": []}
+def read_status(raw: Mapping[str, Any] | None) -> LanguageModelStatus:
+    """The last status, typed. Leniently: a field that does not parse (a hand edit, an
+    older operator) is dropped, not fatal."""
+    raw = dict(raw or {})
+    try:
+        return LanguageModelStatus.model_validate(raw)
+    except ValidationError as exc:
+        bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        return LanguageModelStatus.model_validate({k: v for k, v in raw.items()
+                                                   if k not in bad})
 
 
 def teacher_env(spec: LanguageModelSpec, teacher: dict[str, Any] | None
@@ -114,68 +145,13 @@ def teacher_env(spec: LanguageModelSpec, teacher: dict[str, Any] | None
     if teacher is None:
         return False, builders.TeacherEnv(), f"Teacher {which} does not exist yet"
     status = teacher.get("status") or {}
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                for c in status.get("conditions") or [])
+    ready_ = any(c.get("type") == "Ready" and c.get("status") == "True"
+                 for c in status.get("conditions") or [])
     url = status.get("url")
     name = teacher["metadata"]["name"]
-    if ready and url:
+    if ready_ and url:
         return True, builders.TeacherEnv(url, status.get("model")), ""
     return False, builders.TeacherEnv(url, status.get("model")), f"Teacher {name} is not Ready"
-
-
-def _set_condition(conds: list[dict[str, Any]], prev: list[dict[str, Any]], kind: str,
-                   value: bool, reason: str, message: str, now: datetime,
-                   generation: int) -> None:
-    old = next((c for c in prev if c.get("type") == kind), None)
-    status = "True" if value else "False"
-    moved = old is None or old.get("status") != status
-    conds.append({
-        "type": kind, "status": status, "reason": reason, "message": message[:1024],
-        "observedGeneration": generation,
-        "lastTransitionTime": iso(now) if moved else old.get("lastTransitionTime", iso(now)),
-    })
-
-
-def condition_events(prev: list[dict[str, Any]], new: list[dict[str, Any]],
-                     warning: Callable[[dict[str, Any]], bool],
-                     new_false_reasons: Collection[str] = ()) -> list[tuple[str, str, str]]:
-    """One Event per condition transition (status or reason changed). A condition that
-    first appears as False is news only with one of `new_false_reasons`; `warning` says
-    which transitions are Warnings."""
-    before = {c["type"]: c for c in prev}
-    out = []
-    for cond in new:
-        old = before.get(cond["type"])
-        if old and old.get("status") == cond["status"] and old.get("reason") == cond["reason"]:
-            continue
-        if old is None and cond["status"] == "False" and cond["reason"] not in new_false_reasons:
-            continue  # a new condition that is merely not-yet-true: nothing happened
-        msg = f"{cond['type']}={cond['status']}: {cond['message']}" if cond["message"] else (
-            f"{cond['type']}={cond['status']}")
-        out.append(("Warning" if warning(cond) else "Normal", cond["reason"], msg))
-    return out
-
-
-def _events_for(prev: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[tuple]:
-    """A LanguageModel's Events: stalls and failed attempts are Warnings."""
-    return condition_events(prev, new, lambda c: (
-        c["type"] == "Stalled" and c["status"] == "True") or c["reason"] in (
-        "Retrying", "Disrupted", "Failed", *STALL_REASONS), STALL_REASONS)
-
-
-def _stalled_only(obs: Observed, reason: str, message: str) -> Plan:
-    """A status that says the object cannot go on, with everything else kept."""
-    status = copy.deepcopy(obs.status)
-    prev = status.get("conditions") or []
-    conds: list[dict[str, Any]] = []
-    _set_condition(conds, prev, "Ready", False, reason, message, obs.now, obs.generation)
-    _set_condition(conds, prev, "Reconciling", False, reason, "", obs.now, obs.generation)
-    _set_condition(conds, prev, "Stalled", True, reason, message, obs.now, obs.generation)
-    _set_condition(conds, prev, "Suspended", bool(obs.spec.get("suspend")), "Spec", "",
-                   obs.now, obs.generation)
-    conds += [c for c in prev if c.get("type") not in CONDITION_TYPES]
-    status.update(conditions=conds, observedGeneration=obs.generation, phase="Stalled")
-    return Plan(status=status, events=_events_for(prev, conds))
 
 
 def parse_spec(obs: Observed, settings: OperatorSettings) -> LanguageModelSpec | str:
@@ -190,310 +166,403 @@ def parse_spec(obs: Observed, settings: OperatorSettings) -> LanguageModelSpec |
     return spec
 
 
+# ------------------------------------------------------------------ generations and retries
+
+
+def entries_for(status: LanguageModelStatus, fps: Mapping[str, str]) -> dict[str, StageStatus]:
+    """Every stage's entry: the last status's, or a new Pending one."""
+    known = {e.name: e for e in status.stages if e.name in STAGES}
+    return {s: known[s].model_copy(deep=True) if s in known
+            else StageStatus(name=s, fingerprint=fps[s]) for s in STAGES}
+
+
+def moved_stages(entries: Mapping[str, StageStatus], fps: Mapping[str, str]) -> list[str]:
+    """Stages that ran and whose inputs (spec paths or upstream fingerprints) moved."""
+    return [s for s in STAGES if entries[s].attempt > 0 and entries[s].fingerprint != fps[s]]
+
+
+def reset_moved(entries: dict[str, StageStatus], moved: list[str], fps: Mapping[str, str],
+                generation: int) -> list[str]:
+    """Moved stages go back to Pending with a fresh budget and `reset` (their old outputs
+    must not count); returns the Jobs to stop. Every entry takes the new fingerprint."""
+    stop = []
+    for stage in STAGES:
+        entry = entries[stage]
+        if stage in moved:
+            if entry.job and entry.state == "Running":
+                stop.append(entry.job)
+            entry = entry.model_copy(update={
+                "state": "Pending", "failures": 0, "disruptions": 0, "reset": True,
+                "counts": StageCounts(), "shards": None, "finished_at": None,
+                "started_at": None, "retry_at": None, "done_seen_at": None,
+                "message": f"inputs changed in generation {generation}"})
+        entries[stage] = entry.model_copy(update={"fingerprint": fps[stage]})
+    return stop
+
+
+def honour_retry(entries: dict[str, StageStatus], request: str | None, honoured: str | None
+                 ) -> tuple[str | None, list[tuple[str, str, str]]]:
+    """A retry request is honoured once per annotation value: failed stages start again
+    with a fresh retry budget. Returns the value honoured now and the Events."""
+    if not request or request == honoured:
+        return honoured, []
+    failed = [s for s in STAGES if entries[s].state == "Failed"]
+    for stage in failed:
+        entries[stage] = entries[stage].model_copy(update={
+            "state": "Retrying", "failures": 0, "retry_at": None,
+            "message": f"retry requested ({request})"})
+    events = [("Normal", "RetryRequested",
+               f"retrying {', '.join(failed)} with a fresh retry budget")] if failed else []
+    return request, events
+
+
+# ------------------------------------------------------------------ the served Teacher
+
+
+def served_teacher(lm_name: str, namespace: str, serve: dict[str, Any]) -> dict[str, Any]:
+    """The Teacher a LanguageModel with teacher.serve owns, as it should be."""
+    return {
+        "apiVersion": "kakugo.io/v1alpha1",
+        "kind": "Teacher",
+        "metadata": {"name": naming.served_teacher_name(lm_name), "namespace": namespace,
+                     "labels": naming.lm_labels(lm_name),
+                     "annotations": {SPEC_HASH_ANNOTATION: digest(serve)}},
+        "spec": serve,
+    }
+
+
+def served_teacher_actions(obs: Observed) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(create, merge patch) that keep the served Teacher at `spec.teacher.serve`: created
+    when missing (deleted too), patched when the wanted spec's hash or values differ."""
+    serve = (obs.spec.get("teacher") or {}).get("serve")
+    if serve is None:
+        return None, None
+    want = served_teacher(obs.name, obs.namespace, serve)
+    have = obs.teacher
+    if have is None:
+        return want, None
+    meta = have.get("metadata") or {}
+    if meta.get("deletionTimestamp") or (meta.get("labels") or {}).get(
+            naming.LM_LABEL) != naming.label_value(obs.name):
+        return None, None  # going away (created again once gone), or not ours
+    wanted_hash = want["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+    if (meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION) == wanted_hash and \
+            is_subset(serve, have.get("spec")):
+        return None, None
+    patch: dict[str, Any] = {"metadata": {"annotations": {SPEC_HASH_ANNOTATION: wanted_hash}}}
+    if diff := merge_diff(have.get("spec"), serve):
+        patch["spec"] = diff
+    return None, patch
+
+
+# ------------------------------------------------------------------ cost
+
+
+def cost(entries: Mapping[str, StageStatus], world: sm.World, spec: LanguageModelSpec,
+         now: datetime, settings: OperatorSettings) -> tuple[Decimal, Cost]:
+    """Total dollars and the cost status: finished attempts (frozen in status, failed ones
+    included) plus the running attempts' Pods, plus teacher tokens at the endpoint's
+    prices."""
+    total, gpu_total = Decimal(0), 0.0
+    by_stage: dict[str, StageCost] = {}
+    endpoint = spec.teacher.endpoint
+    for stage, entry in entries.items():
+        seconds = sum(a.gpu_seconds for a in entry.attempts)
+        money = sum((Decimal(a.dollars) for a in entry.attempts), Decimal(0))
+        s, d = sm.running_usage(stage, entry, world, now, settings)
+        seconds, money = seconds + s, money + d
+        tokens = Decimal(0)
+        if endpoint is not None and stage in TEACHER_STAGES:
+            tokens = token_cost(entry.counts.prompt_tokens or 0,
+                                entry.counts.completion_tokens or 0, endpoint.prices)
+        if seconds or money or tokens:
+            by_stage[stage] = StageCost(dollars=dollars(money + tokens),
+                                        gpu_hours=f"{seconds / 3600:.4f}",
+                                        teacher_dollars=dollars(tokens) if tokens else None)
+        total += money + tokens
+        gpu_total += seconds
+    budget = spec.budget.max_dollars
+    return total, Cost(dollars=dollars(total), gpu_hours=f"{gpu_total / 3600:.4f}",
+                       by_stage=by_stage,
+                       budget=dollars(budget) if budget is not None else None)
+
+
+# ------------------------------------------------------------------ status
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The object as a whole: phase and the kstatus conditions' wants."""
+
+    phase: str
+    done: bool
+    stall: tuple[str, str] | None
+    reconciling: tuple[bool, str, str]
+
+
+def summarize(entries: Mapping[str, StageStatus], holds: Mapping[str, sm.Hold],
+              suspended: bool, budget_spent: str | None = None) -> Summary:
+    done = all(entries[s].state == "Succeeded" for s in STAGES)
+    running = [s for s in STAGES if entries[s].state == "Running"]
+    failed = [s for s in STAGES if entries[s].state == "Failed"]
+    over_budget = [s for s, h in holds.items() if h.gate == "Budget"]
+    stall: tuple[str, str] | None = None
+    if failed:
+        stall = ("StageFailed", "; ".join(entries[s].message or f"stage {s} failed"
+                                          for s in failed))
+    elif over_budget:
+        stall = ("BudgetExceeded", f"{budget_spent}; not started: {', '.join(over_budget)}. "
+                 "Raise the budget to go on.")
+    # Reconciling: what goes on now (a stall with Jobs still running is both: the
+    # independent stages continue, their dependants wait).
+    if done:
+        reconciling = (False, "Done", "")
+    elif suspended:
+        reconciling = (True, "Suspended", "spec.suspend is true" + (
+            f"; {len(running)} Job(s) suspended" if running else ""))
+    elif running:
+        jobs = ", ".join(entries[s].job or s for s in running)
+        reason = f"{running[0].capitalize()}Running" if len(running) == 1 else "StagesRunning"
+        message = f"Job(s) {jobs} running"
+        if holds:
+            message += "; waiting: " + ", ".join(f"{s} ({h.reason})" for s, h in holds.items())
+        reconciling = (True, reason, message)
+    elif stall:
+        reconciling = (False, stall[0], "")
+    elif holds:
+        hold = next(iter(holds.values()))
+        reconciling = (True, hold.reason, hold.message)
+    else:
+        reconciling = (True, "Running", "")
+    if stall:
+        phase = "Stalled"
+    elif done:
+        phase = "Succeeded"
+    elif suspended:
+        phase = "Suspended"
+    elif not running and any(h.gate == "GPUQuota" for h in holds.values()):
+        phase = "Queued"
+    elif any(entries[s].attempt for s in STAGES):
+        phase = "Running"
+    else:
+        phase = "Pending"
+    return Summary(phase, done, stall, reconciling)
+
+
+def condition_wants(summary: Summary, entries: Mapping[str, StageStatus],
+                    holds: Mapping[str, sm.Hold], suspended: bool) -> list[Want]:
+    active, reason, message = summary.reconciling
+    if summary.done:
+        ready_ = Want("Ready", True, "Succeeded", "every stage succeeded")
+    elif summary.stall:
+        ready_ = Want("Ready", False, *summary.stall)
+    else:
+        ready_ = Want("Ready", False, reason, message)
+    wants = [
+        ready_,
+        Want("Reconciling", active, reason, message if active else ""),
+        Want("Stalled", summary.stall is not None, *(summary.stall or ("NotStalled", ""))),
+        Want("Suspended", suspended, "SuspendRequested" if suspended else "NotSuspended",
+             "spec.suspend is true" if suspended else ""),
+    ]
+    for stage in STAGES:
+        e = entries[stage]
+        hold = holds.get(stage)
+        wants.append(Want(stage_condition(stage), e.state == "Succeeded", e.state,
+                          e.message or (f"waiting: {hold.message}" if hold else "")))
+    return wants
+
+
+def events_for(prev: list[Condition], new: list[Condition]) -> list[tuple[str, str, str]]:
+    """A LanguageModel's Events: stalls and failed attempts are Warnings."""
+    return transition_events(prev, new, lambda c: (c.type == "Stalled" and c.is_true) or
+                             c.reason in ("Retrying", "Disrupted", "Failed", *STALL_REASONS),
+                             STALL_REASONS)
+
+
+def stalled_only(obs: Observed, prev: LanguageModelStatus, reason: str, message: str) -> Plan:
+    """A status that says the object cannot go on, with everything else kept."""
+    suspended = bool(obs.spec.get("suspend"))
+    wants = [Want("Ready", False, reason, message), Want("Reconciling", False, reason),
+             Want("Stalled", True, reason, message),
+             Want("Suspended", suspended, "SuspendRequested" if suspended else "NotSuspended",
+                  "spec.suspend is true" if suspended else "")]
+    conds = conditions(prev.conditions, wants, obs.now, obs.generation, keep_others=True)
+    status = prev.model_copy(deep=True, update={
+        "conditions": conds, "observed_generation": obs.generation, "phase": "Stalled"})
+    return Plan(status=status, events=events_for(prev.conditions, conds))
+
+
+def artifacts(run: RunSpec, entries: Mapping[str, StageStatus]) -> dict[str, str]:
+    """What the run has produced so far: each succeeded stage's declared artifacts."""
+    return artifact_uris(run.run_uri, {s for s, e in entries.items() if e.state == "Succeeded"})
+
+
+def _artifacts(run: RunSpec, entries: Mapping[str, Any]) -> dict[str, str]:
+    """`artifacts` over entries as dicts or models (kept for tests/test_graph.py)."""
+    return artifact_uris(run.run_uri, {
+        s for s, e in entries.items()
+        if (e.state if isinstance(e, StageStatus) else e.get("state")) == "Succeeded"})
+
+
+def evaluation(entries: Mapping[str, StageStatus]) -> Evaluation | None:
+    extra = entries["evaluate"].counts.extra or {}
+    if not (extra.get("summary") or extra.get("evaluation")):
+        return None
+    return Evaluation.model_validate({"summary": extra.get("summary") or "",
+                                      "tasks": extra.get("evaluation") or {}})
+
+
+def with_log_tail(plan: Plan, stage: str, tail: str) -> None:
+    """Quote a failed Pod's log tail in its stage's message, the conditions that report
+    the failure and the Events about them."""
+    text = f"\n--- log tail ---\n{tail}"
+    entry = plan.status.stage(stage)
+    if entry is None or entry.state != "Failed" or "--- log tail ---" in entry.message:
+        return
+    entry.message = (entry.message + text)[-2048:]
+    for cond in plan.status.conditions:
+        if cond.type == stage_condition(stage) or (
+                cond.reason == "StageFailed" and cond.type in ("Ready", "Stalled")):
+            cond.message = (cond.message + text)[-2048:]
+    plan.events = [
+        (k, r, (m + text)[-1024:]) if r == "StageFailed" or (
+            r == "Failed" and m.startswith(f"{stage_condition(stage)}=")) else (k, r, m)
+        for k, r, m in plan.events]
+
+
+# ------------------------------------------------------------------ the stages
+
+
+def advance_all(entries: dict[str, StageStatus], world: sm.World, obs: Observed,
+                spec: LanguageModelSpec, settings: OperatorSettings, plan: Plan) -> None:
+    """Adopt newer Jobs, then observe every Running stage and advance its state machine;
+    the steps' effects go into the plan."""
+    for stage in STAGES:
+        entries[stage] = sm.adopt(stage, entries[stage], world, obs.name, obs.now)
+        if entries[stage].state != "Running":
+            continue
+        seen = sm.observe(stage, entries[stage], world, obs.now)
+        step = sm.advance(stage, entries[stage], seen, spec.suspend, settings, obs.now)
+        entries[stage] = step.entry
+        plan.requeue(step.requeue)
+        if step.suspend is not None and step.entry.job:
+            plan.suspend_jobs[step.entry.job] = step.suspend
+        if step.finished:
+            plan.finished.append(step.finished)
+        if step.completed_seconds is not None:
+            plan.completed_stages.append((stage, step.completed_seconds))
+        if step.log_pod:
+            plan.log_pods[stage] = step.log_pod
+
+
+def gates_for(obs: Observed, spec: LanguageModelSpec, spent: Decimal, teacher_ready: bool,
+              teacher_wait: str) -> sm.Gates:
+    max_dollars = spec.budget.max_dollars
+    return sm.Gates(
+        suspended=spec.suspend,
+        budget_spent=f"spent ${dollars(spent)} of spec.budget.maxDollars ${max_dollars}"
+        if max_dollars is not None and spent >= max_dollars else None,
+        gpu_gated=frozenset(gpu_stages(spec)) if obs.fleet and not obs.gpu_admitted
+        else frozenset(),
+        fleet=obs.fleet, teacher_ready=teacher_ready, teacher_wait=teacher_wait,
+        limit=spec.resources.max_concurrent_stages,
+    )
+
+
+def schedule(entries: dict[str, StageStatus], gates: sm.Gates, run: RunSpec,
+             settings: OperatorSettings, tenv: builders.TeacherEnv, now: datetime,
+             plan: Plan) -> dict[str, sm.Hold]:
+    """Start every stage whose inputs have all succeeded (in run order) unless a gate
+    holds it; returns the holds (stage -> gate), also written to each entry's waitingFor."""
+    holds: dict[str, sm.Hold] = {}
+    done = [s for s in STAGES if entries[s].state == "Succeeded"]
+    running = sum(1 for s in STAGES if entries[s].state == "Running")
+    for stage in ready(done):
+        entry = entries[stage]
+        if entry.state in ("Running", "Failed"):
+            continue
+        hold = sm.gate(stage, entry, gates, running, now)
+        if hold is not None:
+            holds[stage] = hold
+            if hold.gate == "Backoff":
+                retry_at = sm.parse_time(entry.retry_at)
+                plan.requeue((retry_at - now).total_seconds() if retry_at else None)
+            elif hold.gate in ("GPUQuota", "Teacher", "Concurrency"):
+                plan.requeue(settings.resync_seconds)
+            continue
+        entries[stage], job = sm.start(stage, entry, run, settings, tenv, now)
+        plan.create.append(job)
+        running += 1
+        plan.requeue(settings.resync_seconds)
+    for stage in STAGES:  # a stage no gate holds waits for nothing
+        hold = holds.get(stage)
+        entries[stage] = entries[stage].model_copy(
+            update={"waiting_for": hold.gate if hold else None})
+    return holds
+
+
+# ------------------------------------------------------------------ the decision
+
+
 def decide(obs: Observed, settings: OperatorSettings) -> Plan:
+    prev = read_status(obs.status)
     parsed = parse_spec(obs, settings)
     if isinstance(parsed, str):
-        return _stalled_only(obs, "InvalidSpec", parsed)
-    spec = parsed
+        return stalled_only(obs, prev, "InvalidSpec", parsed)
+    spec, now = parsed, obs.now
     run = RunSpec(obs.name, obs.namespace, spec,
                   spec.storage.root_uri if spec.storage else str(settings.storage_uri))
-    fps = stage_fingerprints(run.spec_dict())
-    status = copy.deepcopy(obs.status)
-    prev_conds = list(status.get("conditions") or [])
-    entries = {e["name"]: e for e in status.get("stages") or [] if e.get("name") in STAGES}
-    plan = Plan(status=status)
-    now = obs.now
+    fps = fingerprints(run.spec_dict())
+    entries = entries_for(prev, fps)
 
-    # A new generation: stages whose inputs moved go back to Pending (or the change is
-    # refused, by setting); running Jobs of such stages are stopped.
-    moved = [s for s in STAGES if s in entries and entries[s]["attempt"] > 0
-             and entries[s]["fingerprint"] != fps[s]]
+    # 1. A new generation: stages whose inputs moved start over (or the change is refused).
+    moved = moved_stages(entries, fps)
     if moved and settings.spec_changes == "refuse":
         paths = ", ".join(f"spec.{p}" for p in decl(moved[0]).fingerprint_paths)
-        return _stalled_only(obs, "SpecChangeRefused", (
+        return stalled_only(obs, prev, "SpecChangeRefused", (
             f"this change alters the inputs of stages that already ran ({', '.join(moved)}; "
             f"{moved[0]} reads {paths}); the operator is set to refuse such changes: revert "
             "it, or create a new LanguageModel"))
-    for stage in STAGES:
-        entry = entries.setdefault(stage, _new_entry(stage, fps[stage]))
-        if stage in moved:
-            if entry.get("job") and entry["state"] == "Running":
-                plan.delete_jobs.append(entry["job"])
-            entry.update(state="Pending", fingerprint=fps[stage], failures=0, disruptions=0,
-                         reset=True, counts={}, finishedAt=None, startedAt=None,
-                         retryAt=None, message="inputs changed in generation "
-                         f"{obs.generation}")
-        entry["fingerprint"] = fps[stage]
-
-    # A retry request is honoured once per annotation value: failed stages start again with
-    # a fresh retry budget (the status remembers the value, so the decision is level-based).
-    if obs.retry_request and obs.retry_request != status.get("retryRequest"):
-        status["retryRequest"] = obs.retry_request
-        failed = [s for s in STAGES if entries[s]["state"] == "Failed"]
-        for stage in failed:
-            entries[stage].update(state="Retrying", failures=0, retryAt=None,
-                                  message=f"retry requested ({obs.retry_request})")
-        if failed:
-            plan.events.append(("Normal", "RetryRequested",
-                                f"retrying {', '.join(failed)} with a fresh retry budget"))
-
-    if status.get("specFingerprint") != run.fingerprint():
+    plan = Plan(status=prev)
+    plan.delete_jobs = reset_moved(entries, moved, fps, obs.generation)
+    retry_request, plan.events = honour_retry(entries, obs.retry_request, prev.retry_request)
+    if prev.spec_fingerprint != run.fingerprint():
         plan.apply_config_map = builders.config_map(run)
-        status["specFingerprint"] = run.fingerprint()
+    teacher_create, plan.teacher_patch = served_teacher_actions(obs)
+    if teacher_create is not None:
+        plan.create.append(teacher_create)
 
-    jobs_by_stage: dict[str, list[dict[str, Any]]] = {}
-    for job in obs.jobs:
-        jobs_by_stage.setdefault(labels(job).get(naming.STAGE_LABEL, ""), []).append(job)
-    pods_by_job: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for pod in obs.pods:
-        key = (labels(pod).get(naming.STAGE_LABEL, ""), attempt_of(pod))
-        pods_by_job.setdefault(key, []).append(pod)
+    # 2. Observe every running stage and advance its state machine.
+    world = sm.World.of(obs.jobs, obs.pods)
+    advance_all(entries, world, obs, spec, settings, plan)
 
-    ready_teacher, tenv, teacher_wait = teacher_env(spec, obs.teacher)
-    suspended = spec.suspend
-    max_dollars = spec.budget.max_dollars
-    stalled: tuple[str, str] | None = None
-    reconciling: tuple[str, str] = ("Running", "")
-    active: str | None = None
-    queued = False
-    gated = gpu_stages(spec) if obs.fleet else ()
+    # 3. Start every stage whose inputs succeeded, unless a gate holds it.
+    spent, cost_status = cost(entries, world, spec, now, settings)
+    teacher_ready, tenv, teacher_wait = teacher_env(spec, obs.teacher)
+    gates = gates_for(obs, spec, spent, teacher_ready, teacher_wait)
+    holds = schedule(entries, gates, run, settings, tenv, now, plan)
 
-    def spent() -> Decimal:
-        return _cost(entries, pods_by_job, spec, now, settings)[0]
-
-    for stage in STAGES:
-        entry = entries[stage]
-        if entry["state"] == "Succeeded":
-            continue
-        stage_jobs = jobs_by_stage.get(stage, [])
-        # Adopt a Job newer than the status knows (created just before a restart).
-        newest = max((attempt_of(j) for j in stage_jobs), default=0)
-        if newest > entry["attempt"] and entry["state"] != "Failed":
-            entry.update(attempt=newest, job=naming.job_name(obs.name, stage, newest),
-                         state="Running", startedAt=entry.get("startedAt") or iso(now),
-                         createdAt=iso(now))
-        job = next((j for j in stage_jobs if attempt_of(j) == entry["attempt"]), None)
-        if entry["state"] == "Failed":
-            stalled = ("StageFailed", entry.get("message", f"stage {stage} failed"))
-            active = stage
-            break
-        if entry["state"] == "Running" and job is None:
-            created = parse_time(entry.get("createdAt")) or now
-            if (now - created).total_seconds() < INDEX_GRACE_SECONDS:
-                _requeue(plan, 1.0)  # just created: wait for the watch to show it
-                active = stage
-                reconciling = (f"{stage.capitalize()}Running", f"waiting for Job {entry['job']}")
-                break
-            job = {"metadata": {"name": entry["job"]}, "status": {"failed": 1},
-                   "spec": {"backoffLimit": 0},
-                   "_synthetic": True}  # vanished: the same as its Pods deleted
-        if job is not None and entry["state"] == "Running":
-            pods = pods_by_job.get((stage, entry["attempt"]), [])
-            state = job_state(job)
-            if state == "Running":
-                entry["counts"] = stage_counts(pods, decl(stage).summary) or entry.get("counts", {})
-                spec_suspended = bool((job.get("spec") or {}).get("suspend"))
-                if suspended != spec_suspended:
-                    plan.suspend_jobs[entry["job"]] = suspended
-                js = job.get("status") or {}
-                entry["shards"] = {"done": js.get("succeeded") or 0,
-                                   "total": (job.get("spec") or {}).get("completions") or 1,
-                                   "active": js.get("active") or 0}
-                active = stage
-                reconciling = ((f"{stage.capitalize()}Suspended", "") if suspended
-                               else (f"{stage.capitalize()}Running",
-                                     f"Job {entry['job']} is running"))
-                _requeue(plan, settings.resync_seconds)
-                break
-            # The Job's watch can run ahead of its Pods': wait (briefly) until every Pod
-            # shows how it ended, so that counts and run seconds are final.
-            js = job.get("status") or {}
-            expected = 0 if job.get("_synthetic") else (js.get("succeeded") or 0) + (
-                js.get("failed") or 0)
-            if any(not pod_settled(p) for p in pods) or len(pods) < expected:
-                seen = parse_time(entry.get("doneSeenAt")) or now
-                entry["doneSeenAt"] = iso(seen)
-                if (now - seen).total_seconds() < INDEX_GRACE_SECONDS:
-                    _requeue(plan, 1.0)
-                    active = stage
-                    reconciling = (f"{stage.capitalize()}Running",
-                                   f"Job {entry['job']} finished; reading its Pods")
-                    break
-            entry.pop("doneSeenAt", None)
-            seconds, cost = gpu_usage(pods, now, settings)
-            record = {"job": entry["job"], "attempt": entry["attempt"], "finishedAt": iso(now),
-                      "gpuSeconds": round(seconds, 3), "dollars": dollars(cost)}
-            if state == "Succeeded":
-                entry["counts"] = stage_counts(pods, decl(stage).summary)
-                entry.update(state="Succeeded", finishedAt=iso(now), message="", retryAt=None,
-                             reset=False)
-                entry["attempts"] = [*entry["attempts"], {**record, "outcome": "Succeeded"}][-10:]
-                plan.finished.append({"stage": stage, **record, "outcome": "Succeeded",
-                                      "counts": entry["counts"]})
-                started = parse_time(entry.get("startedAt")) or now
-                plan.completed_stages.append((stage, (now - started).total_seconds()))
-                continue
-            failure = classify_failure(pods)
-            outcome = "Disrupted" if failure.disrupted else "Failed"
-            entry["attempts"] = [*entry["attempts"], {**record, "outcome": outcome,
-                                                      "reason": failure.reason}][-10:]
-            plan.finished.append({"stage": stage, **record, "outcome": outcome,
-                                  "reason": failure.reason,
-                                  "counts": stage_counts(pods, decl(stage).summary)})
-            if failure.disrupted:
-                entry["disruptions"] += 1
-                entry.update(state="Retrying", retryAt=iso(now), message=(
-                    f"attempt {entry['attempt']} was disrupted ({failure.reason}: "
-                    f"{failure.message}); retrying without spending the retry budget"))
-            else:
-                entry["failures"] += 1
-                if entry["failures"] > settings.retry_budget:
-                    message = (f"stage {stage} failed {entry['failures']} times (retry budget "
-                               f"{settings.retry_budget}); last attempt {entry['job']}: "
-                               f"{failure.reason}: {failure.message}")
-                    entry.update(state="Failed", message=message, finishedAt=iso(now))
-                    plan.log_pod = failure.pod
-                    stalled = ("StageFailed", message)
-                    active = stage
-                    break
-                delay = settings.backoff(entry["failures"])
-                entry.update(state="Retrying", retryAt=iso(now + timedelta(seconds=delay)),
-                             message=f"attempt {entry['attempt']} failed ({failure.reason}: "
-                             f"{failure.message}); retry {entry['failures']} of "
-                             f"{settings.retry_budget} in {delay:g}s")
-        # No Job runs for this stage: start the next attempt when allowed.
-        active = stage
-        retry_at = parse_time(entry.get("retryAt"))
-        if retry_at is not None and retry_at > now:
-            reconciling = ("Backoff", entry.get("message", ""))
-            _requeue(plan, (retry_at - now).total_seconds())
-            break
-        if suspended:
-            reconciling = ("Suspended", "spec.suspend is true")
-            break
-        if max_dollars is not None and spent() >= max_dollars:
-            stalled = ("BudgetExceeded", f"spent ${dollars(spent())} of spec.budget.maxDollars "
-                       f"${max_dollars}; stage {stage} was not started. Raise the budget to "
-                       "go on.")
-            break
-        if stage in gated and not obs.gpu_admitted:
-            # A fleet member waits for its fleet's admission before a GPU stage
-            # (spec.maxConcurrent of the LanguageFleet); the fleet reads this phase.
-            queued = True
-            reconciling = ("WaitingForGPUQuota", (
-                f"queued before stage {stage}: LanguageFleet {obs.fleet} lets at most "
-                "spec.maxConcurrent members run GPU stages at once"))
-            _requeue(plan, settings.resync_seconds)
-            break
-        if stage in TEACHER_STAGES and not ready_teacher:
-            reconciling = ("WaitingForTeacher", teacher_wait)
-            _requeue(plan, settings.resync_seconds)
-            break
-        entry["attempt"] += 1
-        body = builders.job(run, stage, entry["attempt"], settings, tenv,
-                            reset=bool(entry.get("reset")))
-        plan.create.append(body)
-        # `reset` stays until the stage succeeds: a retry of a half-done rerun must not
-        # trust the markers that the previous generation left behind.
-        entry.update(state="Running", job=body["metadata"]["name"], createdAt=iso(now),
-                     startedAt=entry.get("startedAt") or iso(now), retryAt=None)
-        reconciling = (f"{stage.capitalize()}Running", f"started Job {entry['job']}")
-        _requeue(plan, settings.resync_seconds)
-        break
-
-    done = all(entries[s]["state"] == "Succeeded" for s in STAGES)
-    total, by_stage, gpu_seconds = _cost(entries, pods_by_job, spec, now, settings)
-    status["stages"] = [entries[s] for s in STAGES]
-    status["cost"] = {
-        "dollars": dollars(total),
-        "gpuHours": f"{gpu_seconds / 3600:.4f}",
-        "byStage": by_stage,
-    }
-    if max_dollars is not None:
-        status["cost"]["budget"] = dollars(max_dollars)
-    status["progress"] = _progress(entries, active)
-    status["artifacts"] = _artifacts(run, entries)
-    evaluation = (entries["evaluate"].get("counts") or {}).get("extra") or {}
-    if evaluation.get("summary") or evaluation.get("evaluation"):
-        status["evaluation"] = {"summary": evaluation.get("summary", ""),
-                                "tasks": evaluation.get("evaluation", {})}
-    status["observedGeneration"] = obs.generation
-    if suspended and not stalled and not done:
-        phase = "Suspended"
-    else:
-        phase = ("Stalled" if stalled else "Succeeded" if done else "Queued" if queued else
-                 "Running" if any(entries[s]["attempt"] for s in STAGES) else "Pending")
-    status["phase"] = phase
-
-    conds: list[dict[str, Any]] = []
-    g = obs.generation
-    if done:
-        _set_condition(conds, prev_conds, "Ready", True, "Succeeded",
-                       "every stage succeeded", now, g)
-    else:
-        reason, msg = stalled or reconciling
-        _set_condition(conds, prev_conds, "Ready", False, reason, msg, now, g)
-    _set_condition(conds, prev_conds, "Reconciling", not done and not stalled,
-                   "Done" if done else (stalled or reconciling)[0],
-                   "" if done or stalled else reconciling[1], now, g)
-    _set_condition(conds, prev_conds, "Stalled", stalled is not None,
-                   stalled[0] if stalled else "NotStalled", stalled[1] if stalled else "", now, g)
-    _set_condition(conds, prev_conds, "Suspended", suspended,
-                   "SuspendRequested" if suspended else "NotSuspended",
-                   "spec.suspend is true" if suspended else "", now, g)
-    for stage in STAGES:
-        e = entries[stage]
-        _set_condition(conds, prev_conds, stage_condition(stage), e["state"] == "Succeeded",
-                       e["state"], e.get("message") or "", now, g)
-    status["conditions"] = conds
-    plan.events.extend(_events_for(prev_conds, conds))
+    # 4. The status.
+    summary = summarize(entries, holds, spec.suspend, gates.budget_spent)
+    conds = conditions(prev.conditions,
+                       condition_wants(summary, entries, holds, spec.suspend),
+                       now, obs.generation)
+    n_done = sum(1 for s in STAGES if entries[s].state == "Succeeded")
+    plan.status = LanguageModelStatus(
+        observed_generation=obs.generation,
+        phase=summary.phase,
+        conditions=conds,
+        stages=[entries[s] for s in STAGES],
+        progress=Progress(stages_done=n_done, stages_total=len(STAGES),
+                          percent=round(100 * n_done / len(STAGES)),
+                          stages=[s for s in STAGES if entries[s].state == "Running"],
+                          waiting={s: h.gate for s, h in holds.items()}),
+        cost=cost_status,
+        artifacts=artifacts(run, entries),
+        evaluation=evaluation(entries),
+        spec_fingerprint=run.fingerprint(),
+        retry_request=retry_request,
+    )
+    plan.events.extend(events_for(prev.conditions, conds))
     return plan
-
-
-def _cost(entries: dict[str, dict[str, Any]], pods_by_job: dict[tuple[str, int], list],
-          spec: LanguageModelSpec, now: datetime, settings: OperatorSettings
-          ) -> tuple[Decimal, dict[str, Any], float]:
-    """Total dollars, per-stage breakdown and GPU-seconds: finished attempts (frozen in
-    status, failed ones included) plus the running attempt's Pods, plus teacher tokens
-    at the endpoint's prices."""
-    total, gpu_total = Decimal(0), 0.0
-    by_stage: dict[str, Any] = {}
-    endpoint = spec.teacher.endpoint
-    for stage, entry in entries.items():
-        seconds = sum(float(a.get("gpuSeconds", 0)) for a in entry.get("attempts", []))
-        money = sum((Decimal(a.get("dollars", "0")) for a in entry.get("attempts", [])),
-                    Decimal(0))
-        if entry["state"] == "Running":
-            s, d = gpu_usage(pods_by_job.get((stage, entry["attempt"]), []), now, settings)
-            seconds, money = seconds + s, money + d
-        counts = entry.get("counts") or {}
-        tokens = Decimal(0)
-        if endpoint is not None and stage in TEACHER_STAGES:
-            tokens = token_cost(counts.get("promptTokens", 0), counts.get("completionTokens", 0),
-                                endpoint.prices)
-        if seconds or money or tokens:
-            by_stage[stage] = {"dollars": dollars(money + tokens),
-                               "gpuHours": f"{seconds / 3600:.4f}"}
-            if tokens:
-                by_stage[stage]["teacherDollars"] = dollars(tokens)
-        total += money + tokens
-        gpu_total += seconds
-    return total, by_stage, gpu_total
-
-
-def _progress(entries: dict[str, dict[str, Any]], active: str | None) -> dict[str, Any]:
-    done = sum(1 for s in STAGES if entries[s]["state"] == "Succeeded")
-    out: dict[str, Any] = {"stagesDone": done, "stagesTotal": len(STAGES),
-                           "percent": round(100 * done / len(STAGES))}
-    if active:
-        out["stage"] = active
-        shards = entries[active].get("shards")
-        if shards:
-            out["shards"] = f"{shards['done']}/{shards['total']}"
-    return out
-
-
-def _artifacts(run: RunSpec, entries: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """What the run has produced so far: each succeeded stage's declared artifacts."""
-    return artifact_uris(run.run_uri, {s for s, e in entries.items()
-                                       if e["state"] == "Succeeded"})

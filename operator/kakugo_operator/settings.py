@@ -2,18 +2,22 @@
 
 Read from a YAML file (`KAKUGO_OPERATOR_SETTINGS`, the Helm chart mounts one) and then
 from `KAKUGO_*` environment variables, which win. Everything has a working default, so
-`kakugo operator` starts with no configuration at all.
+`kakugo operator` starts with no configuration at all. Validated by pydantic: an unknown
+key or a bad value fails at startup with a `SettingsError` naming the key and where it
+came from (the file or the environment variable).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
-from decimal import Decimal
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
 
 SETTINGS_FILE_ENV = "KAKUGO_OPERATOR_SETTINGS"
 
@@ -34,39 +38,76 @@ DEFAULT_GPU_PRICES = {
     ("NVIDIA-L4", "spot"): Decimal("0.35"),
 }
 
+#: Environment variables and the settings they set (beside KAKUGO_IMAGE_<KIND>).
+ENV_KEYS = {
+    "KAKUGO_STORAGE_URI": "storageUri",
+    "KAKUGO_BACKOFF_BASE_SECONDS": "backoffBaseSeconds",
+    "KAKUGO_BACKOFF_MAX_SECONDS": "backoffMaxSeconds",
+    "KAKUGO_RETRY_BUDGET": "retryBudget",
+    "KAKUGO_TEACHER_IDLE_SECONDS": "teacherIdleSeconds",
+    "KAKUGO_RESYNC_SECONDS": "resyncSeconds",
+    "KAKUGO_METRICS_PORT": "metricsPort",
+    "KAKUGO_SPEC_CHANGES": "specChanges",
+    "KAKUGO_DEFAULT_GPU_PRODUCT": "defaultGpuProduct",
+    "KAKUGO_NAMESPACES": "namespaces",
+}
 
-@dataclass(frozen=True)
-class OperatorSettings:
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the key and its source."""
+
+
+class OperatorSettings(BaseModel):
     """Everything the operator needs that is not in a LanguageModel's spec."""
 
-    images: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_IMAGES))
-    image_pull_policy: str = "IfNotPresent"
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
+    )
+
+    images: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_IMAGES))
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     service_account: str | None = None
     #: Storage root for LanguageModels whose spec has no `storage`.
     storage_uri: str | None = None
     #: $ per GPU-hour keyed by (nvidia.com/gpu.product, capacity type).
-    gpu_prices: dict[tuple[str, str], Decimal] = field(
+    gpu_prices: dict[tuple[str, str], Decimal] = Field(
         default_factory=lambda: dict(DEFAULT_GPU_PRICES)
     )
-    default_gpu_product: str = "NVIDIA-H100-80GB-HBM3"
-    default_capacity_type: str = "on-demand"
+    default_gpu_product: str = Field(default="NVIDIA-H100-80GB-HBM3", min_length=1)
+    default_capacity_type: str = Field(default="on-demand", min_length=1)
     #: Retry n waits backoff_base * 2**(n-1), at most backoff_max.
-    backoff_base_seconds: float = 30.0
-    backoff_max_seconds: float = 1800.0
+    backoff_base_seconds: float = Field(default=30.0, gt=0)
+    backoff_max_seconds: float = Field(default=1800.0, gt=0)
     #: Failed attempts allowed per stage (evictions and preemptions are free).
-    retry_budget: int = 3
+    retry_budget: int = Field(default=3, ge=0)
     #: What a spec change does to finished stages: "rerun" the changed ones, or "refuse".
-    spec_changes: str = "rerun"
+    spec_changes: Literal["rerun", "refuse"] = "rerun"
     #: Overrides every Teacher's spec.idleSeconds when set (tests use 1).
-    teacher_idle_seconds: float | None = None
+    teacher_idle_seconds: float | None = Field(default=None, ge=0)
     #: Namespaces to watch; empty means all (`-A`).
     namespaces: tuple[str, ...] = ()
     #: Re-read the world at least this often, even without events.
-    resync_seconds: float = 30.0
-    metrics_port: int = 9090
+    resync_seconds: float = Field(default=30.0, gt=0)
+    metrics_port: int = Field(default=9090, ge=0, le=65535)
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
     #: Lines of a failed Pod's log quoted in Stalled messages and Events.
-    log_tail_lines: int = 20
+    log_tail_lines: int = Field(default=20, ge=0)
+
+    @field_validator("images")
+    @classmethod
+    def _known_kinds(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(DEFAULT_IMAGES))
+        if unknown:
+            raise ValueError(f"unknown image kind(s) {unknown}; kinds are "
+                             f"{', '.join(DEFAULT_IMAGES)}")
+        return {**DEFAULT_IMAGES, **value}
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):  # KAKUGO_NAMESPACES=a,b
+            return tuple(n.strip() for n in value.split(",") if n.strip())
+        return tuple(value or ())
 
     def image_for(self, stage: str) -> str:
         """The image of the stage's declared kind (images/: the data stages share one)."""
@@ -90,67 +131,93 @@ class OperatorSettings:
         return min(self.backoff_base_seconds * 2 ** max(failures - 1, 0), self.backoff_max_seconds)
 
 
-def _prices(raw: Any) -> dict[tuple[str, str], Decimal]:
+def _snake(key: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in key)
+
+
+def _prices(raw: Any, where: str) -> dict[tuple[str, str], Decimal]:
     # YAML shape: {NVIDIA-H100-80GB-HBM3: {on-demand: "4.00", spot: "2.00"}}
+    if not isinstance(raw, Mapping):
+        raise SettingsError(f"operator setting gpuPrices ({where}): expected a mapping "
+                            "product -> capacity type -> dollars per GPU-hour")
     out: dict[tuple[str, str], Decimal] = {}
-    for product, by_capacity in (raw or {}).items():
+    for product, by_capacity in raw.items():
+        if not isinstance(by_capacity, Mapping):
+            raise SettingsError(f"operator setting gpuPrices.{product} ({where}): expected a "
+                                "mapping capacity type -> dollars per GPU-hour")
         for capacity, price in by_capacity.items():
-            out[(str(product), str(capacity))] = Decimal(str(price))
+            try:
+                value = Decimal(str(price))
+            except InvalidOperation:
+                value = Decimal(-1)
+            if not value.is_finite() or value < 0:
+                raise SettingsError(f"operator setting gpuPrices.{product}.{capacity} "
+                                    f"({where}): not a price: {price!r}")
+            out[(str(product), str(capacity))] = value
     return out
 
 
-def from_mapping(data: dict[str, Any], base: OperatorSettings | None = None) -> OperatorSettings:
-    """Settings from a camelCase or snake_case mapping (the Helm values' shape)."""
+def from_mapping(data: Mapping[str, Any], base: OperatorSettings | None = None,
+                 sources: Mapping[str, str] | None = None) -> OperatorSettings:
+    """Settings from a camelCase or snake_case mapping (the Helm values' shape) over
+    `base`. `sources`: key -> where it came from, for error messages."""
     base = base or OperatorSettings()
-    names = {f.name for f in fields(OperatorSettings)}
+    sources = sources or {}
+    fields = OperatorSettings.model_fields
     changes: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     for key, value in data.items():
-        snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in key)
-        if snake not in names:
-            raise ValueError(f"unknown operator setting {key!r}; known: {', '.join(sorted(names))}")
+        where = sources.get(key, "settings")
+        snake = _snake(str(key))
+        if snake not in fields:
+            raise SettingsError(
+                f"unknown operator setting {key!r} ({where}); known: "
+                f"{', '.join(sorted(to_camel(f) for f in fields))}")
         if snake == "images":
+            if not isinstance(value, Mapping):
+                raise SettingsError(f"operator setting images ({where}): expected a mapping "
+                                    f"kind -> image, kinds {', '.join(DEFAULT_IMAGES)}")
             value = {**base.images, **value}
         elif snake == "gpu_prices":
-            value = {**base.gpu_prices, **_prices(value)}
-        elif snake == "namespaces":
-            value = tuple(value or ())
+            value = {**base.gpu_prices, **_prices(value, where)}
         changes[snake] = value
-    return replace(base, **changes)
+        origin[snake] = where
+    try:
+        return OperatorSettings.model_validate({**base.model_dump(), **changes})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            path = ".".join([to_camel(field), *(str(p) for p in err["loc"][1:])])
+            where = origin.get(field, "default")
+            problems.append(f"operator setting {path} ({where}): {err['msg']}; got "
+                            f"{err.get('input')!r}")
+        raise SettingsError("; ".join(problems)) from None
 
 
-def load(env: dict[str, str] | None = None) -> OperatorSettings:
+def load(env: Mapping[str, str] | None = None) -> OperatorSettings:
     """File named by KAKUGO_OPERATOR_SETTINGS, then KAKUGO_* environment overrides."""
     env = dict(os.environ if env is None else env)
     settings = OperatorSettings()
     if path := env.get(SETTINGS_FILE_ENV):
-        settings = from_mapping(yaml.safe_load(Path(path).read_text()) or {}, settings)
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"operator settings file {path} ({SETTINGS_FILE_ENV}): "
+                                f"{exc}") from None
+        if not isinstance(data, Mapping):
+            raise SettingsError(f"operator settings file {path} ({SETTINGS_FILE_ENV}): "
+                                "expected a mapping of settings")
+        settings = from_mapping(data, settings, dict.fromkeys(data, f"file {path}"))
     overrides: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for kind in DEFAULT_IMAGES:
-        if image := env.get(f"KAKUGO_IMAGE_{kind.upper()}"):
+        var = f"KAKUGO_IMAGE_{kind.upper()}"
+        if image := env.get(var):
             overrides.setdefault("images", {})[kind] = image
-    simple = {
-        "KAKUGO_STORAGE_URI": "storageUri",
-        "KAKUGO_BACKOFF_BASE_SECONDS": "backoffBaseSeconds",
-        "KAKUGO_BACKOFF_MAX_SECONDS": "backoffMaxSeconds",
-        "KAKUGO_RETRY_BUDGET": "retryBudget",
-        "KAKUGO_TEACHER_IDLE_SECONDS": "teacherIdleSeconds",
-        "KAKUGO_RESYNC_SECONDS": "resyncSeconds",
-        "KAKUGO_METRICS_PORT": "metricsPort",
-        "KAKUGO_SPEC_CHANGES": "specChanges",
-        "KAKUGO_DEFAULT_GPU_PRODUCT": "defaultGpuProduct",
-    }
-    types = {f.name: f.type for f in fields(OperatorSettings)}
-    for var, key in simple.items():
-        if (raw := env.get(var)) is None:
-            continue
-        snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in key)
-        kind = str(types[snake])
-        overrides[key] = (
-            int(raw) if kind.startswith("int") else float(raw) if "float" in kind else raw
-        )
-    if ns := env.get("KAKUGO_NAMESPACES"):
-        overrides["namespaces"] = [n.strip() for n in ns.split(",") if n.strip()]
-    settings = from_mapping(overrides, settings)
-    if settings.spec_changes not in ("rerun", "refuse"):
-        raise ValueError(f"specChanges must be rerun or refuse, got {settings.spec_changes!r}")
-    return settings
+            sources["images"] = var
+    for var, key in ENV_KEYS.items():
+        if (raw := env.get(var)) is not None:
+            overrides[key] = raw
+            sources[key] = f"${var}"
+    return from_mapping(overrides, settings, sources)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +84,12 @@ class OperatorProcess:
                                                         self.token, f"sa-{sa}")
 
     def start(self) -> None:
+        # This checkout's code, also where another copy of the project is installed in the
+        # virtualenv (a git worktree): the `kakugo` script imports from PYTHONPATH first.
+        code = os.pathsep.join([str(REPO), str(REPO / "operator"),
+                                os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env = {**os.environ, **self.env,
+               "PYTHONPATH": code,
                "KUBECONFIG": str(self.kubeconfig),
                "KAKUGO_OPERATOR_SETTINGS": str(self.settings),
                # insecure-skip-tls-verify: the apiserver's certificate is self-signed.
@@ -125,9 +132,10 @@ class OperatorProcess:
         return text.count(f"reconciliation of {NS}/{name} failed")
 
     def forbidden(self) -> list[str]:
-        """Lines of the operator's log about requests RBAC refused."""
+        """Lines of the operator's log about requests RBAC refused (an HTTP 403, not the
+        milliseconds of a timestamp such as `06:23:31,403`)."""
         return [line for line in self.log.read_text(errors="replace").splitlines()
-                if "403" in line or "forbidden" in line.lower()]
+                if "forbidden" in line.lower() or re.search(r"(?<![\d,.:])403(?!\d)", line)]
 
 
 
@@ -203,12 +211,17 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in conds if c["type"] == kind), {})
 
 
-def wait_ready(kube: Any, name: str, op: OperatorProcess, timeout: float = 420) -> dict[str, Any]:
-    """Until Ready=True (fails early on Stalled, with the operator's log)."""
+def wait_ready(kube: Any, name: str, op: OperatorProcess, timeout: float = 420,
+               observe: Callable[[dict[str, Any]], None] | None = None,
+               interval: float = 1.0) -> dict[str, Any]:
+    """Until Ready=True (fails early on Stalled, with the operator's log). `observe` sees
+    every LanguageModel read on the way."""
     deadline = time.monotonic() + timeout
     last: dict[str, Any] | None = None
     while time.monotonic() < deadline:
         last = get_lm(kube, name) or {}
+        if observe is not None:
+            observe(last)
         if condition(last, "Ready").get("status") == "True":
             return last
         stalled = condition(last, "Stalled")
@@ -218,7 +231,19 @@ def wait_ready(kube: Any, name: str, op: OperatorProcess, timeout: float = 420) 
             raise AssertionError(f"the operator exited:\n{op.log_tail()}")
         if op.failed_reconciliations(name) > 20:
             raise AssertionError(f"{name}: the operator keeps failing:\n{op.log_tail()}")
-        time.sleep(1)
+        time.sleep(interval)
     status = json.dumps((last or {}).get("status"), indent=1)[-3000:]
     raise AssertionError(f"{name} not Ready after {timeout}s; status:\n{status}\n"
                          f"operator log:\n{op.log_tail()}")
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.5) -> Any:
+    """Poll until check() is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")

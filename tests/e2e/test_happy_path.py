@@ -7,6 +7,7 @@ the real Job controller creates and completes the Jobs, the fake kubelet runs th
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import kubernetes
 import pytest
 
-from tests.e2e.e2e_support import NS, condition, get_lm, manifest, wait_ready
+from tests.e2e.e2e_support import NS, condition, get_lm, manifest, wait_for, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:Unverified HTTPS request")]
 
@@ -45,7 +46,14 @@ def test_apply_to_ready_and_delete(cluster: Any, kube: Any, operator: Any, kubel
     applied = cluster.kubectl("apply", "-f", str(path))
     assert f"languagemodel.kakugo.io/{name} created" in applied.stdout
 
-    lm = wait_ready(kube, name, operator)
+    together: list[list[str]] = []  # the stages running at once, as status showed them
+
+    def observe(obj: dict[str, Any]) -> None:
+        running = ((obj.get("status") or {}).get("progress") or {}).get("stages") or []
+        if running and running not in together:
+            together.append(running)
+
+    lm = wait_ready(kube, name, operator, observe=observe, interval=0.2)
     elapsed = time.monotonic() - t0
     print(f"\n{name}: Ready after {elapsed:.0f}s")
     status = lm["status"]
@@ -58,6 +66,12 @@ def test_apply_to_ready_and_delete(cluster: Any, kube: Any, operator: Any, kubel
     for stage in STAGES:
         assert condition(lm, f"{stage.capitalize()}Complete")["status"] == "True", stage
     assert condition(lm, "Stalled").get("status") != "True"
+
+    # The stage DAG: the stages that read no other stage ran at once (the first status the
+    # operator wrote lists every root stage's Job; maxConcurrentStages is 4 by default).
+    assert ["topics", "scenarios", "contexts", "translate"] in together, together
+    assert all(len(t) <= 4 for t in together), together
+    assert status["progress"]["stages"] == [] and status["progress"]["stagesDone"] == 9
 
     # The evaluation results and the cost, from the Pods' termination messages.
     evaluation = status["evaluation"]
@@ -99,9 +113,34 @@ def test_apply_to_ready_and_delete(cluster: Any, kube: Any, operator: Any, kubel
     assert wide.splitlines()[0].split()[-1] == "SCORE"
     assert evaluation["summary"].split()[0] in wide
 
+    # A change of training reruns train and evaluate; until they succeed again, the status
+    # holds no model, no evaluation and no finish time for them: a status patch removes
+    # what is gone (a shallow merge patch would keep the old nested values).
+    cluster.kubectl("patch", "languagemodel", name, "-n", NS, "--type=merge", "-p",
+                    json.dumps({"spec": {"training": {"learningRate": 2.0e-3}}}))
+
+    def rerunning() -> dict[str, Any] | None:
+        obj = get_lm(kube, name) or {}
+        st = obj.get("status") or {}
+        return obj if st.get("observedGeneration") == 2 else None
+
+    changed = wait_for(rerunning, 60, "observedGeneration 2")["status"]
+    assert "model" not in changed["artifacts"] and "evaluation" not in changed["artifacts"]
+    assert changed["artifacts"]["dataset"] == status["artifacts"]["dataset"]
+    assert "evaluation" not in changed, changed.get("evaluation")
+    again = {s["name"]: s for s in changed["stages"]}
+    assert again["train"]["state"] in ("Pending", "Running") and again["train"]["reset"]
+    assert "finishedAt" not in again["train"] and "extra" not in again["train"]["counts"]
+    assert again["filter"]["state"] == "Succeeded"
+    lm = wait_ready(kube, name, operator)
+    assert lm["status"]["evaluation"]["summary"]
+    assert lm["status"]["artifacts"]["model"] == status["artifacts"]["model"]
+    assert {s["name"]: s["attempt"] for s in lm["status"]["stages"]} == {
+        **dict.fromkeys(STAGES, 1), "train": 2, "evaluate": 2}
+
     # kubectl delete: the finalizer goes, the garbage collector removes every child.
     before = children(kube, name)
-    assert len(before["jobs"]) == len(STAGES) and before["configmaps"], before
+    assert len(before["jobs"]) == len(STAGES) + 2 and before["configmaps"], before
     assert before["pods"], before
     cluster.kubectl("delete", "languagemodel", name, "-n", NS, "--wait=true", "--timeout=60s")
     assert get_lm(kube, name) is None

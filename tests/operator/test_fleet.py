@@ -238,13 +238,26 @@ def topics_jobs(api: Api, attempt: int = 1) -> list[str]:
 
 GPU_TOPICS = {"teacher": ENDPOINT, "storage": {"uri": "s3://kakugo-artifacts/runs"},
               "data": {"topics": {"shards": 1}}, "resources": {"topics": {"gpus": 1}}}
+ROOT_STAGES = ("topics", "scenarios", "contexts", "translate")
+#: The four stages that read no other stage use GPUs here: a member runs them together
+#: (the stage DAG) under one admission, and leaves its GPU stages for revise (CPU).
+GPU_ROOTS = {**GPU_TOPICS, "resources": {s: {"gpus": 1} for s in ROOT_STAGES}}
+
+
+def members_with_jobs(api: Api) -> list[str]:
+    return sorted({j.rsplit("-", 2)[0] for j in jobs(api)})
+
+
+def roots(member: str) -> set[str]:
+    return {f"{member}-{s}-1" for s in ROOT_STAGES}
 
 
 def test_concurrency_limit_holds(cluster: Api, operator: Operator) -> None:
-    # topics is a GPU stage here, so the limit shows from the first stage on.
     members = ["ibo-latn", "swh-latn", "yor-latn"]
-    cluster.create(fleet(["yo", "sw", "ig"], template=GPU_TOPICS, maxConcurrent=1))
-    (first,) = wait_for(lambda: topics_jobs(cluster))
+    cluster.create(fleet(["yo", "sw", "ig"], template=GPU_ROOTS, maxConcurrent=1))
+    (first,) = wait_for(lambda: members_with_jobs(cluster))
+    # The admitted member runs its four GPU stages at once; the others wait, Queued.
+    wait_for(lambda: jobs(cluster) == roots(first), what="the first member's root stages")
     rest = [m for m in members if m != first]
     wait_for(lambda: all(queued(cluster, m) for m in rest))
     st = wait_for(lambda: (s := fstatus(cluster)).get("phases") == {
@@ -253,23 +266,32 @@ def test_concurrency_limit_holds(cluster: Api, operator: Operator) -> None:
     assert lm(cluster, first)["metadata"]["annotations"][ADMITTED_ANNOTATION] == "true"
     for m in rest:
         assert ADMITTED_ANNOTATION not in (lm(cluster, m)["metadata"].get("annotations") or {})
-    # A restart derives the same admissions from the members: still one GPU stage.
+        waiting = lm(cluster, m)["status"]["progress"]["waiting"]
+        assert waiting == dict.fromkeys(ROOT_STAGES, "GPUQuota")
+    row = next(r for r in st["memberStatus"] if r["name"] == first)
+    assert row["stages"] == list(ROOT_STAGES)
+    # A restart derives the same admissions from the members: still one member on GPUs.
     operator.stop()
     operator.start()
     time.sleep(2)
-    assert jobs(cluster) == {f"{first}-topics-1"}
-    # The first leaves its GPU stage (scenarios runs on CPU): the slot goes to another.
-    complete_job(cluster, f"{first}-topics-1", summary("topics"))
-    job(cluster, f"{first}-scenarios-1")  # CPU stages are not limited
-    (_, second) = wait_for(lambda: len(t := topics_jobs(cluster)) == 2 and [
-        first, *[m for m in t if m != first]])
+    assert jobs(cluster) == roots(first)
+    # The first leaves its GPU stages (revise runs on CPU): the slot goes to another.
+    for name in ROOT_STAGES[:-1]:
+        complete_job(cluster, f"{first}-{name}-1", summary(name))
+    time.sleep(1.5)  # one GPU stage (translate) still runs: the slot is still held
+    assert members_with_jobs(cluster) == [first]
+    complete_job(cluster, f"{first}-translate-1", summary("translate"))
+    job(cluster, f"{first}-revise-1")  # CPU stages are not limited
+    (second,) = wait_for(lambda: [m for m in members_with_jobs(cluster) if m != first] or None)
     (third,) = [m for m in rest if m != second]
+    wait_for(lambda: roots(second) <= jobs(cluster))
     time.sleep(1.5)
-    assert topics_jobs(cluster) == sorted([first, second])
+    assert members_with_jobs(cluster) == sorted([first, second])
     assert queued(cluster, third)
     wait_for(lambda: ADMITTED_ANNOTATION not in (lm(cluster, first)["metadata"].get(
         "annotations") or {}), what="the first's admission taken back")
-    complete_job(cluster, f"{second}-topics-1", summary("topics"))
+    for name in ROOT_STAGES:
+        complete_job(cluster, f"{second}-{name}-1", summary(name))
     job(cluster, f"{third}-topics-1")  # one after the other
     assert topics_jobs(cluster) == members
 
@@ -286,7 +308,8 @@ def test_failed_member_does_not_stop_the_others(cluster: Api, operator: Operator
     # The stalled member frees its GPU slot; the other one runs.
     job(cluster, f"{other}-topics-1")
     complete_job(cluster, f"{other}-topics-1", summary("topics"))
-    job(cluster, f"{other}-scenarios-1")
+    job(cluster, f"{other}-scenarios-1")  # its CPU stages ran all along (the stage DAG)
+    wait_for(lambda: stage(lm(cluster, other)["status"], "topics")["state"] == "Succeeded")
     st = wait_for(lambda: (s := fstatus(cluster)).get("stalled") == 1 and s.get(
         "running") == 1 and s)
     (stalled,) = st["stalledLanguages"]
@@ -297,7 +320,6 @@ def test_failed_member_does_not_stop_the_others(cluster: Api, operator: Operator
     assert (cond["status"], cond["reason"]) == ("True", "MembersStalled")
     assert f"{failing} (StageFailed)" in cond["message"]
     assert condition(st, "Reconciling")["status"] == "True"  # the other still runs
-    assert stage(lm(cluster, other)["status"], "topics")["state"] == "Succeeded"
 
 
 def test_shared_teacher_serves_members_at_once(cluster: Api, operator: Operator) -> None:
@@ -353,19 +375,24 @@ CODES = {"yor-latn": "yo", "swh-latn": "sw", "ibo-latn": "ig", "hau-latn": "ha"}
 
 
 def child(name: str, fleet_name: str = "f", *, phase: str = "Running",
-          stage_name: str | None = "topics", admitted: bool = False,
-          stages: dict[str, str] | None = None, cost: str | None = None,
+          admitted: bool = False, stages: dict[str, str] | None = None,
+          waiting: dict[str, str] | None = None, cost: str | None = None,
           spec: dict[str, Any] | None = None, evaluation: dict | None = None
           ) -> dict[str, Any]:
-    """A member as the API shows it; by default its spec is what the fleet wants."""
+    """A member as the API shows it; by default its spec is what the fleet wants.
+    `stages`: stage -> state; `waiting`: stage -> the gate that holds it (waitingFor)."""
     spec = spec or {"teacher": ENDPOINT, "language": CODES[name]}
     ann = {SPEC_HASH_ANNOTATION: spec_hash(spec)}
     if admitted:
         ann[ADMITTED_ANNOTATION] = "true"
+    entries = {s: {"name": s, "state": st} for s, st in (stages or {}).items()}
+    for s, gate in (waiting or {}).items():
+        entries.setdefault(s, {"name": s, "state": "Pending"})["waitingFor"] = gate
     status: dict[str, Any] = {
         "phase": phase, "observedGeneration": 1,
-        "progress": {"stage": stage_name} if stage_name else {},
-        "stages": [{"name": s, "state": st} for s, st in (stages or {}).items()],
+        "progress": {"stages": [s for s, st in (stages or {}).items() if st == "Running"],
+                     "waiting": dict(waiting or {})},
+        "stages": list(entries.values()),
         "conditions": [{"type": "Ready", "status": "True" if phase == "Succeeded" else "False",
                         "reason": "x", "message": ""}],
     }
@@ -399,30 +426,64 @@ def fleet_spec(languages: list[str], **kw: Any) -> dict[str, Any]:
 
 def test_decide_admits_in_list_order_up_to_the_limit() -> None:
     spec = fleet_spec(["yo", "sw", "ig", "ha"], maxConcurrent=2)
-    members = [child("yor-latn", phase="Running", stage_name="train", admitted=True,
+    members = [child("yor-latn", phase="Running", admitted=True,
                      stages={"train": "Running"}),
-               child("swh-latn", phase="Queued", stage_name="train"),
-               child("ibo-latn", phase="Queued", stage_name="train"),
-               child("hau-latn", phase="Running", stage_name="topics")]
+               child("swh-latn", phase="Queued", waiting={"train": "GPUQuota"}),
+               child("ibo-latn", phase="Queued", waiting={"train": "GPUQuota"}),
+               child("hau-latn", phase="Running", stages={"topics": "Running"})]
     plan = decide(spec, members)
     assert grants(plan) == {"swh-latn": "true"}
-    assert plan.status["gpu"] == {"maxConcurrent": 2, "inUse": 2, "queued": ["ibo-latn"]}
+    assert plan.status.dump()["gpu"] == {"maxConcurrent": 2, "inUse": 2, "queued": ["ibo-latn"]}
     # Done with GPUs: admission taken back, the next one admitted (level-based).
-    members[0] = child("yor-latn", phase="Succeeded", stage_name=None, admitted=True,
+    members[0] = child("yor-latn", phase="Succeeded", admitted=True,
                        stages={"train": "Succeeded", "evaluate": "Succeeded"})
-    members[1] = child("swh-latn", phase="Running", stage_name="train", admitted=True,
+    members[1] = child("swh-latn", phase="Running", admitted=True,
                        stages={"train": "Running"})
     plan = decide(spec, members)
     assert grants(plan) == {"yor-latn": None, "ibo-latn": "true"}
     # A member running a GPU stage holds a slot even without the annotation.
-    members[1] = child("swh-latn", phase="Running", stage_name="train",
+    members[1] = child("swh-latn", phase="Running",
                        stages={"train": "Retrying"})
-    members[2] = child("ibo-latn", phase="Queued", stage_name="train")
-    members[0] = child("yor-latn", phase="Running", stage_name="evaluate", admitted=True,
+    members[2] = child("ibo-latn", phase="Queued", waiting={"train": "GPUQuota"})
+    members[0] = child("yor-latn", phase="Running", admitted=True,
                        stages={"train": "Succeeded", "evaluate": "Running"})
     plan = decide(spec, members)
     assert grants(plan) == {}
     assert plan.patch == {}  # the members' specs are what the fleet wants
+
+
+def test_decide_reads_every_running_stage_of_a_member() -> None:
+    # Members run several stages at once: a GPU stage waiting for admission while CPU
+    # stages run makes the member wait for a slot (its phase is Running, not Queued).
+    template = {"teacher": ENDPOINT, "resources": {"topics": {"gpus": 1},
+                                                   "contexts": {"gpus": 1}}}
+    spec = {**fleet_spec(["yo", "sw", "ig", "ha"], maxConcurrent=1), "template": template}
+
+    def member(name: str, **kw: Any) -> dict[str, Any]:
+        return child(name, spec={**template, "language": CODES[name]}, **kw)
+
+    members = [member("yor-latn", stages={"scenarios": "Running", "translate": "Running"},
+                      waiting={"topics": "GPUQuota"}),
+               member("swh-latn", phase="Suspended", waiting={"topics": "Suspended"}),
+               member("ibo-latn", phase="Stalled", waiting={"topics": "Budget"}),
+               member("hau-latn", stages={"translate": "Running"})]
+    plan = decide(spec, members)
+    assert grants(plan) == {"yor-latn": "true"} and plan.patch.keys() == {"yor-latn"}
+    assert plan.status.gpu.queued == [] and plan.status.gpu.in_use == 1
+    rows = {r.name: r for r in plan.status.member_status}
+    assert rows["yor-latn"].stages == ["scenarios", "translate"]
+    # A Stalled member (one stage failed) whose independent GPU stage still runs keeps its
+    # slot; an admitted one whose GPU stage now waits only for a stage slot keeps it too.
+    spec = {**spec, "maxConcurrent": 2}
+    members = [member("yor-latn", admitted=True, stages={"scenarios": "Running"},
+                      waiting={"topics": "Concurrency"}),
+               member("swh-latn", phase="Stalled", stages={"topics": "Failed",
+                                                           "contexts": "Running"}),
+               member("ibo-latn", phase="Queued", waiting={"topics": "GPUQuota"}),
+               member("hau-latn", stages={"translate": "Running"})]
+    plan = decide(spec, members)
+    assert grants(plan) == {} and plan.patch == {}
+    assert plan.status.gpu.in_use == 2 and plan.status.gpu.queued == ["ibo-latn"]
 
 
 def test_stale_view_does_not_admit_a_second_member() -> None:
@@ -431,20 +492,21 @@ def test_stale_view_does_not_admit_a_second_member() -> None:
     # watch that has not caught up with that write, shows both queued and neither admitted.
     spec = fleet_spec(["yo", "sw"], maxConcurrent=1)
     ledger = AdmissionLedger(ttl=60.0)
-    first = [child("yor-latn", phase="Pending", stage_name=None),
-             child("swh-latn", phase="Queued", stage_name="topics")]
+    first = [child("yor-latn", phase="Pending"),
+             child("swh-latn", phase="Queued", waiting={"topics": "GPUQuota"})]
     plan = decide(spec, ledger.overlay(first, clock=0.0))
     assert grants(plan) == {"swh-latn": "true"}
     for name, patch in plan.patch.items():
         ledger.record(name, patch, clock=0.0)
-    stale = [child("yor-latn", phase="Queued", stage_name="topics"),
-             child("swh-latn", phase="Queued", stage_name="topics")]
+    stale = [child("yor-latn", phase="Queued", waiting={"topics": "GPUQuota"}),
+             child("swh-latn", phase="Queued", waiting={"topics": "GPUQuota"})]
     assert grants(decide(spec, stale)) == {"yor-latn": "true"}  # what went wrong
     plan = decide(spec, ledger.overlay(stale, clock=1.0))
     assert grants(plan) == {}
-    assert plan.status["gpu"] == {"maxConcurrent": 1, "inUse": 1, "queued": ["yor-latn"]}
+    assert plan.status.dump()["gpu"] == {"maxConcurrent": 1, "inUse": 1, "queued": ["yor-latn"]}
     # Once the watch shows the write, the expectation ends; a revocation is expected alike.
-    current = [stale[0], child("swh-latn", phase="Queued", stage_name="topics", admitted=True)]
+    current = [stale[0], child("swh-latn", phase="Queued", waiting={"topics": "GPUQuota"},
+                               admitted=True)]
     assert ledger.overlay(current, clock=2.0) == current and not ledger.pending
     ledger.record("swh-latn", {"metadata": {"annotations": {ADMITTED_ANNOTATION: None}}}, 3.0)
     (_, swh) = ledger.overlay(current, clock=4.0)
@@ -456,14 +518,14 @@ def test_stale_view_does_not_admit_a_second_member() -> None:
 def test_decide_aggregates_add_up() -> None:
     spec = fleet_spec(["yo", "sw", "ig"])
     ev = {"belebele": {"base": 30.0, "tuned": 40.0, "delta": 10.0}}
-    members = [child("yor-latn", phase="Succeeded", stage_name=None, cost="12.3456",
+    members = [child("yor-latn", phase="Succeeded", cost="12.3456",
                      evaluation=ev),
                child("swh-latn", phase="Stalled", cost="0.0001", evaluation={
                    "belebele": {"base": 30.0, "tuned": 35.0, "delta": 5.0}}),
                child("ibo-latn", phase="Running", cost="1.1")]
     members[1]["status"]["conditions"].append(
         {"type": "Stalled", "status": "True", "reason": "BudgetExceeded", "message": "spent"})
-    st = decide(spec, members).status
+    st = decide(spec, members).status.dump()
     assert st["cost"]["dollars"] == "13.4457"
     assert st["cost"]["byLanguage"] == {"yor-latn": "12.3456", "swh-latn": "0.0001",
                                         "ibo-latn": "1.1000"}
@@ -482,13 +544,13 @@ def test_decide_creates_patches_and_deletes() -> None:
     # Unknown language: its member cannot be told from a removed one, so nothing is deleted.
     assert plan.delete == []
     assert [c["metadata"]["name"] for c in plan.create] == ["yor-latn"]
-    assert "not deleting swh-latn" in condition(plan.status, "Reconciling")["message"]
+    assert "not deleting swh-latn" in condition(plan.status.dump(), "Reconciling")["message"]
     plan = decide(fleet_spec(["yo"], artifactPolicy="Delete"), [gone])
     assert plan.delete == ["swh-latn"] and plan.delete_artifacts == ["swh-latn"]
     # A name taken by a LanguageModel outside the fleet is that entry's error.
     plan = decide(fleet_spec(["yo", "sw"]), [], taken={"yor-latn": ""})
     assert [c["metadata"]["name"] for c in plan.create] == ["swh-latn"]
-    assert "already exists" in plan.status["invalidLanguages"][0]["errors"][0]
+    assert "already exists" in plan.status.dump()["invalidLanguages"][0]["errors"][0]
     # A changed member is patched through its spec, removed keys become null.
     old = child("yor-latn", spec={"language": "yo", "teacher": ENDPOINT, "suspend": True})
     plan = decide(fleet_spec(["yo"]), [old])
@@ -502,17 +564,18 @@ def test_example_fleet_kakugo54() -> None:
     path = Path(__file__).resolve().parents[2] / "examples" / "fleet-kakugo54.yaml"
     doc = next(d for d in yaml.safe_load_all(path.read_text()) if d["kind"] == "LanguageFleet")
     plan = decide_fleet("kakugo54", NS, 1, doc["spec"], {}, [], {}, NOW)
-    assert len(plan.create) == 54 and plan.status["invalid"] == 0
+    assert len(plan.create) == 54 and plan.status.dump()["invalid"] == 0
     names = {c["metadata"]["name"] for c in plan.create}
     assert {"yor-latn", "hau-latn", "chv-cyrl", "sdh-arab"} <= names
     assert all(c["spec"]["teacher"] == {"ref": {"name": "gpt-oss-120b"}, "maxConcurrency": 32}
                for c in plan.create)
     # 54 members waiting before training: maxConcurrent (8) are admitted, in list order.
     members = [{**c, "status": {"phase": "Queued", "observedGeneration": 1,
-                                "progress": {"stage": "train"}, "stages": []}}
+                                "progress": {"waiting": {"train": "GPUQuota"}},
+                                "stages": [{"name": "train", "waitingFor": "GPUQuota"}]}}
                for c in plan.create]
     for m in members:
         m["metadata"] = {**m["metadata"], "generation": 1}
     plan = decide_fleet("kakugo54", NS, 1, doc["spec"], {}, members, {}, NOW)
     assert list(grants(plan)) == [c["metadata"]["name"] for c in members[:8]]
-    assert plan.status["queued"] == 46 and plan.status["gpu"]["inUse"] == 8
+    assert plan.status.dump()["queued"] == 46 and plan.status.dump()["gpu"]["inUse"] == 8

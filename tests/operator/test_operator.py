@@ -26,6 +26,12 @@ from tests.operator.operator_helpers import (
 
 pytestmark = pytest.mark.timeout(90)
 
+ROOTS = ["yoruba-contexts-1", "yoruba-scenarios-1", "yoruba-topics-1", "yoruba-translate-1"]
+
+
+def job_names(api: Api) -> list[str]:
+    return sorted(j["metadata"]["name"] for j in api.list("Job", NS))
+
 
 def test_apply_creates_first_job(cluster: Api, operator: Operator) -> None:
     lm = cluster.create(language_model())
@@ -76,7 +82,11 @@ def test_apply_creates_first_job(cluster: Api, operator: Operator) -> None:
     assert condition(status, "Ready")["status"] == "False"
     assert stage(status, "topics")["state"] == "Running"
     assert stage(status, "topics")["job"] == "yoruba-topics-1"
-    assert cluster.list("Job", NS) == [j] or len(cluster.list("Job", NS)) == 1
+    # The stages that read no other stage run at once (maxConcurrentStages 4 by default).
+    wait_for(lambda: job_names(cluster) == ROOTS, what="the four root Jobs")
+    status = wait_for(lambda: (s := lm_status(cluster)).get("progress", {}).get(
+        "stages") == ["topics", "scenarios", "contexts", "translate"] and s)
+    assert condition(status, "Reconciling")["reason"] == "StagesRunning"
 
 
 def test_success_moves_to_next_stage(cluster: Api, operator: Operator) -> None:
@@ -111,7 +121,10 @@ def test_failure_retries_with_backoff_then_stalls(cluster: Api, operator: Operat
                 "failures") == a and lm_status(cluster))
             entry = stage(status, "topics")
             assert entry["state"] in ("Retrying", "Running")
-            assert "9 of 10 failed" in entry["attempts"][-1]["reason"] or True
+            assert entry["attempts"][-1]["reason"] == "Error (exit code 1)"
+            assert entry["attempts"][-1]["outcome"] == "Failed"
+            assert f"attempt {attempt} failed" in entry["message"]
+            assert "9 of 10 failed" in entry["message"]
     status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Stalled" and s)
     stalled = condition(status, "Stalled")
     assert (stalled["status"], stalled["reason"]) == ("True", "StageFailed")
@@ -152,21 +165,23 @@ def test_eviction_retries_without_spending_budget(cluster: Api, operator: Operat
 def test_restart_creates_no_duplicates(cluster: Api, operator: Operator) -> None:
     cluster.create(language_model())
     job(cluster, "yoruba-topics-1")
-    wait_for(lambda: stage(lm_status(cluster), "topics").get("state") == "Running")
+    wait_for(lambda: stage(lm_status(cluster), "translate").get("state") == "Running")
     operator.stop()
-    # While the operator is down, the stage finishes.
-    complete_job(cluster, "yoruba-topics-1", summary("topics"))
+    # While the operator is down, revise's inputs finish.
+    for name in ("topics", "scenarios", "contexts"):
+        complete_job(cluster, f"yoruba-{name}-1", summary(name))
     operator.start()
-    job(cluster, "yoruba-scenarios-1")
+    job(cluster, "yoruba-revise-1")
     operator.stop()
     operator.start()
-    wait_for(lambda: stage(lm_status(cluster), "scenarios").get("state") == "Running")
+    wait_for(lambda: stage(lm_status(cluster), "revise").get("state") == "Running")
     import time
 
     time.sleep(2)  # a few resyncs
-    names = sorted(j["metadata"]["name"] for j in cluster.list("Job", NS))
-    assert names == ["yoruba-scenarios-1", "yoruba-topics-1"]
-    assert stage(lm_status(cluster), "topics")["state"] == "Succeeded"
+    assert job_names(cluster) == sorted([*ROOTS, "yoruba-revise-1"])
+    status = lm_status(cluster)
+    assert stage(status, "topics")["state"] == "Succeeded"
+    assert status["progress"]["stages"] == ["revise", "translate"]
 
 
 def test_invalid_spec_stalls_naming_the_field(cluster: Api, operator: Operator) -> None:
@@ -191,24 +206,27 @@ def test_invalid_spec_stalls_naming_the_field(cluster: Api, operator: Operator) 
 
 def test_suspend_then_resume(cluster: Api, operator: Operator) -> None:
     cluster.create(language_model())
-    job(cluster, "yoruba-topics-1")
-    wait_for(lambda: stage(lm_status(cluster), "topics").get("state") == "Running")
+    job(cluster, "yoruba-translate-1")
+    wait_for(lambda: stage(lm_status(cluster), "translate").get("state") == "Running")
     cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"suspend": True}})
-    wait_for(lambda: cluster.get("Job", NS, "yoruba-topics-1")["spec"].get("suspend") is True,
-             what="the Job suspended")
+    wait_for(lambda: all(j["spec"].get("suspend") is True for j in cluster.list("Job", NS)),
+             what="every running Job suspended")
     status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Suspended" and s)
     assert condition(status, "Suspended")["status"] == "True"
-    assert condition(status, "Ready")["reason"] == "TopicsSuspended"
-    # The suspended stage finishes nothing; while suspended, no next stage starts either.
-    complete_job(cluster, "yoruba-topics-1", summary("topics"))
-    wait_for(lambda: stage(lm_status(cluster), "topics").get("state") == "Succeeded")
-    import time
-
-    time.sleep(1.5)
-    assert cluster.get("Job", NS, "yoruba-scenarios-1") is None
-    assert lm_status(cluster)["phase"] == "Suspended"
+    assert condition(status, "Ready")["reason"] == "Suspended"
+    assert "4 Job(s) suspended" in condition(status, "Reconciling")["message"]
+    # The suspended stages finish nothing; while suspended, no next stage starts either.
+    for name in ("topics", "scenarios", "contexts"):
+        complete_job(cluster, f"yoruba-{name}-1", summary(name))
+    wait_for(lambda: stage(lm_status(cluster), "contexts").get("state") == "Succeeded")
+    status = wait_for(lambda: (s := lm_status(cluster)).get("progress", {}).get(
+        "waiting") == {"revise": "Suspended"} and s)
+    assert cluster.get("Job", NS, "yoruba-revise-1") is None
+    assert status["phase"] == "Suspended"
     cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"suspend": False}})
-    job(cluster, "yoruba-scenarios-1")
+    job(cluster, "yoruba-revise-1")
+    wait_for(lambda: cluster.get("Job", NS, "yoruba-translate-1")["spec"].get(
+        "suspend") is False, what="translate resumed")
     status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Running" and s)
     assert condition(status, "Suspended")["status"] == "False"
 
@@ -217,6 +235,8 @@ def test_resume_unsuspends_the_running_job(cluster: Api, operator: Operator) -> 
     cluster.create(language_model(suspend=True))
     status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Suspended" and s)
     assert cluster.list("Job", NS) == []
+    assert status["progress"]["waiting"] == dict.fromkeys(
+        ["topics", "scenarios", "contexts", "translate"], "Suspended")
     cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"suspend": False}})
     job(cluster, "yoruba-topics-1")
     cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"suspend": True}})
@@ -224,8 +244,7 @@ def test_resume_unsuspends_the_running_job(cluster: Api, operator: Operator) -> 
     cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"suspend": False}})
     wait_for(lambda: cluster.get("Job", NS, "yoruba-topics-1")["spec"].get("suspend") is False,
              what="the Job resumed")
-    assert [j["metadata"]["name"] for j in cluster.list("Job", NS)] == ["yoruba-topics-1"]
-    del status
+    assert job_names(cluster) == ROOTS
 
 
 def test_budget_runs_out(cluster: Api, operator: Operator) -> None:
@@ -238,6 +257,10 @@ def test_budget_runs_out(cluster: Api, operator: Operator) -> None:
         "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert j["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][
         "nvidia.com/gpu"] == "1"
+    # revise's other inputs finish (CPU stages, no cost).
+    for name in ("scenarios", "contexts"):
+        complete_job(cluster, f"yoruba-{name}-1", summary(name, prompt_tokens=0,
+                                                          completion_tokens=0))
     # One attempt fails after 30 minutes (it counts), the next succeeds after an hour.
     start = hours_ago(1)
     (pod, *_) = make_pods(cluster, j, count=1, started=start)
@@ -254,11 +277,18 @@ def test_budget_runs_out(cluster: Api, operator: Operator) -> None:
     assert status["cost"]["dollars"] == "14.7500"
     assert status["cost"]["byStage"]["topics"]["teacherDollars"] == "0.7500"
     assert status["cost"]["gpuHours"] == "3.5000"
-    assert "maxDollars" in stalled["message"]
-    assert cluster.get("Job", NS, "yoruba-scenarios-1") is None
+    assert status["cost"]["budget"] == "4.5000"
+    assert "maxDollars" in stalled["message"] and "not started: revise" in stalled["message"]
+    assert stage(status, "revise")["waitingFor"] == "Budget"
+    # The running stage that was started before the money ran out goes on.
+    assert stage(status, "translate")["state"] == "Running"
+    assert condition(status, "Reconciling")["status"] == "True"
+    assert cluster.get("Job", NS, "yoruba-revise-1") is None
     # Raising the budget lets it go on.
     cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"budget": {"maxDollars": "100"}}})
-    job(cluster, "yoruba-scenarios-1")
+    job(cluster, "yoruba-revise-1")
+    status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Running" and s)
+    assert condition(status, "Stalled")["status"] == "False"
 
 
 def test_spec_change_reruns_changed_stages_only(cluster: Api, operator: Operator) -> None:
@@ -279,3 +309,90 @@ def test_spec_change_reruns_changed_stages_only(cluster: Api, operator: Operator
     assert cluster.get("Job", NS, "yoruba-topics-2") is None
     cm = cluster.get("ConfigMap", NS, "yoruba-spec")
     assert "broadGeneral: 5" in cm["data"]["spec.yaml"]
+
+
+def running_jobs(api: Api) -> list[str]:
+    """Jobs that have not finished (the tests finish them by their status)."""
+    return sorted(j["metadata"]["name"] for j in api.list("Job", NS)
+                  if not (j.get("status") or {}).get("conditions"))
+
+
+def test_dag_runs_independent_stages_within_the_bound(cluster: Api,
+                                                      operator: Operator) -> None:
+    cluster.create(language_model(resources={"maxConcurrentStages": 2}))
+    # topics and scenarios read nothing: they start together; the bound (2) holds the rest.
+    wait_for(lambda: running_jobs(cluster) == ["yoruba-scenarios-1", "yoruba-topics-1"])
+    status = wait_for(lambda: (s := lm_status(cluster)).get("progress", {}).get(
+        "waiting") == {"contexts": "Concurrency", "translate": "Concurrency"} and s)
+    assert status["progress"]["stages"] == ["topics", "scenarios"]
+    assert stage(status, "contexts")["waitingFor"] == "Concurrency"
+    import time
+
+    time.sleep(1.5)  # resyncs: still two
+    assert len(running_jobs(cluster)) == 2
+    # A slot frees: the next ready stage in run order takes it, never more than two.
+    complete_job(cluster, "yoruba-topics-1", summary("topics"))
+    wait_for(lambda: running_jobs(cluster) == ["yoruba-contexts-1", "yoruba-scenarios-1"])
+    complete_job(cluster, "yoruba-scenarios-1", summary("scenarios"))
+    wait_for(lambda: running_jobs(cluster) == ["yoruba-contexts-1", "yoruba-translate-1"])
+    # revise waits for all of its inputs (contexts still runs) and for a slot.
+    complete_job(cluster, "yoruba-translate-1", summary("translate"))
+    time.sleep(1.5)
+    assert cluster.get("Job", NS, "yoruba-revise-1") is None
+    complete_job(cluster, "yoruba-contexts-1", summary("contexts"))
+    job(cluster, "yoruba-revise-1")
+    assert running_jobs(cluster) == ["yoruba-revise-1"]
+
+
+def test_failed_stage_stops_only_its_dependants(cluster: Api, operator: Operator) -> None:
+    cluster.create(language_model())
+    for attempt in (1, 2, 3):  # retry budget 2: the third failure is final
+        name = f"yoruba-topics-{attempt}"
+        (pod, *_) = make_pods(cluster, job(cluster, name), count=1)
+        finish_pod(cluster, pod, exit_code=1, message=summary("topics", error="boom"))
+        fail_job(cluster, name)
+    status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Stalled" and s)
+    assert condition(status, "Stalled")["reason"] == "StageFailed"
+    # The independent stages go on while the object is Stalled ...
+    assert condition(status, "Reconciling")["status"] == "True"
+    assert status["progress"]["stages"] == ["scenarios", "contexts", "translate"]
+    for name in ("scenarios", "contexts", "translate"):
+        complete_job(cluster, f"yoruba-{name}-1", summary(name))
+    status = wait_for(lambda: (s := lm_status(cluster)) and stage(s, "translate").get(
+        "state") == "Succeeded" and condition(s, "Reconciling").get("status") == "False" and s)
+    # ... and the stages that read the failed one never start.
+    import time
+
+    time.sleep(1.5)
+    assert cluster.get("Job", NS, "yoruba-revise-1") is None
+    assert cluster.get("Job", NS, "yoruba-topics-4") is None
+    assert stage(status, "revise")["state"] == "Pending"
+    assert status["phase"] == "Stalled"
+    assert status["progress"] == {"stagesDone": 3, "stagesTotal": 9, "percent": 33,
+                                  "stages": [], "waiting": {}}
+
+
+def test_status_patches_remove_what_is_gone(cluster: Api, operator: Operator) -> None:
+    cluster.create(language_model())
+    for name in ("topics", "scenarios", "contexts", "translate", "revise", "respond",
+                 "filter", "train"):
+        complete_job(cluster, f"yoruba-{name}-1", summary(name))
+    complete_job(cluster, "yoruba-evaluate-1", summary(
+        "evaluate", summary="belebele +9.9", evaluation={
+            "belebele": {"base": 40.0, "tuned": 49.9, "delta": 9.9}}))
+    status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Succeeded" and s)
+    assert status["artifacts"]["model"].endswith("/yoruba/model")
+    assert status["evaluation"]["tasks"]["belebele"]["delta"] == 9.9
+    assert stage(status, "train")["finishedAt"]
+    # Training changes: train and evaluate run again; until they succeed, the status has no
+    # model, no evaluation and no finish time for them: nothing stale is left behind.
+    cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"training": {"learningRate": 2e-5}}})
+    job(cluster, "yoruba-train-2")
+    status = wait_for(lambda: (s := lm_status(cluster)).get("observedGeneration") == 2 and s)
+    assert "model" not in status["artifacts"] and "evaluation" not in status["artifacts"]
+    assert status["artifacts"]["dataset"].endswith("/yoruba/dataset")
+    assert "evaluation" not in status
+    train = stage(status, "train")
+    assert train["state"] == "Running" and "finishedAt" not in train
+    assert "extra" not in train["counts"]
+    assert stage(status, "evaluate")["counts"] == {}

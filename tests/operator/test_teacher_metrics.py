@@ -155,3 +155,64 @@ def test_metrics_and_health(cluster: Api, operator: Operator) -> None:
     wait_for(lambda: 'languagemodel="yoruba"' not in metrics_text(), what="series removed")
     assert 'kakugo_languagemodels{phase="Succeeded"} 0.0' in metrics_text()
     time.sleep(0.1)
+
+
+def args_of(deploy: dict) -> list[str]:
+    return deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def arg(deploy: dict, flag: str) -> str:
+    args = args_of(deploy)
+    return args[args.index(flag) + 1]
+
+
+def test_served_teacher_is_recreated_and_follows_serve(cluster: Api, operator: Operator) -> None:
+    serve = {"model": "tiny", "device": "cpu", "gpus": 0}
+    lm = cluster.create(language_model(teacher={"serve": serve}))
+    first = wait_for(lambda: cluster.get("Teacher", NS, "yoruba-teacher"))
+    # Deleted (by hand, by a cleanup script): the LanguageModel creates it again.
+    cluster.delete("Teacher", NS, "yoruba-teacher")
+    again = wait_for(lambda: (t := cluster.get("Teacher", NS, "yoruba-teacher")) and t[
+        "metadata"]["uid"] != first["metadata"]["uid"] and not t["metadata"].get(
+        "deletionTimestamp") and t, what="the served Teacher re-created")
+    assert again["metadata"]["ownerReferences"][0]["uid"] == lm["metadata"]["uid"]
+    assert again["spec"]["model"] == "tiny"
+    # A change of spec.teacher.serve reaches the served Teacher, and its Deployment.
+    cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"teacher": {"serve": {
+        "model": "tiny-2", "maxNumSeqs": 3}}}})
+    teacher = wait_for(lambda: (t := cluster.get("Teacher", NS, "yoruba-teacher"))[
+        "spec"]["model"] == "tiny-2" and t, what="serve reaches the Teacher")
+    assert teacher["spec"]["maxNumSeqs"] == 3 and teacher["spec"]["device"] == "cpu"
+    wait_for(lambda: arg(cluster.get("Deployment", NS, "yoruba-teacher"), "--model") ==
+             "tiny-2", what="the Deployment rolled out")
+
+
+def test_teacher_spec_change_rolls_out(cluster: Api, operator: Operator) -> None:
+    cluster.create(TEACHER)
+    deploy = wait_for(lambda: cluster.get("Deployment", NS, "gpt-oss-120b"))
+    wait_for(lambda: cluster.get("Service", NS, "gpt-oss-120b"))
+    assert arg(deploy, "--max-num-seqs") == "128"
+    assert deploy["metadata"]["annotations"]["kakugo.io/template-hash"]
+    replicas = deploy["spec"]["replicas"]
+    cluster.patch("Teacher", NS, "gpt-oss-120b", {"spec": {
+        "maxNumSeqs": 64, "port": 8001, "extraArgs": [],
+        "resources": {"nodeSelector": {"pool": "gpu"}}}})
+    deploy = wait_for(lambda: (d := cluster.get("Deployment", NS, "gpt-oss-120b")) and arg(
+        d, "--max-num-seqs") == "64" and d, what="the new args rolled out")
+    assert "--enable-prefix-caching" not in args_of(deploy)
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "gpu", "nvidia.com/gpu.product":
+                                   "NVIDIA-H100-80GB-HBM3"}
+    assert pod["containers"][0]["ports"] == [{"name": "http", "containerPort": 8001}]
+    assert deploy["spec"]["replicas"] == replicas  # idle scaling owns the replicas
+    service = wait_for(lambda: (s := cluster.get("Service", NS, "gpt-oss-120b"))["spec"][
+        "ports"][0]["port"] == 8001 and s, what="the Service follows")
+    assert service["spec"]["ports"][0]["targetPort"] == 8001
+    wait_for(lambda: teacher_status(cluster).get("url") ==
+             "http://gpt-oss-120b.kakugo.svc:8001/v1")
+    events = wait_for(lambda: [e for e in cluster.list("Event", NS)
+                               if e.get("reason") == "RollingOut"])
+    assert "spec changed" in events[0]["message"]
+    # A deleted Service is created again.
+    cluster.delete("Service", NS, "gpt-oss-120b")
+    wait_for(lambda: cluster.get("Service", NS, "gpt-oss-120b"), what="Service re-created")

@@ -9,9 +9,10 @@ from decimal import Decimal
 
 import pytest
 from kakugo_operator import naming, settings
+from kakugo_operator.diff import merge_diff
 from kakugo_operator.fingerprints import stage_fingerprints
 from kakugo_operator.main import kopf_args
-from kakugo_operator.observe import classify_failure, stage_counts
+from kakugo_operator.observe import classify_failure, iso, stage_counts
 from kakugo_operator.reconcile import Observed, decide
 from kakugo_operator.teacher import decide_teacher
 
@@ -78,6 +79,27 @@ def test_settings_from_env_and_file(tmp_path) -> None:
         settings.from_mapping({"retryBudgte": 1})
 
 
+def test_bad_settings_fail_naming_the_key(tmp_path, monkeypatch) -> None:
+    with pytest.raises(settings.SettingsError, match=r"retryBudget \(\$KAKUGO_RETRY_BUDGET\)"):
+        settings.load({"KAKUGO_RETRY_BUDGET": "three"})
+    with pytest.raises(settings.SettingsError, match=r"specChanges .*'rerun' or 'refuse'"):
+        settings.load({"KAKUGO_SPEC_CHANGES": "sometimes"})
+    path = tmp_path / "settings.yaml"
+    path.write_text("backoffMaxSeconds: -1\n")
+    with pytest.raises(settings.SettingsError, match=f"backoffMaxSeconds \\(file {path}\\)"):
+        settings.load({"KAKUGO_OPERATOR_SETTINGS": str(path)})
+    path.write_text("gpuPrices: {NVIDIA-L4: {spot: cheap}}\n")
+    with pytest.raises(settings.SettingsError, match=r"gpuPrices\.NVIDIA-L4\.spot"):
+        settings.load({"KAKUGO_OPERATOR_SETTINGS": str(path)})
+    path.write_text("images: {gpu: x}\n")
+    with pytest.raises(settings.SettingsError, match="unknown image kind"):
+        settings.load({"KAKUGO_OPERATOR_SETTINGS": str(path)})
+    # `kakugo operator` stops before Kopf starts, with the message.
+    monkeypatch.setenv("KAKUGO_METRICS_PORT", "http")
+    with pytest.raises(SystemExit, match="metricsPort"):
+        kopf_args([])
+
+
 def test_kopf_args() -> None:
     assert kopf_args(["-n", "ml", "--namespace", "ml2", "--liveness", "none"]) == [
         "run", "--module", "kakugo_operator.handlers", "--namespace=ml", "--namespace=ml2",
@@ -85,74 +107,271 @@ def test_kopf_args() -> None:
     assert "--peering=kakugo" in kopf_args(["--peering", "kakugo"])
 
 
+def names(objs: list[dict]) -> list[str]:
+    return [o["metadata"]["name"] for o in objs]
+
+
+ROOTS = ["yoruba-topics-1", "yoruba-scenarios-1", "yoruba-contexts-1", "yoruba-translate-1"]
+
+
+def states(plan) -> dict[str, str]:
+    return {e.name: e.state for e in plan.status.stages}
+
+
 def test_decide_is_level_based() -> None:
+    # The stages that read no other stage start together (at most maxConcurrentStages: 4).
     first = decide(observed(), SETTINGS)
-    assert [o["metadata"]["name"] for o in first.create] == ["yoruba-topics-1"]
+    assert names(first.create) == ROOTS
     assert first.apply_config_map is not None
-    # The same world again: the same Job name (a 409 would adopt it), no second Job.
+    # The same world again: the same Job names (a 409 would adopt them), no other Job.
     again = decide(observed(), SETTINGS)
-    assert [o["metadata"]["name"] for o in again.create] == ["yoruba-topics-1"]
-    # With the status written and the Job seen: nothing to create.
-    job = first.create[0]
-    settled = decide(observed(status=first.status, jobs=[job]), SETTINGS)
+    assert names(again.create) == ROOTS
+    # With the status written and the Jobs seen: nothing to create.
+    settled = decide(observed(status=first.status.dump(), jobs=first.create), SETTINGS)
     assert settled.create == [] and settled.apply_config_map is None
-    assert settled.status["stages"][0]["state"] == "Running"
+    assert settled.status.stage("topics").state == "Running"
+    assert settled.status.progress.stages == ["topics", "scenarios", "contexts", "translate"]
+    assert settled.status.phase == "Running"
 
 
 def test_decide_adopts_a_job_the_status_missed() -> None:
     # Created just before a crash: the status never heard of attempt 1.
     job = decide(observed(), SETTINGS).create[0]
     plan = decide(observed(jobs=[job]), SETTINGS)
-    assert plan.create == []
-    assert plan.status["stages"][0]["job"] == "yoruba-topics-1"
+    assert "yoruba-topics-1" not in names(plan.create)
+    assert plan.status.stage("topics").job == "yoruba-topics-1"
 
 
-def _pod(attempt: int, **status) -> dict:
-    return {"metadata": {"name": f"p{attempt}", "labels": {
-        naming.STAGE_LABEL: "topics", naming.ATTEMPT_LABEL: str(attempt)}},
+def succeeded(status: dict, *stages: str) -> dict:
+    """`status` with these stages Succeeded at attempt 1."""
+    status = copy.deepcopy(status)
+    for entry in status["stages"]:
+        if entry["name"] in stages:
+            entry.update(state="Succeeded", attempt=1, job=f"yoruba-{entry['name']}-1")
+    return status
+
+
+def test_dag_bound_and_inputs() -> None:
+    spec = language_model(resources={"maxConcurrentStages": 2})["spec"]
+    first = decide(observed(spec=spec), SETTINGS)
+    assert names(first.create) == ["yoruba-topics-1", "yoruba-scenarios-1"]
+    assert first.status.progress.waiting == {"contexts": "Concurrency",
+                                             "translate": "Concurrency"}
+    assert first.status.stage("contexts").waiting_for == "Concurrency"
+    # topics is done: one slot frees, the next ready stage in run order takes it.
+    status = succeeded(first.status.dump(), "topics")
+    jobs = [j for j in first.create if j["metadata"]["name"] != "yoruba-topics-1"]
+    plan = decide(observed(spec=spec, status=status, jobs=jobs), SETTINGS)
+    assert names(plan.create) == ["yoruba-contexts-1"]
+    assert plan.status.stage("contexts").waiting_for is None
+    # revise reads topics, scenarios and contexts: it waits for all three.
+    status = succeeded(plan.status.dump(), "scenarios")
+    plan = decide(observed(spec=spec, status=status, jobs=jobs + plan.create), SETTINGS)
+    assert names(plan.create) == ["yoruba-translate-1"]
+    status = succeeded(plan.status.dump(), "contexts")
+    plan = decide(observed(spec=spec, status=status, jobs=jobs + plan.create), SETTINGS)
+    assert names(plan.create) == ["yoruba-revise-1"]
+    assert plan.status.progress.stages == ["revise", "translate"]
+
+
+def _pod(attempt: int, stage_name: str = "topics", **status) -> dict:
+    return {"metadata": {"name": f"{stage_name}-p{attempt}", "labels": {
+        naming.STAGE_LABEL: stage_name, naming.ATTEMPT_LABEL: str(attempt)}},
         "spec": {"containers": [{}]}, "status": status}
 
 
+def _broken(attempt: int, stage_name: str = "topics") -> dict:
+    return _pod(attempt, stage_name, phase="Failed", containerStatuses=[{"state": {
+        "terminated": {"exitCode": 2, "reason": "Error", "message": "oops"}}}])
+
+
 def test_backoff_then_budget_then_stall() -> None:
+    """Failures back off exponentially (10 s, then 20 s); the third failure spends the retry
+    budget (2): the stage is Failed and the object Stalled, with no further attempt."""
     plan = decide(observed(), SETTINGS)
-    status, job = plan.status, plan.create[0]
-    failed = {**job, "status": {"failed": 1}}
-    broken = _pod(1, phase="Failed", containerStatuses=[{"state": {"terminated": {
-        "exitCode": 2, "reason": "Error", "message": "oops"}}}])
-    plan = decide(observed(status=status, jobs=[failed], pods=[broken]), SETTINGS)
-    entry = plan.status["stages"][0]
-    assert (entry["state"], entry["failures"], plan.create) == ("Retrying", 1, [])
-    assert entry["retryAt"] == "2026-11-26T12:00:10Z" and plan.requeue_after == 10
-    later = NOW + timedelta(seconds=11)
-    plan = decide(observed(status=plan.status, jobs=[failed], pods=[broken], now=later),
-                  SETTINGS)
-    assert [o["metadata"]["name"] for o in plan.create] == ["yoruba-topics-2"]
+    status, jobs = plan.status.dump(), plan.create
+    now = NOW
+    for attempt, delay in ((1, 10), (2, 20)):
+        failed = [{**j, "status": {"failed": 1}} if j["metadata"]["name"] ==
+                  f"yoruba-topics-{attempt}" else j for j in jobs]
+        pods = [_broken(a) for a in range(1, attempt + 1)]
+        plan = decide(observed(status=status, jobs=failed, pods=pods, now=now), SETTINGS)
+        entry = plan.status.stage("topics")
+        assert (entry.state, entry.failures, plan.create) == ("Retrying", attempt, [])
+        assert entry.retry_at == iso(now + timedelta(seconds=delay))
+        assert plan.requeue_after == delay
+        assert entry.waiting_for == "Backoff"
+        assert plan.status.phase == "Running"
+        assert condition_of(plan, "Stalled").status == "False"
+        # Not before the backoff has passed ...
+        early = decide(observed(status=plan.status.dump(), jobs=failed, pods=pods,
+                                now=now + timedelta(seconds=delay - 1)), SETTINGS)
+        assert early.create == []
+        # ... then the next attempt.
+        now = now + timedelta(seconds=delay + 1)
+        plan = decide(observed(status=plan.status.dump(), jobs=failed, pods=pods, now=now),
+                      SETTINGS)
+        assert names(plan.create) == [f"yoruba-topics-{attempt + 1}"]
+        status, jobs = plan.status.dump(), failed + plan.create
+    failed = [{**j, "status": {"failed": 1}} if "topics" in j["metadata"]["name"] else j
+              for j in jobs]
+    pods = [_broken(a) for a in (1, 2, 3)]
+    plan = decide(observed(status=status, jobs=failed, pods=pods, now=now), SETTINGS)
+    entry = plan.status.stage("topics")
+    assert (entry.state, entry.failures) == ("Failed", 3)
+    assert "retry budget 2" in entry.message and "oops" in entry.message
+    assert plan.create == []
+    assert plan.log_pods == {"topics": "topics-p3"}
+    stalled = condition_of(plan, "Stalled")
+    assert (stalled.status, stalled.reason) == ("True", "StageFailed")
+    assert plan.status.phase == "Stalled"
+    assert ("Warning", "StageFailed") in [e[:2] for e in plan.events]
+    # Level-based: the same world later starts nothing either.
+    again = decide(observed(status=plan.status.dump(), jobs=failed, pods=pods,
+                            now=now + timedelta(hours=1)), SETTINGS)
+    assert again.create == [] and again.status.stage("topics").state == "Failed"
+
+
+def condition_of(plan, kind: str):
+    return next(c for c in plan.status.conditions if c.type == kind)
+
+
+def test_failed_stage_stops_only_its_dependants() -> None:
+    plan = decide(observed(), SETTINGS)
+    status = succeeded(plan.status.dump(), "scenarios", "contexts")
+    entry = next(e for e in status["stages"] if e["name"] == "topics")
+    entry.update(failures=SETTINGS.retry_budget)
+    jobs = [{**j, "status": {"failed": 1}} if j["metadata"]["name"] == "yoruba-topics-1"
+            else j for j in plan.create]
+    plan = decide(observed(status=status, jobs=jobs, pods=[_broken(1)]), SETTINGS)
+    assert states(plan)["topics"] == "Failed"
+    # revise reads topics: it does not start; translate reads nothing of it and goes on.
+    assert plan.create == []
+    assert states(plan)["revise"] == "Pending" and states(plan)["translate"] == "Running"
+    assert plan.status.phase == "Stalled"
+    reconciling = condition_of(plan, "Reconciling")
+    assert (reconciling.status, reconciling.reason) == ("True", "TranslateRunning")
+    # translate finishes: filter would need respond too, so nothing more starts.
+    status = plan.status.dump()
+    done = [{**j, "status": {"succeeded": 1, "conditions": [
+        {"type": "Complete", "status": "True"}]}} if "translate" in j["metadata"]["name"]
+        else j for j in jobs]
+    pods = [_broken(1), _pod(1, "translate", phase="Succeeded")]
+    plan = decide(observed(status=status, jobs=done, pods=pods), SETTINGS)
+    assert states(plan)["translate"] == "Succeeded" and plan.create == []
+    assert condition_of(plan, "Reconciling").status == "False"
+
+
+def test_fleet_member_waits_for_gpu_admission() -> None:
+    spec = language_model(resources={"topics": {"gpus": 1}})["spec"]
+    obs = replace(observed(spec=spec), fleet="west")
+    plan = decide(obs, SETTINGS)
+    # Its CPU stages go on; the GPU stage waits for the fleet's admission.
+    assert names(plan.create) == ROOTS[1:]
+    assert plan.status.stage("topics").waiting_for == "GPUQuota"
+    assert plan.status.phase == "Running"
+    admitted = decide(replace(obs, status=plan.status.dump(), jobs=plan.create,
+                              gpu_admitted=True), SETTINGS)
+    assert names(admitted.create) == ["yoruba-topics-1"]
+    # With nothing else to run, a member waiting for admission is Queued.
+    queued = decide(replace(obs, spec={**spec, "resources": {"default": {"gpus": 1}}}),
+                    SETTINGS)
+    assert queued.create == [] and queued.status.phase == "Queued"
+    assert condition_of(queued, "Ready").reason == "WaitingForGPUQuota"
+
+
+def test_teacher_stages_wait_for_a_ready_teacher() -> None:
+    spec = language_model(teacher={"ref": {"name": "t"}})["spec"]
+    plan = decide(observed(spec=spec), SETTINGS)
+    assert plan.create == []
+    assert plan.status.progress.waiting == dict.fromkeys(
+        ["topics", "scenarios", "contexts", "translate"], "Teacher")
+    assert condition_of(plan, "Reconciling").reason == "WaitingForTeacher"
+    teacher = {"metadata": {"name": "t"}, "status": {
+        "url": "http://t.kakugo.svc:8000/v1", "model": "m",
+        "conditions": [{"type": "Ready", "status": "True"}]}}
+    plan = decide(replace(observed(spec=spec), teacher=teacher), SETTINGS)
+    assert names(plan.create) == ROOTS
+
+
+def test_spec_change_resets_the_moved_stages_and_drops_stale_status() -> None:
+    plan = decide(observed(), SETTINGS)
+    everything = succeeded(plan.status.dump(), *[e.name for e in plan.status.stages])
+    for entry in everything["stages"]:
+        if entry["name"] == "evaluate":
+            entry["counts"] = {"extra": {"summary": "belebele +1.0", "evaluation": {
+                "belebele": {"base": 1.0, "tuned": 2.0, "delta": 1.0}}}}
+    done = decide(observed(status=everything), SETTINGS)
+    assert done.status.phase == "Succeeded"
+    assert done.status.artifacts["model"].endswith("/kakugo/yoruba/model")
+    assert done.status.evaluation.summary == "belebele +1.0"
+    spec = language_model(training={"learningRate": 2e-5})["spec"]
+    plan = decide(observed(spec=spec, status=done.status.dump(), generation=2), SETTINGS)
+    assert {s: st for s, st in states(plan).items() if st != "Succeeded"} == {
+        "train": "Running", "evaluate": "Pending"}
+    assert plan.status.stage("train").reset is True
+    assert names(plan.create) == ["yoruba-train-2"]
+    assert plan.create[0]["spec"]["template"]["spec"]["containers"][0]["command"][-1] == \
+        "--reset"
+    # What the rerun has not produced again is gone from status, and the patch says so.
+    assert "model" not in plan.status.artifacts and plan.status.evaluation is None
+    patch = merge_diff(done.status.dump(), plan.status.dump())
+    assert patch["artifacts"] == {"model": None, "evaluation": None}
+    assert patch["evaluation"] is None
+
+
+def test_merge_diff_removes_nested_keys() -> None:
+    old = {"a": {"b": 1, "c": {"d": 2, "e": 3}}, "f": [1, 2], "g": 1}
+    new = {"a": {"b": 1, "c": {"d": 2}}, "f": [1]}
+    assert merge_diff(old, new) == {"a": {"c": {"e": None}}, "f": [1], "g": None}
+    assert merge_diff(new, new) == {}
+
+
+def test_served_teacher_is_kept_at_the_spec() -> None:
+    serve = {"model": "tiny", "device": "cpu", "gpus": 0}
+    spec = language_model(teacher={"serve": serve})["spec"]
+    plan = decide(observed(spec=spec), SETTINGS)
+    (teacher,) = [o for o in plan.create if o["kind"] == "Teacher"]
+    assert teacher["metadata"]["name"] == "yoruba-teacher" and teacher["spec"] == serve
+    seen = {**teacher, "spec": {**serve, "port": 8000}}  # defaults filled by the API server
+    plan = decide(replace(observed(spec=spec), teacher=seen), SETTINGS)
+    assert not [o for o in plan.create if o["kind"] == "Teacher"] and plan.teacher_patch is None
+    # A change of spec.teacher.serve reaches it (keys it no longer sets become null).
+    changed = language_model(teacher={"serve": {"model": "tiny-2", "device": "cpu",
+                                                "gpus": 0}})["spec"]
+    plan = decide(replace(observed(spec=changed), teacher=seen), SETTINGS)
+    assert plan.teacher_patch["spec"] == {"model": "tiny-2", "port": None}
+    assert plan.teacher_patch["metadata"]["annotations"]["kakugo.io/spec-hash"]
+    # A Teacher that is not ours (no label of this LanguageModel) is left alone.
+    foreign = {**seen, "metadata": {"name": "yoruba-teacher", "labels": {}}}
+    assert decide(replace(observed(spec=changed), teacher=foreign), SETTINGS
+                  ).teacher_patch is None
 
 
 def test_a_retry_request_gives_failed_stages_a_fresh_budget() -> None:
     plan = decide(observed(), SETTINGS)
-    status, job = plan.status, plan.create[0]
-    failed = {**job, "status": {"failed": 1}}
-    broken = _pod(1, phase="Failed", containerStatuses=[{"state": {"terminated": {
-        "exitCode": 2, "reason": "Error", "message": "oops"}}}])
-    status["stages"][0].update(failures=SETTINGS.retry_budget)
-    plan = decide(observed(status=status, jobs=[failed], pods=[broken]), SETTINGS)
-    assert plan.status["stages"][0]["state"] == "Failed"
-    stalled = next(c for c in plan.status["conditions"] if c["type"] == "Stalled")
-    assert stalled["status"] == "True" and stalled["reason"] == "StageFailed"
+    status = plan.status.dump()
+    jobs = [{**j, "status": {"failed": 1}} if j["metadata"]["name"] == "yoruba-topics-1"
+            else j for j in plan.create]
+    next(e for e in status["stages"] if e["name"] == "topics")["failures"] = \
+        SETTINGS.retry_budget
+    plan = decide(observed(status=status, jobs=jobs, pods=[_broken(1)]), SETTINGS)
+    assert plan.status.stage("topics").state == "Failed"
+    stalled = condition_of(plan, "Stalled")
+    assert stalled.status == "True" and stalled.reason == "StageFailed"
 
     def asked(status: dict, value: str) -> Observed:
-        obs = observed(status=status, jobs=[failed], pods=[broken])
-        return replace(obs, retry_request=value)
+        return replace(observed(status=status, jobs=jobs, pods=[_broken(1)]),
+                       retry_request=value)
 
-    retried = decide(asked(plan.status, "2026-11-26T12:00:00Z"), SETTINGS)
-    entry = retried.status["stages"][0]
-    assert (entry["state"], entry["failures"]) == ("Running", 0)
-    assert [o["metadata"]["name"] for o in retried.create] == ["yoruba-topics-2"]
-    assert retried.status["retryRequest"] == "2026-11-26T12:00:00Z"
+    retried = decide(asked(plan.status.dump(), "2026-11-26T12:00:00Z"), SETTINGS)
+    entry = retried.status.stage("topics")
+    assert (entry.state, entry.failures) == ("Running", 0)
+    assert names(retried.create) == ["yoruba-topics-2"]
+    assert retried.status.retry_request == "2026-11-26T12:00:00Z"
     assert any(e[1] == "RetryRequested" for e in retried.events)
     # The same value again changes nothing: the request was already honoured.
-    again = decide(asked(retried.status, "2026-11-26T12:00:00Z"), SETTINGS)
+    again = decide(asked(retried.status.dump(), "2026-11-26T12:00:00Z"), SETTINGS)
     assert not any(e[1] == "RetryRequested" for e in again.events)
 
 
@@ -181,8 +400,9 @@ def test_counts_take_the_largest_summary() -> None:
 def test_invalid_spec_names_the_field() -> None:
     spec = language_model(teacher={})["spec"]
     plan = decide(observed(spec=spec), SETTINGS)
-    stalled = next(c for c in plan.status["conditions"] if c["type"] == "Stalled")
-    assert stalled["reason"] == "InvalidSpec" and "spec.teacher" in stalled["message"]
+    stalled = condition_of(plan, "Stalled")
+    assert stalled.reason == "InvalidSpec" and "spec.teacher" in stalled.message
+    assert stalled.observed_generation == 1
     assert plan.create == []
 
 
@@ -190,13 +410,50 @@ def test_teacher_scales_to_zero_after_idle() -> None:
     spec = {"model": "m", "device": "cpu", "gpus": 0, "idleSeconds": 60}
     plan = decide_teacher("t", "ns", spec, {}, None, ["lm"], NOW, SETTINGS)
     assert [o["kind"] for o in plan.create] == ["Deployment", "Service"]
-    deploy = plan.create[0]
-    busy = decide_teacher("t", "ns", spec, plan.status, deploy, [], NOW + timedelta(seconds=30),
-                          SETTINGS)
-    assert busy.replicas is None and busy.requeue_after == 30
-    idle = decide_teacher("t", "ns", spec, busy.status, deploy, [], NOW + timedelta(seconds=61),
-                          SETTINGS)
-    assert idle.replicas == 0 and idle.status["phase"] == "Idle"
+    deploy, svc = plan.create
+    busy = decide_teacher("t", "ns", spec, plan.status.dump(), deploy, [],
+                          NOW + timedelta(seconds=30), SETTINGS, service_obj=svc)
+    assert busy.replicas is None and busy.requeue_after == 30 and busy.create == []
+    idle = decide_teacher("t", "ns", spec, busy.status.dump(), deploy, [],
+                          NOW + timedelta(seconds=61), SETTINGS, service_obj=svc)
+    assert idle.replicas == 0 and idle.status.phase == "Idle"
+    assert all(c.observed_generation == 1 for c in idle.status.conditions)
+
+
+def test_teacher_spec_change_rolls_out() -> None:
+    spec = {"model": "m", "device": "cpu", "gpus": 0}
+    deploy, svc = decide_teacher("t", "ns", spec, {}, None, ["lm"], NOW, SETTINGS).create
+    deploy = {**deploy, "spec": {**deploy["spec"], "replicas": 1},
+              "status": {"readyReplicas": 1}}
+    same = decide_teacher("t", "ns", spec, {}, deploy, ["lm"], NOW, SETTINGS, service_obj=svc)
+    assert (same.patch_deployment, same.patch_service, same.create) == (None, None, [])
+    assert same.status.phase == "Ready"
+    changed = {**spec, "maxNumSeqs": 7, "port": 8080, "resources": {"nodeSelector": {"a": "b"}}}
+    plan = decide_teacher("t", "ns", changed, {}, deploy, ["lm"], NOW, SETTINGS,
+                          generation=2, service_obj=svc)
+    template = plan.patch_deployment["spec"]["template"]
+    args = template["spec"]["containers"][0]["args"]
+    assert args[args.index("--max-num-seqs") + 1] == "7"
+    assert template["spec"]["nodeSelector"] == {"a": "b"}
+    assert "replicas" not in plan.patch_deployment["spec"]  # idle scaling owns them
+    assert plan.patch_service["spec"]["ports"][0]["port"] == 8080
+    assert plan.status.phase == "Starting"  # the old Pods are not the new spec
+    assert ("Normal", "RollingOut") in [e[:2] for e in plan.events]
+    # A missing Service (deleted by hand) is created again.
+    again = decide_teacher("t", "ns", spec, {}, deploy, ["lm"], NOW, SETTINGS)
+    assert [o["kind"] for o in again.create] == ["Service"]
+    # Made by an older operator (no hash), with the API server's defaults: only stamped.
+    old = copy.deepcopy(deploy)
+    del old["metadata"]["annotations"]
+    container = old["spec"]["template"]["spec"]["containers"][0]
+    container["terminationMessagePath"] = "/dev/termination-log"
+    old["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
+    stamped = decide_teacher("t", "ns", spec, {}, old, ["lm"], NOW, SETTINGS, service_obj=svc)
+    assert stamped.patch_deployment == {"metadata": {
+        "labels": deploy["metadata"]["labels"], "annotations": {
+            "kakugo.io/template-hash": deploy["metadata"]["annotations"][
+                "kakugo.io/template-hash"]}}}
+    assert stamped.status.phase == "Ready"
 
 
 def test_progress_budget_and_teacher_series_are_removed_on_delete() -> None:
@@ -215,3 +472,61 @@ def test_progress_budget_and_teacher_series_are_removed_on_delete() -> None:
     metrics.forget_teacher("units", "tch")
     text = generate_latest(metrics.REGISTRY).decode()
     assert 'namespace="units"' not in text
+
+
+def test_written_statuses_fit_the_crd_status_schemas() -> None:
+    """The CRDs' status schemas come from the status models: what the decisions write is
+    valid there (the API server would reject it, or prune what the schema lacks)."""
+    from kakugo_operator.fleet import decide_fleet
+    from openapi_schema_validator import OAS30Validator
+
+    from kakugo_stages.crds import all_crds
+
+    def validator(plural: str) -> OAS30Validator:
+        crd = all_crds()[f"{plural}.kakugo.io.yaml"]
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        return OAS30Validator(schema["properties"]["status"])
+
+    lm = validator("languagemodels")
+    running = decide(observed(), SETTINGS)
+    failed_job = {**running.create[0], "status": {"failed": 1}}
+    status = running.status.dump()
+    status["stages"][0]["failures"] = SETTINGS.retry_budget
+    stalled = decide(observed(status=status, jobs=[failed_job, *running.create[1:]],
+                              pods=[_broken(1)]), SETTINGS)
+    everything = succeeded(running.status.dump(), *[e.name for e in running.status.stages])
+    everything["stages"][-1]["counts"] = {"extra": {"summary": "belebele +1.0", "evaluation": {
+        "belebele": {"base": 1.0, "tuned": 2.0, "delta": 1.0}}}}
+    done = decide(observed(status=everything), SETTINGS)
+    invalid = decide(observed(spec=language_model(teacher={})["spec"]), SETTINGS)
+    for plan in (running, stalled, done, invalid):
+        errors = [e.message for e in lm.iter_errors(plan.status.dump())]
+        assert not errors, errors
+    teacher = decide_teacher("t", "ns", {"model": "m", "device": "cpu", "gpus": 0}, {}, None,
+                             ["lm"], NOW, SETTINGS)
+    assert not list(validator("teachers").iter_errors(teacher.status.dump()))
+    fleet_plan = decide_fleet("f", "ns", 1, {"languages": [{"language": "yo"}, {
+        "language": "Klingon"}], "template": {"teacher": {"endpoint": {
+            "url": "https://api.example.com/v1", "model": "m"}}}}, {}, [], {}, NOW)
+    assert not list(validator("languagefleets").iter_errors(fleet_plan.status.dump()))
+
+
+def test_a_teacher_is_needed_while_a_teacher_stage_runs_or_could_start() -> None:
+    from kakugo_operator.handlers import needs_teacher
+
+    def status(phase: str, **stages: tuple[str, str | None]) -> dict:
+        return {"phase": phase, "stages": [
+            {"name": n, "state": st, **({"waitingFor": w} if w else {})}
+            for n, (st, w) in stages.items()]}
+
+    assert needs_teacher({})  # new: about to start its first teacher stages
+    assert needs_teacher(status("Running", topics=("Pending", "Teacher")))
+    assert needs_teacher(status("Running", topics=("Retrying", "Backoff")))
+    # A failed stage stalls the object, but translate still runs and needs the server.
+    assert needs_teacher(status("Stalled", topics=("Failed", None),
+                                translate=("Running", None)))
+    assert not needs_teacher(status("Stalled", topics=("Failed", None),
+                                    translate=("Succeeded", None)))
+    assert not needs_teacher(status("Running", train=("Running", None)))
+    assert not needs_teacher(status("Running", topics=("Pending", "Budget")))
+    assert not needs_teacher(status("Suspended", topics=("Running", None)))

@@ -83,8 +83,12 @@ end
 hs.status = "Progressing"
 local parts = {}
 local progress = status.progress
-if progress ~= nil and progress.stage ~= nil then
-  local p = "stage " .. progress.stage
+if progress ~= nil and progress.stages ~= nil and #progress.stages > 0 then
+  -- Several stages run at once (the stage DAG): name them all.
+  local p = "stage " .. progress.stages[1]
+  if #progress.stages > 1 then
+    p = "stages " .. table.concat(progress.stages, ", ")
+  end
   if progress.stagesDone ~= nil and progress.stagesTotal ~= nil then
     p = p .. " (" .. tostring(progress.stagesDone) .. "/" .. tostring(progress.stagesTotal) .. " done)"
   end

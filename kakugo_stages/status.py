@@ -1,0 +1,293 @@
+"""The status of LanguageModel, Teacher and LanguageFleet, typed.
+
+The operator builds and reads status through these models, and `kakugo crds` generates
+the CRDs' status schemas from them (as it does the spec schemas from `spec.py`), so what
+the operator writes and what the API server keeps cannot drift apart: a field missing
+here would be pruned by the API server.
+
+They live in the pipeline package because the CRDs are generated here and the pipeline
+never imports the operator. Unlike the spec models they are mutable and lenient: reading
+a status written by an older operator ignores fields that are gone (`extra="ignore"`),
+and every field has a default, so an empty or partial status parses.
+
+Serialize with `dump()`: camelCase, JSON types, no None values (an absent key, not a
+null, is what a reader of `kubectl get -o yaml` expects).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+#: An RFC 3339 time in UTC, seconds precision (`2026-11-26T12:00:00Z`).
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+#: Dollars as a decimal string with 4 places (money is never a float).
+Dollars = Annotated[str, Field(pattern=r"^-?[0-9]+(\.[0-9]+)?$")]
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+#: A stage's state machine: Pending -> Running -> Succeeded, or -> Retrying -> Running ...,
+#: or -> Failed when the retry budget is spent.
+StageState = Literal["Pending", "Running", "Retrying", "Succeeded", "Failed"]
+#: Why a stage whose inputs are complete has not started (the first gate that holds it).
+Gate = Literal["Backoff", "Suspended", "Budget", "GPUQuota", "Teacher", "Concurrency"]
+AttemptOutcome = Literal["Succeeded", "Failed", "Disrupted"]
+LanguageModelPhase = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Stalled"]
+TeacherPhase = Literal["Starting", "Ready", "Idle", "Stalled"]
+FleetPhase = Literal["Running", "Ready", "Suspended", "Stalled"]
+
+
+class StatusModel(BaseModel):
+    """Base of the status models: camelCase, lenient on read, None never written."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        validate_assignment=False,
+    )
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class Condition(StatusModel):
+    """A Kubernetes condition (metav1.Condition's fields), kstatus-style."""
+
+    type: str
+    status: ConditionStatus
+    reason: str = ""
+    message: str = ""
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation this condition describes."
+    )
+    last_transition_time: Timestamp | None = None
+
+    @property
+    def is_true(self) -> bool:
+        return self.status == "True"
+
+
+def find_condition(conditions: list[Condition], kind: str) -> Condition | None:
+    return next((c for c in conditions if c.type == kind), None)
+
+
+# ----------------------------------------------------------------- LanguageModel
+
+
+class StageCounts(StatusModel):
+    """Counts of a stage from its Pods' termination summaries."""
+
+    rows_in: int | None = None
+    rows_out: int | None = None
+    requests: int | None = None
+    requests_ok: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    rejected: dict[str, int] | None = Field(default=None, description="Dropped rows by reason.")
+    extra: dict[str, Any] | None = Field(
+        default=None, description="The stage's declared summary keys (training, evaluation)."
+    )
+
+
+class ShardProgress(StatusModel):
+    done: int = 0
+    total: int = 1
+    active: int = 0
+
+
+class Attempt(StatusModel):
+    """One finished attempt of a stage (the last ten are kept)."""
+
+    job: str
+    attempt: int
+    outcome: AttemptOutcome
+    reason: str | None = None
+    finished_at: Timestamp | None = None
+    gpu_seconds: float = 0.0
+    dollars: Dollars = "0.0000"
+
+
+class StageStatus(StatusModel):
+    """One stage of the pipeline: its state machine, its Job and what it did."""
+
+    name: str
+    state: StageState = "Pending"
+    fingerprint: str = Field(default="", description="Hash of the spec paths it reads.")
+    attempt: int = Field(default=0, description="The attempt of its Job (0: none yet).")
+    failures: int = Field(default=0, description="Failed attempts (spend the retry budget).")
+    disruptions: int = Field(default=0, description="Evicted or preempted attempts (free).")
+    job: str | None = None
+    created_at: Timestamp | None = None
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+    retry_at: Timestamp | None = None
+    done_seen_at: Timestamp | None = Field(
+        default=None, description="When its Job was first seen finished (Pods settling)."
+    )
+    waiting_for: Gate | None = Field(
+        default=None,
+        description="Its inputs are complete but it has not started: the gate that holds it.",
+    )
+    reset: bool | None = Field(
+        default=None, description="Its inputs changed: its old outputs must not count."
+    )
+    message: str = ""
+    counts: StageCounts = Field(default_factory=StageCounts)
+    shards: ShardProgress | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+
+
+class StageCost(StatusModel):
+    dollars: Dollars
+    gpu_hours: str
+    teacher_dollars: Dollars | None = None
+
+
+class Cost(StatusModel):
+    dollars: Dollars = Field(default="0.0000", description="Total spent, a decimal string.")
+    gpu_hours: str = Field(default="0.0000", description="GPU-hours, a decimal string.")
+    budget: Dollars | None = Field(default=None, description="spec.budget.maxDollars.")
+    by_stage: dict[str, StageCost] = Field(default_factory=dict)
+
+
+class TaskScore(StatusModel):
+    base: float | None = None
+    tuned: float | None = None
+    delta: float | None = None
+
+
+class Evaluation(StatusModel):
+    summary: str = ""
+    tasks: dict[str, TaskScore] = Field(default_factory=dict)
+
+
+class Progress(StatusModel):
+    stages_done: int = 0
+    stages_total: int = 0
+    percent: int = 0
+    stages: list[str] = Field(
+        default_factory=list, description="The stages whose Jobs run now, in run order."
+    )
+    waiting: dict[str, Gate] = Field(
+        default_factory=dict,
+        description="Stages whose inputs are complete, by the gate that holds them.",
+    )
+
+
+class LanguageModelStatus(StatusModel):
+    """A LanguageModel's status: its stages, progress, cost, artifacts and evaluation."""
+
+    observed_generation: int | None = None
+    phase: LanguageModelPhase | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    stages: list[StageStatus] = Field(default_factory=list)
+    progress: Progress | None = None
+    cost: Cost | None = None
+    artifacts: dict[str, str] = Field(
+        default_factory=dict, description="URIs of what the run has produced so far."
+    )
+    evaluation: Evaluation | None = None
+    spec_fingerprint: str | None = Field(
+        default=None, description="Hash of the resolved spec in the spec ConfigMap."
+    )
+    retry_request: str | None = Field(
+        default=None, description="The kakugo.io/retry annotation value last honoured."
+    )
+
+    def stage(self, name: str) -> StageStatus | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+
+# ----------------------------------------------------------------- Teacher
+
+
+class TeacherStatus(StatusModel):
+    """A Teacher's status: where it serves, whether it is ready and who needs it."""
+
+    observed_generation: int | None = None
+    phase: TeacherPhase | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    url: str | None = None
+    model: str | None = None
+    clients: list[str] = Field(
+        default_factory=list, description="LanguageModels that need the server now."
+    )
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    last_used: Timestamp | None = None
+
+
+# ----------------------------------------------------------------- LanguageFleet
+
+
+class GpuAdmission(StatusModel):
+    max_concurrent: int | None = None
+    in_use: int = 0
+    queued: list[str] = Field(default_factory=list)
+
+
+class FleetCost(StatusModel):
+    dollars: Dollars = "0.0000"
+    gpu_hours: str = "0.0000"
+    by_language: dict[str, Dollars] = Field(default_factory=dict)
+
+
+class TaskMean(StatusModel):
+    mean_delta: float
+    languages: int
+
+
+class StalledLanguage(StatusModel):
+    name: str
+    language: str
+    reason: str
+    message: str = ""
+
+
+class InvalidLanguage(StatusModel):
+    index: int
+    language: str
+    name: str | None = None
+    errors: list[str] = Field(default_factory=list)
+
+
+class MemberRow(StatusModel):
+    name: str
+    language: str
+    phase: LanguageModelPhase
+    stages: list[str] = Field(default_factory=list, description="Its running stages.")
+    cost: Dollars | None = None
+
+
+class LanguageFleetStatus(StatusModel):
+    """A LanguageFleet's status: counts, GPU admission, cost and evaluation over members."""
+
+    observed_generation: int | None = None
+    phase: FleetPhase | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    languages: int = 0
+    members: int = 0
+    ready: int = 0
+    running: int = 0
+    queued: int = 0
+    pending: int = 0
+    suspended: int = 0
+    succeeded: int = 0
+    stalled: int = 0
+    invalid: int = 0
+    phases: dict[str, int] = Field(default_factory=dict)
+    gpu: GpuAdmission | None = None
+    cost: FleetCost | None = None
+    evaluation: dict[str, TaskMean] = Field(default_factory=dict)
+    stalled_languages: list[StalledLanguage] = Field(default_factory=list)
+    invalid_languages: list[InvalidLanguage] = Field(default_factory=list)
+    member_status: list[MemberRow] = Field(default_factory=list)
+
+
+STATUS_MODELS: dict[str, type[StatusModel]] = {
+    "LanguageModel": LanguageModelStatus,
+    "Teacher": TeacherStatus,
+    "LanguageFleet": LanguageFleetStatus,
+}
