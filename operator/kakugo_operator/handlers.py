@@ -66,6 +66,13 @@ def state(memo: Any) -> OperatorState:
     return memo.kakugo  # type: ignore[no-any-return]
 
 
+def namespaced(namespace: str | None) -> str:
+    """The namespace of one of our objects (all are namespaced; Kopf types it optional)."""
+    if namespace is None:
+        raise kopf.PermanentError("a namespaced object without a namespace")
+    return namespace
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -107,31 +114,31 @@ def not_ready(**_: Any) -> None:
 
 
 @kopf.index("batch", "v1", "jobs", labels=OWNED)
-def kakugo_jobs(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any) -> Any:
+def kakugo_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
     lm = labels.get(naming.LM_LABEL)
     return {(namespace, lm): dict(body)} if lm else {}
 
 
 @kopf.index("v1", "pods", labels=OWNED)
-def kakugo_pods(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any) -> Any:
+def kakugo_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
     lm = labels.get(naming.LM_LABEL)
     return {(namespace, lm): dict(body)} if lm else {}
 
 
 @kopf.index(GROUP, VERSION, "teachers")
-def kakugo_teachers(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+def kakugo_teachers(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
     return {(namespace, name): dict(body)}
 
 
 @kopf.index("apps", "v1", "deployments", labels=OWNED)
-def kakugo_deployments(namespace: str, labels: dict[str, str], body: kopf.Body,
+def kakugo_deployments(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
                        **_: Any) -> Any:
     teacher = labels.get(naming.TEACHER_LABEL)
     return {(namespace, teacher): dict(body)} if teacher else {}
 
 
 @kopf.index("v1", "services", labels=OWNED)
-def kakugo_services(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any) -> Any:
+def kakugo_services(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
     teacher = labels.get(naming.TEACHER_LABEL)
     return {(namespace, teacher): dict(body)} if teacher else {}
 
@@ -163,7 +170,7 @@ def needs_teacher(raw_status: dict[str, Any]) -> bool:
 
 
 @kopf.index(GROUP, VERSION, "languagemodels")
-def teacher_clients(namespace: str, name: str, spec: dict[str, Any], status: dict[str, Any],
+def teacher_clients(namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status,
                     **_: Any) -> Any:
     teacher = teacher_of(name, dict(spec))
     if teacher and needs_teacher(dict(status)):
@@ -172,12 +179,12 @@ def teacher_clients(namespace: str, name: str, spec: dict[str, Any], status: dic
 
 
 @kopf.index(GROUP, VERSION, "languagemodels", labels={fleet_mod.FLEET_LABEL: kopf.PRESENT})
-def fleet_children(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any) -> Any:
+def fleet_children(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
     return {(namespace, labels[fleet_mod.FLEET_LABEL]): dict(body)}
 
 
 @kopf.index(GROUP, VERSION, "languagemodels")
-def languagemodel_fleets(namespace: str, name: str, labels: dict[str, str], **_: Any) -> Any:
+def languagemodel_fleets(namespace: str | None, name: str, labels: kopf.Labels, **_: Any) -> Any:
     """Every LanguageModel's fleet ("" for none): a fleet must not take over a name."""
     return {namespace: (name, labels.get(fleet_mod.FLEET_LABEL, ""))}
 
@@ -188,13 +195,15 @@ def languagemodel_fleets(namespace: str, name: str, labels: dict[str, str], **_:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED)
-async def job_event(namespace: str, labels: dict[str, str], memo: kopf.Memo, **_: Any) -> None:
+async def job_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    namespace = namespaced(namespace)
     state(memo).wake("lm", namespace, labels.get(naming.LM_LABEL))
 
 
 @kopf.on.event("v1", "pods", labels=OWNED)
-async def pod_event(type: str, namespace: str, name: str, labels: dict[str, str],
+async def pod_event(type: str, namespace: str | None, name: str, labels: kopf.Labels,
                     body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    namespace = namespaced(namespace)
     st = state(memo)
     lm = labels.get(naming.LM_LABEL)
     if lm and type == "DELETED":
@@ -207,19 +216,22 @@ async def pod_event(type: str, namespace: str, name: str, labels: dict[str, str]
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
-async def deployment_event(namespace: str, labels: dict[str, str], memo: kopf.Memo,
+async def deployment_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo,
                            **_: Any) -> None:
+    namespace = namespaced(namespace)
     state(memo).wake("teacher", namespace, labels.get(naming.TEACHER_LABEL))
 
 
 @kopf.on.event("v1", "services", labels=OWNED)
-async def service_event(namespace: str, labels: dict[str, str], memo: kopf.Memo,
+async def service_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo,
                         **_: Any) -> None:
+    namespace = namespaced(namespace)
     state(memo).wake("teacher", namespace, labels.get(naming.TEACHER_LABEL))
 
 
 @kopf.on.event(GROUP, VERSION, "teachers")
-async def teacher_event(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def teacher_event(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    namespace = namespaced(namespace)
     st = state(memo)
     st.wake("teacher", namespace, name)
     # LanguageModels that use it wait for its readiness (or re-create it when served).
@@ -229,8 +241,9 @@ async def teacher_event(namespace: str, name: str, memo: kopf.Memo, **_: Any) ->
 
 
 @kopf.on.event(GROUP, VERSION, "languagemodels")
-async def languagemodel_event(namespace: str, name: str, spec: dict[str, Any],
-                              labels: dict[str, str], memo: kopf.Memo, **_: Any) -> None:
+async def languagemodel_event(namespace: str | None, name: str, spec: kopf.Spec,
+                              labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    namespace = namespaced(namespace)
     st = state(memo)
     st.wake("lm", namespace, name)
     if teacher := teacher_of(name, dict(spec)):
@@ -239,7 +252,8 @@ async def languagemodel_event(namespace: str, name: str, spec: dict[str, Any],
 
 
 @kopf.on.event(GROUP, VERSION, "languagefleets")
-async def languagefleet_event(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def languagefleet_event(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    namespace = namespaced(namespace)
     state(memo).wake("fleet", namespace, name)
 
 
@@ -290,10 +304,11 @@ def observed(name: str, namespace: str, body: kopf.Body, status: dict[str, Any],
 
 @kopf.daemon(GROUP, VERSION, "languagemodels", initial_delay=0, cancellation_timeout=10)
 async def languagemodel(
-    stopped: kopf.DaemonStopped, name: str, namespace: str, body: kopf.Body,
+    stopped: kopf.DaemonStopped, name: str, namespace: str | None, body: kopf.Body,
     kakugo_jobs: kopf.Index, kakugo_pods: kopf.Index, kakugo_teachers: kopf.Index,
-    memo: kopf.Memo, logger: logging.Logger, **_: Any,
+    memo: kopf.Memo, logger: kopf.Logger, **_: Any,
 ) -> None:
+    namespace = namespaced(namespace)
     st = state(memo)
     key = ("lm", namespace, name)
     written: dict[str, Any] = dict(body.get("status") or {})
@@ -353,9 +368,10 @@ async def execute_lm_plan(plan: Any, body: kopf.Body, namespace: str,
 
 
 @kopf.on.delete(GROUP, VERSION, "languagemodels")
-async def languagemodel_deleted(name: str, namespace: str, spec: dict[str, Any],
-                                memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def languagemodel_deleted(name: str, namespace: str | None, spec: kopf.Spec,
+                                memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Owned objects go through ownerReferences; artifacts only when the spec says so."""
+    namespace = namespaced(namespace)
     st = state(memo)
     metrics.forget(namespace, name)
     st.ghosts.pop((namespace, name), None)
@@ -384,10 +400,11 @@ async def languagemodel_deleted(name: str, namespace: str, spec: dict[str, Any],
 
 @kopf.daemon(GROUP, VERSION, "teachers", initial_delay=0, cancellation_timeout=10)
 async def teacher(
-    stopped: kopf.DaemonStopped, name: str, namespace: str, body: kopf.Body,
+    stopped: kopf.DaemonStopped, name: str, namespace: str | None, body: kopf.Body,
     kakugo_deployments: kopf.Index, kakugo_services: kopf.Index, teacher_clients: kopf.Index,
-    memo: kopf.Memo, logger: logging.Logger, **_: Any,
+    memo: kopf.Memo, logger: kopf.Logger, **_: Any,
 ) -> None:
+    namespace = namespaced(namespace)
     st = state(memo)
     key = ("teacher", namespace, name)
     written: dict[str, Any] = dict(body.get("status") or {})
@@ -427,7 +444,8 @@ async def teacher(
 
 
 @kopf.on.delete(GROUP, VERSION, "teachers", optional=True)
-def teacher_deleted(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+def teacher_deleted(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    namespace = namespaced(namespace)
     state(memo).wakeups.pop(("teacher", namespace, name), None)
     metrics.forget_teacher(namespace, name)
 
@@ -437,10 +455,11 @@ def teacher_deleted(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> Non
 
 @kopf.daemon(GROUP, VERSION, "languagefleets", initial_delay=0, cancellation_timeout=10)
 async def languagefleet(
-    stopped: kopf.DaemonStopped, name: str, namespace: str, body: kopf.Body,
+    stopped: kopf.DaemonStopped, name: str, namespace: str | None, body: kopf.Body,
     fleet_children: kopf.Index, languagemodel_fleets: kopf.Index, memo: kopf.Memo,
-    logger: logging.Logger, **_: Any,
+    logger: kopf.Logger, **_: Any,
 ) -> None:
+    namespace = namespaced(namespace)
     st = state(memo)
     key = ("fleet", namespace, name)
     written: dict[str, Any] = dict(body.get("status") or {})
@@ -480,11 +499,12 @@ async def languagefleet(
 
 
 @kopf.on.delete(GROUP, VERSION, "languagefleets")
-async def languagefleet_deleted(name: str, namespace: str, spec: dict[str, Any],
+async def languagefleet_deleted(name: str, namespace: str | None, spec: kopf.Spec,
                                 fleet_children: kopf.Index, memo: kopf.Memo,
-                                logger: logging.Logger, **_: Any) -> None:
+                                logger: kopf.Logger, **_: Any) -> None:
     """Members go through ownerReferences (the garbage collector). With artifactPolicy
     Delete, each member is marked to delete its artifacts and deleted here first."""
+    namespace = namespaced(namespace)
     state(memo).wakeups.pop(("fleet", namespace, name), None)
     if spec.get("artifactPolicy") != "Delete":
         return
