@@ -4,6 +4,7 @@ or cutting text with it."""
 from __future__ import annotations
 
 import tempfile
+import threading
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,19 @@ class TokenizerError(RuntimeError):
     pass
 
 
+# `kakugo run` runs stages in threads, and transformers' first import is not thread-safe
+# (a second thread gets "cannot import name 'AutoTokenizer'"): loads go one at a time.
+_LOADING = threading.Lock()
+
+
 @cache
 def load_tokenizer(name_or_path: str, revision: str | None = None) -> Any:
     """A transformers tokenizer; s3:// folders are downloaded to a temp folder first."""
+    with _LOADING:
+        return _load_tokenizer(name_or_path, revision)
+
+
+def _load_tokenizer(name_or_path: str, revision: str | None) -> Any:
     try:
         from transformers import AutoTokenizer
     except ImportError as exc:  # pragma: no cover - the stage images install it

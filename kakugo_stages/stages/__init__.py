@@ -9,7 +9,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from kakugo_stages.stages.base import Stage, StageFailed, run_shard, run_stage
+from kakugo_stages.stages.base import (
+    Stage,
+    StageFailed,
+    StageInterrupted,
+    run_shard,
+    run_stage,
+)
 
 _REGISTRY: dict[str, type[Stage]] = {}
 
@@ -46,4 +52,13 @@ def get_stage(name: str) -> type[Stage]:
         ) from None
 
 
-__all__ = ["Stage", "StageFailed", "available", "get_stage", "register", "run_shard", "run_stage"]
+__all__ = [
+    "Stage",
+    "StageFailed",
+    "StageInterrupted",
+    "available",
+    "get_stage",
+    "register",
+    "run_shard",
+    "run_stage",
+]

@@ -17,10 +17,12 @@ in a Job, in `kakugo run` and in tests:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import random
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -51,6 +53,11 @@ log = logging.getLogger("kakugo.stages")
 
 class StageFailed(RuntimeError):
     """The stage could not finish: too many failures, missing inputs, bad settings."""
+
+
+class StageInterrupted(RuntimeError):
+    """The stage was asked to stop (Ctrl-C in `kakugo run`); finished shards and teacher
+    answers are kept, so a rerun continues."""
 
 
 @dataclass
@@ -448,13 +455,19 @@ def run_stage(
     progress: bool = False,
     termination_log: str | None = None,
     reset: bool = False,
+    parallel: int = 1,
+    stop: threading.Event | None = None,
+    position: int | None = None,
 ) -> StageSummary:
-    """Run the given shards (default: every unfinished one) one after another, then write
-    the stage summary to the termination log. Raises StageFailed after writing it.
+    """Run the given shards (default: every unfinished one), at most `parallel` at once,
+    then write the stage summary to the termination log. Raises StageFailed after writing
+    it; after a shard fails no other shard starts, and the running ones finish.
 
     `reset` redoes the given shards although they are complete (their inputs changed):
     markers go first, then rows and stats; the request cache stays, so unchanged requests
-    are replayed, not paid for again."""
+    are replayed, not paid for again. `stop`, set from another thread, cancels the running
+    shards and raises StageInterrupted. `position` is the row of the progress bar when
+    several stages show one."""
     total = stage.num_shards()
     wanted = list(range(total)) if shards is None else list(shards)
     bad = [s for s in wanted if not 0 <= s < total]
@@ -467,20 +480,12 @@ def run_stage(
             stage.output.reset_shard(shard)
     done_before = stage.output.completed_shards()
     todo = [s for s in wanted if s not in done_before]
-    bar = _progress_bar(stage.name, progress)
-    failure: StageFailed | None = None
+    bar = _progress_bar(stage.name, progress, position)
     try:
-        for shard in todo:
-            try:
-                asyncio.run(
-                    run_shard(
-                        stage, shard, teacher_factory=teacher_factory,
-                        on_request=bar.update_one if bar else None,
-                    )
-                )
-            except StageFailed as exc:
-                failure = exc
-                break
+        failure = asyncio.run(_run_shards(
+            stage, todo, parallel, stop, teacher_factory=teacher_factory,
+            on_request=bar.update_one if bar else None,
+        ))
     finally:
         if bar:
             bar.close()
@@ -501,13 +506,55 @@ def run_stage(
     return summary
 
 
+#: How often a running stage looks at its stop event (seconds).
+STOP_POLL_SECONDS = 0.2
+
+
+async def _run_shards(
+    stage: Stage,
+    shards: list[int],
+    parallel: int,
+    stop: threading.Event | None,
+    **kwargs: Any,
+) -> StageFailed | None:
+    """The shards on one event loop, at most `parallel` at once (as an Indexed Job's Pods
+    run), each with its own teacher client. Returns the first failure."""
+    gate = asyncio.Semaphore(max(parallel, 1))  # FIFO: shards start in order
+    failures: list[StageFailed] = []
+
+    async def one(shard: int) -> None:
+        async with gate:
+            if failures:
+                return
+            try:
+                await run_shard(stage, shard, **kwargs)
+            except StageFailed as exc:
+                failures.append(exc)
+
+    work = asyncio.gather(*(one(s) for s in shards))
+    # The stop event is a thread's, so it is polled; a cancelled shard writes nothing, and
+    # its finished requests are in the request cache already.
+    while stop is not None and not work.done():
+        await asyncio.wait({work}, timeout=STOP_POLL_SECONDS)
+        if stop.is_set() and not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            raise StageInterrupted(f"stage {stage.name} stopped before finishing")
+    await work
+    return failures[0] if failures else None
+
+
 class _Bar:
     """A tqdm bar over teacher requests (the totals of a tree are not known upfront)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, position: int | None = None):
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(desc=name, unit="req", dynamic_ncols=True)
+        # A bar at a given row (one of several stages) clears itself when done: another
+        # stage takes the row next.
+        self._bar = tqdm(desc=name, unit="req", dynamic_ncols=True, position=position,
+                         leave=position is None)
 
     def update_one(self) -> None:
         self._bar.update(1)
@@ -516,6 +563,6 @@ class _Bar:
         self._bar.close()
 
 
-def _progress_bar(name: str, enabled: bool) -> _Bar | None:
-    return _Bar(name) if enabled else None
+def _progress_bar(name: str, enabled: bool, position: int | None = None) -> _Bar | None:
+    return _Bar(name, position) if enabled else None
 

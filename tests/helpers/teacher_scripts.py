@@ -57,3 +57,25 @@ def flaky(fraction: float):
         return scripted_teacher(body)
 
     return respond
+
+
+#: A phrase of each teacher stage's prompt templates (kakugo_stages/prompts.py).
+_STAGE_PHRASES = (
+    ("topics", ("We are collecting subjects", "take the sub-area", "about\nthe topic")),
+    ("scenarios", ("broad kinds of situation", "Take this broad situation", "Situation:")),
+    ("contexts", ("A user will paste it",)),
+    ("revise", ("Rewrite it so that it is a better",)),
+    ("translate", ("Translate the conversation below",)),
+)
+
+
+def stage_of(body: dict[str, Any]) -> str:
+    """Which teacher stage sent a request, from its prompt (respond: a system prompt)."""
+    messages = body.get("messages") or []
+    if messages and messages[0].get("role") == "system":
+        return "respond"
+    text = messages[-1]["content"] if messages else ""
+    for stage, phrases in _STAGE_PHRASES:
+        if any(p in text for p in phrases):
+            return stage
+    raise ValueError(f"no stage sends this prompt: {text[:80]!r}")
