@@ -55,15 +55,15 @@ def to_structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         # no type and nothing else in the branches; each branch's checks move to the node
         # (as controller-gen does for Quantity): `pattern` applies to strings only and
         # `minimum` to numbers only.
-        out = {k: v for k, v in node.items() if k in _KEEP and k != "type"}
-        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+        int_or_string = {k: v for k, v in node.items() if k in _KEEP and k != "type"}
+        int_or_string["anyOf"] = [{"type": "integer"}, {"type": "string"}]
         for branch in node["anyOf"]:
             for key in ("pattern", "minimum", "maximum"):
                 if key in branch:
-                    out[key] = branch[key]
-        if out.get("default") is None:
-            out.pop("default", None)
-        return out
+                    int_or_string[key] = branch[key]
+        if int_or_string.get("default") is None:
+            int_or_string.pop("default", None)
+        return int_or_string
 
     nullable = False
     if "anyOf" in node:
@@ -77,10 +77,10 @@ def to_structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
                 merged[key] = node[key]
         node = merged
         if node.get("x-kubernetes-int-or-string"):
-            out = to_structural(node, defs)
+            inner = to_structural(node, defs)
             if nullable:
-                out["nullable"] = True
-            return out
+                inner["nullable"] = True
+            return inner
 
     if "const" in node:
         node["enum"] = [node.pop("const")]
@@ -244,7 +244,7 @@ def language_model_crd() -> dict[str, Any]:
         {"required": ["ref"]}, {"required": ["endpoint"]}, {"required": ["serve"]},
     ]
     status = status_schema(LanguageModelStatus)
-    columns = [
+    columns: list[dict[str, Any]] = [
         {"name": "Language", "type": "string", "jsonPath": ".spec.language"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Ready", "type": "string", "jsonPath": _READY},
@@ -262,7 +262,7 @@ def language_model_crd() -> dict[str, Any]:
 
 def teacher_crd() -> dict[str, Any]:
     status = status_schema(TeacherStatus)
-    columns = [
+    columns: list[dict[str, Any]] = [
         {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
         {"name": "GPUs", "type": "integer", "jsonPath": ".spec.gpus"},
         {"name": "Ready", "type": "string", "jsonPath": _READY},
@@ -283,7 +283,7 @@ def language_fleet_crd() -> dict[str, Any]:
     template["description"] = "A LanguageModel spec without `language`, used for every member."
     spec["properties"]["template"] = template
     status = status_schema(LanguageFleetStatus)
-    columns = [
+    columns: list[dict[str, Any]] = [
         {"name": "Languages", "type": "integer", "jsonPath": ".status.languages"},
         {"name": "Ready", "type": "integer", "jsonPath": ".status.ready"},
         {"name": "Running", "type": "integer", "jsonPath": ".status.running"},

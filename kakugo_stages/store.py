@@ -453,7 +453,7 @@ class FileStore(ArtifactStore):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         f = os.fdopen(fd, "wb")
         try:
-            yield f  # type: ignore[misc]
+            yield f
             with self._errors(key, reading=False):
                 f.flush()
                 if durable:
@@ -681,7 +681,7 @@ class S3Store(ArtifactStore):
             body = self._client.get_object(Bucket=self.bucket, Key=full)["Body"]
         # BufferedReader gives fast line iteration over the forward-only body.
         with io.BufferedReader(body, buffer_size=_MiB) as f, self._errors(key):
-            yield f  # type: ignore[misc]
+            yield f
 
     def upload_file(self, src: Path, key: str) -> None:
         full = self._key(key)

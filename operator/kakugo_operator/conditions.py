@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from kakugo_operator.observe import iso
-from kakugo_stages.status import Condition
+from kakugo_stages.status import Condition, ConditionStatus
 
 #: What kstatus reads, in this order, on every kind.
 KSTATUS_TYPES = ("Ready", "Reconciling", "Stalled")
@@ -33,7 +33,7 @@ def condition(previous: Iterable[Condition], want: Want, now: datetime,
               generation: int) -> Condition:
     """`want` as a Condition: its transition time is now if its status moved, else kept."""
     old = next((c for c in previous if c.type == want.type), None)
-    status = "True" if want.value else "False"
+    status: ConditionStatus = "True" if want.value else "False"
     moved = old is None or old.status != status
     return Condition(
         type=want.type, status=status, reason=want.reason,

@@ -58,6 +58,7 @@ from kakugo_stages.spec import LanguageFleetSpec, LanguageModelSpec
 from kakugo_stages.status import (
     Condition,
     FleetCost,
+    FleetPhase,
     GpuAdmission,
     InvalidLanguage,
     LanguageFleetStatus,
@@ -530,6 +531,7 @@ def decide_fleet(name: str, namespace: str, generation: int, raw_spec: dict[str,
     agg = aggregate(valid, by_name, {n for n, p in plan.patch.items() if "spec" in p})
     wants, work = fleet_wants(agg, len(valid), invalid, admission.queued, plan, gone)
     conds = conditions(prev.conditions, wants, now, generation)
+    phase: FleetPhase
     if work:
         phase = "Running"
     elif agg.stalled or invalid:

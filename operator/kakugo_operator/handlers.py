@@ -63,7 +63,7 @@ class OperatorState:
 
 
 def state(memo: Any) -> OperatorState:
-    return memo.kakugo  # type: ignore[no-any-return]
+    return memo.kakugo
 
 
 def namespaced(namespace: str | None) -> str:
@@ -302,7 +302,8 @@ def observed(name: str, namespace: str, body: kopf.Body, status: dict[str, Any],
     )
 
 
-@kopf.daemon(GROUP, VERSION, "languagemodels", initial_delay=0, cancellation_timeout=10)
+# Kopf's handler protocols do not name our index kwargs (kakugo_jobs, ...).
+@kopf.daemon(GROUP, VERSION, "languagemodels", initial_delay=0, cancellation_timeout=10)  # type: ignore[arg-type]
 async def languagemodel(
     stopped: kopf.DaemonStopped, name: str, namespace: str | None, body: kopf.Body,
     kakugo_jobs: kopf.Index, kakugo_pods: kopf.Index, kakugo_teachers: kopf.Index,
@@ -398,7 +399,8 @@ async def languagemodel_deleted(name: str, namespace: str | None, spec: kopf.Spe
 # ------------------------------------------------------------------ Teacher
 
 
-@kopf.daemon(GROUP, VERSION, "teachers", initial_delay=0, cancellation_timeout=10)
+# Kopf's handler protocols do not name our index kwargs (kakugo_jobs, ...).
+@kopf.daemon(GROUP, VERSION, "teachers", initial_delay=0, cancellation_timeout=10)  # type: ignore[arg-type]
 async def teacher(
     stopped: kopf.DaemonStopped, name: str, namespace: str | None, body: kopf.Body,
     kakugo_deployments: kopf.Index, kakugo_services: kopf.Index, teacher_clients: kopf.Index,
@@ -453,7 +455,8 @@ def teacher_deleted(name: str, namespace: str | None, memo: kopf.Memo, **_: Any)
 # ------------------------------------------------------------------ LanguageFleet
 
 
-@kopf.daemon(GROUP, VERSION, "languagefleets", initial_delay=0, cancellation_timeout=10)
+# Kopf's handler protocols do not name our index kwargs (kakugo_jobs, ...).
+@kopf.daemon(GROUP, VERSION, "languagefleets", initial_delay=0, cancellation_timeout=10)  # type: ignore[arg-type]
 async def languagefleet(
     stopped: kopf.DaemonStopped, name: str, namespace: str | None, body: kopf.Body,
     fleet_children: kopf.Index, languagemodel_fleets: kopf.Index, memo: kopf.Memo,
@@ -498,7 +501,8 @@ async def languagefleet(
         await _sleep(st, key, stopped, plan.requeue_after or st.settings.resync_seconds)
 
 
-@kopf.on.delete(GROUP, VERSION, "languagefleets")
+# Kopf's handler protocols do not name our index kwargs (kakugo_jobs, ...).
+@kopf.on.delete(GROUP, VERSION, "languagefleets")  # type: ignore[arg-type]
 async def languagefleet_deleted(name: str, namespace: str | None, spec: kopf.Spec,
                                 fleet_children: kopf.Index, memo: kopf.Memo,
                                 logger: kopf.Logger, **_: Any) -> None:

@@ -51,6 +51,7 @@ from kakugo_stages.status import (
     Condition,
     Cost,
     Evaluation,
+    LanguageModelPhase,
     LanguageModelStatus,
     Progress,
     StageCost,
@@ -294,7 +295,7 @@ def cost(entries: Mapping[str, StageStatus], world: sm.World, spec: LanguageMode
 class Summary:
     """The object as a whole: phase and the kstatus conditions' wants."""
 
-    phase: str
+    phase: LanguageModelPhase
     done: bool
     stall: tuple[str, str] | None
     reconciling: tuple[bool, str, str]
@@ -334,6 +335,7 @@ def summarize(entries: Mapping[str, StageStatus], holds: Mapping[str, sm.Hold],
         reconciling = (True, hold.reason, hold.message)
     else:
         reconciling = (True, "Running", "")
+    phase: LanguageModelPhase
     if stall:
         phase = "Stalled"
     elif done:
