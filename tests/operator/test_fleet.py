@@ -38,7 +38,8 @@ from tests.operator.operator_helpers import (
     wait_for,
 )
 
-pytestmark = pytest.mark.timeout(90)
+# Kopf runs for real against the emulator: not in `make unit`.
+pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 PLURALS.setdefault("LanguageFleet", ("kakugo.io/v1alpha1", "languagefleets"))
 
 ENDPOINT = {"endpoint": {"url": "https://api.example.com/v1", "model": "gpt-oss-120b"}}

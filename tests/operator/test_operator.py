@@ -24,7 +24,8 @@ from tests.operator.operator_helpers import (
     wait_for,
 )
 
-pytestmark = pytest.mark.timeout(90)
+# Kopf runs for real against the emulator: not in `make unit`.
+pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 
 ROOTS = ["yoruba-contexts-1", "yoruba-scenarios-1", "yoruba-topics-1", "yoruba-translate-1"]
 

@@ -26,7 +26,8 @@ from tests.operator.operator_helpers import (
     wait_for,
 )
 
-pytestmark = pytest.mark.timeout(90)
+# Kopf runs for real against the emulator: not in `make unit`.
+pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 
 TEACHER = {
     "apiVersion": "kakugo.io/v1alpha1", "kind": "Teacher",
