@@ -23,7 +23,8 @@ batched token counting, formatting, seeded shuffle, split) and the dataset write
     python bench/filter_mix.py [--rows 50000] [--text realistic|synthetic]
 
 The last line is one JSON object with `rows_per_s` (filter + mix + write), `peak_rss_mb`,
-`tokenized_mb`, the text mode and the tokenizer used.
+`tokenized_mb` (text counted exactly; `tokenizer_mb`: the part the tokenizer itself
+counted, the rest went through `PieceCounter`), the text mode and the tokenizer used.
 """
 
 from __future__ import annotations
@@ -615,6 +616,7 @@ def main() -> None:
                 "rows_per_s": round(total / elapsed),
                 "mix_rows_per_s": round(total / t_mix),
                 "seconds": round(elapsed, 2),
+                "cpu_seconds": round(cpu, 2),
                 "peak_rss_mb": round(peak),
                 "input_rss_mb": round(rss_input),
                 "kept": mix.rows,
