@@ -12,8 +12,9 @@ from __future__ import annotations
 import random
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from kakugo_stages.chat_format import assistant_content
 from kakugo_stages.filters import (
@@ -27,7 +28,7 @@ from kakugo_stages.filters import (
     utf8_len,
 )
 from kakugo_stages.spec import MixConfig
-from kakugo_stages.store import PARQUET_BATCH, ArtifactStore
+from kakugo_stages.store import ArtifactStore
 
 if TYPE_CHECKING:
     import pyarrow
@@ -35,12 +36,45 @@ if TYPE_CHECKING:
 DATASET_DIR = "dataset"
 #: 1 row in SAMPLE_EVERY (by a hash of its id) is tokenized whole, for token estimates.
 SAMPLE_EVERY = 50
+#: Rows per parquet row group of the dataset: rows are formatted one group at a time, and
+#: a group of 1,024 long conversations is already ~15 MB of text (4,096 cost +80 MB RSS).
+ROW_GROUP = 1024
+
+
+class MixRows(Sequence[dict[str, Any]]):
+    """The rows of one split, formatted (system prompt, think block, messages) when read:
+    the mix holds a reference to each input row, not a formatted copy, so its memory does
+    not grow with the text (the dataset write formats one row group at a time)."""
+
+    def __init__(self, cfg: MixConfig) -> None:
+        self.cfg = cfg
+        self._rows: list[tuple[dict[str, Any], bool]] = []  # (input row, translated)
+
+    def append(self, row: dict[str, Any], translated: bool) -> None:
+        self._rows.append((row, translated))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, i: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, i: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(i, slice):
+            return [self._format(*row) for row in self._rows[i]]
+        return self._format(*self._rows[i])
+
+    def _format(self, row: dict[str, Any], translated: bool) -> dict[str, Any]:
+        conv = (translated_conversation if translated else generated_conversation)(row, self.cfg)
+        return {"id": row["id"], "source": row["source"], "messages": conv,
+                "reasoning": conv[0]["content"] == self.cfg.think_system_prompt}
 
 
 @dataclass
 class MixResult:
-    train: list[dict[str, Any]]
-    validation: list[dict[str, Any]]
+    train: MixRows
+    validation: MixRows
     excluded: list[dict[str, Any]]
     kept_by_source: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
@@ -63,9 +97,14 @@ def _exclude(result: MixResult, row: dict[str, Any], reason: str) -> None:
                             "row": row})
 
 
-def generated_conversation(row: dict[str, Any], cfg: MixConfig) -> list[dict[str, str]]:
+def _reasoning(row: dict[str, Any], cfg: MixConfig) -> str | None:
     reasoning = row.get("reasoning") if cfg.reasoning else None
-    reasoning = reasoning if reasoning and reasoning.strip() else None
+    # isspace() stops at the first non-space character; strip() would copy the text.
+    return reasoning if reasoning and not reasoning.isspace() else None
+
+
+def generated_conversation(row: dict[str, Any], cfg: MixConfig) -> list[dict[str, str]]:
+    reasoning = _reasoning(row, cfg)
     system = cfg.think_system_prompt if reasoning is not None else cfg.concise_system_prompt
     return [
         {"role": "system", "content": system},
@@ -78,6 +117,30 @@ def translated_conversation(row: dict[str, Any], cfg: MixConfig) -> list[dict[st
     return [{"role": "system", "content": cfg.concise_system_prompt}, *row["messages"]]
 
 
+def _prompt_key(row: dict[str, Any]) -> str:
+    """What makes two generated prompts the same: words and case folding."""
+    return " ".join((row.get("user") or row["prompt"]).split()).casefold()
+
+
+class _SeenPrompts:
+    """Prompts seen so far, compared by `_prompt_key`. It holds the key's hash and the
+    row, not the key: prompts carry whole context documents, and a set of their keys
+    was the largest thing the filter built. A hash shared by two rows is settled by
+    comparing their keys, so a collision never drops a row."""
+
+    def __init__(self) -> None:
+        self._rows: dict[int, list[dict[str, Any]]] = {}
+
+    def seen(self, row: dict[str, Any]) -> bool:
+        """Whether a row with the same key was seen before; remembers this one if not."""
+        key = _prompt_key(row)
+        same_hash = self._rows.setdefault(hash(key), [])
+        if any(_prompt_key(other) == key for other in same_hash):
+            return True
+        same_hash.append(row)
+        return False
+
+
 def build_mix(
     generated: list[dict[str, Any]],
     translated: list[dict[str, Any]],
@@ -88,26 +151,24 @@ def build_mix(
 ) -> MixResult:
     """Filter, format, shuffle and split. Every input row is either kept or excluded with
     its reason."""
-    result = MixResult([], [], [])
+    result = MixResult(MixRows(cfg), MixRows(cfg), [])
     tags = settings.media_tags
-    candidates: list[tuple[dict[str, Any], list[dict[str, str]]]] = []
+    candidates: list[tuple[dict[str, Any], bool]] = []  # (row, translated)
 
-    seen_prompts: set[str] = set()
+    prompts = _SeenPrompts()
     gen_ok = []
     for row in generated:
         if row.get("source") not in cfg.sources:
             _exclude(result, row, "source_not_in_mix")
             continue
         reason = check_generated(row, tags)
-        if reason is None:
-            key = " ".join((row.get("user") or row["prompt"]).split()).casefold()
-            reason = "duplicate_prompt" if key in seen_prompts else None
-            seen_prompts.add(key)
+        if reason is None and prompts.seen(row):
+            reason = "duplicate_prompt"
         if reason:
             _exclude(result, row, reason)
         else:
-            gen_ok.append((row, generated_conversation(row, cfg)))
-    _length_filter_generated(result, gen_ok, candidates, settings, count)
+            gen_ok.append(row)
+    _length_filter_generated(result, gen_ok, candidates, settings, cfg, count)
 
     # Translated rows: structure, then per-turn ratios and length (bounds, else counts).
     tr_ok = []
@@ -120,26 +181,31 @@ def build_mix(
     _ratio_and_length_filter_translated(result, tr_ok, candidates, settings, cfg, count)
 
     # One shuffled dataset: order by id first, so the shuffle depends on the seed only.
-    candidates.sort(key=lambda rc: rc[0]["id"])
+    candidates.sort(key=lambda rt: rt[0]["id"])
     random.Random(seed).shuffle(candidates)
     n_val = round(len(candidates) * cfg.validation_fraction)
     if cfg.validation_fraction > 0 and n_val == 0 and len(candidates) > 1:
         n_val = 1
-    for i, (row, conv) in enumerate(candidates):
-        thinks = conv[0]["content"] == cfg.think_system_prompt
-        out = {"id": row["id"], "source": row["source"], "messages": conv,
-               "reasoning": thinks}
-        (result.validation if i < n_val else result.train).append(out)
+    for i, (row, translated) in enumerate(candidates):
+        (result.validation if i < n_val else result.train).append(row, translated)
         result.kept_by_source[row["source"]] += 1
-        result.reasoning_rows += thinks
+        result.reasoning_rows += _system_prompt(row, translated, cfg) == cfg.think_system_prompt
     return result
+
+
+def _system_prompt(row: dict[str, Any], translated: bool, cfg: MixConfig) -> str:
+    """The system prompt a row's conversation starts with, without formatting the rest."""
+    if not translated and _reasoning(row, cfg) is not None:
+        return cfg.think_system_prompt
+    return cfg.concise_system_prompt
 
 
 def _length_filter_generated(
     result: MixResult,
-    rows: list[tuple[dict[str, Any], list[dict[str, str]]]],
-    candidates: list[tuple[dict[str, Any], list[dict[str, str]]]],
+    rows: list[dict[str, Any]],
+    candidates: list[tuple[dict[str, Any], bool]],
     settings: FilterSettings,
+    cfg: MixConfig,
     count: TokenCounter,
 ) -> None:
     """Drop generated rows over the cutoff, tokenizing only what might decide it.
@@ -150,9 +216,14 @@ def _length_filter_generated(
     the bound fits or every message is counted: a long context document is often all it
     takes. Token totals for the card are exact for counted rows and, for the rest, bytes
     times the tokens-per-byte of a seeded sample of each source (recorded as estimated).
+    Conversations are formatted when measured and not kept.
     """
     per_message = settings.template_tokens
-    sizes = [[utf8_len(m["content"]) + 1 for m in conv] for _, conv in rows]
+
+    def texts(i: int) -> list[str]:
+        return [m["content"] for m in generated_conversation(rows[i], cfg)]
+
+    sizes = [[utf8_len(t) + 1 for t in texts(i)] for i in range(len(rows))]
     exact: dict[int, dict[int, int]] = {}
 
     def bound(i: int) -> int:
@@ -160,8 +231,11 @@ def _length_filter_generated(
         return sum(known.get(j, n) for j, n in enumerate(sizes[i])) + per_message * len(
             sizes[i])
 
-    sample = [i for i, (row, _) in enumerate(rows) if _in_sample(row["id"])]
-    _count_messages(rows, sample, exact, count)  # whole rows, for the tokens-per-byte
+    sample = [i for i, row in enumerate(rows) if _in_sample(row["id"])]
+    counts = iter(count(t for i in sample for t in texts(i)))  # whole rows: tokens per byte
+    for i in sample:
+        exact[i] = {j: next(counts) for j in range(len(sizes[i]))}
+
     def undecided(i: int) -> bool:
         return bound(i) > settings.max_tokens and len(exact.get(i, {})) < len(sizes[i])
 
@@ -173,8 +247,7 @@ def _length_filter_generated(
             j = max((j for j in range(len(sizes[i])) if j not in known),
                     key=lambda j: sizes[i][j])
             todo.append((i, j))
-        counts = count([rows[i][1][j]["content"] for i, j in todo])
-        for (i, j), n in zip(todo, counts, strict=True):
+        for (i, j), n in zip(todo, count(texts(i)[j] for i, j in todo), strict=True):
             exact[i][j] = n
         pending = [i for i in pending if undecided(i)]
 
@@ -182,10 +255,10 @@ def _length_filter_generated(
     ratio_num: Counter[str] = Counter()
     ratio_den: Counter[str] = Counter()
     for i in sample:
-        source = rows[i][0]["source"]
+        source = rows[i]["source"]
         ratio_num[source] += sum(exact[i].values())
         ratio_den[source] += sum(sizes[i])
-    for i, (row, conv) in enumerate(rows):
+    for i, row in enumerate(rows):
         source = row["source"]
         n = bound(i)
         known = exact.get(i, {})
@@ -197,37 +270,31 @@ def _length_filter_generated(
         elif n > settings.max_tokens:
             _exclude(result, row, "too_long")
             continue
-        candidates.append((row, conv))
+        candidates.append((row, False))
         result.tokens_by_source[source] += n
-
-
-def _count_messages(rows: list[tuple[dict[str, Any], list[dict[str, str]]]], which: list[int],
-                    exact: dict[int, dict[int, int]], count: TokenCounter) -> None:
-    """Exact counts of every message of the rows `which`, in one batched call."""
-    counts = iter(count([m["content"] for i in which for m in rows[i][1]]))
-    for i in which:
-        exact[i] = {j: next(counts) for j in range(len(rows[i][1]))}
 
 
 def _ratio_and_length_filter_translated(
     result: MixResult,
     rows: list[dict[str, Any]],
-    candidates: list[tuple[dict[str, Any], list[dict[str, str]]]],
+    candidates: list[tuple[dict[str, Any], bool]],
     settings: FilterSettings,
     cfg: MixConfig,
     count: TokenCounter,
 ) -> None:
     """Every turn's translated/original token ratio within [min, max] and the row within
     the cutoff. Bounds decide most turns (see `token_bounds`); the rows they cannot
-    decide, and a seeded sample for the card's token totals, are tokenized (batched)."""
+    decide, and a seeded sample for the card's token totals, are counted (batched)."""
     if not rows:
         return
     originals = _original_counts(rows, settings, count)
     system_tokens = count([cfg.concise_system_prompt])[0]
     overhead = settings.template_tokens
     lo, hi, limit = settings.min_ratio, settings.max_ratio, settings.max_tokens
-    bounds = [[token_bounds(m["content"], count.bounded) for m in row["messages"]]
-              for row in rows]
+    sizes = [[utf8_len(m["content"]) for m in row["messages"]] for row in rows]
+    bounds = [[token_bounds(m["content"], count.bounded, size)
+               for m, size in zip(row["messages"], sizes[r], strict=True)]
+              for r, row in enumerate(rows)]
 
     def verdict(r: int) -> str | None:
         reason = check_ratio_bounds(originals[r], bounds[r], lo, hi)
@@ -243,14 +310,14 @@ def _ratio_and_length_filter_translated(
     verdicts = [verdict(r) for r in range(len(rows))]
     sample = {r for r, row in enumerate(rows) if _in_sample(row["id"])}
     todo = [r for r, v in enumerate(verdicts) if v == UNDECIDED or r in sample]
-    counts = iter(count([m["content"] for r in todo for m in rows[r]["messages"]]))
+    counts = iter(count(m["content"] for r in todo for m in rows[r]["messages"]))
     for r in todo:
         bounds[r] = [(n, n) for n in (next(counts) for _ in rows[r]["messages"])]
         verdicts[r] = verdict(r)
     # Tokens per byte of the counted rows, for the rows only bounds decided.
     counted = [r for r in todo if verdicts[r] is None]
     num = sum(bounds[r][i][0] for r in counted for i in range(len(bounds[r])))
-    den = sum(utf8_len(m["content"]) for r in counted for m in rows[r]["messages"])
+    den = sum(sum(sizes[r]) for r in counted)
     ratio = num / den if den else 1.0
     for r, row in enumerate(rows):
         if verdicts[r] is not None:
@@ -259,9 +326,9 @@ def _ratio_and_length_filter_translated(
         if all(a == b for a, b in bounds[r]):
             turns = sum(a for a, _ in bounds[r])
         else:
-            turns = round(ratio * sum(utf8_len(m["content"]) for m in row["messages"]))
+            turns = round(ratio * sum(sizes[r]))
             result.estimated_sources.add("translated")
-        candidates.append((row, translated_conversation(row, cfg)))
+        candidates.append((row, True))
         result.tokens_by_source["translated"] += turns + system_tokens + overhead * (
             len(bounds[r]) + 1)
 
@@ -300,8 +367,7 @@ def write_dataset(store: ArtifactStore, result: MixResult, card: str) -> dict[st
         key = f"{DATASET_DIR}/data/{split}-00000-of-00001.parquet"
         if rows:
             store.write_parquet_tables(key, (
-                mix_table(rows[i : i + PARQUET_BATCH]) for i in range(0, len(rows),
-                                                                      PARQUET_BATCH)))
+                mix_table(rows[i : i + ROW_GROUP]) for i in range(0, len(rows), ROW_GROUP)))
             files[split] = key
         else:
             store.delete(key)
@@ -309,7 +375,7 @@ def write_dataset(store: ArtifactStore, result: MixResult, card: str) -> dict[st
     return files
 
 
-def mix_table(rows: list[dict[str, Any]]) -> pyarrow.Table:
+def mix_table(rows: Sequence[dict[str, Any]]) -> pyarrow.Table:
     """Rows of the mix as an Arrow table, built column by column (flat lists of strings
     convert in C; `Table.from_pylist` walks every nested dict in Python). Contents go in
     as bytes: converting a `str` makes CPython keep a UTF-8 copy inside the string for as
@@ -325,8 +391,9 @@ def mix_table(rows: list[dict[str, Any]]) -> pyarrow.Table:
     messages = pa.ListArray.from_arrays(
         pa.array(offsets, pa.int32()),
         pa.StructArray.from_arrays([pa.array(roles, pa.string()),
+                                    # encode() only makes valid UTF-8: a view, no check.
                                     pa.array([c.encode() for c in contents],
-                                             pa.binary()).cast(pa.string())],
+                                             pa.binary()).view(pa.string())],
                                    ["role", "content"]))
     return pa.table({
         "id": pa.array([r["id"] for r in rows], pa.string()),

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import unicodedata
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +200,7 @@ def test_mix_accounts_for_every_row_and_formats_them(counter: TokenCounter) -> N
                                  "duplicate_prompt": 1, "too_long": 1,
                                  "turn_count_mismatch": 1, "empty_turn": 1}
     assert len(mix.validation) == round(60 * 0.02)
-    by_source = {r["source"]: r for r in mix.train + mix.validation}
+    by_source = {r["source"]: r for r in [*mix.train, *mix.validation]}
     g = by_source["topics"]["messages"]
     assert g[0] == {"role": "system", "content": THINK_SYSTEM_PROMPT}
     assert g[2]["content"].startswith("<think> I think. </think> Ìdáhùn")
@@ -233,7 +237,7 @@ def test_ablations(counter: TokenCounter, mix_cfg: dict, sources: set, thinking:
     gen_in = generated if set(cfg.sources) - {"translated"} else []
     tr_in = translated if "translated" in cfg.sources else []
     mix = build_mix(gen_in, tr_in, SETTINGS, cfg, counter, seed=0)
-    rows = mix.train + mix.validation
+    rows = [*mix.train, *mix.validation]
     assert {r["source"] for r in rows} == sources
     assert (mix.reasoning_rows > 0) is thinking
     if not cfg.reasoning:
@@ -292,9 +296,17 @@ def unbounded_tokenizers() -> list[Any]:
     return out
 
 
+#: Yoruba as real text has it: tone marks as combining diacritics or precomposed, under-dots,
+#: syllabic nasals; decomposed (NFD) pieces beside composed ones.
+YORUBA = ["Ẹ̀kọ́", "ìmọ̀", "sáyẹ́nsì", "ń", "ṣe", "pàtàkì", "àárọ̀", "ọjà", "ẹ̀tọ́", "kọ̀ǹpútà",
+          "ọ̀pọ̀lọpọ̀", "Ẹ", "kú", "gẹ́gẹ́", "nǹkan", "m̀", "ọ̀rọ̀-ajé", "Ìbàdàn"]
+YORUBA += [unicodedata.normalize("NFD", w) for w in YORUBA]
+
+
 def random_text(rng: Any, words: int) -> str:
     pieces = ["Ẹ", "kú", "àárọ̀", "ṣé", "the", "fox", "12,345", "!!", "...", "ọjà", "日本語",
-              "مرحبا", "<think>", "x=1;", "https://a.b/c", "\n", "  ", "\t", "—", "Lagos's"]
+              "مرحبا", "<think>", "x=1;", "https://a.b/c", "\n", "  ", "\t", "—", "Lagos's",
+              *YORUBA]
     return "".join(rng.choice(pieces) + rng.choice([" ", "", "\n", "  "])
                    for _ in range(words))
 
@@ -315,21 +327,39 @@ def test_word_and_byte_bounds_hold(counter: TokenCounter) -> None:
         assert not TokenCounter(tokenizer).bounded
 
 
+class Counting(TokenCounter):
+    """Counts the texts it is asked to count."""
+
+    texts = 0
+
+    def __call__(self, texts: Any) -> list[int]:
+        texts = list(texts)
+        self.texts += len(texts)
+        return super().__call__(texts)
+
+
+def reference(tokenizer: Any) -> Counting:
+    """Every text counted by the tokenizer itself, no bound: what the verdicts must be."""
+    ref = Counting(tokenizer, pieces=False)
+    ref.bounded = False
+    assert ref.pieces is None
+    return ref
+
+
+def same_verdicts(fast: Any, slow: Any) -> None:
+    assert [r["id"] for r in fast.train] == [r["id"] for r in slow.train]
+    assert [r["id"] for r in fast.validation] == [r["id"] for r in slow.validation]
+    assert [(r["id"], r["reason"]) for r in fast.excluded] == [
+        (r["id"], r["reason"]) for r in slow.excluded]
+
+
 def test_bounds_never_change_a_decision(counter: TokenCounter) -> None:
     """Rows at the edges (ratios around 0.75 and 25, empty turns, lengths around the
-    cutoff) get the same verdicts with the bounds as with every turn counted."""
-    import random
-
-    class Counting(TokenCounter):
-        texts = 0
-
-        def __call__(self, texts: Any) -> list[int]:
-            self.texts += len(texts)
-            return super().__call__(texts)
-
+    cutoff, diacritic-heavy text) get the same verdicts with the bounds and the piece
+    counter as with every turn counted by the tokenizer."""
     rng = random.Random(1)
-    fast_counter, exact = Counting(counter.tokenizer), Counting(counter.tokenizer)
-    exact.bounded = False
+    fast_counter, exact = Counting(counter.tokenizer), reference(counter.tokenizer)
+    assert fast_counter.pieces is not None and fast_counter.bounded
     generated, translated = [], []
     for i in range(150):
         prompt = random_text(rng, rng.randint(1, 40))
@@ -348,15 +378,247 @@ def test_bounds_never_change_a_decision(counter: TokenCounter) -> None:
         settings = FilterSettings(0.75, 25.0, TAGS, limit, template_tokens=3)
         fast = build_mix(generated, translated, settings, MixConfig(), fast_counter, seed=0)
         slow = build_mix(generated, translated, settings, MixConfig(), exact, seed=0)
-        assert [r["id"] for r in fast.train] == [r["id"] for r in slow.train]
-        assert [(r["id"], r["reason"]) for r in fast.excluded] == [
-            (r["id"], r["reason"]) for r in slow.excluded]
+        same_verdicts(fast, slow)
         assert len(fast.dropped) >= 2, fast.dropped  # the edges were reached
     assert fast.dropped["too_long"] and fast.dropped["token_ratio"]
     assert {r["source"] for r in fast.excluded if r["reason"] == "too_long"} == {
         "topics", "translated"}
     # The bounds decided some rows (else this proves nothing), not all (edges need counts).
     assert 0 < fast_counter.texts < exact.texts, (fast_counter.texts, exact.texts)
+
+
+def yoruba_text(rng: random.Random, words: int) -> str:
+    text = " ".join(rng.choice(YORUBA) + rng.choice(["", "", ",", ".", "?"])
+                    for _ in range(words))
+    return unicodedata.normalize(rng.choice(["NFC", "NFD"]), text) if rng.random() < 0.5 else text
+
+
+def test_exact_edges_with_diacritics_keep_every_verdict(counter: TokenCounter) -> None:
+    """Diacritic-heavy turns whose ratio to the English turn is exactly 0.75 or 25, or one
+    token either side, and rows exactly at the cutoff or one token either side: the fast
+    path (bounds, piece counter) keeps and drops exactly what the tokenizer does."""
+    rng = random.Random(7)
+    exact, fast = reference(counter.tokenizer), Counting(counter.tokenizer)
+    name = "tiny"
+    translated = []
+    for i in range(240):
+        messages = [yoruba_text(rng, rng.randint(1, 40)) for _ in range(2 * rng.randint(1, 2))]
+        tokens = exact(messages)
+        # The English turn's count (as the translate stage stores it) puts each turn at,
+        # just inside or just outside an edge of [0.75, 25].
+        originals = []
+        for n in tokens:
+            edge = rng.choice([
+                n * 4 // 3, -(-n * 4 // 3), n * 4 // 3 + 1, max(0, n * 4 // 3 - 1),  # 0.75
+                n // 25, -(-n // 25), n // 25 + 1, max(0, n // 25 - 1),  # 25
+                n,
+            ])
+            originals.append(edge)
+        translated.append({"id": f"translated-{i:03d}", "source": "translated",
+                           "original": conv(*(["English."] * len(messages))),
+                           "messages": conv(*messages), "original_tokens": originals,
+                           "original_tokenizer": name})
+    generated = []
+    for i in range(120):
+        prompt = yoruba_text(rng, rng.randint(1, 60))
+        generated.append(gen_row(i, prompt=prompt, user=prompt,
+                                 response=yoruba_text(rng, rng.randint(1, 150)),
+                                 reasoning=random_text(rng, rng.randint(0, 40))))
+    # Cutoffs at the exact totals of some rows, and one token either side.
+    base = FilterSettings(0.75, 25.0, TAGS, 1 << 30, template_tokens=3, tokenizer_name=name)
+    everything = build_mix(generated, translated, base, MixConfig(), exact, seed=0)
+    totals = sorted({t for t in _row_totals(everything, exact, base)})
+    edges = rng.sample(totals, 6)
+    limits = {t + d for t in edges for d in (-1, 0, 1)}
+    reasons = Counter()
+    for limit in sorted(limits):
+        settings = FilterSettings(0.75, 25.0, TAGS, limit, template_tokens=3,
+                                  tokenizer_name=name)
+        slow = build_mix(generated, translated, settings, MixConfig(), exact, seed=0)
+        same_verdicts(build_mix(generated, translated, settings, MixConfig(), fast, seed=0),
+                      slow)
+        reasons.update(slow.dropped)
+        if limit in edges:  # a row exactly at the cutoff is kept
+            assert limit in _row_totals(slow, exact, settings)
+    # Both edges of the ratio and the cutoff were met (kept at the edge, dropped past it).
+    assert reasons["token_ratio"] and reasons["too_long"]
+    ratios = [n / o for row in translated for n, o in zip(
+        exact([m["content"] for m in row["messages"]]), row["original_tokens"], strict=True)
+        if o]
+    assert 0.75 in ratios and 25 in ratios
+    assert any(0.74 < r < 0.75 for r in ratios) and any(25 < r < 25.5 for r in ratios)
+
+
+def _row_totals(mix: Any, count: TokenCounter, settings: FilterSettings) -> list[int]:
+    """Exact token totals of the kept rows, as the cutoff sees them."""
+    out = []
+    for row in [*mix.train, *mix.validation]:
+        texts = [m["content"] for m in row["messages"]]
+        out.append(sum(count(texts)) + settings.template_tokens * len(texts))
+    return out
+
+
+# --------------------------------------------------------------------------- piece counter
+# Exact counts of byte-level BPE text without the tokenizer's regex (piece_count.py): they
+# must equal the tokenizer's on any text they give a count for.
+
+
+def diacritic_tokenizer() -> Any:
+    """A byte-level BPE trained on Yoruba with both normal forms: its merges join
+    combining marks and the bytes of precomposed letters, unlike an English one's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(3)
+    corpus = [yoruba_text(rng, 200) for _ in range(60)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=1200, special_tokens=["<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def smollm2_tokenizer() -> Any:
+    folder = Path(os.environ.get("KAKUGO_CACHE") or "~/.cache/kakugo").expanduser() / (
+        "models/SmolLM2-135M-Instruct")
+    if not (folder / "tokenizer.json").is_file():
+        pytest.skip(f"no SmolLM2 tokenizer in {folder} (make models)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+#: Text of every kind the counter must get right: Latin, Greek and Cyrillic scripts,
+#: contractions in both cases, every kind of whitespace run, digits and fractions,
+#: typographic punctuation, markup, characters with case-folding quirks, characters
+#: str.split() and the tokenizer disagree on.
+PIECES = [*YORUBA, "the", "Fox", "it's", "IT'S", "'s", "'S", "'ll", "'LL", "'re", "'ve", "'m",
+          "'d", " 's", "''", "12,345", "3.5", "½", "²", "!!", "...", "—", "–", "…", "“", "”",
+          "‘", "’", "«»", "<think>", "</think>", "**", "- ", "1. ", "x=1;", "https://a.b/c?d=e",
+          "\n", "\n\n", "  ", "\t", "\r\n", " \n ", "\xa0", "\u2028", "\u2009", "\x1c",
+          "\x85", "\u200b", "λόγος", "слово", "é", "ß", "ſ", "İ", "ı", "Å", "ǅ", "ʼ", "ˆ",
+          "<|im", "|>", "\u0301", "\u0323\u0300"]
+#: ... and what it must refuse (the tokenizer counts those texts): other scripts and
+#: characters, the added tokens' texts of the tokenizers tested.
+RARE = ["٣", "\u3000", "\u180e", "日本語", "🙂", "مرحبا", "\u212a", "\u212b", "\ufeff",
+        "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|end_of_text|>", "<|start_of_role|>"]
+
+
+def property_texts(seed: int, n: int) -> list[str]:
+    rng = random.Random(seed)
+    texts = ["", " ", "\n", "a", "'s", "Ẹ̀", "e\u0323\u0300"]
+    for _ in range(n):
+        texts.append("".join(
+            rng.choice(RARE if rng.random() < 0.03 else PIECES)
+            + rng.choice(["", " ", "", "\n", "  ", "\t"]) for _ in range(rng.randint(1, 30))))
+    return texts
+
+
+@pytest.mark.parametrize("which", ["tiny", "diacritics", "smollm2"])
+def test_piece_counts_equal_the_tokenizer(counter: TokenCounter, which: str) -> None:
+    tokenizer = {"tiny": lambda: counter.tokenizer, "diacritics": diacritic_tokenizer,
+                 "smollm2": smollm2_tokenizer}[which]()
+    pieces = TokenCounter(tokenizer).pieces
+    assert pieces is not None
+    backend = tokenizer.backend_tokenizer
+    added = [t.content for t in backend.get_added_tokens_decoder().values()]
+    texts = property_texts(seed=len(which), n=3000)
+    real = [len(e) for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    counted = 0
+    for text, n in zip(texts, real, strict=True):
+        mine = pieces.count(text)
+        if mine is None:  # only for what it cannot count
+            assert pieces.refuse.search(text) or any(a in text for a in added), text
+        else:
+            assert mine == n, (text, mine, n)
+            counted += 1
+    assert counted > len(texts) // 2
+    # Whole realistic documents, most of them counted here.
+    rng = random.Random(5)
+    docs = [yoruba_text(rng, rng.randint(50, 400)) for _ in range(40)]
+    assert [pieces.count(d) for d in docs] == [
+        len(e) for e in backend.encode_batch_fast(docs, add_special_tokens=False)]
+
+
+def test_token_counter_mixes_piece_counts_and_the_tokenizer(counter: TokenCounter) -> None:
+    """Texts the piece counter refuses go to the tokenizer, in order, in batches."""
+    texts = property_texts(seed=11, n=500)
+    small = TokenCounter(counter.tokenizer)
+    small.BATCH = 7
+    assert small(iter(texts)) == reference(counter.tokenizer)(texts)
+
+
+def test_piece_counter_refuses_other_layouts() -> None:
+    """Layouts whose pieces or counts it cannot reproduce get no piece counter (their
+    texts are tokenized); the Llama 3 / Granite layout is one of them."""
+    from tiny_models import CORPUS
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    from kakugo_stages.piece_count import PieceCounter
+
+    def trained(**layout: Any) -> Any:
+        tok = Tokenizer(models.BPE(dropout=layout.pop("dropout", None)))
+        tok.pre_tokenizer = layout.pop("pre", pre_tokenizers.ByteLevel(add_prefix_space=False))
+        if "normalizer" in layout:
+            tok.normalizer = layout.pop("normalizer")
+        tok.train_from_iterator([CORPUS], trainers.BpeTrainer(
+            vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False))
+        if layout.pop("truncate", False):
+            tok.enable_truncation(16)
+        return tok
+
+    assert PieceCounter.for_backend(trained()) is not None
+    assert PieceCounter.for_backend(split_tokenizer().backend_tokenizer) is None
+    for layout in ({"pre": pre_tokenizers.ByteLevel(add_prefix_space=True)},
+                   {"pre": pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)},
+                   {"pre": pre_tokenizers.Metaspace()}, {"normalizer": normalizers.NFC()},
+                   {"dropout": 0.1}, {"truncate": True}):
+        assert PieceCounter.for_backend(trained(**dict(layout))) is None, layout
+
+
+def test_word_count_splits_where_the_tokenizer_does(counter: TokenCounter) -> None:
+    """U+001C..U+001F separate words for str.split() but not for the tokenizer's regex:
+    "!", U+001C, "!" is one piece, so two words would not bound its tokens from below."""
+    from kakugo_stages.filters import word_count
+
+    assert word_count("!\x1c!") == 1 and word_count("a\x1fb c") == 2
+    backend = counter.tokenizer.backend_tokenizer
+    for text in ("!\x1c!", "--\x1d--\x1e--", "a\x1fb c"):
+        assert word_count(text) <= len(backend.pre_tokenizer.pre_tokenize_str(text))
+
+
+def test_seen_prompts_survive_hash_collisions(counter: TokenCounter, monkeypatch) -> None:
+    """Prompts are remembered by hash; rows whose keys share a hash are told apart by
+    their keys, so a collision never drops a row."""
+    import kakugo_stages.mix as mix
+
+    again = " ÌBÉÈRÈ  topics 3 "  # the same words as row 3's, in other case and spacing
+    rows = [gen_row(i) for i in range(6)] + [gen_row(3, prompt=again, user=again)]
+    rows[-1]["id"] = "topics-999"
+    honest = build_mix(rows, [], SETTINGS, MixConfig(), counter, seed=0)
+    monkeypatch.setattr(mix, "hash", lambda _key: 0, raising=False)
+    colliding = build_mix(rows, [], SETTINGS, MixConfig(), counter, seed=0)
+    assert dict(honest.dropped) == dict(colliding.dropped) == {"duplicate_prompt": 1}
+    assert [r["id"] for r in colliding.excluded] == ["topics-999"]
+
+
+def test_mix_rows_format_on_read(counter: TokenCounter) -> None:
+    """A split formats its rows when read, the same each time, slices included."""
+    from kakugo_stages.mix import generated_conversation, translated_conversation
+
+    cfg = MixConfig(validation_fraction=0)
+    mix = build_mix([gen_row(1), gen_row(2, reasoning=None)], [tr_row(1)], SETTINGS, cfg,
+                    counter, seed=0)
+    rows = list(mix.train)
+    assert rows == mix.train[:] == [mix.train[i] for i in range(len(mix.train))]
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["topics-001"]["messages"] == generated_conversation(gen_row(1), cfg)
+    assert by_id["topics-001"]["reasoning"] and not by_id["topics-002"]["reasoning"]
+    assert by_id["translated-001"]["messages"] == translated_conversation(tr_row(1), cfg)
+    assert mix.reasoning_rows == 1
 
 
 # --------------------------------------------------------------------------- the stage
