@@ -186,10 +186,11 @@ def build_mix(
     n_val = round(len(candidates) * cfg.validation_fraction)
     if cfg.validation_fraction > 0 and n_val == 0 and len(candidates) > 1:
         n_val = 1
-    for i, (row, translated) in enumerate(candidates):
-        (result.validation if i < n_val else result.train).append(row, translated)
+    for i, (row, is_translated) in enumerate(candidates):
+        (result.validation if i < n_val else result.train).append(row, is_translated)
         result.kept_by_source[row["source"]] += 1
-        result.reasoning_rows += _system_prompt(row, translated, cfg) == cfg.think_system_prompt
+        result.reasoning_rows += (
+            _system_prompt(row, is_translated, cfg) == cfg.think_system_prompt)
     return result
 
 
