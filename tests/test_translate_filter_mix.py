@@ -553,7 +553,7 @@ def test_token_counter_mixes_piece_counts_and_the_tokenizer(counter: TokenCounte
 def test_piece_counter_refuses_other_layouts() -> None:
     """Layouts whose pieces or counts it cannot reproduce get no piece counter (their
     texts are tokenized); the Llama 3 / Granite layout is one of them."""
-    from tiny_models import CORPUS
+    from tests.helpers.tiny_models import CORPUS
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     from kakugo_stages.piece_count import PieceCounter
