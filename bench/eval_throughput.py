@@ -60,9 +60,13 @@ def build_models(folder: Path, shape: str, cuda: bool) -> tuple[Path, int]:
 
     build_tokenizer(folder, vocab_size=4096, extra_text=fixture_text())
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    config = granite_config(shape, 4096, vocab_size=len(tokenizer),
-                            pad_token_id=tokenizer.pad_token_id,
-                            eos_token_id=tokenizer.eos_token_id)
+    config = granite_config(
+        shape,
+        4096,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     dtype = torch.bfloat16 if cuda else torch.float32
     torch.manual_seed(0)
     with torch.device("cuda" if cuda else "cpu"):
@@ -75,8 +79,7 @@ def build_models(folder: Path, shape: str, cuda: bool) -> tuple[Path, int]:
     return folder, params
 
 
-def run_spec_for(storage: Path, student: Path, cuda: bool, batch: int,
-                 max_new_tokens: int) -> Any:
+def run_spec_for(storage: Path, student: Path, cuda: bool, batch: int, max_new_tokens: int) -> Any:
     from kakugo_stages.manifest import parse_object
     from kakugo_stages.resolved import run_spec
 
@@ -95,8 +98,12 @@ def run_spec_for(storage: Path, student: Path, cuda: bool, batch: int,
             "globalMmlu": {"path": str(FIXTURES / "global_mmlu")},
         },
     }
-    obj = {"apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageModel",
-           "metadata": {"name": "eval-bench", "namespace": "bench"}, "spec": body}
+    obj = {
+        "apiVersion": "kakugo.io/v1alpha1",
+        "kind": "LanguageModel",
+        "metadata": {"name": "eval-bench", "namespace": "bench"},
+        "spec": body,
+    }
     return run_spec(parse_object(obj))
 
 
@@ -106,12 +113,20 @@ def main() -> None:
     record_at_exit()
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tiny", action="store_true", default=not cuda,
-                   help="toy model on CPU (default without CUDA)")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        default=not cuda,
+        help="toy model on CPU (default without CUDA)",
+    )
     p.add_argument("--scale", choices=("auto", "micro", "1b"), default="auto")
     p.add_argument("--batch-size", type=int, default=8, help="evaluation.batchSize (8)")
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="evaluation.flores.maxNewTokens (the spec's 256; tiny: 16)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="evaluation.flores.maxNewTokens (the spec's 256; tiny: 16)",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write the JSON line here")
     args = p.parse_args()
     if args.tiny:
@@ -142,10 +157,14 @@ def main() -> None:
     items = sum(t["n"] for t in results["tasks"].values())
     per_model = results.get("seconds") or {}
     device = torch.cuda.get_device_name() if cuda else "cpu"
-    print(f"\ndevice {device} | model {shape} ({params / 1e9:.3f}B params) | "
-          f"{items} items per model, batch {args.batch_size}, FLORES up to {max_new} new tokens")
-    print(f"stage {stage_seconds:.1f} s (tuned {per_model.get('tuned')} s, base "
-          f"{per_model.get('base')} s); model build {build_seconds:.1f} s")
+    print(
+        f"\ndevice {device} | model {shape} ({params / 1e9:.3f}B params) | "
+        f"{items} items per model, batch {args.batch_size}, FLORES up to {max_new} new tokens"
+    )
+    print(
+        f"stage {stage_seconds:.1f} s (tuned {per_model.get('tuned')} s, base "
+        f"{per_model.get('base')} s); model build {build_seconds:.1f} s"
+    )
     line = {
         "device": device,
         "model": shape,

@@ -77,8 +77,7 @@ def create(dest: Path) -> tuple[Path, list[str]]:
     # package requires it: the dry run must show that the carried wheels suffice.
     wanted = with_requirements(listed(IMAGE_PACKAGES), exclude=listed(CARRIED))
     venv.create(dest, with_pip=False, symlinks=True, clear=True)
-    site = Path(sysconfig.get_path("purelib", vars={"base": str(dest),
-                                                    "platbase": str(dest)}))
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(dest), "platbase": str(dest)}))
     site.mkdir(parents=True, exist_ok=True)
     linked = []
     for dist in md.distributions():

@@ -38,8 +38,7 @@ def loaded() -> dict[str, dict[str, str]]:
                 dist = md.distribution(name)
             except md.PackageNotFoundError:  # pragma: no cover - metadata vanished
                 continue
-            out[normalize(name)] = {"version": dist.version,
-                                    "location": str(dist.locate_file(""))}
+            out[normalize(name)] = {"version": dist.version, "location": str(dist.locate_file(""))}
     return out
 
 
@@ -62,11 +61,14 @@ def report(records: Path, carried_site: Path) -> dict[str, dict[str, object]]:
     for record in sorted(records.glob("*.json")):
         script = record.stem.rsplit("-", 1)[0]
         for name, info in json.loads(record.read_text(encoding="utf-8")).items():
-            entry = merged.setdefault(name, {
-                "version": info["version"],
-                "carried": str(Path(info["location"]).resolve()).startswith(site),
-                "loaded_by": [],
-            })
+            entry = merged.setdefault(
+                name,
+                {
+                    "version": info["version"],
+                    "carried": str(Path(info["location"]).resolve()).startswith(site),
+                    "loaded_by": [],
+                },
+            )
             if script not in entry["loaded_by"]:  # type: ignore[operator]
                 entry["loaded_by"].append(script)  # type: ignore[union-attr]
     return dict(sorted(merged.items()))

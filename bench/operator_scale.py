@@ -51,7 +51,8 @@ def rss_mb(pid: int) -> float:
 
 def manifest(i: int) -> dict:
     return {
-        "apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageModel",
+        "apiVersion": "kakugo.io/v1alpha1",
+        "kind": "LanguageModel",
         "metadata": {"name": f"lm-{i:04d}", "namespace": NS},
         "spec": {
             "language": "Yoruba",
@@ -81,12 +82,26 @@ def run(n: int, timeout: float) -> dict:
     with EmulatorThread() as emu, tempfile.TemporaryDirectory() as tmp:
         kubeconfig = emu.kubeconfig(Path(tmp) / "config")
         health = free_port()
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KAKUGO_RESYNC_SECONDS": "60",
-               "KAKUGO_METRICS_PORT": str(free_port())}
-        cmd = [sys.executable, "-m", "kakugo_operator.main", "--liveness",
-               f"http://127.0.0.1:{health}/healthz", "--quiet"]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                stderr=open(Path(tmp) / "log", "w"))  # noqa: SIM115
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "KAKUGO_RESYNC_SECONDS": "60",
+            "KAKUGO_METRICS_PORT": str(free_port()),
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "kakugo_operator.main",
+            "--liveness",
+            f"http://127.0.0.1:{health}/healthz",
+            "--quiet",
+        ]
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(Path(tmp) / "log", "w"),  # noqa: SIM115 - the child owns it
+        )
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -97,8 +112,9 @@ def run(n: int, timeout: float) -> dict:
                     pass
                 time.sleep(0.2)
             else:
-                raise RuntimeError("the operator did not become ready: "
-                                   + (Path(tmp) / "log").read_text()[-2000:])
+                raise RuntimeError(
+                    "the operator did not become ready: " + (Path(tmp) / "log").read_text()[-2000:]
+                )
             time.sleep(1.0)  # watches established
             api = Api(emu.url)
             before = operator_requests(emu)
@@ -114,7 +130,8 @@ def run(n: int, timeout: float) -> dict:
             time.sleep(3.0)  # let status writes and events settle before counting
             requests = operator_requests(emu) - before
             return {
-                "n": n, "seconds_to_all_first_jobs": round(seconds, 3),
+                "n": n,
+                "seconds_to_all_first_jobs": round(seconds, 3),
                 "seconds_to_apply": round(created, 3),
                 "per_object_seconds": round(seconds / n, 5),
                 "rss_mb": round(rss_mb(proc.pid), 1),
@@ -136,16 +153,20 @@ def main() -> None:
     rows = [run(int(n), args.timeout) for n in args.sizes.split(",")]
     print(f"{'N':>5} {'s to all Jobs':>14} {'s/object':>10} {'RSS MB':>8} {'req/object':>11}")
     for r in rows:
-        print(f"{r['n']:>5} {r['seconds_to_all_first_jobs']:>14.2f} "
-              f"{r['per_object_seconds']:>10.4f} {r['rss_mb']:>8.1f} "
-              f"{r['requests_per_object']:>11.2f}")
+        print(
+            f"{r['n']:>5} {r['seconds_to_all_first_jobs']:>14.2f} "
+            f"{r['per_object_seconds']:>10.4f} {r['rss_mb']:>8.1f} "
+            f"{r['requests_per_object']:>11.2f}"
+        )
     by_n = {r["n"]: r for r in rows}
     result: dict = {"rows": rows}
     if 10 in by_n and 500 in by_n:
         result["per_object_seconds_ratio_500_vs_10"] = round(
-            by_n[500]["per_object_seconds"] / by_n[10]["per_object_seconds"], 3)
+            by_n[500]["per_object_seconds"] / by_n[10]["per_object_seconds"], 3
+        )
         result["requests_per_object_ratio_500_vs_10"] = round(
-            by_n[500]["requests_per_object"] / by_n[10]["requests_per_object"], 3)
+            by_n[500]["requests_per_object"] / by_n[10]["requests_per_object"], 3
+        )
         result["rss_mb_at_500"] = by_n[500]["rss_mb"]
     print(json.dumps(result))
 

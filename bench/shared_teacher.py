@@ -96,8 +96,9 @@ def serve(batch: int, latency: float, slowdown: float) -> None:
 # ------------------------------------------------------------------ the clients
 
 
-def spec(language: str, url: str, storage: Path, tokenizer: Path, concurrency: int,
-         quick: bool) -> Any:
+def spec(
+    language: str, url: str, storage: Path, tokenizer: Path, concurrency: int, quick: bool
+) -> Any:
     from kakugo_stages.manifest import parse_object
     from kakugo_stages.resolved import run_spec
 
@@ -105,30 +106,54 @@ def spec(language: str, url: str, storage: Path, tokenizer: Path, concurrency: i
     scale = 1 if quick else 2
     body = {
         "language": language,
-        "teacher": {"endpoint": {"url": url, "model": "scripted"},
-                    "maxConcurrency": concurrency, "requestTimeoutSeconds": 60},
+        "teacher": {
+            "endpoint": {"url": url, "model": "scripted"},
+            "maxConcurrency": concurrency,
+            "requestTimeoutSeconds": 60,
+        },
         "student": {"model": str(tokenizer)},
         "storage": {"uri": str(storage)},
         "data": {
-            "topics": {"generalSeeds": ["health", "sciences", "arts"][: 1 + scale],
-                       "languageSeeds": ["{language} culture"],
-                       "macroTopicsPerSeed": 3 * scale, "topicsPerMacroTopic": 2 * scale,
-                       "minPromptsPerTopic": 1, "maxPromptsPerTopic": 1, "shards": 2},
-            "scenarios": {"broadGeneral": 2 * scale, "broadLanguage": scale,
-                          "detailedPerBroad": 2 * scale, "promptsPerScenario": 2},
-            "contexts": {"source": {"path": str(fixtures / "fineweb2_yor_Latn.jsonl")},
-                         "maxDocuments": 10, "keepOneAbove": 10, "maxDocumentTokens": 40,
-                         "shards": 2},
+            "topics": {
+                "generalSeeds": ["health", "sciences", "arts"][: 1 + scale],
+                "languageSeeds": ["{language} culture"],
+                "macroTopicsPerSeed": 3 * scale,
+                "topicsPerMacroTopic": 2 * scale,
+                "minPromptsPerTopic": 1,
+                "maxPromptsPerTopic": 1,
+                "shards": 2,
+            },
+            "scenarios": {
+                "broadGeneral": 2 * scale,
+                "broadLanguage": scale,
+                "detailedPerBroad": 2 * scale,
+                "promptsPerScenario": 2,
+            },
+            "contexts": {
+                "source": {"path": str(fixtures / "fineweb2_yor_Latn.jsonl")},
+                "maxDocuments": 10,
+                "keepOneAbove": 10,
+                "maxDocumentTokens": 40,
+                "shards": 2,
+            },
             "revise": {"shards": 2},
             "respond": {"shards": 2},
-            "translate": {"source": {"path": str(fixtures / "infinity_instruct_7M_core.jsonl")},
-                          "samples": 12, "maxSourceTokens": 400, "shards": 2,
-                          "teacherTokenizer": None},
+            "translate": {
+                "source": {"path": str(fixtures / "infinity_instruct_7M_core.jsonl")},
+                "samples": 12,
+                "maxSourceTokens": 400,
+                "shards": 2,
+                "teacherTokenizer": None,
+            },
         },
     }
     name = language.lower()
-    obj = {"apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageModel",
-           "metadata": {"name": name, "namespace": "bench"}, "spec": body}
+    obj = {
+        "apiVersion": "kakugo.io/v1alpha1",
+        "kind": "LanguageModel",
+        "metadata": {"name": name, "namespace": "bench"},
+        "spec": body,
+    }
     return run_spec(parse_object(obj))
 
 
@@ -142,8 +167,7 @@ def teacher_stages(run: Any) -> dict[str, Any]:
     started = time.monotonic()
     for name in TEACHER_STAGES:
         t0 = time.monotonic()
-        summary = run_stage(get_stage(name)(run, store),
-                            termination_log=os.devnull).as_dict()
+        summary = run_stage(get_stage(name)(run, store), termination_log=os.devnull).as_dict()
         out["seconds"][name] = round(time.monotonic() - t0, 3)
         out["requests"] += int(summary.get("requests", 0))
     out["total_seconds"] = round(time.monotonic() - started, 3)
@@ -158,10 +182,13 @@ def server_stats(url: str, reset: bool = False) -> dict[str, Any]:
     return httpx.get(f"{base}/stats", timeout=10).json()
 
 
-def run_mode(mode: str, url: str, root: Path, tokenizer: Path, concurrency: int,
-             quick: bool) -> dict[str, Any]:
-    runs = [spec(lang, url, root / mode / lang.lower(), tokenizer, concurrency, quick)
-            for lang in LANGUAGES]
+def run_mode(
+    mode: str, url: str, root: Path, tokenizer: Path, concurrency: int, quick: bool
+) -> dict[str, Any]:
+    runs = [
+        spec(lang, url, root / mode / lang.lower(), tokenizer, concurrency, quick)
+        for lang in LANGUAGES
+    ]
     server_stats(url, reset=True)
     results: dict[str, Any] = {}
     errors: list[BaseException] = []
@@ -170,6 +197,7 @@ def run_mode(mode: str, url: str, root: Path, tokenizer: Path, concurrency: int,
         for run in runs:
             results[run.name] = teacher_stages(run)
     else:
+
         def one(run: Any) -> None:
             try:
                 results[run.name] = teacher_stages(run)
@@ -185,18 +213,27 @@ def run_mode(mode: str, url: str, root: Path, tokenizer: Path, concurrency: int,
             raise errors[0]
     wall = time.monotonic() - started
     stats = server_stats(url)
-    return {"wall_seconds": round(wall, 3), "languages": results,
-            "server_requests": stats["count"], "server_max_in_flight": stats["max_in_flight"]}
+    return {
+        "wall_seconds": round(wall, 3),
+        "languages": results,
+        "server_requests": stats["count"],
+        "server_max_in_flight": stats["max_in_flight"],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--latency", type=float, default=0.2, help="seconds per request")
     p.add_argument("--batch", type=int, default=64, help="requests the server serves at once")
-    p.add_argument("--slowdown", type=float, default=0.25,
-                   help="extra latency of a full batch, as a fraction")
-    p.add_argument("--concurrency", type=int, default=8,
-                   help="teacher.maxConcurrency per language (one stage Pod)")
+    p.add_argument(
+        "--slowdown", type=float, default=0.25, help="extra latency of a full batch, as a fraction"
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="teacher.maxConcurrency per language (one stage Pod)",
+    )
     p.add_argument("--quick", action="store_true", help="smaller trees")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -204,15 +241,29 @@ def main(argv: list[str] | None = None) -> None:
         serve(args.batch, args.latency, args.slowdown)
         return
     if args.concurrency * len(LANGUAGES) > args.batch:
-        print(f"note: 2 x --concurrency ({2 * args.concurrency}) is above --batch "
-              f"({args.batch}): the shared run queues at the server", flush=True)
+        print(
+            f"note: 2 x --concurrency ({2 * args.concurrency}) is above --batch "
+            f"({args.batch}): the shared run queues at the server",
+            flush=True,
+        )
 
     from tests.helpers.tiny_models import build_tokenizer
 
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", "--batch", str(args.batch),
-         "--latency", str(args.latency), "--slowdown", str(args.slowdown)],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            "--batch",
+            str(args.batch),
+            "--latency",
+            str(args.latency),
+            "--slowdown",
+            str(args.slowdown),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = server.stdout.readline() if server.stdout else ""
         if not line.startswith("URL "):
@@ -223,34 +274,45 @@ def main(argv: list[str] | None = None) -> None:
             tokenizer = build_tokenizer(root / "tokenizer")
             # Warm-up (imports, tokenizer load) outside the clock.
             run_mode("warmup", url, root, tokenizer, args.concurrency, True)
-            sequential = run_mode("sequential", url, root, tokenizer, args.concurrency,
-                                  args.quick)
+            sequential = run_mode("sequential", url, root, tokenizer, args.concurrency, args.quick)
             shared = run_mode("shared", url, root, tokenizer, args.concurrency, args.quick)
     finally:
         server.terminate()
         server.wait(10)
     per_language = [r["requests"] for r in sequential["languages"].values()]
     for mode, result in (("sequential", sequential), ("shared", shared)):
-        print(f"{mode:<10} {result['wall_seconds']:7.2f} s  "
-              f"{result['server_requests']} requests, server max in flight "
-              f"{result['server_max_in_flight']}")
+        print(
+            f"{mode:<10} {result['wall_seconds']:7.2f} s  "
+            f"{result['server_requests']} requests, server max in flight "
+            f"{result['server_max_in_flight']}"
+        )
         for name, r in result["languages"].items():
             stages = " ".join(f"{k} {v:.1f}" for k, v in r["seconds"].items())
-            print(f"    {name:<8} {r['total_seconds']:6.2f} s  {r['requests']} requests  "
-                  f"({stages})")
+            print(
+                f"    {name:<8} {r['total_seconds']:6.2f} s  {r['requests']} requests  ({stages})"
+            )
     speedup = sequential["wall_seconds"] / shared["wall_seconds"]
     print(f"speedup {speedup:.2f}x")
-    print(json.dumps({
-        "speedup": round(speedup, 3),
-        "sequential_seconds": sequential["wall_seconds"],
-        "shared_seconds": shared["wall_seconds"],
-        "requests_per_language": per_language,
-        "server_max_in_flight": {"sequential": sequential["server_max_in_flight"],
-                                 "shared": shared["server_max_in_flight"]},
-        "latency_seconds": args.latency, "batch": args.batch, "slowdown": args.slowdown,
-        "concurrency_per_language": args.concurrency, "quick": args.quick,
-        "cpus": os.cpu_count(),
-    }))
+    print(
+        json.dumps(
+            {
+                "speedup": round(speedup, 3),
+                "sequential_seconds": sequential["wall_seconds"],
+                "shared_seconds": shared["wall_seconds"],
+                "requests_per_language": per_language,
+                "server_max_in_flight": {
+                    "sequential": sequential["server_max_in_flight"],
+                    "shared": shared["server_max_in_flight"],
+                },
+                "latency_seconds": args.latency,
+                "batch": args.batch,
+                "slowdown": args.slowdown,
+                "concurrency_per_language": args.concurrency,
+                "quick": args.quick,
+                "cpus": os.cpu_count(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

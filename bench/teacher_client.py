@@ -115,9 +115,20 @@ def _get_json(url: str) -> dict:
 @contextlib.contextmanager
 def server_process(latency: float):
     proc = subprocess.Popen(
-        [sys.executable, "-m", SERVER, "--latency", str(latency),
-         "--content-chars", "1500", "--reasoning-chars", "1500"],
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            SERVER,
+            "--latency",
+            str(latency),
+            "--content-chars",
+            "1500",
+            "--reasoning-chars",
+            "1500",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     try:
         assert proc.stdout is not None
@@ -134,14 +145,25 @@ def server_process(latency: float):
 
 
 async def run_point(
-    url: str, name: str, concurrency: int, latency: float, window: float, transport: str,
+    url: str,
+    name: str,
+    concurrency: int,
+    latency: float,
+    window: float,
+    transport: str,
     cache_dir: str | None = None,
 ) -> Point:
     root = url.rsplit("/v1", 1)[0]
     cache = RequestCache(open_store(cache_dir).child("_cache")) if cache_dir else None
     client = TeacherClient(
-        url, "bench-teacher", api_key_env=None, max_concurrency=concurrency,
-        timeout=max(30.0, latency * 5), max_retries=3, backoff_base=0.05, transport=transport,
+        url,
+        "bench-teacher",
+        api_key_env=None,
+        max_concurrency=concurrency,
+        timeout=max(30.0, latency * 5),
+        max_retries=3,
+        backoff_base=0.05,
+        transport=transport,
         cache=cache,
     )
     stop = asyncio.Event()
@@ -202,17 +224,25 @@ async def run_point(
     wall = t1 - t0
     mean_inflight = sum(samples) / len(samples)
     return Point(
-        name=name, transport=client.transport, concurrency=concurrency, latency_s=latency,
-        window_s=round(wall, 2), requests=n, rps=round(n / wall, 1),
-        ideal_rps=round(concurrency / latency, 1), mean_inflight=round(mean_inflight, 1),
+        name=name,
+        transport=client.transport,
+        concurrency=concurrency,
+        latency_s=latency,
+        window_s=round(wall, 2),
+        requests=n,
+        rps=round(n / wall, 1),
+        ideal_rps=round(concurrency / latency, 1),
+        mean_inflight=round(mean_inflight, 1),
         inflight_ratio=round(mean_inflight / concurrency, 4),
         cpu_ms_per_request=round((cpu1 - cpu0) / max(n, 1) * 1000, 3),
         client_cpu_share=round((cpu1 - cpu0) / wall, 3),
         mean_latency_s=round((lat1 - lat0) / max(n, 1), 4),
         # Little's law: time on the wire = requests in flight / throughput.
-        wire_latency_s=round(mean_inflight / max(n / wall, 1e-9), 4), rss_mb=round(rss, 1),
+        wire_latency_s=round(mean_inflight / max(n / wall, 1e-9), 4),
+        rss_mb=round(rss, 1),
         server_cpu_share=round((srv1["cpu_seconds"] - srv0["cpu_seconds"]) / wall, 3),
-        server_max_inflight=srv1["max_in_flight"], errors=errors,
+        server_max_inflight=srv1["max_in_flight"],
+        errors=errors,
     )
 
 
@@ -222,9 +252,7 @@ def bench(transport: str, quick: bool) -> dict:
         window = min(window, 3.0) if quick else window
         with server_process(lat) as url, tempfile.TemporaryDirectory() as tmp:
             cache_dir = tmp if (name, c, lat) == CACHED[:3] else None
-            points.append(
-                asyncio.run(run_point(url, name, c, lat, window, transport, cache_dir))
-            )
+            points.append(asyncio.run(run_point(url, name, c, lat, window, transport, cache_dir)))
         p = points[-1]
         print(
             f"{p.name:<18} {p.transport:<7} {p.concurrency:>5} {p.latency_s:>5.1f} "

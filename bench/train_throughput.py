@@ -77,7 +77,7 @@ def synthetic_examples(n_tokens: int, cutoff: int, vocab: int, seed: int) -> lis
         user = max(1, int((length - len(system)) * rng.uniform(0.2, 0.5)))
         body = [rng.randrange(10, vocab) for _ in range(length - len(system))]
         ids = (system + body)[:length]
-        labels = [IGNORE_INDEX] * min(length, len(system) + user) + ids[len(system) + user:]
+        labels = [IGNORE_INDEX] * min(length, len(system) + user) + ids[len(system) + user :]
         examples.append(Example(ids, labels[:length], "synthetic"))
         total += length
     return examples
@@ -121,16 +121,40 @@ def timing_callback(cuda: bool) -> Any:
 
 def bench_config(args: argparse.Namespace, out: Path, cuda: bool) -> TrainConfig:
     return TrainConfig(
-        run_uri=str(out), run_name="bench", namespace="bench", fingerprint="-",
-        scratch_dir=str(out), language_name="-", language_code="xx", student_model="random",
-        student_revision=None, model_path="-", tokenizer_path="-", chat_template_name="-",
-        chat_template="-", device="cuda" if cuda else "cpu", nproc=1, epochs=1.0,
-        learning_rate=1e-5, lr_scheduler="cosine", warmup_ratio=0.05, weight_decay=0.0,
-        max_grad_norm=1.0, precision="bf16" if cuda else "fp32", cutoff_len=args.cutoff,
-        packing=True, per_device_batch_size=1, gradient_accumulation_steps=1,
-        gradient_checkpointing=True, attn_implementation=args.attn, deepspeed_stage=args.zero,
-        checkpoint_every_steps=10**9, save_total_limit=1, log_every_steps=10**9,
-        seed=0, max_steps=-1,
+        run_uri=str(out),
+        run_name="bench",
+        namespace="bench",
+        fingerprint="-",
+        scratch_dir=str(out),
+        language_name="-",
+        language_code="xx",
+        student_model="random",
+        student_revision=None,
+        model_path="-",
+        tokenizer_path="-",
+        chat_template_name="-",
+        chat_template="-",
+        device="cuda" if cuda else "cpu",
+        nproc=1,
+        epochs=1.0,
+        learning_rate=1e-5,
+        lr_scheduler="cosine",
+        warmup_ratio=0.05,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        precision="bf16" if cuda else "fp32",
+        cutoff_len=args.cutoff,
+        packing=True,
+        per_device_batch_size=1,
+        gradient_accumulation_steps=1,
+        gradient_checkpointing=True,
+        attn_implementation=args.attn,
+        deepspeed_stage=args.zero,
+        checkpoint_every_steps=10**9,
+        save_total_limit=1,
+        log_every_steps=10**9,
+        seed=0,
+        max_steps=-1,
     )
 
 
@@ -156,8 +180,14 @@ def run_ours(args: argparse.Namespace, examples: list[Example], cuda: bool) -> d
     precision = resolve_precision(config.precision, config.device)
     impl = resolve_attn_implementation(config.attn_implementation, config.device)
     if args.zero:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        os.environ.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(free_port()),
+        )
         import deepspeed
 
         if not cuda:
@@ -173,17 +203,22 @@ def run_ours(args: argparse.Namespace, examples: list[Example], cuda: bool) -> d
     model_config = granite_config(args.shape, args.cutoff)
     started = time.perf_counter()
     with _init_device(cuda, args.zero):
-        model = AutoModelForCausalLM.from_config(model_config, dtype=dtype,
-                                                 attn_implementation=impl)
+        model = AutoModelForCausalLM.from_config(
+            model_config, dtype=dtype, attn_implementation=impl
+        )
     init_seconds = time.perf_counter() - started
     model.config.use_cache = False
     flash = impl in FLASH_IMPLEMENTATIONS
     if not flash:
         install_packed_mask_hook(model)
     timing = timing_callback(cuda)
-    trainer = Trainer(model=model, args=targs,
-                      train_dataset=TrainDataset(examples, args.cutoff, packing=True),
-                      data_collator=PackedCollator(flash_kwargs=flash), callbacks=[timing])
+    trainer = Trainer(
+        model=model,
+        args=targs,
+        train_dataset=TrainDataset(examples, args.cutoff, packing=True),
+        data_collator=PackedCollator(flash_kwargs=flash),
+        callbacks=[timing],
+    )
     started = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - started
@@ -191,14 +226,21 @@ def run_ours(args: argparse.Namespace, examples: list[Example], cuda: bool) -> d
     peak_mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     del trainer, model
     gc.collect()
-    return {"tokens_per_s": rate, "tokens": tokens, "seconds": seconds,
-            "steps": len(timing.points), "attn_implementation": impl,
-            "precision": precision, "peak_gib": peak_mem, "init_seconds": init_seconds,
-            "train_wall_seconds": wall, "first_steps_seconds": timing.first_steps(args.skip)}
+    return {
+        "tokens_per_s": rate,
+        "tokens": tokens,
+        "seconds": seconds,
+        "steps": len(timing.points),
+        "attn_implementation": impl,
+        "precision": precision,
+        "peak_gib": peak_mem,
+        "init_seconds": init_seconds,
+        "train_wall_seconds": wall,
+        "first_steps_seconds": timing.first_steps(args.skip),
+    }
 
 
-def run_baseline(args: argparse.Namespace, examples: list[Example],
-                 cuda: bool) -> dict[str, Any]:
+def run_baseline(args: argparse.Namespace, examples: list[Example], cuda: bool) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
@@ -206,21 +248,36 @@ def run_baseline(args: argparse.Namespace, examples: list[Example],
 
     out = Path(tempfile.mkdtemp(prefix="kakugo-bench-base-"))
     targs = TrainingArguments(
-        output_dir=str(out), num_train_epochs=1, learning_rate=1e-5, lr_scheduler_type="cosine",
-        warmup_steps=0.05, per_device_train_batch_size=args.baseline_batch,
+        output_dir=str(out),
+        num_train_epochs=1,
+        learning_rate=1e-5,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        per_device_train_batch_size=args.baseline_batch,
         **checkpointing_arguments(True),
-        bf16=cuda, use_cpu=not cuda, save_strategy="no", report_to="none",
-        disable_tqdm=True, logging_steps=10**9, remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding", seed=0,
+        bf16=cuda,
+        use_cpu=not cuda,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=10**9,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        seed=0,
     )
     with _init_device(cuda, 0):
-        model = AutoModelForCausalLM.from_config(granite_config(args.shape, args.cutoff),
-                                                 dtype=torch.float32, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(
+            granite_config(args.shape, args.cutoff), dtype=torch.float32, attn_implementation="sdpa"
+        )
     model.config.use_cache = False
     timing = timing_callback(cuda)
-    trainer = Trainer(model=model, args=targs,
-                      train_dataset=TrainDataset(examples, args.cutoff, packing=False),
-                      data_collator=PaddedCollator(0), callbacks=[timing])
+    trainer = Trainer(
+        model=model,
+        args=targs,
+        train_dataset=TrainDataset(examples, args.cutoff, packing=False),
+        data_collator=PaddedCollator(0),
+        callbacks=[timing],
+    )
     trainer.train()
     rate, tokens, seconds = timing.rate(args.skip)
     peak_mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
@@ -229,8 +286,13 @@ def run_baseline(args: argparse.Namespace, examples: list[Example],
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    return {"tokens_per_s": rate, "tokens": tokens, "seconds": seconds,
-            "steps": len(timing.points), "peak_gib": peak_mem}
+    return {
+        "tokens_per_s": rate,
+        "tokens": tokens,
+        "seconds": seconds,
+        "steps": len(timing.points),
+        "peak_gib": peak_mem,
+    }
 
 
 def main() -> None:
@@ -239,26 +301,50 @@ def main() -> None:
     record_at_exit()
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tiny", action="store_true", default=not cuda,
-                   help="toy model on CPU (default without CUDA)")
-    p.add_argument("--scale", choices=("auto", "micro", "1b"), default="auto",
-                   help="GPU model shape: Granite-4.0-Micro (3.4B) or a ~1.4B version; auto: "
-                   "micro on GPUs with >= 100 GiB (full fine-tune states alone are ~54 GB "
-                   "and 8k-token logits several more), else 1b")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        default=not cuda,
+        help="toy model on CPU (default without CUDA)",
+    )
+    p.add_argument(
+        "--scale",
+        choices=("auto", "micro", "1b"),
+        default="auto",
+        help="GPU model shape: Granite-4.0-Micro (3.4B) or a ~1.4B version; auto: "
+        "micro on GPUs with >= 100 GiB (full fine-tune states alone are ~54 GB "
+        "and 8k-token logits several more), else 1b",
+    )
     p.add_argument("--cutoff", type=int, default=None, help="cutoff_len (8000; tiny: 512)")
-    p.add_argument("--tokens", type=int, default=None,
-                   help="real tokens trained per run (GPU 300k; tiny 40k)")
+    p.add_argument(
+        "--tokens", type=int, default=None, help="real tokens trained per run (GPU 300k; tiny 40k)"
+    )
     p.add_argument("--baseline-batch", type=int, default=4)
-    p.add_argument("--runs", choices=("both", "ours", "baseline"), default="both",
-                   help="what to measure in this process (baseline first)")
-    p.add_argument("--zero", type=int, choices=(0, 2, 3), default=None,
-                   help="ZeRO stage for ours (GPU: 3, the spec default; tiny: 0)")
-    p.add_argument("--attn", default="auto",
-                   choices=("auto", "flash_attention_2", "flex_attention", "sdpa", "eager"),
-                   help="attention for ours, as training.attnImplementation (auto: the stage's "
-                   "choice)")
-    p.add_argument("--skip", type=int, default=None,
-                   help="warm-up steps not timed (GPU 5: compilation; tiny 2)")
+    p.add_argument(
+        "--runs",
+        choices=("both", "ours", "baseline"),
+        default="both",
+        help="what to measure in this process (baseline first)",
+    )
+    p.add_argument(
+        "--zero",
+        type=int,
+        choices=(0, 2, 3),
+        default=None,
+        help="ZeRO stage for ours (GPU: 3, the spec default; tiny: 0)",
+    )
+    p.add_argument(
+        "--attn",
+        default="auto",
+        choices=("auto", "flash_attention_2", "flex_attention", "sdpa", "eager"),
+        help="attention for ours, as training.attnImplementation (auto: the stage's choice)",
+    )
+    p.add_argument(
+        "--skip",
+        type=int,
+        default=None,
+        help="warm-up steps not timed (GPU 5: compilation; tiny 2)",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write the JSON line here")
     args = p.parse_args()
     if args.tiny:
@@ -271,8 +357,9 @@ def main() -> None:
     args.tokens = args.tokens or (40_000 if args.tiny else 300_000)
     args.zero = (0 if args.tiny else 3) if args.zero is None else args.zero
     args.skip = args.skip if args.skip is not None else (2 if args.tiny else 5)
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR",
-                          str(Path.home() / ".cache" / "kakugo" / "torch_extensions"))
+    os.environ.setdefault(
+        "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "kakugo" / "torch_extensions")
+    )
 
     device = torch.cuda.get_device_name() if cuda else "cpu"
     vocab = SHAPES[args.shape]["vocab_size"]
@@ -290,8 +377,11 @@ def main() -> None:
         try:
             result = fn(args, examples, cuda)
         except Exception as exc:  # any failure is a result to report
-            hint = ("; try --scale 1b or a smaller --baseline-batch"
-                    if isinstance(exc, torch.cuda.OutOfMemoryError) else "")
+            hint = (
+                "; try --scale 1b or a smaller --baseline-batch"
+                if isinstance(exc, torch.cuda.OutOfMemoryError)
+                else ""
+            )
             errors[name] = f"{type(exc).__name__}: {str(exc)[:300]}{hint}"
             print(f"{name} failed: {errors[name]}", file=sys.stderr)
             if cuda:
@@ -306,18 +396,24 @@ def main() -> None:
     base_mfu = 6 * params * base["tokens_per_s"] / peak if peak and base else None
     speedup = ours["tokens_per_s"] / base["tokens_per_s"] if ours and base else None
 
-    print(f"\ndevice {device} | model {args.shape} ({params / 1e9:.3f}B params) | "
-          f"{len(examples)} examples, {sum(len(e) for e in examples):,} tokens, "
-          f"cutoff {args.cutoff}"
-          + (f" | ours: {ours['attn_implementation']}, ZeRO-{args.zero}" if ours else ""))
-    print(f"{'run':<10}{'tokens/s':>12}{'MFU':>8}{'steps':>8}{'timed tok':>11}{'s':>8}"
-          f"{'peak GiB':>10}")
+    print(
+        f"\ndevice {device} | model {args.shape} ({params / 1e9:.3f}B params) | "
+        f"{len(examples)} examples, {sum(len(e) for e in examples):,} tokens, "
+        f"cutoff {args.cutoff}"
+        + (f" | ours: {ours['attn_implementation']}, ZeRO-{args.zero}" if ours else "")
+    )
+    print(
+        f"{'run':<10}{'tokens/s':>12}{'MFU':>8}{'steps':>8}{'timed tok':>11}{'s':>8}"
+        f"{'peak GiB':>10}"
+    )
     for name, r, m in (("ours", ours, mfu), ("baseline", base, base_mfu)):
         if r is None:
             continue
-        print(f"{name:<10}{r['tokens_per_s']:>12,.1f}{'-' if m is None else f'{m:.1%}':>8}"
-              f"{r['steps']:>8}{r['tokens']:>11,}{r['seconds']:>8.2f}"
-              f"{'-' if r['peak_gib'] is None else format(r['peak_gib'], '.1f'):>10}")
+        print(
+            f"{name:<10}{r['tokens_per_s']:>12,.1f}{'-' if m is None else f'{m:.1%}':>8}"
+            f"{r['steps']:>8}{r['tokens']:>11,}{r['seconds']:>8.2f}"
+            f"{'-' if r['peak_gib'] is None else format(r['peak_gib'], '.1f'):>10}"
+        )
     if speedup is not None:
         print(f"speedup {speedup:.2f}x")
 

@@ -61,30 +61,40 @@ def dataset_info(run: RunSpec, mix: MixResult, splits: dict[str, str]) -> dict[s
     rows = {"train": len(mix.train), "validation": len(mix.validation)}
     return {
         "config_name": "default",
-        "description": (f"Kakugo training mix of LanguageModel {run.namespace}/{run.name} "
-                        f"(spec {run.fingerprint()}, rows {mix_digest(mix)})"),
+        "description": (
+            f"Kakugo training mix of LanguageModel {run.namespace}/{run.name} "
+            f"(spec {run.fingerprint()}, rows {mix_digest(mix)})"
+        ),
         "splits": [{"name": s, "num_examples": rows[s]} for s in splits],
     }
 
 
-def dataset_card(run: RunSpec, mix: MixResult, teacher: str, splits: dict[str, str],
-                 stage_stats: dict[str, Any]) -> str:
+def dataset_card(
+    run: RunSpec, mix: MixResult, teacher: str, splits: dict[str, str], stage_stats: dict[str, Any]
+) -> str:
     lang, spec = run.language, run.spec
     meta = {
         "language": [lang.iso639_1 or lang.iso639_3],
         "license": "other",
         "tags": ["kakugo", "synthetic", "instruction-tuning", "distillation"],
-        "configs": [{
-            "config_name": "default",
-            "data_files": [{"split": s, "path": key.removeprefix("dataset/")}
-                           for s, key in splits.items()],
-        }],
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [
+                    {"split": s, "path": key.removeprefix("dataset/")} for s, key in splits.items()
+                ],
+            }
+        ],
         "dataset_info": dataset_info(run, mix, splits),
     }
     sources = sorted(set(mix.kept_by_source) | set(mix.dropped_by_source))
     counts = [
-        (s, mix.kept_by_source[s], sum(mix.dropped_by_source.get(s, {}).values()),
-         mix.tokens_by_source[s])
+        (
+            s,
+            mix.kept_by_source[s],
+            sum(mix.dropped_by_source.get(s, {}).values()),
+            mix.tokens_by_source[s],
+        )
         for s in sources
     ]
     total_tokens = sum(mix.tokens_by_source.values())
@@ -96,65 +106,73 @@ def dataset_card(run: RunSpec, mix: MixResult, teacher: str, splits: dict[str, s
         "student tokenizer": spec.student.tokenizer or spec.student.model,
         "seed": data.seed,
         "topics": f"{len(data.topics.general_seeds)}+{len(data.topics.language_seeds)} seeds, "
-                  f"{data.topics.macro_topics_per_seed} macro-topics each, "
-                  f"{data.topics.topics_per_macro_topic} topics each, "
-                  f"{data.topics.min_prompts_per_topic}-{data.topics.max_prompts_per_topic} "
-                  "prompts per subject",
+        f"{data.topics.macro_topics_per_seed} macro-topics each, "
+        f"{data.topics.topics_per_macro_topic} topics each, "
+        f"{data.topics.min_prompts_per_topic}-{data.topics.max_prompts_per_topic} "
+        "prompts per subject",
         "scenarios": f"{data.scenarios.broad_general}+{data.scenarios.broad_language} broad, "
-                     f"{data.scenarios.detailed_per_broad} detailed each, "
-                     f"{data.scenarios.prompts_per_scenario} prompts each",
+        f"{data.scenarios.detailed_per_broad} detailed each, "
+        f"{data.scenarios.prompts_per_scenario} prompts each",
         "contexts": f"up to {data.contexts.max_documents} documents, "
-                    f"{data.contexts.max_document_tokens} tokens each",
+        f"{data.contexts.max_document_tokens} tokens each",
         "revision": f"{data.revise.fraction:.0%} of prompts",
         "translation": f"{data.translate.samples} conversations of at most "
-                       f"{data.translate.max_source_tokens} tokens",
+        f"{data.translate.max_source_tokens} tokens",
         "filters": f"token ratio in [{data.filter.min_token_ratio}, "
-                   f"{data.filter.max_token_ratio}], cutoff {spec.training.cutoff_len} tokens",
+        f"{data.filter.max_token_ratio}], cutoff {spec.training.cutoff_len} tokens",
         "mix": f"sources {', '.join(data.mix.sources)}; reasoning "
-               f"{'kept' if data.mix.reasoning else 'dropped'}; validation "
-               f"{data.mix.validation_fraction:.0%}",
+        f"{'kept' if data.mix.reasoning else 'dropped'}; validation "
+        f"{data.mix.validation_fraction:.0%}",
     }
     teacher_tokens = {
         name: (s.get("prompt_tokens", 0), s.get("completion_tokens", 0))
         for name, s in stage_stats.items()
     }
-    return "\n".join([
-        "---",
-        yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(),
-        "---",
-        "",
-        f"# Kakugo instruction data for {lang.name}",
-        "",
-        f"Synthetic and translated instruction data in {lang.name} ({lang.code}), made by "
-        f"the Kakugo pipeline (LanguageModel `{run.namespace}/{run.name}`). "
-        f"{mix.rows} rows: {len(mix.train)} train, {len(mix.validation)} validation; "
-        f"{mix.reasoning_rows} carry a `<think>` reasoning block under the think-first "
-        "system prompt, the others the concise system prompt.",
-        "",
-        "## Rows by source",
-        "",
-        _table([*counts, ("total", sum(c[1] for c in counts), sum(c[2] for c in counts),
-                           total_tokens)],
-               ("source", "kept", "dropped", "tokens (student)")),
-        "",
-        _token_note(mix),
-        "",
-        "## Why rows were dropped",
-        "",
-        _table(drops or [("(none)", 0)], ("reason", "rows")),
-        "",
-        "Every dropped row is listed with its reason in `filter/_excluded/00000.jsonl`.",
-        "",
-        "## Teacher tokens by stage",
-        "",
-        _table([(k, p, c) for k, (p, c) in teacher_tokens.items()],
-               ("stage", "prompt tokens", "completion tokens")),
-        "",
-        "## Recipe parameters",
-        "",
-        _table(list(params.items()), ("parameter", "value")),
-        "",
-        "## Licences",
-        "",
-        LICENSE_NOTES.format(teacher=teacher),
-    ])
+    return "\n".join(
+        [
+            "---",
+            yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(),
+            "---",
+            "",
+            f"# Kakugo instruction data for {lang.name}",
+            "",
+            f"Synthetic and translated instruction data in {lang.name} ({lang.code}), made by "
+            f"the Kakugo pipeline (LanguageModel `{run.namespace}/{run.name}`). "
+            f"{mix.rows} rows: {len(mix.train)} train, {len(mix.validation)} validation; "
+            f"{mix.reasoning_rows} carry a `<think>` reasoning block under the think-first "
+            "system prompt, the others the concise system prompt.",
+            "",
+            "## Rows by source",
+            "",
+            _table(
+                [
+                    *counts,
+                    ("total", sum(c[1] for c in counts), sum(c[2] for c in counts), total_tokens),
+                ],
+                ("source", "kept", "dropped", "tokens (student)"),
+            ),
+            "",
+            _token_note(mix),
+            "",
+            "## Why rows were dropped",
+            "",
+            _table(drops or [("(none)", 0)], ("reason", "rows")),
+            "",
+            "Every dropped row is listed with its reason in `filter/_excluded/00000.jsonl`.",
+            "",
+            "## Teacher tokens by stage",
+            "",
+            _table(
+                [(k, p, c) for k, (p, c) in teacher_tokens.items()],
+                ("stage", "prompt tokens", "completion tokens"),
+            ),
+            "",
+            "## Recipe parameters",
+            "",
+            _table(list(params.items()), ("parameter", "value")),
+            "",
+            "## Licences",
+            "",
+            LICENSE_NOTES.format(teacher=teacher),
+        ]
+    )

@@ -65,6 +65,7 @@ def tokenize_conversation(
 def template_overhead(tokenizer: Any, template: str) -> int:
     """Tokens the template adds per message (role markers, end of turn), rounded up."""
     empty = [{"role": r, "content": ""} for r in ("system", "user", "assistant")]
-    ids = tokenizer.apply_chat_template(empty, chat_template=template, tokenize=True,
-                                        return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        empty, chat_template=template, tokenize=True, return_dict=True
+    )["input_ids"]
     return -(-len(ids) // len(empty))

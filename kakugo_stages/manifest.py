@@ -117,14 +117,20 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
         allowed = _field_names(owner) if owner else []
         guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"; did you mean {guess[0]!r}?" if guess else ""
-        return f"unknown field{hint} Allowed here: {', '.join(allowed)}" if allowed else (
-            "unknown field"
+        return (
+            f"unknown field{hint} Allowed here: {', '.join(allowed)}"
+            if allowed
+            else ("unknown field")
         )
     if kind == "missing":
         return "required field is missing"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
-              "less_than": "<"}[kind]
+        op = {
+            "greater_than_equal": ">=",
+            "greater_than": ">",
+            "less_than_equal": "<=",
+            "less_than": "<",
+        }[kind]
         bound = next(iter(ctx.values()))
         return f"got {_show(given)}; must be {op} {bound}"
     if kind == "literal_error":
@@ -171,8 +177,14 @@ def validate_spec(kind: str, spec: Any, source: str = "manifest") -> Any:
 def parse_object(obj: Any, source: str = "manifest") -> Manifest:
     """Validate one Kubernetes-style object (apiVersion, kind, metadata, spec)."""
     if not isinstance(obj, Mapping):
-        raise ManifestError(source, [FieldError("(document)", "expected a mapping with apiVersion, "
-                                                "kind, metadata and spec")])
+        raise ManifestError(
+            source,
+            [
+                FieldError(
+                    "(document)", "expected a mapping with apiVersion, kind, metadata and spec"
+                )
+            ],
+        )
     errors: list[FieldError] = []
     if obj.get("apiVersion") != API:
         errors.append(FieldError("apiVersion", f"got {_show(obj.get('apiVersion'))}; use {API}"))
@@ -182,8 +194,13 @@ def parse_object(obj: Any, source: str = "manifest") -> Manifest:
     meta = obj.get("metadata") or {}
     name = meta.get("name") if isinstance(meta, Mapping) else None
     if not isinstance(name, str) or not _is_dns_label(name):
-        errors.append(FieldError("metadata.name", f"got {_show(name)}; must be a DNS label "
-                                 "(lowercase letters, digits, '-', at most 63 characters)"))
+        errors.append(
+            FieldError(
+                "metadata.name",
+                f"got {_show(name)}; must be a DNS label "
+                "(lowercase letters, digits, '-', at most 63 characters)",
+            )
+        )
     unknown = sorted(set(obj) - {"apiVersion", "kind", "metadata", "spec", "status"})
     errors.extend(FieldError(k, "unknown top-level field") for k in unknown)
     if "spec" not in obj:
@@ -287,11 +304,17 @@ def fleet_members(fleet: LanguageFleetSpec) -> list[FleetMember]:
         body = {**body, "language": entry.language}
         name = entry.name or member_name(code)
         if name in seen:
-            err = ManifestError(source, [FieldError(
-                f"spec.languages[{i}]",
-                f"{entry.language!r} gives the LanguageModel name {name!r}, already used by "
-                f"spec.languages[{seen[name]}]; remove the duplicate or set a distinct name",
-            )])
+            err = ManifestError(
+                source,
+                [
+                    FieldError(
+                        f"spec.languages[{i}]",
+                        f"{entry.language!r} gives the LanguageModel name {name!r}, already "
+                        f"used by spec.languages[{seen[name]}]; remove the duplicate or set a "
+                        "distinct name",
+                    )
+                ],
+            )
             members.append(FleetMember(i, entry.language, name, None, err))
             continue
         seen[name] = i

@@ -67,8 +67,12 @@ class MixRows(Sequence[dict[str, Any]]):
 
     def _format(self, row: dict[str, Any], translated: bool) -> dict[str, Any]:
         conv = (translated_conversation if translated else generated_conversation)(row, self.cfg)
-        return {"id": row["id"], "source": row["source"], "messages": conv,
-                "reasoning": conv[0]["content"] == self.cfg.think_system_prompt}
+        return {
+            "id": row["id"],
+            "source": row["source"],
+            "messages": conv,
+            "reasoning": conv[0]["content"] == self.cfg.think_system_prompt,
+        }
 
 
 @dataclass
@@ -93,8 +97,7 @@ def _exclude(result: MixResult, row: dict[str, Any], reason: str) -> None:
     source = row.get("source", "unknown")
     result.dropped[reason] += 1
     result.dropped_by_source.setdefault(source, Counter())[reason] += 1
-    result.excluded.append({"id": row.get("id"), "source": source, "reason": reason,
-                            "row": row})
+    result.excluded.append({"id": row.get("id"), "source": source, "reason": reason, "row": row})
 
 
 def _reasoning(row: dict[str, Any], cfg: MixConfig) -> str | None:
@@ -189,8 +192,7 @@ def build_mix(
     for i, (row, is_translated) in enumerate(candidates):
         (result.validation if i < n_val else result.train).append(row, is_translated)
         result.kept_by_source[row["source"]] += 1
-        result.reasoning_rows += (
-            _system_prompt(row, is_translated, cfg) == cfg.think_system_prompt)
+        result.reasoning_rows += _system_prompt(row, is_translated, cfg) == cfg.think_system_prompt
     return result
 
 
@@ -229,8 +231,7 @@ def _length_filter_generated(
 
     def bound(i: int) -> int:
         known = exact.get(i, {})
-        return sum(known.get(j, n) for j, n in enumerate(sizes[i])) + per_message * len(
-            sizes[i])
+        return sum(known.get(j, n) for j, n in enumerate(sizes[i])) + per_message * len(sizes[i])
 
     sample = [i for i, row in enumerate(rows) if _in_sample(row["id"])]
     counts = iter(count(t for i in sample for t in texts(i)))  # whole rows: tokens per byte
@@ -245,8 +246,7 @@ def _length_filter_generated(
         todo = []
         for i in pending:
             known = exact.setdefault(i, {})
-            j = max((j for j in range(len(sizes[i])) if j not in known),
-                    key=lambda j: sizes[i][j])
+            j = max((j for j in range(len(sizes[i])) if j not in known), key=lambda j: sizes[i][j])
             todo.append((i, j))
         for (i, j), n in zip(todo, count(texts(i)[j] for i, j in todo), strict=True):
             exact[i][j] = n
@@ -293,9 +293,13 @@ def _ratio_and_length_filter_translated(
     overhead = settings.template_tokens
     lo, hi, limit = settings.min_ratio, settings.max_ratio, settings.max_tokens
     sizes = [[utf8_len(m["content"]) for m in row["messages"]] for row in rows]
-    bounds = [[token_bounds(m["content"], count.bounded, size)
-               for m, size in zip(row["messages"], sizes[r], strict=True)]
-              for r, row in enumerate(rows)]
+    bounds = [
+        [
+            token_bounds(m["content"], count.bounded, size)
+            for m, size in zip(row["messages"], sizes[r], strict=True)
+        ]
+        for r, row in enumerate(rows)
+    ]
 
     def verdict(r: int) -> str | None:
         reason = check_ratio_bounds(originals[r], bounds[r], lo, hi)
@@ -330,8 +334,9 @@ def _ratio_and_length_filter_translated(
             turns = round(ratio * sum(sizes[r]))
             result.estimated_sources.add("translated")
         candidates.append((row, True))
-        result.tokens_by_source["translated"] += turns + system_tokens + overhead * (
-            len(bounds[r]) + 1)
+        result.tokens_by_source["translated"] += (
+            turns + system_tokens + overhead * (len(bounds[r]) + 1)
+        )
 
 
 def _original_counts(
@@ -342,16 +347,30 @@ def _original_counts(
     The translate stage measures the English turns when it samples them (it tokenizes them
     anyway for its length cap); only rows without those counts are measured here."""
     known = [_known_original_tokens(row, settings.tokenizer_name) for row in rows]
-    missing = iter(count([m["content"] for row, k in zip(rows, known, strict=True) if k is None
-                          for m in row["original"]]))
-    return [k if k is not None else [next(missing) for _ in row["original"]]
-            for row, k in zip(rows, known, strict=True)]
+    missing = iter(
+        count(
+            [
+                m["content"]
+                for row, k in zip(rows, known, strict=True)
+                if k is None
+                for m in row["original"]
+            ]
+        )
+    )
+    return [
+        k if k is not None else [next(missing) for _ in row["original"]]
+        for row, k in zip(rows, known, strict=True)
+    ]
 
 
 def _known_original_tokens(row: dict[str, Any], tokenizer: str | None) -> list[int] | None:
     counts = row.get("original_tokens")
-    if (tokenizer is None or row.get("original_tokenizer") != tokenizer
-            or not isinstance(counts, list) or len(counts) != len(row["original"])):
+    if (
+        tokenizer is None
+        or row.get("original_tokenizer") != tokenizer
+        or not isinstance(counts, list)
+        or len(counts) != len(row["original"])
+    ):
         return None
     return counts
 
@@ -367,8 +386,9 @@ def write_dataset(store: ArtifactStore, result: MixResult, card: str) -> dict[st
     for split, rows in (("train", result.train), ("validation", result.validation)):
         key = f"{DATASET_DIR}/data/{split}-00000-of-00001.parquet"
         if rows:
-            store.write_parquet_tables(key, (
-                mix_table(rows[i : i + ROW_GROUP]) for i in range(0, len(rows), ROW_GROUP)))
+            store.write_parquet_tables(
+                key, (mix_table(rows[i : i + ROW_GROUP]) for i in range(0, len(rows), ROW_GROUP))
+            )
             files[split] = key
         else:
             store.delete(key)
@@ -391,14 +411,20 @@ def mix_table(rows: Sequence[dict[str, Any]]) -> pyarrow.Table:
         offsets.append(len(roles))
     messages = pa.ListArray.from_arrays(
         pa.array(offsets, pa.int32()),
-        pa.StructArray.from_arrays([pa.array(roles, pa.string()),
-                                    # encode() only makes valid UTF-8: a view, no check.
-                                    pa.array([c.encode() for c in contents],
-                                             pa.binary()).view(pa.string())],
-                                   ["role", "content"]))
-    return pa.table({
-        "id": pa.array([r["id"] for r in rows], pa.string()),
-        "source": pa.array([r["source"] for r in rows], pa.string()),
-        "messages": messages,
-        "reasoning": pa.array([r["reasoning"] for r in rows], pa.bool_()),
-    })
+        pa.StructArray.from_arrays(
+            [
+                pa.array(roles, pa.string()),
+                # encode() only makes valid UTF-8: a view, no check.
+                pa.array([c.encode() for c in contents], pa.binary()).view(pa.string()),
+            ],
+            ["role", "content"],
+        ),
+    )
+    return pa.table(
+        {
+            "id": pa.array([r["id"] for r in rows], pa.string()),
+            "source": pa.array([r["source"] for r in rows], pa.string()),
+            "messages": messages,
+            "reasoning": pa.array([r["reasoning"] for r in rows], pa.bool_()),
+        }
+    )

@@ -200,7 +200,7 @@ def translate_conversation(messages: list[dict[str, str]], language: str) -> Mes
     conversation = json.dumps(messages, ensure_ascii=False, indent=1)
     shape = _json_tail(
         "messages",
-        'a list with one object per message, in the same order, each with exactly the keys '
+        "a list with one object per message, in the same order, each with exactly the keys "
         '"role" (unchanged) and "content" (translated)',
     )
     return _user(
@@ -227,8 +227,14 @@ Conversation:
 def list_schema(key: str, count: int) -> dict:
     return {
         "type": "object",
-        "properties": {key: {"type": "array", "items": {"type": "string", "minLength": 1},
-                             "minItems": 1, "maxItems": count}},
+        "properties": {
+            key: {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "minItems": 1,
+                "maxItems": count,
+            }
+        },
         "required": [key],
         "additionalProperties": False,
     }
@@ -246,15 +252,18 @@ def string_schema(key: str) -> dict:
 def messages_schema(count: int) -> dict:
     message = {
         "type": "object",
-        "properties": {"role": {"type": "string", "enum": ["user", "assistant"]},
-                       "content": {"type": "string"}},
+        "properties": {
+            "role": {"type": "string", "enum": ["user", "assistant"]},
+            "content": {"type": "string"},
+        },
         "required": ["role", "content"],
         "additionalProperties": False,
     }
     return {
         "type": "object",
-        "properties": {"messages": {"type": "array", "items": message, "minItems": count,
-                                    "maxItems": count}},
+        "properties": {
+            "messages": {"type": "array", "items": message, "minItems": count, "maxItems": count}
+        },
         "required": ["messages"],
         "additionalProperties": False,
     }

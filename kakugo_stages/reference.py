@@ -38,8 +38,14 @@ def _type_name(annotation: Any) -> str:
         return f"map of {_type_name(args[1])}"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "object"
-    simple = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
-              "Decimal": "dollars", "Any": "any"}
+    simple = {
+        "str": "string",
+        "int": "integer",
+        "float": "number",
+        "bool": "boolean",
+        "Decimal": "dollars",
+        "Any": "any",
+    }
     return simple.get(getattr(annotation, "__name__", ""), str(annotation))
 
 
@@ -93,21 +99,36 @@ def _rows(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, str, str, 
 
 
 def _table(model: type[BaseModel], title: str, intro: str) -> str:
-    lines = [f"### {title}", "", intro, "", "| field | type | default | meaning |",
-             "| --- | --- | --- | --- |"]
+    lines = [
+        f"### {title}",
+        "",
+        intro,
+        "",
+        "| field | type | default | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
     lines += [f"| `{k}` | {t} | {d} | {m} |" for k, t, d, m in _rows(model, "spec")]
     return "\n".join(lines)
 
 
 def markdown() -> str:
     parts = [
-        _table(LanguageModelSpec, "LanguageModel (`kakugo.io/v1alpha1`)",
-               "One language, one pipeline. Defaults are the recipe's numbers."),
-        _table(TeacherSpec, "Teacher (`kakugo.io/v1alpha1`)",
-               "A vLLM server shared by LanguageModels (also the shape of `teacher.serve`)."),
-        _table(LanguageFleetSpec, "LanguageFleet (`kakugo.io/v1alpha1`)",
-               "Many languages from one template; `template` takes every LanguageModel field "
-               "except `language`."),
+        _table(
+            LanguageModelSpec,
+            "LanguageModel (`kakugo.io/v1alpha1`)",
+            "One language, one pipeline. Defaults are the recipe's numbers.",
+        ),
+        _table(
+            TeacherSpec,
+            "Teacher (`kakugo.io/v1alpha1`)",
+            "A vLLM server shared by LanguageModels (also the shape of `teacher.serve`).",
+        ),
+        _table(
+            LanguageFleetSpec,
+            "LanguageFleet (`kakugo.io/v1alpha1`)",
+            "Many languages from one template; `template` takes every LanguageModel field "
+            "except `language`.",
+        ),
     ]
     return "\n\n".join(parts) + "\n"
 

@@ -61,29 +61,36 @@ def gather(run: RunSpec, store: ArtifactStore) -> RunFacts:
         total = stage.num_shards() if stage is not None else max(len(stats), 1)
         done = len(out.completed_shards())
         skipped = any(s.get("stage_skipped") for s in stats.values())
-        state = ("skipped" if skipped else "done" if done == total
-                 else "partial" if stats else "not run")
+        state = (
+            "skipped" if skipped else "done" if done == total else "partial" if stats else "not run"
+        )
         rejected: Counter[str] = Counter()
         for s in stats.values():
             rejected.update(s.get("rejected") or {})
         res = run.spec.resources.for_stage(name)
         on_gpu = _on_gpu(run, name)
-        lines.append(StageLine(
-            name, state, f"{done}/{total}", _sum_stats(stats, "rows_in"),
-            _sum_stats(stats, "rows_out"), _sum_stats(stats, "requests"), rejected,
-            sum(int(s.get("teacher", {}).get("prompt_tokens", 0)) for s in stats.values()),
-            sum(int(s.get("teacher", {}).get("completion_tokens", 0)) for s in stats.values()),
-            sum(float(s.get("seconds", 0)) for s in stats.values()),
-            (res.gpus or 0) if on_gpu else 0,
-        ))
+        lines.append(
+            StageLine(
+                name,
+                state,
+                f"{done}/{total}",
+                _sum_stats(stats, "rows_in"),
+                _sum_stats(stats, "rows_out"),
+                _sum_stats(stats, "requests"),
+                rejected,
+                sum(int(s.get("teacher", {}).get("prompt_tokens", 0)) for s in stats.values()),
+                sum(int(s.get("teacher", {}).get("completion_tokens", 0)) for s in stats.values()),
+                sum(float(s.get("seconds", 0)) for s in stats.values()),
+                (res.gpus or 0) if on_gpu else 0,
+            )
+        )
     filter_stats = StageOutput(store, "filter").read_stats(0) or {}
     train_stats = StageOutput(store, "train").read_stats(0) or {}
     try:
         evaluation = store.read_json("evaluation/results.json")
     except ArtifactNotFound:
         evaluation = None
-    return RunFacts(lines, filter_stats, evaluation, _loss_history(store, train_stats),
-                    train_stats)
+    return RunFacts(lines, filter_stats, evaluation, _loss_history(store, train_stats), train_stats)
 
 
 def _has_stage(name: str) -> bool:
@@ -140,17 +147,27 @@ def cost_lines(run: RunSpec, facts: RunFacts, gpu_price: Decimal | None) -> list
         cost = token_cost(prompt, completion, teacher.endpoint.prices)
         total += cost
         p = teacher.endpoint.prices
-        lines.append((f"teacher API: {prompt:,} prompt + {completion:,} completion tokens at "
-                      f"${p.input_per_million}/${p.output_per_million} per 1M", dollars(cost)))
+        lines.append(
+            (
+                f"teacher API: {prompt:,} prompt + {completion:,} completion tokens at "
+                f"${p.input_per_million}/${p.output_per_million} per 1M",
+                dollars(cost),
+            )
+        )
     gpu_seconds = sum(s.seconds * s.gpus for s in facts.stages)
     if gpu_price is not None and gpu_seconds:
         cost = gpu_cost(gpu_seconds, 1, gpu_price)
         total += cost
-        lines.append((f"GPU time: {gpu_seconds / 3600:.3f} GPU-hours at ${gpu_price}/GPU-hour",
-                      dollars(cost)))
+        lines.append(
+            (
+                f"GPU time: {gpu_seconds / 3600:.3f} GPU-hours at ${gpu_price}/GPU-hour",
+                dollars(cost),
+            )
+        )
     if len(lines) == 0:
-        lines.append(("nothing priced: no teacher API; GPU time is priced with --gpu-price",
-                      dollars(total)))
+        lines.append(
+            ("nothing priced: no teacher API; GPU time is priced with --gpu-price", dollars(total))
+        )
     lines.append(("total", dollars(total)))
     return lines
 
@@ -168,16 +185,39 @@ def render(run: RunSpec, store: ArtifactStore, gpu_price: Decimal | None = None)
         "## Stages",
         "",
         _table(
-            ("stage", "state", "shards", "rows in", "rows out", "teacher requests", "rejected",
-             "prompt tokens", "completion tokens", "time", "GPUs"),
-            [(s.name, s.state, s.shards, s.rows_in, s.rows_out, s.requests or "",
-              sum(s.rejected.values()) or "", s.prompt_tokens or "", s.completion_tokens or "",
-              _fmt_s(s.seconds), s.gpus or "CPU") for s in facts.stages],
+            (
+                "stage",
+                "state",
+                "shards",
+                "rows in",
+                "rows out",
+                "teacher requests",
+                "rejected",
+                "prompt tokens",
+                "completion tokens",
+                "time",
+                "GPUs",
+            ),
+            [
+                (
+                    s.name,
+                    s.state,
+                    s.shards,
+                    s.rows_in,
+                    s.rows_out,
+                    s.requests or "",
+                    sum(s.rejected.values()) or "",
+                    s.prompt_tokens or "",
+                    s.completion_tokens or "",
+                    _fmt_s(s.seconds),
+                    s.gpus or "CPU",
+                )
+                for s in facts.stages
+            ],
         ),
         "",
     ]
-    failures = [(s.name, reason, n) for s in facts.stages for reason, n in
-                s.rejected.most_common()]
+    failures = [(s.name, reason, n) for s in facts.stages for reason, n in s.rejected.most_common()]
     parts += ["## Teacher failures", ""]
     if failures:
         parts += [
@@ -200,13 +240,16 @@ def render(run: RunSpec, store: ArtifactStore, gpu_price: Decimal | None = None)
             f"{fs.get('validation', 0)} validation), {fs.get('reasoning_rows', 0)} with a "
             "reasoning block. Dataset: `dataset/` (card: `dataset/README.md`).",
             "",
-            _table(("source", "rows", "tokens"), [(k, v, tokens.get(k, "")) for k, v in
-                                                  sorted(kept.items())]),
+            _table(
+                ("source", "rows", "tokens"),
+                [(k, v, tokens.get(k, "")) for k, v in sorted(kept.items())],
+            ),
             "",
             "Rows dropped by the filters (every one is in `filter/_excluded/00000.jsonl`):",
             "",
-            _table(("reason", "rows"), sorted((fs.get("dropped") or {}).items()) or
-                   [("(none)", 0)]),
+            _table(
+                ("reason", "rows"), sorted((fs.get("dropped") or {}).items()) or [("(none)", 0)]
+            ),
             "",
         ]
     cpu = sum(s.seconds for s in facts.stages if not s.gpus)
@@ -222,8 +265,11 @@ def render(run: RunSpec, store: ArtifactStore, gpu_price: Decimal | None = None)
     if facts.loss_history or facts.train_stats:
         ts = facts.train_stats
         parts += ["## Training", ""]
-        summary = [f"{k}: {ts[k]}" for k in ("steps", "final_loss", "tokens_per_s",
-                                             "train_tokens") if k in ts]
+        summary = [
+            f"{k}: {ts[k]}"
+            for k in ("steps", "final_loss", "tokens_per_s", "train_tokens")
+            if k in ts
+        ]
         if summary:
             parts += ["; ".join(summary), ""]
         if facts.loss_history and _plot_loss(store, facts.loss_history):
@@ -234,10 +280,20 @@ def render(run: RunSpec, store: ArtifactStore, gpu_price: Decimal | None = None)
         parts += [
             "Base model against tuned model, on identical prompts.",
             "",
-            _table(("task", "metric", "base", "tuned", "delta", "n"), [
-                (t, v.get("metric", ""), _num(v.get("base")), _num(v.get("tuned")),
-                 _num(v.get("delta"), signed=True), v.get("n", "")) for t, v in tasks.items()
-            ]),
+            _table(
+                ("task", "metric", "base", "tuned", "delta", "n"),
+                [
+                    (
+                        t,
+                        v.get("metric", ""),
+                        _num(v.get("base")),
+                        _num(v.get("tuned")),
+                        _num(v.get("delta"), signed=True),
+                        v.get("n", ""),
+                    )
+                    for t, v in tasks.items()
+                ],
+            ),
             "",
         ]
         skipped = facts.evaluation.get("skipped") or {}

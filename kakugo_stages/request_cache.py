@@ -68,8 +68,9 @@ def request_key(payload: Mapping[str, Any]) -> str:
     if missing:
         raise ValueError(f"request key needs {', '.join(missing)}")
     body = {f: _canonical(payload[f]) for f in KEY_FIELDS}
-    body.update({f: _canonical(payload[f]) for f in OPTIONAL_KEY_FIELDS
-                 if payload.get(f) is not None})
+    body.update(
+        {f: _canonical(payload[f]) for f in OPTIONAL_KEY_FIELDS if payload.get(f) is not None}
+    )
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

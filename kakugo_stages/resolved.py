@@ -112,4 +112,3 @@ def load_run_spec(path: str | Path, storage_root: str | None = None) -> RunSpec:
         # A resolved spec.yaml pins where its run lives (local runs use ./runs/<name>).
         run = dataclasses.replace(run, uri=resolved["runUri"])
     return run
-

@@ -89,9 +89,7 @@ def _missing_inputs(run: RunSpec, store: ArtifactStore, stages: list[str]) -> li
     return [n for n in STAGES if n in outside and _unfinished(get_stage(n)(run, store))]
 
 
-def run_pipeline(
-    run: RunSpec, options: RunOptions, echo: Callable[[str], None] = print
-) -> RunSpec:
+def run_pipeline(run: RunSpec, options: RunOptions, echo: Callable[[str], None] = print) -> RunSpec:
     """Run the selected stages; returns the (local) RunSpec whose folder holds the run."""
     run = local_run(run, options.runs_dir)
     stages = selected_stages(options.from_stage, options.until)
@@ -181,8 +179,10 @@ class _Executor:
         except BaseException as exc:  # Ctrl-C (or a bug here): stop the stages, then go
             self.stop.set()
             if isinstance(exc, KeyboardInterrupt) and self.running:
-                self.echo(f"interrupted: stopping {', '.join(self.running)} (finished shards "
-                          "and teacher answers are kept; run again to continue)")
+                self.echo(
+                    f"interrupted: stopping {', '.join(self.running)} (finished shards "
+                    "and teacher answers are kept; run again to continue)"
+                )
             for thread in self.threads:  # a second Ctrl-C stops waiting
                 thread.join()
             raise
@@ -205,8 +205,9 @@ class _Executor:
                 stop=self.stop,
             )
             # Daemon: a second Ctrl-C must not wait for a stage that ignores its stop event.
-            thread = threading.Thread(target=self._work, args=(stage, kwargs), name=name,
-                                      daemon=True)
+            thread = threading.Thread(
+                target=self._work, args=(stage, kwargs), name=name, daemon=True
+            )
             self.threads.append(thread)
             thread.start()
 
@@ -227,9 +228,11 @@ class _Executor:
             return
         self.done.add(name)
         totals = outcome.summary.as_dict() if outcome.summary else {}
-        self.echo(f"✓ {name}: {totals.get('rows_out', 0)} rows"
-                  + (f", {totals['requests']} teacher requests" if totals.get("requests") else "")
-                  + (f", rejected {totals['rejected']}" if totals.get("rejected") else ""))
+        self.echo(
+            f"✓ {name}: {totals.get('rows_out', 0)} rows"
+            + (f", {totals['requests']} teacher requests" if totals.get("requests") else "")
+            + (f", rejected {totals['rejected']}" if totals.get("rejected") else "")
+        )
         self.finished(self.done)
 
     def _raise_failures(self) -> None:
@@ -243,8 +246,9 @@ class _Executor:
             raise RunError(f"stage {name} failed: {exc}") from exc
         if self.failed:
             lines = "\n".join(f"  {name}: {exc}" for name, exc in self.failed.items())
-            raise RunError(f"stages {', '.join(self.failed)} failed:\n{lines}") \
-                from next(iter(self.failed.values()))
+            raise RunError(f"stages {', '.join(self.failed)} failed:\n{lines}") from next(
+                iter(self.failed.values())
+            )
 
 
 def _above_bars(echo: Callable[[str], None]) -> Callable[[str], None]:

@@ -54,7 +54,12 @@ def _read(store: Any, key: str) -> Iterator[dict[str, Any]]:
 
 
 def shuffled_records(
-    *, path: str | None, dataset: str, config: str | None, split: str, seed: int,
+    *,
+    path: str | None,
+    dataset: str,
+    config: str | None,
+    split: str,
+    seed: int,
     where: tuple[str, str] | None = None,
 ) -> tuple[Iterator[dict[str, Any]], int | None]:
     """Records of a corpus in a seeded random order, and the corpus size when known.

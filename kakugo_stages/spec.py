@@ -103,7 +103,8 @@ class SecretKeyRef(SpecModel):
 
 class TeacherRef(SpecModel):
     name: str = Field(
-        pattern=DNS_SUBDOMAIN, max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
         description="Name of a Teacher in the same namespace. Stages wait until it is Ready.",
     )
 
@@ -154,7 +155,10 @@ class StageResources(SpecModel):
     """Where and how big a stage's Pods are. Unset fields inherit from `resources.default`."""
 
     gpus: int | None = Field(
-        default=None, ge=0, le=64, description="GPUs per Pod (nvidia.com/gpu). Also the "
+        default=None,
+        ge=0,
+        le=64,
+        description="GPUs per Pod (nvidia.com/gpu). Also the "
         "torchrun process count of the train stage.",
     )
     gpu_type: str | None = Field(
@@ -197,7 +201,9 @@ class ResourcesSpec(SpecModel):
 
     default: StageResources = Field(default=StageResources(), description="Applies to all stages.")
     max_concurrent_stages: int = Field(
-        default=4, ge=1, le=len(STAGES),
+        default=4,
+        ge=1,
+        le=len(STAGES),
         description="How many stages may run at once, each as soon as the stages it reads "
         "are complete: topics, scenarios, contexts and translate need nothing from each "
         "other, so together they keep the teacher's batch full. 1 runs one stage at a time.",
@@ -425,7 +431,9 @@ class ScenariosConfig(SpecModel):
     shards: int = Field(default=1, ge=1, le=1024)
     broad_general: int = Field(default=30, ge=0, le=1000, description="General broad scenarios.")
     broad_language: int = Field(
-        default=30, ge=0, le=1000,
+        default=30,
+        ge=0,
+        le=1000,
         description="Broad scenarios specific to the language's speakers.",
     )
     detailed_per_broad: int = Field(default=30, ge=0, le=1000)

@@ -265,8 +265,9 @@ class ArtifactStore(ABC):
 
         def tables() -> Iterator[pyarrow.Table]:
             schema = None
-            while batch := [r if isinstance(r, dict) else dict(r)
-                            for r in itertools.islice(it, PARQUET_BATCH)]:
+            while batch := [
+                r if isinstance(r, dict) else dict(r) for r in itertools.islice(it, PARQUET_BATCH)
+            ]:
                 table = pa.Table.from_pylist(batch, schema=schema)
                 schema = table.schema
                 yield table

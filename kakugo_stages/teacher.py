@@ -140,9 +140,7 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
-            p.get("text", "") if isinstance(p, dict) else str(p) for p in content
-        )
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
     return str(content)
 
 
@@ -297,12 +295,20 @@ class TeacherUsage:
     def merge(self, other: TeacherUsage) -> TeacherUsage:
         """Add ``other`` into this one (e.g. shards into a stage total); returns self."""
         for name in (
-            "requests", "cached", "http_requests", "retries", "prompt_tokens",
-            "completion_tokens", "cached_prompt_tokens", "cached_completion_tokens",
+            "requests",
+            "cached",
+            "http_requests",
+            "retries",
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_prompt_tokens",
+            "cached_completion_tokens",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for mine, theirs in ((self.failures, other.failures),
-                             (self.retry_reasons, other.retry_reasons)):
+        for mine, theirs in (
+            (self.failures, other.failures),
+            (self.retry_reasons, other.retry_reasons),
+        ):
             for k, v in theirs.items():
                 mine[k] = mine.get(k, 0) + v
         return self
@@ -344,7 +350,9 @@ class _AiohttpTransport:
         if self._session is None or self._session.closed:
             aiohttp = self._aiohttp
             connector = aiohttp.TCPConnector(
-                limit=self._limit, limit_per_host=0, keepalive_timeout=_KEEPALIVE_S,
+                limit=self._limit,
+                limit_per_host=0,
+                keepalive_timeout=_KEEPALIVE_S,
                 ttl_dns_cache=300,
             )
             # Not trust_env: aiohttp would then look up proxies and ~/.netrc in a worker
@@ -370,7 +378,9 @@ class _AiohttpTransport:
             async with self._get().post(url, data=body, headers=headers, proxy=proxy) as resp:
                 data = await resp.read()
                 return _Response(
-                    resp.status, data, resp.headers.get("Retry-After"),
+                    resp.status,
+                    data,
+                    resp.headers.get("Retry-After"),
                     resp.headers.get("retry-after-ms"),
                 )
         except TimeoutError as e:  # aiohttp's timeout errors subclass TimeoutError
@@ -400,7 +410,8 @@ class _HttpxTransport:
             httpx = self._httpx
             self._client = httpx.AsyncClient(
                 limits=httpx.Limits(
-                    max_connections=self._limit, max_keepalive_connections=self._limit,
+                    max_connections=self._limit,
+                    max_keepalive_connections=self._limit,
                     keepalive_expiry=_KEEPALIVE_S,
                 ),
                 # No pool timeout: the semaphore already bounds requests to the pool size.
@@ -417,7 +428,9 @@ class _HttpxTransport:
         except httpx.TransportError as e:
             raise _TransportDropped(type(e).__name__) from None
         return _Response(
-            resp.status_code, resp.content, resp.headers.get("retry-after"),
+            resp.status_code,
+            resp.content,
+            resp.headers.get("retry-after"),
             resp.headers.get("retry-after-ms"),
         )
 
@@ -670,11 +683,16 @@ class TeacherClient:
         """
         temperature = self.temperature if temperature is None else temperature
         top_p = self.top_p if top_p is None else top_p
-        key = request_key({
-            "messages": messages, "temperature": float(temperature), "top_p": float(top_p),
-            "max_tokens": int(max_tokens), "sample_index": int(sample_index),
-            "response_format": response_format,
-        })
+        key = request_key(
+            {
+                "messages": messages,
+                "temperature": float(temperature),
+                "top_p": float(top_p),
+                "max_tokens": int(max_tokens),
+                "sample_index": int(sample_index),
+                "response_format": response_format,
+            }
+        )
         usage = self.usage
         usage.requests += 1
         if self.cache is not None:
@@ -752,7 +770,10 @@ class TeacherClient:
             )
             log.debug(
                 "teacher request %s attempt %d failed (%s); retrying in %.2fs",
-                key[:12], attempts, failure.reason, delay,
+                key[:12],
+                attempts,
+                failure.reason,
+                delay,
             )
             await asyncio.sleep(delay)
         self._count_failure(failure.reason)
@@ -765,7 +786,10 @@ class TeacherClient:
         # Raised outside any except block: no transport exception (which may hold request
         # headers) is chained in as __context__.
         raise TeacherError(
-            message, reason=failure.reason, attempts=attempts, raw=failure.raw,
+            message,
+            reason=failure.reason,
+            attempts=attempts,
+            raw=failure.raw,
             status=failure.status,
         )
 
@@ -792,12 +816,20 @@ class TeacherClient:
                 raw = json.loads(body)
             except ValueError as e:
                 return _Failure(
-                    "bad_json", True, f"unparsable JSON body ({e})", resp.status,
+                    "bad_json",
+                    True,
+                    f"unparsable JSON body ({e})",
+                    resp.status,
                     raw=body[:_RAW_CHARS].decode("utf-8", "replace"),
                 )
             if not isinstance(raw, dict):
-                return _Failure("bad_json", True, "JSON body is not an object", resp.status,
-                                raw=body[:_RAW_CHARS].decode("utf-8", "replace"))
+                return _Failure(
+                    "bad_json",
+                    True,
+                    "JSON body is not an object",
+                    resp.status,
+                    raw=body[:_RAW_CHARS].decode("utf-8", "replace"),
+                )
             try:
                 return parse_response(raw)
             except _Unparsable as e:
@@ -805,7 +837,11 @@ class TeacherClient:
         retryable = resp.status in _RETRYABLE_4XX or resp.status >= 500
         raw_err, detail = _error_body(body)
         return _Failure(
-            _status_label(resp.status), retryable, detail, resp.status, raw=raw_err,
+            _status_label(resp.status),
+            retryable,
+            detail,
+            resp.status,
+            raw=raw_err,
             retry_after=_parse_retry_after(resp.retry_after, resp.retry_after_ms),
         )
 

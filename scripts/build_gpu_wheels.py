@@ -28,8 +28,15 @@ LIMIT_BYTES = 64 * 2**20
 #: The GPU machines' Python; the running one is added for the dry run.
 GPU_PYTHON = "3.12"
 # manylinux tags pip must be told one by one when it downloads for another interpreter.
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux_2_5_x86_64", "manylinux1_x86_64", "any"]
+PLATFORMS = [
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux_2_5_x86_64",
+    "manylinux1_x86_64",
+    "any",
+]
 
 
 def pins() -> list[str]:
@@ -38,9 +45,11 @@ def pins() -> list[str]:
 
 
 def pip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pip", *args, "--quiet",
-                           "--disable-pip-version-check"],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "pip", *args, "--quiet", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+    )
 
 
 def fetch(requirement: str, dest: Path, pythons: list[str]) -> None:
@@ -49,8 +58,19 @@ def fetch(requirement: str, dest: Path, pythons: list[str]) -> None:
     missing = []
     for version in pythons:
         platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
-        got = pip("download", "--no-deps", "--only-binary=:all:", "--python-version", version,
-                  "--implementation", "cp", *platforms, "--dest", str(dest), requirement)
+        got = pip(
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            version,
+            "--implementation",
+            "cp",
+            *platforms,
+            "--dest",
+            str(dest),
+            requirement,
+        )
         if got.returncode != 0:
             missing.append(version)
     if not missing:
@@ -61,8 +81,10 @@ def fetch(requirement: str, dest: Path, pythons: list[str]) -> None:
             raise SystemExit(f"cannot get a wheel of {requirement}:\n{built.stderr}")
         for wheel in Path(tmp).glob("*.whl"):
             if not wheel.name.endswith("-none-any.whl"):
-                raise SystemExit(f"{requirement}: the wheel built here, {wheel.name}, is not "
-                                 "pure Python, so it would not run on the GPU machine")
+                raise SystemExit(
+                    f"{requirement}: the wheel built here, {wheel.name}, is not "
+                    "pure Python, so it would not run on the GPU machine"
+                )
             shutil.copy2(wheel, dest / wheel.name)
 
 
@@ -98,8 +120,10 @@ def main() -> None:
     size = sum(w.stat().st_size for w in wheels)
     print(f"gpu-wheels: {len(wheels)} wheels, {size / 2**20:.1f} MiB in {dest}")
     if size > LIMIT_BYTES:
-        raise SystemExit(f"gpu-wheels: {size / 2**20:.1f} MiB is over the 64 MiB that can "
-                         "travel to a GPU machine; carry less")
+        raise SystemExit(
+            f"gpu-wheels: {size / 2**20:.1f} MiB is over the 64 MiB that can "
+            "travel to a GPU machine; carry less"
+        )
 
 
 if __name__ == "__main__":

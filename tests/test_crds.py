@@ -18,9 +18,18 @@ BROKEN = HERE / "manifests" / "broken"
 # Broken manifests whose fault is a rule across fields: no structural schema (and no CEL
 # on the 1.20 API server we test against) can state it; the operator reports them.
 CROSS_FIELD = {
-    "zero-gpus-train", "zero-gpus-teacher", "teacher-gpus-below-tp", "prompts-min-above-max",
-    "ratio-order", "language-seed-placeholder", "unknown-language", "vllm-eval-on-cpu",
-    "storage-s3-options-without-s3", "fleet-bad-member", "bad-metadata", "bad-kind",
+    "zero-gpus-train",
+    "zero-gpus-teacher",
+    "teacher-gpus-below-tp",
+    "prompts-min-above-max",
+    "ratio-order",
+    "language-seed-placeholder",
+    "unknown-language",
+    "vllm-eval-on-cpu",
+    "storage-s3-options-without-s3",
+    "fleet-bad-member",
+    "bad-metadata",
+    "bad-kind",
     "yaml-syntax",
 }
 
@@ -109,8 +118,11 @@ def _drop_nones(value: Any) -> Any:
 @pytest.mark.parametrize(
     ("plural", "model", "minimal"),
     [
-        ("languagemodels", LanguageModelSpec,
-         {"language": "yo", "teacher": {"ref": {"name": "t"}}}),
+        (
+            "languagemodels",
+            LanguageModelSpec,
+            {"language": "yo", "teacher": {"ref": {"name": "t"}}},
+        ),
         ("teachers", TeacherSpec, {}),
     ],
 )
@@ -126,7 +138,8 @@ def _validator(plural: str) -> OAS30Validator:
 
 
 @pytest.mark.parametrize(
-    "path", sorted(p for p in BROKEN.glob("*.yaml") if p.stem not in CROSS_FIELD),
+    "path",
+    sorted(p for p in BROKEN.glob("*.yaml") if p.stem not in CROSS_FIELD),
     ids=lambda p: p.stem,
 )
 def test_crd_rejects_what_the_models_reject(path: Path) -> None:
@@ -145,8 +158,11 @@ def test_crd_rejects_what_the_models_reject(path: Path) -> None:
 def test_crd_accepts_valid_examples(repo: Path) -> None:
     for path in sorted((repo / "examples").glob("*.yaml")):
         for doc in load_documents(path):
-            plural = {"LanguageModel": "languagemodels", "Teacher": "teachers",
-                      "LanguageFleet": "languagefleets"}[doc["kind"]]
+            plural = {
+                "LanguageModel": "languagemodels",
+                "Teacher": "teachers",
+                "LanguageFleet": "languagefleets",
+            }[doc["kind"]]
             errors = [e.message for e in _validator(plural).iter_errors(doc["spec"])]
             assert not errors, f"{path.name}: {errors}"
 

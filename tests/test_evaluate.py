@@ -63,8 +63,9 @@ def eval_body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
-def make_run(storage: Path, language: str = "Yoruba", student: str = "base-model",
-             **evaluation: Any) -> RunSpec:
+def make_run(
+    storage: Path, language: str = "Yoruba", student: str = "base-model", **evaluation: Any
+) -> RunSpec:
     body = {
         "language": language,
         "teacher": {"endpoint": {"url": "http://127.0.0.1:9/v1", "model": "unused"}},
@@ -72,8 +73,12 @@ def make_run(storage: Path, language: str = "Yoruba", student: str = "base-model
         "storage": {"uri": str(storage)},
         "evaluation": eval_body(**evaluation),
     }
-    obj = {"apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageModel",
-           "metadata": {"name": "yo-test", "namespace": "tests"}, "spec": body}
+    obj = {
+        "apiVersion": "kakugo.io/v1alpha1",
+        "kind": "LanguageModel",
+        "metadata": {"name": "yo-test", "namespace": "tests"},
+        "spec": body,
+    }
     return run_spec(parse_object(obj))
 
 
@@ -168,15 +173,18 @@ def test_prepare_reads_fixture_mirrors_and_writes_task_files(tmp_path: Path) -> 
     assert by_key["belebele"].n == 12 and by_key["global_mmlu"].n == 12
     # Shots from another split everywhere but Belebele, which has only test.
     assert {k: (t.shot_split, t.scored_split) for k, t in by_key.items()} == {
-        "flores_en-xx": ("dev", "devtest"), "flores_xx-en": ("dev", "devtest"),
-        "sib200": ("train", "test"), "belebele": ("test", "test"),
+        "flores_en-xx": ("dev", "devtest"),
+        "flores_xx-en": ("dev", "devtest"),
+        "sib200": ("train", "test"),
+        "belebele": ("test", "test"),
         "global_mmlu": ("dev", "test"),
     }
     paired = read_jsonl(Path(by_key["flores_en-xx"].data_files["devtest"]))
     assert paired[0]["sentence_eng_Latn"] == "The new phone has a large screen."
     assert paired[0]["sentence_yor_Latn"].startswith("Fóònù tuntun")
-    files = write_task_files(tasks, resolve("Yoruba"), tmp_path / "tasks",
-                             max_new_tokens=16, repetition_penalty=1.05)
+    files = write_task_files(
+        tasks, resolve("Yoruba"), tmp_path / "tasks", max_new_tokens=16, repetition_penalty=1.05
+    )
     import yaml
 
     flores = yaml.safe_load(files["flores_en-xx"].read_text())
@@ -202,8 +210,9 @@ def test_missing_and_disabled_tasks_are_listed_as_skipped(tmp_path: Path) -> Non
 
     with pytest.raises(EvaluationError):
         prepare_tasks(evaluation, lang, tmp_path, loader=loader)
-    evaluation = EvaluationSpec.model_validate(eval_body(
-        sib200={"enabled": False}, belebele={"enabled": False}, flores={"enabled": False}))
+    evaluation = EvaluationSpec.model_validate(
+        eval_body(sib200={"enabled": False}, belebele={"enabled": False}, flores={"enabled": False})
+    )
     tasks, skipped = prepare_tasks(evaluation, lang, tmp_path, loader=loader)
     assert tasks == []
     assert skipped["global_mmlu"] == "Global-MMLU has no Zulu (zul_Latn)"
@@ -227,17 +236,24 @@ def test_mirror_without_the_language_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def _count_shots(task: str, prompt: str) -> int:
-    cue = {"kakugo_sib200": "\nTopic:", "kakugo_belebele": "\nAnswer:",
-           "kakugo_global_mmlu": "\nAnswer:", "kakugo_flores_en_xx": "\nYoruba:",
-           "kakugo_flores_xx_en": "\nEnglish:"}[task]
+    cue = {
+        "kakugo_sib200": "\nTopic:",
+        "kakugo_belebele": "\nAnswer:",
+        "kakugo_global_mmlu": "\nAnswer:",
+        "kakugo_flores_en_xx": "\nYoruba:",
+        "kakugo_flores_xx_en": "\nEnglish:",
+    }[task]
     return prompt.count(cue) - 1  # the scored item ends with the cue too
 
 
 def _item_text(task: str, doc: dict[str, Any]) -> str:
-    return {"kakugo_sib200": doc.get("text"), "kakugo_belebele": doc.get("question"),
-            "kakugo_global_mmlu": doc.get("question"),
-            "kakugo_flores_en_xx": doc.get("sentence_eng_Latn"),
-            "kakugo_flores_xx_en": doc.get("sentence_yor_Latn")}[task]
+    return {
+        "kakugo_sib200": doc.get("text"),
+        "kakugo_belebele": doc.get("question"),
+        "kakugo_global_mmlu": doc.get("question"),
+        "kakugo_flores_en_xx": doc.get("sentence_eng_Latn"),
+        "kakugo_flores_xx_en": doc.get("sentence_yor_Latn"),
+    }[task]
 
 
 def test_right_model_scores_100_wrong_model_0_and_results_are_written(tmp_path: Path) -> None:
@@ -284,8 +300,13 @@ def test_every_task_is_3_shot_and_never_shows_the_scored_item(tmp_path: Path) ->
     for task, prompt in lm.contexts:
         seen_tasks.add(task)
         assert _count_shots(task, prompt) == 3, (task, prompt)
-    assert seen_tasks == {"kakugo_sib200", "kakugo_belebele", "kakugo_global_mmlu",
-                          "kakugo_flores_en_xx", "kakugo_flores_xx_en"}
+    assert seen_tasks == {
+        "kakugo_sib200",
+        "kakugo_belebele",
+        "kakugo_global_mmlu",
+        "kakugo_flores_en_xx",
+        "kakugo_flores_xx_en",
+    }
     for key, fixture, field in (
         ("belebele", EVAL / "belebele/yor_Latn/test.jsonl", "question"),
         ("sib200", EVAL / "sib200/yor_Latn/test.jsonl", "text"),
@@ -306,8 +327,13 @@ def test_every_task_is_3_shot_and_never_shows_the_scored_item(tmp_path: Path) ->
 
 
 def test_compare_base_false_scores_only_the_tuned_model(tmp_path: Path) -> None:
-    run = make_run(tmp_path, compareBase=False, logSamples=False,
-                   flores={"directions": ["xx-en"]}, globalMmlu={"enabled": False})
+    run = make_run(
+        tmp_path,
+        compareBase=False,
+        logSamples=False,
+        flores={"directions": ["xx-en"]},
+        globalMmlu={"enabled": False},
+    )
     put_tuned_model(run)
     stage_cls = scripted_stage(right_tuned=True, right_base=True)
     store = open_store(run.run_uri)
@@ -316,8 +342,10 @@ def test_compare_base_false_scores_only_the_tuned_model(tmp_path: Path) -> None:
     results = store.read_json("evaluation/results.json")
     assert results["tasks"]["sib200"]["base"] is None
     assert results["tasks"]["sib200"]["delta"] is None
-    assert results["skipped"] == {"flores_en-xx": "direction not in evaluation.flores.directions",
-                                  "global_mmlu": "disabled in the spec"}
+    assert results["skipped"] == {
+        "flores_en-xx": "direction not in evaluation.flores.directions",
+        "global_mmlu": "disabled in the spec",
+    }
     assert not store.list("evaluation/samples/")
     assert "| SIB-200 | acc | – | 100.0 | – | 14 |" in store.read_text("model/README.md")
 
@@ -362,8 +390,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.usefixtures("one_thread")
 def test_hf_backend_runs_every_task_with_a_tiny_model(tmp_path: Path, tiny_model: Path) -> None:
     # The real path: lm-eval's `hf` model on CPU, base and tuned both the tiny model.
-    run = make_run(tmp_path, student=str(tiny_model), flores={"limit": 4, "maxNewTokens": 6},
-                   sib200={"limit": 6}, belebele={"limit": 6}, globalMmlu={"limit": 6})
+    run = make_run(
+        tmp_path,
+        student=str(tiny_model),
+        flores={"limit": 4, "maxNewTokens": 6},
+        sib200={"limit": 6},
+        belebele={"limit": 6},
+        globalMmlu={"limit": 6},
+    )
     store = open_store(run.run_uri)
     store.upload_dir(tiny_model, "model")
     store.write_text("model/README.md", CARD)
@@ -384,26 +418,36 @@ def test_hf_backend_runs_every_task_with_a_tiny_model(tmp_path: Path, tiny_model
 def test_a_model_can_run_in_its_own_process(tmp_path: Path, tiny_model: Path) -> None:
     # How the stage runs vLLM (GPU memory is only freed when the process ends); the
     # plumbing is the same for `hf`, which is what a CPU can check.
-    evaluation = EvaluationSpec.model_validate(eval_body(
-        flores={"enabled": False}, belebele={"enabled": False}, globalMmlu={"enabled": False},
-        sib200={"limit": 4}))
+    evaluation = EvaluationSpec.model_validate(
+        eval_body(
+            flores={"enabled": False},
+            belebele={"enabled": False},
+            globalMmlu={"enabled": False},
+            sib200={"limit": 4},
+        )
+    )
     tasks, _ = prepare_tasks(evaluation, resolve("Yoruba"), tmp_path)
-    write_task_files(tasks, resolve("Yoruba"), tmp_path / "tasks", max_new_tokens=4,
-                     repetition_penalty=1.05)
+    write_task_files(
+        tasks, resolve("Yoruba"), tmp_path / "tasks", max_new_tokens=4, repetition_penalty=1.05
+    )
     args = {"pretrained": str(tiny_model), "dtype": "float32"}
     inline = evaluate_model("hf", args, tasks, tmp_path / "tasks", label="t", device="cpu")
-    spawned = evaluate_model("hf", args, tasks, tmp_path / "tasks", label="t", device="cpu",
-                             isolate=True)
+    spawned = evaluate_model(
+        "hf", args, tasks, tmp_path / "tasks", label="t", device="cpu", isolate=True
+    )
     assert spawned.scores == inline.scores and spawned.n == {"sib200": 4}
     assert [s["prompt"] for s in spawned.samples["sib200"]] == [
-        s["prompt"] for s in inline.samples["sib200"]]
+        s["prompt"] for s in inline.samples["sib200"]
+    ]
 
 
 def smollm2_dir() -> Path:
     folder = setup_smollm2.model_dir()
     if not setup_smollm2.is_complete(folder):
-        pytest.skip(f"SmolLM2-135M-Instruct not set up at {folder}: run "
-                    "`.venv/bin/python scripts/setup_smollm2.py` first")
+        pytest.skip(
+            f"SmolLM2-135M-Instruct not set up at {folder}: run "
+            "`.venv/bin/python scripts/setup_smollm2.py` first"
+        )
     return folder
 
 
@@ -415,20 +459,36 @@ def test_smollm2_translates_the_flores_fixture(tmp_path: Path) -> None:
     import sacrebleu
 
     model = smollm2_dir()
-    evaluation = EvaluationSpec.model_validate(eval_body(
-        flores={"limit": 4, "maxNewTokens": 24, "directions": ["xx-en"]},
-        sib200={"enabled": False}, belebele={"enabled": False}, globalMmlu={"enabled": False}))
+    evaluation = EvaluationSpec.model_validate(
+        eval_body(
+            flores={"limit": 4, "maxNewTokens": 24, "directions": ["xx-en"]},
+            sib200={"enabled": False},
+            belebele={"enabled": False},
+            globalMmlu={"enabled": False},
+        )
+    )
     tasks, _ = prepare_tasks(evaluation, resolve("French"), tmp_path)
-    write_task_files(tasks, resolve("French"), tmp_path / "tasks", max_new_tokens=24,
-                     repetition_penalty=1.05)
-    out = evaluate_model("hf", {"pretrained": str(model), "dtype": "float32"}, tasks,
-                         tmp_path / "tasks", label="smollm2", device="cpu", batch_size=4)
+    write_task_files(
+        tasks, resolve("French"), tmp_path / "tasks", max_new_tokens=24, repetition_penalty=1.05
+    )
+    out = evaluate_model(
+        "hf",
+        {"pretrained": str(model), "dtype": "float32"},
+        tasks,
+        tmp_path / "tasks",
+        label="smollm2",
+        device="cpu",
+        batch_size=4,
+    )
     xx_en = out.scores["flores_xx-en"]
     assert out.n["flores_xx-en"] == 4
     assert xx_en > 10.0, out.samples["flores_xx-en"]
     assert set(out.scores) == {"flores_xx-en"}
     # lm-eval's chrf++ is sacrebleu's corpus chrF++ (word_order=2) over the same answers.
     samples = out.samples["flores_xx-en"]
-    ours = sacrebleu.CHRF(word_order=2).corpus_score(
-        [s["answer"] for s in samples], [[s["target"] for s in samples]]).score
+    ours = (
+        sacrebleu.CHRF(word_order=2)
+        .corpus_score([s["answer"] for s in samples], [[s["target"] for s in samples]])
+        .score
+    )
     assert ours == pytest.approx(xx_en, abs=1e-6)

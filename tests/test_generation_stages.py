@@ -47,22 +47,39 @@ def small_spec(url: str, storage: Path, tokenizer: Path, **data: Any) -> RunSpec
         "student": {"model": str(tokenizer)},
         "storage": {"uri": str(storage)},
         "data": {
-            "topics": {"generalSeeds": ["health", "sciences"],
-                       "languageSeeds": ["{language} culture"],
-                       "macroTopicsPerSeed": 3, "topicsPerMacroTopic": 2,
-                       "minPromptsPerTopic": 1, "maxPromptsPerTopic": 1, "shards": 2},
-            "scenarios": {"broadGeneral": 2, "broadLanguage": 1, "detailedPerBroad": 2,
-                          "promptsPerScenario": 2},
-            "contexts": {"source": {"path": str(FIXTURES / "fineweb2_yor_Latn.jsonl")},
-                         "maxDocuments": 5, "keepOneAbove": 10, "maxDocumentTokens": 40,
-                         "shards": 2},
+            "topics": {
+                "generalSeeds": ["health", "sciences"],
+                "languageSeeds": ["{language} culture"],
+                "macroTopicsPerSeed": 3,
+                "topicsPerMacroTopic": 2,
+                "minPromptsPerTopic": 1,
+                "maxPromptsPerTopic": 1,
+                "shards": 2,
+            },
+            "scenarios": {
+                "broadGeneral": 2,
+                "broadLanguage": 1,
+                "detailedPerBroad": 2,
+                "promptsPerScenario": 2,
+            },
+            "contexts": {
+                "source": {"path": str(FIXTURES / "fineweb2_yor_Latn.jsonl")},
+                "maxDocuments": 5,
+                "keepOneAbove": 10,
+                "maxDocumentTokens": 40,
+                "shards": 2,
+            },
             "revise": {"shards": 2},
             "respond": {"shards": 3},
             **data,
         },
     }
-    obj = {"apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageModel",
-           "metadata": {"name": "yo-test", "namespace": "tests"}, "spec": body}
+    obj = {
+        "apiVersion": "kakugo.io/v1alpha1",
+        "kind": "LanguageModel",
+        "metadata": {"name": "yo-test", "namespace": "tests"},
+        "spec": body,
+    }
     return run_spec(parse_object(obj))
 
 
@@ -72,16 +89,22 @@ def fast_teacher(stage, shard: int) -> TeacherClient:
 
     target = teacher_target(stage.run)
     return TeacherClient.from_settings(
-        stage.run.spec.teacher, base_url=target.url, model=target.model,
+        stage.run.spec.teacher,
+        base_url=target.url,
+        model=target.model,
         cache=RequestCache(stage.store.child(stage.name, "_cache")),
-        backoff_base=0.01, backoff_max=0.05, seed=0,
+        backoff_base=0.01,
+        backoff_max=0.05,
+        seed=0,
     )
 
 
 def run_all(run: RunSpec, stages=("topics", "scenarios", "contexts", "revise", "respond")):
     store = open_store(run.run_uri)
-    return {name: run_stage(get_stage(name)(run, store), teacher_factory=fast_teacher)
-            for name in stages}
+    return {
+        name: run_stage(get_stage(name)(run, store), teacher_factory=fast_teacher)
+        for name in stages
+    }
 
 
 def rows(run: RunSpec, stage: str) -> list[dict[str, Any]]:
@@ -120,14 +143,19 @@ def test_trees_give_expected_counts(tmp_path: Path, tokenizer_dir: Path) -> None
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    assert all(len(tok(r["document"], add_special_tokens=False)["input_ids"]) <= 40
-               for r in ctx_rows)
+    assert all(
+        len(tok(r["document"], add_special_tokens=False)["input_ids"]) <= 40 for r in ctx_rows
+    )
     # Layout of DESIGN.md: rows, stats and the marker of every shard.
     store = open_store(run.run_uri)
     for name, shards in (("topics", 2), ("contexts", 2), ("respond", 3)):
         for i in range(shards):
-            for key in (f"{name}/shard-{i:05d}.jsonl", f"{name}/_stats/{i:05d}.json",
-                        f"{name}/_completed/{i:05d}", f"{name}/_raw/{i:05d}.jsonl"):
+            for key in (
+                f"{name}/shard-{i:05d}.jsonl",
+                f"{name}/_stats/{i:05d}.json",
+                f"{name}/_completed/{i:05d}",
+                f"{name}/_raw/{i:05d}.jsonl",
+            ):
                 assert store.exists(key), key
 
 
@@ -136,8 +164,9 @@ def test_keep_all_prompts_of_a_small_corpus(tmp_path: Path, tokenizer_dir: Path)
         run = small_spec(srv.url, tmp_path, tokenizer_dir)
         body = run.spec.model_dump(by_alias=True, exclude_none=True)
         body["data"]["contexts"]["keepOneAbove"] = 100
-        run = RunSpec(run.name, run.namespace, type(run.spec).model_validate(body),
-                      run.storage_root)
+        run = RunSpec(
+            run.name, run.namespace, type(run.spec).model_validate(body), run.storage_root
+        )
         out = run_all(run, ("contexts",))
     assert totals(out["contexts"])["rows_out"] == 5 * 3
 
@@ -179,10 +208,19 @@ def test_kill_midway_and_resume(tmp_path: Path, tokenizer_dir: Path) -> None:
         run = small_spec(srv.url, tmp_path / "killed", tokenizer_dir)
         spec_file = tmp_path / "spec.yaml"
         spec_file.write_text(run.to_yaml(), encoding="utf-8")
-        cmd = [sys.executable, "-m", "kakugo_stages.cli", "stage", "topics",
-               "--spec", str(spec_file), "--no-progress"]
-        proc = subprocess.Popen(cmd, env={**os.environ}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+        cmd = [
+            sys.executable,
+            "-m",
+            "kakugo_stages.cli",
+            "stage",
+            "topics",
+            "--spec",
+            str(spec_file),
+            "--no-progress",
+        ]
+        proc = subprocess.Popen(
+            cmd, env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         _kill_when(srv, proc, total // 2)
         assert proc.returncode == -signal.SIGKILL
         cache = open_store(run.run_uri).child("topics", "_cache")
@@ -190,8 +228,7 @@ def test_kill_midway_and_resume(tmp_path: Path, tokenizer_dir: Path) -> None:
         assert 0 < cached_before < total
         sent_before = srv.count
         srv.reset()
-        done = subprocess.run(cmd, env={**os.environ}, capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run(cmd, env={**os.environ}, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         # Only requests without a cached answer went out again.
         assert srv.count == total - cached_before
@@ -203,9 +240,16 @@ def test_kill_midway_and_resume(tmp_path: Path, tokenizer_dir: Path) -> None:
 @pytest.mark.slow
 def test_thirty_percent_faults_every_request_accounted(tmp_path: Path, tokenizer_dir) -> None:
     faults = FaultPlan(
-        rates={"500": 0.08, "429": 0.05, "timeout": 0.04, "drop": 0.05, "length": 0.04,
-               "bad_json": 0.04},
-        seed=7, max_per_body=2,
+        rates={
+            "500": 0.08,
+            "429": 0.05,
+            "timeout": 0.04,
+            "drop": 0.05,
+            "length": 0.04,
+            "bad_json": 0.04,
+        },
+        seed=7,
+        max_per_body=2,
     )
     with TeacherServer(flaky(0.05), faults=faults, timeout_sleep=1.5) as srv:
         run = small_spec(srv.url, tmp_path, tokenizer_dir, maxFailureRate=0.5)
@@ -277,8 +321,11 @@ def test_api_key_never_leaks(tmp_path: Path, tokenizer_dir: Path, monkeypatch, c
             except StageFailed as exc:
                 errors.append(repr(exc) + str(exc))
         assert srv.authorizations and all(a == f"Bearer {SECRET}" for a in srv.authorizations)
-    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and SECRET in p.read_text(
-        encoding="utf-8", errors="ignore")]
+    leaked = [
+        p
+        for p in tmp_path.rglob("*")
+        if p.is_file() and SECRET in p.read_text(encoding="utf-8", errors="ignore")
+    ]
     assert leaked == []
     assert SECRET not in caplog.text
     assert not any(SECRET in e for e in errors)
@@ -292,8 +339,12 @@ def test_structured_output_sends_the_answer_schema(tmp_path: Path, tokenizer_dir
         srv.reset()
         body = run.spec.model_dump(by_alias=True, exclude_none=True)
         body["teacher"]["structuredOutput"] = True
-        structured = RunSpec(run.name, run.namespace, type(run.spec).model_validate(body),
-                             str(tmp_path / "structured"))
+        structured = RunSpec(
+            run.name,
+            run.namespace,
+            type(run.spec).model_validate(body),
+            str(tmp_path / "structured"),
+        )
         run_all(structured, ("topics",))
     formats = [b["response_format"] for b in srv.requests]
     assert len(formats) == 3 + 9 + 30
@@ -315,7 +366,8 @@ def test_reset_redoes_complete_shards_from_the_cache(tmp_path: Path, tokenizer_d
         # shared document sample is recomputed, from cached answers only.
         assert run_stage(stage, teacher_factory=fast_teacher).ran == []
         store.write_jsonl("contexts/_documents.jsonl", [])  # stale shared state
-        again = run_stage(get_stage("contexts")(run, store), teacher_factory=fast_teacher,
-                          reset=True)
+        again = run_stage(
+            get_stage("contexts")(run, store), teacher_factory=fast_teacher, reset=True
+        )
         assert again.ran == [0, 1] and srv.count == sent
     assert rows(run, "contexts") == before

@@ -24,18 +24,31 @@ def test_dry_run_does_every_step_with_the_carried_wheels(tmp_path: Path) -> None
     out = tmp_path / "out"
     # Generous limits: a loaded machine may be slow; the dry run's speed is measured in
     # docs/benchmarks.md, not asserted here.
-    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path),
-           "KAKUGO_GPU_CHECK_SLACK": "4"}
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "TMPDIR": str(tmp_path),
+        "KAKUGO_GPU_CHECK_SLACK": "4",
+    }
     env.pop("PYTHONPATH", None)
-    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--dry-run", str(out)],
-                          env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_check.sh"), "--dry-run", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     log = (out / "gpu_check.log").read_text() if (out / "gpu_check.log").exists() else ""
     assert proc.returncode == 0, log[-4000:] or proc.stderr[-4000:]
 
     summary = json.loads((out / "gpu_check.json").read_text())
     assert summary["dry_run"] is True and summary["device"] == "cpu"
     assert {name: s["state"] for name, s in summary["steps"].items()} == {
-        "train_ours": "ok", "train_baseline": "ok", "eval": "ok", "distributions": "ok"}
+        "train_ours": "ok",
+        "train_baseline": "ok",
+        "eval": "ok",
+        "distributions": "ok",
+    }
     assert summary["tokens_per_s"] > 0 and summary["baseline_tokens_per_s"] > 0
     assert summary["zero0_tokens_per_s"] > 0 and summary["eval_stage_seconds"] > 0
     ours = json.loads((out / "train_ours.json").read_text())

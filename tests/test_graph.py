@@ -22,21 +22,47 @@ from kakugo_stages.store import open_store
 
 
 def make_run(tmp_path: Any, **spec: Any) -> Any:
-    body = {"language": "Yoruba",
-            "teacher": {"endpoint": {"url": "http://127.0.0.1:9/v1", "model": "m"}},
-            "storage": {"uri": str(tmp_path)}, **spec}
-    return run_spec(parse_object({"apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageModel",
-                                  "metadata": {"name": "yo", "namespace": "t"}, "spec": body}))
+    body = {
+        "language": "Yoruba",
+        "teacher": {"endpoint": {"url": "http://127.0.0.1:9/v1", "model": "m"}},
+        "storage": {"uri": str(tmp_path)},
+        **spec,
+    }
+    return run_spec(
+        parse_object(
+            {
+                "apiVersion": "kakugo.io/v1alpha1",
+                "kind": "LanguageModel",
+                "metadata": {"name": "yo", "namespace": "t"},
+                "spec": body,
+            }
+        )
+    )
 
 
 def test_declarations_form_a_dag_in_run_order() -> None:
     graph.check()
-    assert graph.STAGES == ("topics", "scenarios", "contexts", "revise", "respond",
-                            "translate", "filter", "train", "evaluate")
+    assert graph.STAGES == (
+        "topics",
+        "scenarios",
+        "contexts",
+        "revise",
+        "respond",
+        "translate",
+        "filter",
+        "train",
+        "evaluate",
+    )
     assert set(graph.ready([])) == {"topics", "scenarios", "contexts", "translate"}
     assert list(graph.ready(["topics", "scenarios", "contexts", "translate"])) == ["revise"]
-    assert graph.upstream("filter") == ("topics", "scenarios", "contexts", "revise",
-                                        "respond", "translate")
+    assert graph.upstream("filter") == (
+        "topics",
+        "scenarios",
+        "contexts",
+        "revise",
+        "respond",
+        "translate",
+    )
     assert graph.downstream("translate") == ("filter", "train", "evaluate")
 
 
@@ -92,13 +118,17 @@ def test_fingerprints_move_for_what_a_stage_reads_and_everything_downstream(tmp_
         for path in d.reads:
             changed = _changed(base, path)
             moved = {s for s, fp in graph.fingerprints(changed).items() if fps[s] != fp}
-            readers = {x.name for x in graph.GRAPH if any(_overlap(path, p)
-                                                           for p in x.fingerprint_paths)}
+            readers = {
+                x.name for x in graph.GRAPH if any(_overlap(path, p) for p in x.fingerprint_paths)
+            }
             expected = readers | {s for r in readers for s in graph.downstream(r)}
             assert moved == expected, (path, moved, expected)
     # Scheduling, money and the teacher's location change no output.
-    for path, value in (("resources.maxConcurrentStages", 1), ("suspend", True),
-                        ("budget.maxDollars", "5")):
+    for path, value in (
+        ("resources.maxConcurrentStages", 1),
+        ("suspend", True),
+        ("budget.maxDollars", "5"),
+    ):
         assert graph.fingerprints(_set(base, path, value)) == fps, path
     # The filter counts rows against the training cutoff: a new cutoff reruns it.
     moved = graph.fingerprints(_set(base, "training.cutoffLen", 4000))
@@ -124,8 +154,11 @@ def _set(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 
 def _changed(spec: dict[str, Any], path: str) -> dict[str, Any]:
     old = graph.spec_value(spec, path)
-    value = {"changed": True} if isinstance(old, dict) or old is None else (
-        [*old, "x"] if isinstance(old, list) else f"{old}-changed")
+    value = (
+        {"changed": True}
+        if isinstance(old, dict) or old is None
+        else ([*old, "x"] if isinstance(old, list) else f"{old}-changed")
+    )
     return _set(spec, path, value)
 
 
@@ -140,8 +173,9 @@ def test_executors_and_operator_derive_from_the_declarations(tmp_path) -> None:
         assert job["spec"]["completionMode"] == ("Indexed" if d.sharded else "NonIndexed")
         image = job["spec"]["template"]["spec"]["containers"][0]["image"]
         assert image == settings.images[d.image]
-    assert builders.job(run, "respond", 1, settings,
-                        builders.TeacherEnv())["spec"]["completions"] == 4
+    assert (
+        builders.job(run, "respond", 1, settings, builders.TeacherEnv())["spec"]["completions"] == 4
+    )
     done = {s: {"state": "Succeeded"} for s in graph.STAGES}
     artifacts = _artifacts(run, done)
     for d in graph.GRAPH:

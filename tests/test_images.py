@@ -22,8 +22,13 @@ from kakugo_stages.graph import STAGES
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = REPO / "images"
 #: image kind (settings.DEFAULT_IMAGES, chart values `images`) -> Dockerfile
-DOCKERFILES = {"operator": "operator", "stages": "stages", "trainer": "trainer",
-               "eval": "eval", "teacher": "teacher"}
+DOCKERFILES = {
+    "operator": "operator",
+    "stages": "stages",
+    "trainer": "trainer",
+    "eval": "eval",
+    "teacher": "teacher",
+}
 #: Images we build ourselves: entrypoint `kakugo`.
 KAKUGO_IMAGES = ("operator", "stages", "trainer", "eval")
 VLLM_SERVER = ["python", "-m", "vllm.entrypoints.openai.api_server"]
@@ -63,8 +68,11 @@ def parse(path: Path) -> Dockerfile:
             df.args[key] = default.strip('"')
         elif name == "FROM":
             image = value.split()[0]
-            image = re.sub(r"\$\{(\w+)\}|\$(\w+)",
-                           lambda m: df.args.get(m.group(1) or m.group(2), m.group(0)), image)
+            image = re.sub(
+                r"\$\{(\w+)\}|\$(\w+)",
+                lambda m: df.args.get(m.group(1) or m.group(2), m.group(0)),
+                image,
+            )
             df.stages.append(image)
             df.instructions = []
         else:
@@ -82,8 +90,12 @@ def _pinned(image: str) -> bool:
     if "@sha256:" in image:
         return True
     name, _, tag = image.rpartition(":")
-    return bool(name) and "/" not in tag and tag not in ("latest", "") and any(
-        c.isdigit() for c in tag)
+    return (
+        bool(name)
+        and "/" not in tag
+        and tag not in ("latest", "")
+        and any(c.isdigit() for c in tag)
+    )
 
 
 @pytest.mark.parametrize("kind", list(DOCKERFILES))
@@ -95,12 +107,14 @@ def test_dockerfile_basics(kind: str) -> None:
     if kind != "teacher":  # the teacher is the official vLLM image plus a user
         assert len(df.stages) >= 2, f"{df.path.name}: not a multi-stage build"
         assert any(k == "COPY" and v.startswith("--from=") for k, v in df.instructions), (
-            f"{df.path.name}: the final stage copies nothing from the build stage")
+            f"{df.path.name}: the final stage copies nothing from the build stage"
+        )
     user = df.last("USER")
     assert user is not None, f"{df.path.name}: runs as root (no USER)"
     uid = user.split(":")[0]
     assert uid not in ("0", "root") and uid.isdigit() and int(uid) >= 1000, (
-        f"{df.path.name}: USER {user} must be a numeric non-root UID (runAsNonRoot checks it)")
+        f"{df.path.name}: USER {user} must be a numeric non-root UID (runAsNonRoot checks it)"
+    )
     # The build context is limited to the sources by a per-Dockerfile ignore file.
     assert (df.path.parent / f"{df.path.name}.dockerignore").exists()
 
@@ -111,7 +125,8 @@ def test_entrypoint_is_a_real_cli_command(kind: str) -> None:
     assert df.exec_form("ENTRYPOINT") == ["kakugo"]
     cmd = df.exec_form("CMD")
     assert cmd and cli.get_command(click.Context(cli), cmd[0]) is not None, (
-        f"{df.path.name}: CMD {cmd} is no kakugo command")
+        f"{df.path.name}: CMD {cmd} is no kakugo command"
+    )
     args = cmd if "--help" in cmd else [*cmd, "--help"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, f"kakugo {shlex.join(args)}: {result.output}"
@@ -131,10 +146,16 @@ def test_stage_images_run_what_the_operator_runs(stage: str, tmp_path: Path) -> 
     from kakugo_stages.manifest import parse_object
     from kakugo_stages.resolved import run_spec
 
-    obj = {"apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageModel",
-           "metadata": {"name": "yo", "namespace": "t"},
-           "spec": {"language": "Yoruba", "storage": {"uri": "s3://bucket/runs"},
-                    "teacher": {"endpoint": {"url": "http://teacher:8000/v1", "model": "m"}}}}
+    obj = {
+        "apiVersion": "kakugo.io/v1alpha1",
+        "kind": "LanguageModel",
+        "metadata": {"name": "yo", "namespace": "t"},
+        "spec": {
+            "language": "Yoruba",
+            "storage": {"uri": "s3://bucket/runs"},
+            "teacher": {"endpoint": {"url": "http://teacher:8000/v1", "model": "m"}},
+        },
+    }
     run = run_spec(parse_object(obj))
     settings = operator_settings.OperatorSettings()
     job = builders.job(run, stage, 2, settings, builders.TeacherEnv(), reset=True)
@@ -154,7 +175,11 @@ def test_stage_images_run_what_the_operator_runs(stage: str, tmp_path: Path) -> 
     assert command is not None
     params = command.make_context(name, rest, parent=ctx).params
     assert (name, params["name"], params["spec_path"], params["reset"]) == (
-        "stage", stage, spec_file, True)
+        "stage",
+        stage,
+        spec_file,
+        True,
+    )
 
 
 def test_teacher_image_serves_what_the_operator_runs() -> None:
@@ -185,10 +210,8 @@ def _image_dockerfile(image: str) -> str | None:
 
 def test_every_image_the_operator_refers_to_has_a_dockerfile() -> None:
     chart = yaml.safe_load((REPO / "helm/kakugo/values.yaml").read_text())
-    refs = {f"settings.DEFAULT_IMAGES[{k}]": v
-            for k, v in operator_settings.DEFAULT_IMAGES.items()}
-    refs |= {f"values images.{k}": f"{v['repository']}:x"
-             for k, v in chart["images"].items()}
+    refs = {f"settings.DEFAULT_IMAGES[{k}]": v for k, v in operator_settings.DEFAULT_IMAGES.items()}
+    refs |= {f"values images.{k}": f"{v['repository']}:x" for k, v in chart["images"].items()}
     refs["values image"] = f"{chart['image']['repository']}:x"
     assert set(operator_settings.DEFAULT_IMAGES) <= set(chart["images"])
     for where, image in refs.items():

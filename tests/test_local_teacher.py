@@ -14,11 +14,18 @@ import pytest
 from kakugo_stages.local_teacher import LocalTeacher, LocalTeacherError, server_command
 from kakugo_stages.spec import TeacherSpec
 
-CPU = TeacherSpec(model="/models/smollm2", served_model_name="smol", device="cpu", gpus=0,
-                  max_model_len=2048, max_num_seqs=8, extra_args=["--enforce-eager"])
+CPU = TeacherSpec(
+    model="/models/smollm2",
+    served_model_name="smol",
+    device="cpu",
+    gpus=0,
+    max_model_len=2048,
+    max_num_seqs=8,
+    extra_args=["--enforce-eager"],
+)
 
 # A stand-in for `python -m vllm.entrypoints.openai.api_server`: answers /v1/models.
-FAKE_SERVER = textwrap.dedent('''
+FAKE_SERVER = textwrap.dedent("""
     import argparse, http.server, json
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int)
@@ -34,7 +41,7 @@ FAKE_SERVER = textwrap.dedent('''
             pass
     print("fake vLLM starting", flush=True)
     http.server.HTTPServer(("127.0.0.1", args.port), H).serve_forever()
-''')
+""")
 
 
 def fake_vllm(tmp_path: Path, body: str) -> Path:
@@ -50,17 +57,27 @@ def test_cpu_command() -> None:
     cmd = server_command(CPU, "/venv/bin/python", 8123)
     assert cmd[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
     joined = " ".join(cmd)
-    for part in ("--model /models/smollm2", "--served-model-name smol", "--port 8123",
-                 "--max-model-len 2048", "--max-num-seqs 8", "--dtype float32",
-                 "--enforce-eager"):
+    for part in (
+        "--model /models/smollm2",
+        "--served-model-name smol",
+        "--port 8123",
+        "--max-model-len 2048",
+        "--max-num-seqs 8",
+        "--dtype float32",
+        "--enforce-eager",
+    ):
         assert part in joined
     gpu = server_command(TeacherSpec(gpus=2, tensor_parallel_size=2), "python", 1)
     assert "--tensor-parallel-size 2" in " ".join(gpu) and "--dtype" not in gpu
 
 
 def test_missing_vllm_virtualenv_says_make_teacher(tmp_path: Path) -> None:
-    teacher = LocalTeacher(CPU.model_copy(update={"model": str(tmp_path)}), tmp_path / "log",
-                           python=str(tmp_path / "nope" / "bin" / "python"), echo=lambda _: None)
+    teacher = LocalTeacher(
+        CPU.model_copy(update={"model": str(tmp_path)}),
+        tmp_path / "log",
+        python=str(tmp_path / "nope" / "bin" / "python"),
+        echo=lambda _: None,
+    )
     with pytest.raises(LocalTeacherError, match="make teacher"):
         teacher.start(timeout=5)
 
@@ -75,8 +92,9 @@ def test_missing_model_folder_says_make_models(tmp_path: Path) -> None:
 def test_server_that_exits_shows_its_log_and_a_hint(tmp_path: Path) -> None:
     # This interpreter has no vllm: the server exits at once with "No module named vllm".
     serve = CPU.model_copy(update={"model": str(tmp_path)})
-    teacher = LocalTeacher(serve, tmp_path / "server.log", python=sys.executable,
-                           echo=lambda _: None)
+    teacher = LocalTeacher(
+        serve, tmp_path / "server.log", python=sys.executable, echo=lambda _: None
+    )
     with pytest.raises(LocalTeacherError) as info:
         teacher.start(timeout=30)
     message = str(info.value)
@@ -89,8 +107,7 @@ def test_start_wait_and_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("PYTHONPATH", f"{path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     serve = CPU.model_copy(update={"model": str(tmp_path)})
     notes: list[str] = []
-    teacher = LocalTeacher(serve, tmp_path / "server.log", python=sys.executable,
-                           echo=notes.append)
+    teacher = LocalTeacher(serve, tmp_path / "server.log", python=sys.executable, echo=notes.append)
     with teacher.running() as url:
         with urllib.request.urlopen(f"{url}/models", timeout=5) as resp:
             assert resp.status == 200

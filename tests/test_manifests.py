@@ -56,7 +56,8 @@ def test_validate_prints_every_default(repo: Path) -> None:
     assert spec["data"]["respond"]["maxTokens"] == 4096
     assert spec["data"]["translate"]["samples"] == 15_000
     assert spec["data"]["filter"] == {
-        "minTokenRatio": 0.75, "maxTokenRatio": 25.0,
+        "minTokenRatio": 0.75,
+        "maxTokenRatio": 25.0,
         "mediaTags": ["<image>", "<video>", "<audio>"],
     }
     assert spec["data"]["mix"]["validationFraction"] == 0.02
@@ -104,17 +105,22 @@ def test_specs_are_immutable() -> None:
 
 
 def test_stage_resources_layering() -> None:
-    spec = LanguageModelSpec.model_validate({
-        "language": "yo",
-        "teacher": {"ref": {"name": "t"}},
-        "resources": {
-            "default": {"nodeSelector": {"pool": "cpu"}, "queueName": "batch"},
-            "train": {"gpus": 4, "nodeSelector": {"pool": "gpu"}},
-        },
-    })
+    spec = LanguageModelSpec.model_validate(
+        {
+            "language": "yo",
+            "teacher": {"ref": {"name": "t"}},
+            "resources": {
+                "default": {"nodeSelector": {"pool": "cpu"}, "queueName": "batch"},
+                "train": {"gpus": 4, "nodeSelector": {"pool": "gpu"}},
+            },
+        }
+    )
     train = spec.resources.for_stage("train")
     assert (train.gpus, train.node_selector, train.queue_name, train.memory) == (
-        4, {"pool": "gpu"}, "batch", "64Gi",
+        4,
+        {"pool": "gpu"},
+        "batch",
+        "64Gi",
     )
     respond = spec.resources.for_stage("respond")
     assert (respond.gpus, respond.node_selector) == (0, {"pool": "cpu"})

@@ -32,9 +32,14 @@ from tests.operator.operator_helpers import (  # noqa: E402
 pytestmark = pytest.mark.timeout(120)
 RULES = yaml.safe_load((REPO / "helm/kakugo/files/rbac/operator-rules.yaml").read_text())
 #: Reads that only happen when a create answers 409 (adopt): granted, rarely exercised.
-ADOPT_READS = {("batch", "jobs", "get"), ("apps", "deployments", "get"),
-               ("", "services", "get"), ("kakugo.io", "teachers", "get"),
-               ("kakugo.io", "languagemodels", "get"), ("", "configmaps", "get")}
+ADOPT_READS = {
+    ("batch", "jobs", "get"),
+    ("apps", "deployments", "get"),
+    ("", "services", "get"),
+    ("kakugo.io", "teachers", "get"),
+    ("kakugo.io", "languagemodels", "get"),
+    ("", "configmaps", "get"),
+}
 
 
 def classify(method: str, path: str, params: dict[str, str]) -> tuple[str, str, str] | None:
@@ -58,14 +63,19 @@ def classify(method: str, path: str, params: dict[str, str]) -> tuple[str, str, 
     if method == "GET":
         verb = "get" if name else ("watch" if params.get("watch") in ("true", "1") else "list")
     else:
-        verb = {"POST": "create", "PATCH": "patch", "PUT": "update",
-                "DELETE": "delete" if name else "deletecollection"}[method]
+        verb = {
+            "POST": "create",
+            "PATCH": "patch",
+            "PUT": "update",
+            "DELETE": "delete" if name else "deletecollection",
+        }[method]
     return group, resource, verb
 
 
 def allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
-    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
-               for r in rules)
+    return any(
+        group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules
+    )
 
 
 @pytest.fixture
@@ -79,18 +89,29 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str, d
         # The operator's requests only (Kopf, the Kubernetes client), not the test's own
         # (httpx: the test plays the kubelet and the user).
         if not str(request.headers.get("User-Agent", "")).startswith("python-httpx"):
-            seen.append((str(request.method.value if hasattr(request.method, "value")
-                             else request.method), str(request.url.path), dict(request.params)))
+            seen.append(
+                (
+                    str(
+                        request.method.value if hasattr(request.method, "value") else request.method
+                    ),
+                    str(request.url.path),
+                    dict(request.params),
+                )
+            )
         return await original(self, request)
 
     monkeypatch.setattr(Emulator, "_handle", _handle)
     kubeconfig = Path(tempfile.mkdtemp(prefix="kakugo-audit-")) / "config"
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
-    for key, value in {"KAKUGO_RETRY_BUDGET": "0", "KAKUGO_BACKOFF_BASE_SECONDS": "0.5",
-                       "KAKUGO_RESYNC_SECONDS": "1", "KAKUGO_TEACHER_IDLE_SECONDS": "1",
-                       "KAKUGO_METRICS_PORT": "0",
-                       "KAKUGO_STORAGE_URI": "s3://default-bucket/runs"}.items():
+    for key, value in {
+        "KAKUGO_RETRY_BUDGET": "0",
+        "KAKUGO_BACKOFF_BASE_SECONDS": "0.5",
+        "KAKUGO_RESYNC_SECONDS": "1",
+        "KAKUGO_TEACHER_IDLE_SECONDS": "1",
+        "KAKUGO_METRICS_PORT": "0",
+        "KAKUGO_STORAGE_URI": "s3://default-bucket/runs",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("KAKUGO_OPERATOR_SETTINGS", raising=False)
     with EmulatorThread() as emu:
@@ -117,38 +138,62 @@ def _exercise(api: Api) -> None:
     api.create(language_model("hausa", language="Hausa"))
     job(api, "hausa-topics-1")
     api.patch("LanguageModel", NS, "hausa", {"spec": {"suspend": True}})
-    wait_for(lambda: api.get("Job", NS, "hausa-topics-1")["spec"].get("suspend") is True,
-             what="Job suspended")
+    wait_for(
+        lambda: api.get("Job", NS, "hausa-topics-1")["spec"].get("suspend") is True,
+        what="Job suspended",
+    )
     api.patch("LanguageModel", NS, "hausa", {"spec": {"suspend": False, "data": {"seed": 7}}})
     job(api, "hausa-topics-2")
     # A served teacher: Teacher, Deployment, Service; scaled to zero when idle.
-    api.create(language_model("igbo", language="Igbo",
-                              teacher={"serve": {"model": "tiny", "device": "cpu", "gpus": 0}}))
+    api.create(
+        language_model(
+            "igbo",
+            language="Igbo",
+            teacher={"serve": {"model": "tiny", "device": "cpu", "gpus": 0}},
+        )
+    )
     wait_for(lambda: api.get("Deployment", NS, "igbo-teacher"), what="teacher Deployment")
-    api.patch("Deployment", NS, "igbo-teacher", {"status": {"readyReplicas": 1, "replicas": 1}},
-              sub="status")
+    api.patch(
+        "Deployment",
+        NS,
+        "igbo-teacher",
+        {"status": {"readyReplicas": 1, "replicas": 1}},
+        sub="status",
+    )
     job(api, "igbo-topics-1")
     api.patch("LanguageModel", NS, "igbo", {"spec": {"suspend": True}})
-    wait_for(lambda: api.get("Deployment", NS, "igbo-teacher")["spec"]["replicas"] == 0,
-             what="scale to zero")
+    wait_for(
+        lambda: api.get("Deployment", NS, "igbo-teacher")["spec"]["replicas"] == 0,
+        what="scale to zero",
+    )
     # teacher.serve changes: the served Teacher is patched, its Deployment and Service
     # roll the change out.
     api.patch("LanguageModel", NS, "igbo", {"spec": {"teacher": {"serve": {"port": 8001}}}})
-    wait_for(lambda: api.get("Service", NS, "igbo-teacher")["spec"]["ports"][0]["port"] == 8001,
-             what="the Service rolled out")
+    wait_for(
+        lambda: api.get("Service", NS, "igbo-teacher")["spec"]["ports"][0]["port"] == 8001,
+        what="the Service rolled out",
+    )
     # A fleet: members created, then one removed from the list and deleted.
     template = {k: v for k, v in language_model("x")["spec"].items() if k != "language"}
-    fleet = {"apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageFleet",
-             "metadata": {"name": "west", "namespace": NS},
-             "spec": {"languages": [{"language": "Ewe"}, {"language": "Twi"}],
-                      "template": template, "maxConcurrent": 1}}
-    api.http.post(f"/apis/kakugo.io/v1alpha1/namespaces/{NS}/languagefleets",
-                  json=fleet).raise_for_status()
+    fleet = {
+        "apiVersion": "kakugo.io/v1alpha1",
+        "kind": "LanguageFleet",
+        "metadata": {"name": "west", "namespace": NS},
+        "spec": {
+            "languages": [{"language": "Ewe"}, {"language": "Twi"}],
+            "template": template,
+            "maxConcurrent": 1,
+        },
+    }
+    api.http.post(
+        f"/apis/kakugo.io/v1alpha1/namespaces/{NS}/languagefleets", json=fleet
+    ).raise_for_status()
     wait_for(lambda: api.get("LanguageModel", NS, "twi-latn"), what="fleet member")
-    api.http.patch(f"/apis/kakugo.io/v1alpha1/namespaces/{NS}/languagefleets/west",
-                   content=json.dumps({"spec": {"languages": [{"language": "Ewe"}]}}),
-                   headers={"Content-Type": "application/merge-patch+json"}
-                   ).raise_for_status()
+    api.http.patch(
+        f"/apis/kakugo.io/v1alpha1/namespaces/{NS}/languagefleets/west",
+        content=json.dumps({"spec": {"languages": [{"language": "Ewe"}]}}),
+        headers={"Content-Type": "application/merge-patch+json"},
+    ).raise_for_status()
     wait_for(lambda: api.get("LanguageModel", NS, "twi-latn") is None, what="member removed")
     # Deletion: the finalizer goes.
     api.delete("LanguageModel", NS, "yoruba")
@@ -156,7 +201,8 @@ def _exercise(api: Api) -> None:
 
 
 def test_every_request_is_allowed_and_every_rule_is_used(
-        recorded: list[tuple[str, str, dict]]) -> None:
+    recorded: list[tuple[str, str, dict]],
+) -> None:
     rules = RULES["namespaced"] + RULES["clusterWideOnly"]
     used: set[tuple[str, str, str]] = set()
     denied = []
@@ -168,7 +214,12 @@ def test_every_request_is_allowed_and_every_rule_is_used(
         if not allowed(rules, *key):
             denied.append(f"{method} {path} -> {key}")
     assert not denied, "requests the chart's RBAC would deny:\n" + "\n".join(sorted(set(denied)))
-    granted = {(g, r, v) for rule in rules for g in rule["apiGroups"]
-               for r in rule["resources"] for v in rule["verbs"]}
+    granted = {
+        (g, r, v)
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
     unused = granted - used - ADOPT_READS
     assert not unused, f"rules no request used: {sorted(unused)}"

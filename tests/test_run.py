@@ -39,11 +39,11 @@ spec:
     topics: {{generalSeeds: [health], languageSeeds: ["{{language}} culture"],
               macroTopicsPerSeed: 2, topicsPerMacroTopic: 2}}
     scenarios: {{broadGeneral: 2, broadLanguage: 1, detailedPerBroad: 2, promptsPerScenario: 2}}
-    contexts: {{source: {{path: "{FIXTURES / 'fineweb2_yor_Latn.jsonl'}"}}, maxDocuments: 4,
+    contexts: {{source: {{path: "{FIXTURES / "fineweb2_yor_Latn.jsonl"}"}}, maxDocuments: 4,
                maxDocumentTokens: 60, shards: 2}}
     revise: {{shards: 2}}
     respond: {{shards: 2}}
-    translate: {{source: {{path: "{FIXTURES / 'infinity_instruct_7M_core.jsonl'}"}},
+    translate: {{source: {{path: "{FIXTURES / "infinity_instruct_7M_core.jsonl"}"}},
                 samples: 6, shards: 2}}
   training:
     device: cpu
@@ -56,10 +56,10 @@ spec:
   evaluation:
     device: cpu
     batchSize: 4
-    flores: {{path: "{ev / 'flores_plus'}", limit: 3, maxNewTokens: 8}}
-    sib200: {{path: "{ev / 'sib200'}", limit: 4}}
-    belebele: {{path: "{ev / 'belebele'}", limit: 5}}
-    globalMmlu: {{path: "{ev / 'global_mmlu'}", limit: 3}}
+    flores: {{path: "{ev / "flores_plus"}", limit: 3, maxNewTokens: 8}}
+    sib200: {{path: "{ev / "sib200"}", limit: 4}}
+    belebele: {{path: "{ev / "belebele"}", limit: 5}}
+    globalMmlu: {{path: "{ev / "global_mmlu"}", limit: 3}}
 """
 
 
@@ -80,8 +80,9 @@ def test_run_everything_kill_and_resume(tmp_path: Path) -> None:
         cmd = kakugo("run", str(spec), "--runs-dir", str(runs), "--no-progress")
 
         # First run: killed while training, once a checkpoint is on the store.
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, cwd=REPO)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO
+        )
         deadline = time.monotonic() + 600
         while proc.poll() is None and time.monotonic() < deadline:
             if list((run_dir / "train" / "checkpoints" / "_completed").glob("*")):
@@ -95,13 +96,13 @@ def test_run_everything_kill_and_resume(tmp_path: Path) -> None:
         assert not (run_dir / "train" / "_completed" / "00000").exists()
 
         # Second run: continues. No teacher request is sent again; training resumes.
-        done = subprocess.run(cmd, env={**os.environ}, capture_output=True, text=True,
-                              cwd=REPO, timeout=600)
+        done = subprocess.run(
+            cmd, env={**os.environ}, capture_output=True, text=True, cwd=REPO, timeout=600
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert srv.count == sent
     err = done.stderr
-    for stage in ("topics", "scenarios", "contexts", "revise", "respond", "translate",
-                  "filter"):
+    for stage in ("topics", "scenarios", "contexts", "revise", "respond", "translate", "filter"):
         assert f"✓ {stage}: already done" in err
     train_stats = json.loads((run_dir / "train" / "_stats" / "00000.json").read_text())
     assert train_stats["resumed_from_step"] > 0
@@ -117,9 +118,15 @@ def test_run_everything_kill_and_resume(tmp_path: Path) -> None:
     assert set(results["tasks"]) >= {"sib200", "belebele"}
     report = (run_dir / "report.md").read_text(encoding="utf-8")
     assert report.strip() in done.stdout  # the report is printed at the end
-    for text in ("## Stages", "## Training data", "## Time and cost", "## Evaluation",
-                 "| belebele |", "![training loss](training-loss.png)",
-                 "![evaluation](evaluation.png)"):
+    for text in (
+        "## Stages",
+        "## Training data",
+        "## Time and cost",
+        "## Evaluation",
+        "| belebele |",
+        "![training loss](training-loss.png)",
+        "![evaluation](evaluation.png)",
+    ):
         assert text in report, text
     assert (run_dir / "training-loss.png").stat().st_size > 1000
     assert (run_dir / "evaluation.png").stat().st_size > 1000
@@ -136,13 +143,13 @@ def test_run_refuses_a_changed_spec_and_bad_stage_names(tmp_path: Path) -> None:
     runs = str(tmp_path / "runs")
     bad = CliRunner().invoke(main, ["run", str(spec), "--runs-dir", runs, "--until", "trian"])
     assert bad.exit_code == 1 and "--until 'trian' is not a stage" in bad.stderr
-    order = CliRunner().invoke(main, ["run", str(spec), "--runs-dir", runs, "--from", "train",
-                                      "--until", "topics"])
+    order = CliRunner().invoke(
+        main, ["run", str(spec), "--runs-dir", runs, "--from", "train", "--until", "topics"]
+    )
     assert order.exit_code == 1 and "comes after" in order.stderr
     later = CliRunner().invoke(main, ["run", str(spec), "--runs-dir", runs, "--from", "train"])
     assert later.exit_code == 1 and "earlier stages are not finished" in later.stderr
     # The pinned spec.yaml of the run folder now exists: a different spec is refused.
     spec.write_text(spec.read_text().replace("samples: 6", "samples: 7"), encoding="utf-8")
-    changed = CliRunner().invoke(main, ["run", str(spec), "--runs-dir", runs, "--from",
-                                        "train"])
+    changed = CliRunner().invoke(main, ["run", str(spec), "--runs-dir", runs, "--from", "train"])
     assert changed.exit_code == 1 and "holds a run of a different spec" in changed.stderr

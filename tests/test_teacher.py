@@ -92,8 +92,11 @@ def test_split_reasoning(text: str, reasoning: str | None, answer: str) -> None:
     ("reply", "reasoning", "content"),
     [
         (chat_response("Answer", reasoning="Because."), "Because.", "Answer"),
-        (chat_response("Answer", reasoning="Because.", reasoning_field="reasoning"),
-         "Because.", "Answer"),
+        (
+            chat_response("Answer", reasoning="Because.", reasoning_field="reasoning"),
+            "Because.",
+            "Answer",
+        ),
         (chat_response(harmony("Because.", "Answer")), "Because.", "Answer"),
         ({"content": "Answer", "reasoning_content": "Why."}, "Why.", "Answer"),
         ("Plain answer.", None, "Plain answer."),
@@ -146,17 +149,21 @@ def test_retryable_faults_recover(server: TeacherServer, fault: Any, reason: str
 
 def test_many_faults_at_once_all_recover(server: TeacherServer) -> None:
     server.faults = FaultPlan(
-        rates={"500": 0.15, Fault("429"): 0.15, "drop": 0.1, "bad_json": 0.1,
-               Fault("timeout", sleep=3): 0.05},
-        seed=3, max_per_body=2,
+        rates={
+            "500": 0.15,
+            Fault("429"): 0.15,
+            "drop": 0.1,
+            "bad_json": 0.1,
+            Fault("timeout", sleep=3): 0.05,
+        },
+        seed=3,
+        max_per_body=2,
     )
     c = client(server.url, timeout=0.5, max_concurrency=8)
 
     async def go() -> list[ChatResult]:
         async with c:
-            return await asyncio.gather(
-                *(c.chat(msgs(f"q{i}"), max_tokens=32) for i in range(60))
-            )
+            return await asyncio.gather(*(c.chat(msgs(f"q{i}"), max_tokens=32) for i in range(60)))
 
     results = run(go())
     assert [r.content for r in results] == [f"echo: q{i}" for i in range(60)]
@@ -292,7 +299,8 @@ def test_requests_are_plain_single_samples(server: TeacherServer) -> None:
 
 def test_tokens_are_summed(server: TeacherServer) -> None:
     server.responder = lambda body: {
-        "content": "ok", "usage": {"prompt_tokens": 11, "completion_tokens": 7}
+        "content": "ok",
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7},
     }
     c = client(server.url)
 
@@ -308,10 +316,13 @@ def test_tokens_are_summed(server: TeacherServer) -> None:
 def test_from_settings(monkeypatch: pytest.MonkeyPatch, server: TeacherServer) -> None:
     monkeypatch.setenv("MY_TEACHER_KEY", SECRET)
     settings = TeacherSettings(
-        endpoint=TeacherEndpoint(url=server.url, model="gpt-oss-120b",
-                                 api_key_env="MY_TEACHER_KEY"),
+        endpoint=TeacherEndpoint(
+            url=server.url, model="gpt-oss-120b", api_key_env="MY_TEACHER_KEY"
+        ),
         sampling=SamplingSpec(temperature=0.5, top_p=0.8),
-        max_concurrency=7, request_timeout_seconds=12.5, max_retries=3,
+        max_concurrency=7,
+        request_timeout_seconds=12.5,
+        max_retries=3,
     )
     c = TeacherClient.from_settings(settings, base_url=server.url, model="gpt-oss-120b")
     assert (c.max_concurrency, c.timeout, c.max_retries) == (7, 12.5, 3)
@@ -355,16 +366,18 @@ def test_cache_replays_without_requests(server: TeacherServer, tmp_path: Path) -
     assert server.count == 12, "another sample index is another request"
     assert not any(r.cached for r in third)
 
-    files = sorted(p.relative_to(store.local_path()).as_posix()
-                   for p in store.local_path().rglob("*.json"))
+    files = sorted(
+        p.relative_to(store.local_path()).as_posix() for p in store.local_path().rglob("*.json")
+    )
     assert len(files) == 12
     assert all(f == f"{f.split('/')[1][:2]}/{f.split('/')[1]}" for f in files)
 
 
 def test_cache_layout_and_corrupt_entries(tmp_path: Path) -> None:
     cache = RequestCache(open_store(str(tmp_path)))
-    key = request_key({"messages": msgs(), "temperature": 1, "top_p": 1, "max_tokens": 8,
-                       "sample_index": 0})
+    key = request_key(
+        {"messages": msgs(), "temperature": 1, "top_p": 1, "max_tokens": 8, "sample_index": 0}
+    )
     assert cache.get(key) is None and key not in cache
     cache.put(key, {"choices": []})
     assert key in cache and (tmp_path / key[:2] / f"{key}.json").is_file()
@@ -375,15 +388,25 @@ def test_cache_layout_and_corrupt_entries(tmp_path: Path) -> None:
 
 
 def test_request_key() -> None:
-    base = {"messages": msgs(), "temperature": 1.0, "top_p": 1.0, "max_tokens": 64,
-            "sample_index": 0}
+    base = {
+        "messages": msgs(),
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "max_tokens": 64,
+        "sample_index": 0,
+    }
     k = request_key(base)
     assert len(k) == 64
     # Only messages, sampling and sample index count; model, seed, n do not.
     assert request_key({**base, "model": "other", "seed": 3}) == k
     assert request_key({**base, "temperature": 1, "top_p": 1}) == k
-    for change in ({"messages": msgs("other")}, {"temperature": 0.7}, {"top_p": 0.9},
-                   {"max_tokens": 65}, {"sample_index": 1}):
+    for change in (
+        {"messages": msgs("other")},
+        {"temperature": 0.7},
+        {"top_p": 0.9},
+        {"max_tokens": 65},
+        {"sample_index": 1},
+    ):
         assert request_key({**base, **change}) != k, change
     with pytest.raises(ValueError, match="sample_index"):
         request_key({k2: v for k2, v in base.items() if k2 != "sample_index"})
@@ -391,8 +414,9 @@ def test_request_key() -> None:
 
 def test_unparsable_cache_entry_is_asked_again(server: TeacherServer, tmp_path: Path) -> None:
     cache = RequestCache(open_store(str(tmp_path)))
-    key = request_key({"messages": msgs(), "temperature": 1.0, "top_p": 1.0, "max_tokens": 64,
-                       "sample_index": 0})
+    key = request_key(
+        {"messages": msgs(), "temperature": 1.0, "top_p": 1.0, "max_tokens": 64, "sample_index": 0}
+    )
     cache.put(key, {"choices": []})
     r = run(chat_once(client(server.url, cache=cache)))
     assert r.ok and not r.cached and server.count == 1
@@ -418,12 +442,18 @@ def test_api_key_is_sent_but_never_leaks(
         cache = RequestCache(open_store(str(tmp_path)))
         # Errors whose bodies echo the key, as some APIs do with a rejected key.
         echo = Fault("http", status=403, message=f"key {SECRET} not allowed")
-        srv.faults = FaultPlan(when=lambda i, body, n: (
-            echo if body["messages"][-1]["content"] == "forbidden" else
-            Fault("500") if body["messages"][-1]["content"] == "broken" else None
-        ))
-        c = TeacherClient(srv.url, "m", cache=cache, max_retries=2, backoff_base=0.01,
-                          backoff_max=0.02, timeout=2)
+        srv.faults = FaultPlan(
+            when=lambda i, body, n: (
+                echo
+                if body["messages"][-1]["content"] == "forbidden"
+                else Fault("500")
+                if body["messages"][-1]["content"] == "broken"
+                else None
+            )
+        )
+        c = TeacherClient(
+            srv.url, "m", cache=cache, max_retries=2, backoff_base=0.01, backoff_max=0.02, timeout=2
+        )
         errors: list[TeacherError] = []
 
         async def go() -> list[ChatResult]:

@@ -70,36 +70,62 @@ def tokenizer(tok_dir: Path) -> Any:
 
 
 def chat_rows(n: int) -> list[dict[str, Any]]:
-    texts = ["Ẹ kú àárọ̀. Báwo ni o ṣe wà?", "Habari ya asubuhi. Soko limejaa watu leo.",
-             "What is the capital of Nigeria?", "Àwọn ọmọdé ń ṣeré ní ìta."]
+    texts = [
+        "Ẹ kú àárọ̀. Báwo ni o ṣe wà?",
+        "Habari ya asubuhi. Soko limejaa watu leo.",
+        "What is the capital of Nigeria?",
+        "Àwọn ọmọdé ń ṣeré ní ìta.",
+    ]
     rows = []
     for i in range(n):
         user = texts[i % 4] * (1 + i % 3)
         answer = texts[(i + 1) % 4] * (1 + (i * 7) % 4)
-        rows.append({
-            "id": f"row-{i}",
-            "source": SOURCES[i % 4],
-            "messages": [{"role": "system", "content": SYSTEM},
-                         {"role": "user", "content": user},
-                         {"role": "assistant", "content": f"<think> ok </think> {answer}"}],
-            "reasoning": i % 4 != 3,
-        })
+        rows.append(
+            {
+                "id": f"row-{i}",
+                "source": SOURCES[i % 4],
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": user},
+                    {"role": "assistant", "content": f"<think> ok </think> {answer}"},
+                ],
+                "reasoning": i % 4 != 3,
+            }
+        )
     return rows
 
 
-def make_run(tmp: Path, model: Path, *, rows: int = 24, filter_done: bool = True,
-             gpus: int = 1, device: str = "cpu", **training: Any) -> RunSpec:
+def make_run(
+    tmp: Path,
+    model: Path,
+    *,
+    rows: int = 24,
+    filter_done: bool = True,
+    gpus: int = 1,
+    device: str = "cpu",
+    **training: Any,
+) -> RunSpec:
     body = {
         "language": "Yoruba",
         "teacher": {"endpoint": {"url": "http://127.0.0.1:9/v1", "model": "unused"}},
         "student": {"model": str(model)},
         "storage": {"uri": str(tmp / "store")},
         "resources": {"train": {"gpus": gpus}},
-        "training": {"device": device, "cutoffLen": 1024, "checkpointEverySteps": 3,
-                     "logEverySteps": 1, "gradientCheckpointing": True, **training},
+        "training": {
+            "device": device,
+            "cutoffLen": 1024,
+            "checkpointEverySteps": 3,
+            "logEverySteps": 1,
+            "gradientCheckpointing": True,
+            **training,
+        },
     }
-    obj = {"apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageModel",
-           "metadata": {"name": "yo-train", "namespace": "tests"}, "spec": body}
+    obj = {
+        "apiVersion": "kakugo.io/v1alpha1",
+        "kind": "LanguageModel",
+        "metadata": {"name": "yo-train", "namespace": "tests"},
+        "spec": body,
+    }
     run = run_spec(parse_object(obj))
     store = open_store(run.run_uri)
     data = chat_rows(rows)
@@ -128,8 +154,7 @@ def test_assistant_mask_covers_end_of_turn_and_system_prompt_is_trained_input(
     assert totals.examples == 8 and totals.trained_tokens > 0
     eot = tokenizer.convert_tokens_to_ids("<|end_of_text|>")
     for ex in examples:
-        trained = [t for t, lab in zip(ex.input_ids, ex.labels, strict=True)
-                   if lab != IGNORE_INDEX]
+        trained = [t for t, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE_INDEX]
         assert trained, "empty assistant mask"
         assert trained[-1] == eot  # the student learns to stop
         # Exactly the assistant turn: its text decodes back, the user turn is not in it.
@@ -145,8 +170,9 @@ def test_assistant_mask_covers_end_of_turn_and_system_prompt_is_trained_input(
 def test_rows_over_cutoff_are_dropped_and_counted(tokenizer: Any) -> None:
     template = load_chat_template("granite-4")
     rows = chat_rows(4)
-    lengths = [len(tokenize_conversation(tokenizer, r["messages"], template)["input_ids"])
-               for r in rows]
+    lengths = [
+        len(tokenize_conversation(tokenizer, r["messages"], template)["input_ids"]) for r in rows
+    ]
     cutoff = sorted(lengths)[1]
     examples, totals = tokenize_rows(rows, tokenizer, template, cutoff_len=cutoff)
     assert totals.dropped["over_cutoff_len"] == sum(n > cutoff for n in lengths)
@@ -167,19 +193,27 @@ def test_packing_is_greedy_bounded_and_restarts_positions() -> None:
     assert batch["cu_seq_lens_q"].tolist() == [0, 3, 7, 9] and batch["max_length_q"] == 4
 
 
-@pytest.mark.parametrize("impl", [
-    "sdpa", "eager",
-    # FlexAttention compiles its kernels (C++ on CPU: ~1 minute on 2 cores).
-    pytest.param("flex_attention", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "impl",
+    [
+        "sdpa",
+        "eager",
+        # FlexAttention compiles its kernels (C++ on CPU: ~1 minute on 2 cores).
+        pytest.param("flex_attention", marks=pytest.mark.slow),
+    ],
+)
 def test_packed_examples_do_not_attend_to_each_other(model_dir: Path, impl: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=impl).eval()
     a, b = list(range(5, 25)), list(range(30, 42))
-    row = {"input_ids": a + b, "labels": a + b, "position_ids": [*range(20), *range(12)],
-           "seq_lens": [20, 12]}
+    row = {
+        "input_ids": a + b,
+        "labels": a + b,
+        "position_ids": [*range(20), *range(12)],
+        "seq_lens": [20, 12],
+    }
     batch = PackedCollator(flash_kwargs=False)([row])
     batch.pop("labels")
     install_packed_mask_hook(model)
@@ -212,8 +246,12 @@ def test_deepspeed_config_is_auto_where_the_trainer_decides() -> None:
     assert deepspeed_config(0, "bf16") is None
     ds = deepspeed_config(3, "bf16")
     assert ds["zero_optimization"]["stage"] == 3
-    for key in ("train_batch_size", "train_micro_batch_size_per_gpu",
-                "gradient_accumulation_steps", "gradient_clipping"):
+    for key in (
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+    ):
         assert ds[key] == "auto"
     assert ds["bf16"] == {"enabled": "auto"}
     assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
@@ -227,12 +265,19 @@ def test_recipe_defaults_reach_the_trainer(tmp_path: Path, model_dir: Path) -> N
     body = run.spec.model_dump(by_alias=True)
     body["training"] = {"device": "cpu", "deepspeedStage": 0}
     spec = type(run.spec).model_validate(body)
-    config = TrainConfig.from_run(RunSpec(run.name, run.namespace, spec, run.storage_root),
-                                  model_path=str(model_dir), tokenizer_path=str(model_dir),
-                                  chat_template="x", scratch_dir=str(tmp_path))
+    config = TrainConfig.from_run(
+        RunSpec(run.name, run.namespace, spec, run.storage_root),
+        model_path=str(model_dir),
+        tokenizer_path=str(model_dir),
+        chat_template="x",
+        scratch_dir=str(tmp_path),
+    )
     args = training_arguments(config, "fp32", tmp_path / "out")
     assert (args.learning_rate, args.num_train_epochs, args.per_device_train_batch_size) == (
-        1e-5, 1.0, 1)
+        1e-5,
+        1.0,
+        1,
+    )
     assert args.lr_scheduler_type == "cosine" and args.warmup_steps == 0.05
     assert args.activation_checkpointing and config.cutoff_len == 8000 and config.packing
     assert TrainConfig.from_json(config.to_json()) == config
@@ -242,12 +287,12 @@ def test_multi_gpu_runs_under_torchrun_with_the_spec_gpu_count(
     tmp_path: Path, model_dir: Path
 ) -> None:
     run = make_run(tmp_path, model_dir, gpus=4, device="cuda")
-    config = TrainConfig.from_run(run, model_path="m", tokenizer_path="m", chat_template="x",
-                                  scratch_dir=str(tmp_path))
+    config = TrainConfig.from_run(
+        run, model_path="m", tokenizer_path="m", chat_template="x", scratch_dir=str(tmp_path)
+    )
     assert config.nproc == 4 and config.global_batch_size == 4
     cmd = worker_command(Path("c.json"), Path("r.json"), config.nproc)
-    assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
-                        "-m"]
+    assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m"]
     assert cmd[6:] == ["kakugo_stages.training.worker", "c.json", "r.json"]
     assert "RANK" not in worker_env(4, {}) and worker_env(1, {})["WORLD_SIZE"] == "1"
     single = worker_command(Path("c.json"), Path("r.json"), 1)
@@ -257,15 +302,15 @@ def test_multi_gpu_runs_under_torchrun_with_the_spec_gpu_count(
 def test_evaluation_section_is_replaced_in_place() -> None:
     card = f"# m\n\n## Evaluation\n\n{EVAL_START}\npending\n{EVAL_END}\n\n## After\n"
     out = update_evaluation_section(card, "| task | base | tuned |")
-    assert "pending" not in out and "| task | base | tuned |" in out and out.endswith(
-        "## After\n")
+    assert "pending" not in out and "| task | base | tuned |" in out and out.endswith("## After\n")
     assert update_evaluation_section(out, "v2").count(EVAL_START) == 1
     assert EVAL_START in update_evaluation_section("# no markers", "t")
 
 
 @pytest.fixture
-def any_store(request: pytest.FixtureRequest, tmp_path: Path,
-              monkeypatch: pytest.MonkeyPatch) -> Any:
+def any_store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Any:
     if request.param == "file":
         yield open_store(str(tmp_path / "s"))
         return
@@ -337,8 +382,14 @@ def test_zero3_training_changes_weights_and_writes_the_model(
     assert sum(exact["tokens_by_source"].values()) == exact["tokens"]
     assert stats["tokens_per_s"] > 0 and stats["final_loss"] is not None
     model = store.local_path("model")
-    for name in ("model.safetensors", "config.json", "generation_config.json",
-                 "tokenizer.json", "chat_template.jinja", "README.md"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "README.md",
+    ):
         assert (model / name).is_file(), name
     before, after = _tensors(model_dir), _tensors(model)
     changed = [k for k in before if not before[k].equal(after[k].to(before[k].dtype))]
@@ -358,14 +409,26 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path, model_dir: Path)
     run = make_run(tmp_path, model_dir, rows=14, packing=False, deepspeedStage=3)
     store = open_store(run.run_uri)
     ckpts = StoreCheckpoints(store)
-    cmd = [sys.executable, "-m", "kakugo_stages.cli", "stage", "train",
-           "--spec", str(tmp_path / "spec.yaml"), "--no-progress"]
-    env = {**os.environ, "KAKUGO_SCRATCH_DIR": str(tmp_path / "scratch"),
-           # A slow step (test hook) so the kill lands mid-run whatever the machine's speed.
-           "KAKUGO_TRAIN_STEP_SLEEP": "0.5"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "kakugo_stages.cli",
+        "stage",
+        "train",
+        "--spec",
+        str(tmp_path / "spec.yaml"),
+        "--no-progress",
+    ]
+    env = {
+        **os.environ,
+        "KAKUGO_SCRATCH_DIR": str(tmp_path / "scratch"),
+        # A slow step (test hook) so the kill lands mid-run whatever the machine's speed.
+        "KAKUGO_TRAIN_STEP_SLEEP": "0.5",
+    }
     log = (tmp_path / "first.log").open("wb")
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, start_new_session=True,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, start_new_session=True, stdout=log, stderr=subprocess.STDOUT
+    )
     deadline = time.monotonic() + 240
     while ckpts.latest() is None and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -49,17 +49,24 @@ def counter(tokenizer_dir: Path) -> TokenCounter:
 def with_data(run: RunSpec, **data: Any) -> RunSpec:
     body = run.spec.model_dump(by_alias=True, exclude_none=True)
     for key, value in data.items():
-        body["data"][key] = {**body["data"].get(key, {}), **value} if isinstance(
-            value, dict) else value
+        body["data"][key] = (
+            {**body["data"].get(key, {}), **value} if isinstance(value, dict) else value
+        )
     return RunSpec(run.name, run.namespace, type(run.spec).model_validate(body), run.storage_root)
 
 
 def translate_spec(url: str, tmp: Path, tok: Path, **data: Any) -> RunSpec:
     run = small_spec(url, tmp, tok)
-    return with_data(run, translate={
-        "source": {"path": str(FIXTURES / "infinity_instruct_7M_core.jsonl")},
-        "samples": 12, "maxSourceTokens": 400, "shards": 2, **data,
-    })
+    return with_data(
+        run,
+        translate={
+            "source": {"path": str(FIXTURES / "infinity_instruct_7M_core.jsonl")},
+            "samples": 12,
+            "maxSourceTokens": 400,
+            "shards": 2,
+            **data,
+        },
+    )
 
 
 # --------------------------------------------------------------------------- translate
@@ -75,8 +82,10 @@ def test_translate_samples_maps_roles_and_caps_length(tmp_path, tokenizer_dir) -
     assert meta["conversations"] == len(sources) == 12
     # The teacher's tokenizer cannot be loaded offline: the student's measured instead.
     assert meta["length_tokenizer"].endswith("(student fallback)")
-    langs = {json.loads(line)["id"]: json.loads(line)
-             for line in (FIXTURES / "infinity_instruct_7M_core.jsonl").open()}
+    langs = {
+        json.loads(line)["id"]: json.loads(line)
+        for line in (FIXTURES / "infinity_instruct_7M_core.jsonl").open()
+    }
     for conv in sources:
         record = langs[conv["source_id"]]
         assert record["langdetect"] == "en"
@@ -92,13 +101,11 @@ def test_translate_sample_is_seeded(tmp_path, tokenizer_dir) -> None:
     with TeacherServer(scripted_teacher) as srv:
         a = translate_spec(srv.url, tmp_path / "a", tokenizer_dir, samples=5)
         b = translate_spec(srv.url, tmp_path / "b", tokenizer_dir, samples=5)
-        c = with_data(translate_spec(srv.url, tmp_path / "c", tokenizer_dir, samples=5),
-                      seed=7)
+        c = with_data(translate_spec(srv.url, tmp_path / "c", tokenizer_dir, samples=5), seed=7)
         ids = []
         for run in (a, b, c):
             store = open_store(run.run_uri)
-            ids.append([s["source_id"] for s in get_stage("translate")(run, store)
-                        .conversations()])
+            ids.append([s["source_id"] for s in get_stage("translate")(run, store).conversations()])
     assert ids[0] == ids[1] and ids[0] != ids[2]
 
 
@@ -106,8 +113,9 @@ def test_translate_sample_is_seeded(tmp_path, tokenizer_dir) -> None:
 
 
 def conv(*turns: str) -> list[dict[str, str]]:
-    return [{"role": "user" if i % 2 == 0 else "assistant", "content": t}
-            for i, t in enumerate(turns)]
+    return [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -116,10 +124,14 @@ def conv(*turns: str) -> list[dict[str, str]]:
         ("not a list", "unparsable"),
         ([["user", "hi"]], "unparsable"),
         (conv("Báwo ni?"), "turn_count_mismatch"),
-        ([{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}],
-         "bad_alternation"),
-        ([{"role": "user", "content": "a", "lang": "yo"}, {"role": "assistant", "content": "b"}],
-         "extra_keys"),
+        (
+            [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}],
+            "bad_alternation",
+        ),
+        (
+            [{"role": "user", "content": "a", "lang": "yo"}, {"role": "assistant", "content": "b"}],
+            "extra_keys",
+        ),
         ([{"role": "user"}, {"role": "assistant", "content": "b"}], "missing_keys"),
         (conv("Báwo \ud800 ni?", "Dáadáa"), "invalid_utf8"),
         (conv("Báwo \ufffd ni?", "Dáadáa"), "invalid_utf8"),
@@ -172,14 +184,25 @@ def test_generated_row_checks(row: dict, reason: str | None) -> None:
 
 def gen_row(i: int, source: str = "topics", reasoning: str | None = "I think.", **kw) -> dict:
     text = f"Ìbéèrè {source} {i}"
-    return {"id": f"{source}-{i:03d}", "source": source, "prompt": text, "user": text,
-            "response": f"Ìdáhùn {i}", "reasoning": reasoning, **kw}
+    return {
+        "id": f"{source}-{i:03d}",
+        "source": source,
+        "prompt": text,
+        "user": text,
+        "response": f"Ìdáhùn {i}",
+        "reasoning": reasoning,
+        **kw,
+    }
 
 
 def tr_row(i: int, **kw) -> dict:
-    return {"id": f"translated-{i:03d}", "source": "translated",
-            "original": conv(f"Question number {i}?", "An answer."),
-            "messages": conv(f"Ìbéèrè nọ́mbà {i}?", "Ìdáhùn kan."), **kw}
+    return {
+        "id": f"translated-{i:03d}",
+        "source": "translated",
+        "original": conv(f"Question number {i}?", "An answer."),
+        "messages": conv(f"Ìbéèrè nọ́mbà {i}?", "Ìdáhùn kan."),
+        **kw,
+    }
 
 
 SETTINGS = FilterSettings(0.75, 25.0, TAGS, 8000)
@@ -187,7 +210,9 @@ SETTINGS = FilterSettings(0.75, 25.0, TAGS, 8000)
 
 def test_mix_accounts_for_every_row_and_formats_them(counter: TokenCounter) -> None:
     generated = [gen_row(i) for i in range(40)] + [
-        gen_row(100, response=None), gen_row(101, response=""), gen_row(1),  # dup prompt
+        gen_row(100, response=None),
+        gen_row(101, response=""),
+        gen_row(1),  # dup prompt
         gen_row(102, prompt="x" * 20_000, user="x " * 9000),
     ]
     translated = [tr_row(i) for i in range(20)] + [
@@ -196,9 +221,14 @@ def test_mix_accounts_for_every_row_and_formats_them(counter: TokenCounter) -> N
     ]
     mix = build_mix(generated, translated, SETTINGS, MixConfig(), counter, seed=1)
     assert mix.rows + len(mix.excluded) == len(generated) + len(translated)
-    assert dict(mix.dropped) == {"failed_generation": 1, "empty_response": 1,
-                                 "duplicate_prompt": 1, "too_long": 1,
-                                 "turn_count_mismatch": 1, "empty_turn": 1}
+    assert dict(mix.dropped) == {
+        "failed_generation": 1,
+        "empty_response": 1,
+        "duplicate_prompt": 1,
+        "too_long": 1,
+        "turn_count_mismatch": 1,
+        "empty_turn": 1,
+    }
     assert len(mix.validation) == round(60 * 0.02)
     by_source = {r["source"]: r for r in [*mix.train, *mix.validation]}
     g = by_source["topics"]["messages"]
@@ -212,8 +242,10 @@ def test_mix_accounts_for_every_row_and_formats_them(counter: TokenCounter) -> N
 
 def test_mix_shuffle_is_seeded(counter: TokenCounter) -> None:
     rows = [gen_row(i) for i in range(30)]
-    order = [[r["id"] for r in build_mix(rows, [], SETTINGS, MixConfig(), counter, seed=s).train]
-             for s in (1, 1, 2)]
+    order = [
+        [r["id"] for r in build_mix(rows, [], SETTINGS, MixConfig(), counter, seed=s).train]
+        for s in (1, 1, 2)
+    ]
     assert order[0] == order[1] != order[2]
     # Input order does not matter, only the seed does.
     again = build_mix(rows[::-1], [], SETTINGS, MixConfig(), counter, seed=1)
@@ -245,8 +277,14 @@ def test_ablations(counter: TokenCounter, mix_cfg: dict, sources: set, thinking:
 
 
 def test_rows_without_reasoning_do_not_get_the_think_prompt(counter: TokenCounter) -> None:
-    mix = build_mix([gen_row(1, reasoning=None), gen_row(2, reasoning="  ")], [], SETTINGS,
-                    MixConfig(validation_fraction=0), counter, seed=0)
+    mix = build_mix(
+        [gen_row(1, reasoning=None), gen_row(2, reasoning="  ")],
+        [],
+        SETTINGS,
+        MixConfig(validation_fraction=0),
+        counter,
+        seed=0,
+    )
     assert all(r["messages"][0]["content"] == CONCISE_SYSTEM_PROMPT for r in mix.train)
 
 
@@ -254,8 +292,10 @@ def test_rows_without_reasoning_do_not_get_the_think_prompt(counter: TokenCounte
 # The filters decide most rows from `word_count <= tokens <= utf8 bytes + 1` and tokenize
 # only the rest; these tests show the bounds hold and never change a decision.
 
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+    r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 def split_tokenizer() -> Any:
@@ -266,12 +306,17 @@ def split_tokenizer() -> Any:
     from tests.helpers.tiny_models import CORPUS
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([CORPUS], trainers.BpeTrainer(
-        vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        [CORPUS],
+        trainers.BpeTrainer(vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok)
 
 
@@ -298,17 +343,54 @@ def unbounded_tokenizers() -> list[Any]:
 
 #: Yoruba as real text has it: tone marks as combining diacritics or precomposed, under-dots,
 #: syllabic nasals; decomposed (NFD) pieces beside composed ones.
-YORUBA = ["Ẹ̀kọ́", "ìmọ̀", "sáyẹ́nsì", "ń", "ṣe", "pàtàkì", "àárọ̀", "ọjà", "ẹ̀tọ́", "kọ̀ǹpútà",
-          "ọ̀pọ̀lọpọ̀", "Ẹ", "kú", "gẹ́gẹ́", "nǹkan", "m̀", "ọ̀rọ̀-ajé", "Ìbàdàn"]
+YORUBA = [
+    "Ẹ̀kọ́",
+    "ìmọ̀",
+    "sáyẹ́nsì",
+    "ń",
+    "ṣe",
+    "pàtàkì",
+    "àárọ̀",
+    "ọjà",
+    "ẹ̀tọ́",
+    "kọ̀ǹpútà",
+    "ọ̀pọ̀lọpọ̀",
+    "Ẹ",
+    "kú",
+    "gẹ́gẹ́",
+    "nǹkan",
+    "m̀",
+    "ọ̀rọ̀-ajé",
+    "Ìbàdàn",
+]
 YORUBA += [unicodedata.normalize("NFD", w) for w in YORUBA]
 
 
 def random_text(rng: Any, words: int) -> str:
-    pieces = ["Ẹ", "kú", "àárọ̀", "ṣé", "the", "fox", "12,345", "!!", "...", "ọjà", "日本語",
-              "مرحبا", "<think>", "x=1;", "https://a.b/c", "\n", "  ", "\t", "—", "Lagos's",
-              *YORUBA]
-    return "".join(rng.choice(pieces) + rng.choice([" ", "", "\n", "  "])
-                   for _ in range(words))
+    pieces = [
+        "Ẹ",
+        "kú",
+        "àárọ̀",
+        "ṣé",
+        "the",
+        "fox",
+        "12,345",
+        "!!",
+        "...",
+        "ọjà",
+        "日本語",
+        "مرحبا",
+        "<think>",
+        "x=1;",
+        "https://a.b/c",
+        "\n",
+        "  ",
+        "\t",
+        "—",
+        "Lagos's",
+        *YORUBA,
+    ]
+    return "".join(rng.choice(pieces) + rng.choice([" ", "", "\n", "  "]) for _ in range(words))
 
 
 def test_word_and_byte_bounds_hold(counter: TokenCounter) -> None:
@@ -350,7 +432,8 @@ def same_verdicts(fast: Any, slow: Any) -> None:
     assert [r["id"] for r in fast.train] == [r["id"] for r in slow.train]
     assert [r["id"] for r in fast.validation] == [r["id"] for r in slow.validation]
     assert [(r["id"], r["reason"]) for r in fast.excluded] == [
-        (r["id"], r["reason"]) for r in slow.excluded]
+        (r["id"], r["reason"]) for r in slow.excluded
+    ]
 
 
 def test_bounds_never_change_a_decision(counter: TokenCounter) -> None:
@@ -363,17 +446,36 @@ def test_bounds_never_change_a_decision(counter: TokenCounter) -> None:
     generated, translated = [], []
     for i in range(150):
         prompt = random_text(rng, rng.randint(1, 40))
-        generated.append(gen_row(i, prompt=prompt, user=prompt,
-                                 response=random_text(rng, rng.randint(1, 120)),
-                                 reasoning=random_text(rng, rng.randint(0, 80))))
+        generated.append(
+            gen_row(
+                i,
+                prompt=prompt,
+                user=prompt,
+                response=random_text(rng, rng.randint(1, 120)),
+                reasoning=random_text(rng, rng.randint(0, 80)),
+            )
+        )
     for i in range(300):
         turns = 2 * rng.randint(1, 2)
         original = [random_text(rng, rng.randint(0, 30)) for _ in range(turns)]
         # Translations from a tenth to thirty times the length of the source turn.
-        messages = [random_text(rng, round(len(o.split()) * rng.choice(
-            [0, 0.1, 0.5, 0.7, 0.75, 0.8, 1, 2, 10, 24, 26, 30]))) for o in original]
-        translated.append({"id": f"translated-{i:03d}", "source": "translated",
-                           "original": conv(*original), "messages": conv(*messages)})
+        messages = [
+            random_text(
+                rng,
+                round(
+                    len(o.split()) * rng.choice([0, 0.1, 0.5, 0.7, 0.75, 0.8, 1, 2, 10, 24, 26, 30])
+                ),
+            )
+            for o in original
+        ]
+        translated.append(
+            {
+                "id": f"translated-{i:03d}",
+                "source": "translated",
+                "original": conv(*original),
+                "messages": conv(*messages),
+            }
+        )
     for limit in (8000, 300, 120):  # the cutoff: none, some and many rows too long
         settings = FilterSettings(0.75, 25.0, TAGS, limit, template_tokens=3)
         fast = build_mix(generated, translated, settings, MixConfig(), fast_counter, seed=0)
@@ -382,14 +484,15 @@ def test_bounds_never_change_a_decision(counter: TokenCounter) -> None:
         assert len(fast.dropped) >= 2, fast.dropped  # the edges were reached
     assert fast.dropped["too_long"] and fast.dropped["token_ratio"]
     assert {r["source"] for r in fast.excluded if r["reason"] == "too_long"} == {
-        "topics", "translated"}
+        "topics",
+        "translated",
+    }
     # The bounds decided some rows (else this proves nothing), not all (edges need counts).
     assert 0 < fast_counter.texts < exact.texts, (fast_counter.texts, exact.texts)
 
 
 def yoruba_text(rng: random.Random, words: int) -> str:
-    text = " ".join(rng.choice(YORUBA) + rng.choice(["", "", ",", ".", "?"])
-                    for _ in range(words))
+    text = " ".join(rng.choice(YORUBA) + rng.choice(["", "", ",", ".", "?"]) for _ in range(words))
     return unicodedata.normalize(rng.choice(["NFC", "NFD"]), text) if rng.random() < 0.5 else text
 
 
@@ -408,22 +511,42 @@ def test_exact_edges_with_diacritics_keep_every_verdict(counter: TokenCounter) -
         # just inside or just outside an edge of [0.75, 25].
         originals = []
         for n in tokens:
-            edge = rng.choice([
-                n * 4 // 3, -(-n * 4 // 3), n * 4 // 3 + 1, max(0, n * 4 // 3 - 1),  # 0.75
-                n // 25, -(-n // 25), n // 25 + 1, max(0, n // 25 - 1),  # 25
-                n,
-            ])
+            edge = rng.choice(
+                [
+                    n * 4 // 3,
+                    -(-n * 4 // 3),
+                    n * 4 // 3 + 1,
+                    max(0, n * 4 // 3 - 1),  # 0.75
+                    n // 25,
+                    -(-n // 25),
+                    n // 25 + 1,
+                    max(0, n // 25 - 1),  # 25
+                    n,
+                ]
+            )
             originals.append(edge)
-        translated.append({"id": f"translated-{i:03d}", "source": "translated",
-                           "original": conv(*(["English."] * len(messages))),
-                           "messages": conv(*messages), "original_tokens": originals,
-                           "original_tokenizer": name})
+        translated.append(
+            {
+                "id": f"translated-{i:03d}",
+                "source": "translated",
+                "original": conv(*(["English."] * len(messages))),
+                "messages": conv(*messages),
+                "original_tokens": originals,
+                "original_tokenizer": name,
+            }
+        )
     generated = []
     for i in range(120):
         prompt = yoruba_text(rng, rng.randint(1, 60))
-        generated.append(gen_row(i, prompt=prompt, user=prompt,
-                                 response=yoruba_text(rng, rng.randint(1, 150)),
-                                 reasoning=random_text(rng, rng.randint(0, 40))))
+        generated.append(
+            gen_row(
+                i,
+                prompt=prompt,
+                user=prompt,
+                response=yoruba_text(rng, rng.randint(1, 150)),
+                reasoning=random_text(rng, rng.randint(0, 40)),
+            )
+        )
     # Cutoffs at the exact totals of some rows, and one token either side.
     base = FilterSettings(0.75, 25.0, TAGS, 1 << 30, template_tokens=3, tokenizer_name=name)
     everything = build_mix(generated, translated, base, MixConfig(), exact, seed=0)
@@ -432,19 +555,22 @@ def test_exact_edges_with_diacritics_keep_every_verdict(counter: TokenCounter) -
     limits = {t + d for t in edges for d in (-1, 0, 1)}
     reasons = Counter()
     for limit in sorted(limits):
-        settings = FilterSettings(0.75, 25.0, TAGS, limit, template_tokens=3,
-                                  tokenizer_name=name)
+        settings = FilterSettings(0.75, 25.0, TAGS, limit, template_tokens=3, tokenizer_name=name)
         slow = build_mix(generated, translated, settings, MixConfig(), exact, seed=0)
-        same_verdicts(build_mix(generated, translated, settings, MixConfig(), fast, seed=0),
-                      slow)
+        same_verdicts(build_mix(generated, translated, settings, MixConfig(), fast, seed=0), slow)
         reasons.update(slow.dropped)
         if limit in edges:  # a row exactly at the cutoff is kept
             assert limit in _row_totals(slow, exact, settings)
     # Both edges of the ratio and the cutoff were met (kept at the edge, dropped past it).
     assert reasons["token_ratio"] and reasons["too_long"]
-    ratios = [n / o for row in translated for n, o in zip(
-        exact([m["content"] for m in row["messages"]]), row["original_tokens"], strict=True)
-        if o]
+    ratios = [
+        n / o
+        for row in translated
+        for n, o in zip(
+            exact([m["content"] for m in row["messages"]]), row["original_tokens"], strict=True
+        )
+        if o
+    ]
     assert 0.75 in ratios and 25 in ratios
     assert any(0.74 < r < 0.75 for r in ratios) and any(25 < r < 25.5 for r in ratios)
 
@@ -474,15 +600,22 @@ def diacritic_tokenizer() -> Any:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=1200, special_tokens=["<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=1200,
+            special_tokens=["<|im_start|>", "<|im_end|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok)
 
 
 def smollm2_tokenizer() -> Any:
     folder = Path(os.environ.get("KAKUGO_CACHE") or "~/.cache/kakugo").expanduser() / (
-        "models/SmolLM2-135M-Instruct")
+        "models/SmolLM2-135M-Instruct"
+    )
     if not (folder / "tokenizer.json").is_file():
         pytest.skip(f"no SmolLM2 tokenizer in {folder} (make models)")
     from transformers import AutoTokenizer
@@ -494,32 +627,112 @@ def smollm2_tokenizer() -> Any:
 #: contractions in both cases, every kind of whitespace run, digits and fractions,
 #: typographic punctuation, markup, characters with case-folding quirks, characters
 #: str.split() and the tokenizer disagree on.
-PIECES = [*YORUBA, "the", "Fox", "it's", "IT'S", "'s", "'S", "'ll", "'LL", "'re", "'ve", "'m",
-          "'d", " 's", "''", "12,345", "3.5", "½", "²", "!!", "...", "—", "–", "…", "“", "”",
-          "‘", "’", "«»", "<think>", "</think>", "**", "- ", "1. ", "x=1;", "https://a.b/c?d=e",
-          "\n", "\n\n", "  ", "\t", "\r\n", " \n ", "\xa0", "\u2028", "\u2009", "\x1c",
-          "\x85", "\u200b", "λόγος", "слово", "é", "ß", "ſ", "İ", "ı", "Å", "ǅ", "ʼ", "ˆ",
-          "<|im", "|>", "\u0301", "\u0323\u0300"]
+PIECES = [
+    *YORUBA,
+    "the",
+    "Fox",
+    "it's",
+    "IT'S",
+    "'s",
+    "'S",
+    "'ll",
+    "'LL",
+    "'re",
+    "'ve",
+    "'m",
+    "'d",
+    " 's",
+    "''",
+    "12,345",
+    "3.5",
+    "½",
+    "²",
+    "!!",
+    "...",
+    "—",
+    "–",
+    "…",
+    "“",
+    "”",
+    "‘",
+    "’",
+    "«»",
+    "<think>",
+    "</think>",
+    "**",
+    "- ",
+    "1. ",
+    "x=1;",
+    "https://a.b/c?d=e",
+    "\n",
+    "\n\n",
+    "  ",
+    "\t",
+    "\r\n",
+    " \n ",
+    "\xa0",
+    "\u2028",
+    "\u2009",
+    "\x1c",
+    "\x85",
+    "\u200b",
+    "λόγος",
+    "слово",
+    "é",
+    "ß",
+    "ſ",
+    "İ",
+    "ı",
+    "Å",
+    "ǅ",
+    "ʼ",
+    "ˆ",
+    "<|im",
+    "|>",
+    "\u0301",
+    "\u0323\u0300",
+]
 #: ... and what it must refuse (the tokenizer counts those texts): other scripts and
 #: characters, the added tokens' texts of the tokenizers tested.
-RARE = ["٣", "\u3000", "\u180e", "日本語", "🙂", "مرحبا", "\u212a", "\u212b", "\ufeff",
-        "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|end_of_text|>", "<|start_of_role|>"]
+RARE = [
+    "٣",
+    "\u3000",
+    "\u180e",
+    "日本語",
+    "🙂",
+    "مرحبا",
+    "\u212a",
+    "\u212b",
+    "\ufeff",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<|start_of_role|>",
+]
 
 
 def property_texts(seed: int, n: int) -> list[str]:
     rng = random.Random(seed)
     texts = ["", " ", "\n", "a", "'s", "Ẹ̀", "e\u0323\u0300"]
     for _ in range(n):
-        texts.append("".join(
-            rng.choice(RARE if rng.random() < 0.03 else PIECES)
-            + rng.choice(["", " ", "", "\n", "  ", "\t"]) for _ in range(rng.randint(1, 30))))
+        texts.append(
+            "".join(
+                rng.choice(RARE if rng.random() < 0.03 else PIECES)
+                + rng.choice(["", " ", "", "\n", "  ", "\t"])
+                for _ in range(rng.randint(1, 30))
+            )
+        )
     return texts
 
 
 @pytest.mark.parametrize("which", ["tiny", "diacritics", "smollm2"])
 def test_piece_counts_equal_the_tokenizer(counter: TokenCounter, which: str) -> None:
-    tokenizer = {"tiny": lambda: counter.tokenizer, "diacritics": diacritic_tokenizer,
-                 "smollm2": smollm2_tokenizer}[which]()
+    tokenizer = {
+        "tiny": lambda: counter.tokenizer,
+        "diacritics": diacritic_tokenizer,
+        "smollm2": smollm2_tokenizer,
+    }[which]()
     pieces = TokenCounter(tokenizer).pieces
     assert pieces is not None
     backend = tokenizer.backend_tokenizer
@@ -539,7 +752,8 @@ def test_piece_counts_equal_the_tokenizer(counter: TokenCounter, which: str) -> 
     rng = random.Random(5)
     docs = [yoruba_text(rng, rng.randint(50, 400)) for _ in range(40)]
     assert [pieces.count(d) for d in docs] == [
-        len(e) for e in backend.encode_batch_fast(docs, add_special_tokens=False)]
+        len(e) for e in backend.encode_batch_fast(docs, add_special_tokens=False)
+    ]
 
 
 def test_token_counter_mixes_piece_counts_and_the_tokenizer(counter: TokenCounter) -> None:
@@ -553,29 +767,38 @@ def test_token_counter_mixes_piece_counts_and_the_tokenizer(counter: TokenCounte
 def test_piece_counter_refuses_other_layouts() -> None:
     """Layouts whose pieces or counts it cannot reproduce get no piece counter (their
     texts are tokenized); the Llama 3 / Granite layout is one of them."""
-    from tests.helpers.tiny_models import CORPUS
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     from kakugo_stages.piece_count import PieceCounter
+    from tests.helpers.tiny_models import CORPUS
 
     def trained(**layout: Any) -> Any:
         tok = Tokenizer(models.BPE(dropout=layout.pop("dropout", None)))
         tok.pre_tokenizer = layout.pop("pre", pre_tokenizers.ByteLevel(add_prefix_space=False))
         if "normalizer" in layout:
             tok.normalizer = layout.pop("normalizer")
-        tok.train_from_iterator([CORPUS], trainers.BpeTrainer(
-            vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False))
+        tok.train_from_iterator(
+            [CORPUS],
+            trainers.BpeTrainer(
+                vocab_size=300,
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                show_progress=False,
+            ),
+        )
         if layout.pop("truncate", False):
             tok.enable_truncation(16)
         return tok
 
     assert PieceCounter.for_backend(trained()) is not None
     assert PieceCounter.for_backend(split_tokenizer().backend_tokenizer) is None
-    for layout in ({"pre": pre_tokenizers.ByteLevel(add_prefix_space=True)},
-                   {"pre": pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)},
-                   {"pre": pre_tokenizers.Metaspace()}, {"normalizer": normalizers.NFC()},
-                   {"dropout": 0.1}, {"truncate": True}):
+    for layout in (
+        {"pre": pre_tokenizers.ByteLevel(add_prefix_space=True)},
+        {"pre": pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)},
+        {"pre": pre_tokenizers.Metaspace()},
+        {"normalizer": normalizers.NFC()},
+        {"dropout": 0.1},
+        {"truncate": True},
+    ):
         assert PieceCounter.for_backend(trained(**dict(layout))) is None, layout
 
 
@@ -610,8 +833,9 @@ def test_mix_rows_format_on_read(counter: TokenCounter) -> None:
     from kakugo_stages.mix import generated_conversation, translated_conversation
 
     cfg = MixConfig(validation_fraction=0)
-    mix = build_mix([gen_row(1), gen_row(2, reasoning=None)], [tr_row(1)], SETTINGS, cfg,
-                    counter, seed=0)
+    mix = build_mix(
+        [gen_row(1), gen_row(2, reasoning=None)], [tr_row(1)], SETTINGS, cfg, counter, seed=0
+    )
     rows = list(mix.train)
     assert rows == mix.train[:] == [mix.train[i] for i in range(len(mix.train))]
     by_id = {r["id"]: r for r in rows}
@@ -644,12 +868,23 @@ def test_pipeline_to_dataset_and_the_trainer_sees_the_system_prompt(
     assert [(e["source"], e["reason"]) for e in excluded] == [("translated", "media_tag")]
     assert "<image>" in json.dumps(excluded[0]["row"]["original"])
     assert len(ds["train"]) + len(ds["validation"]) == stats["rows_out"] == 53 + 11
-    assert stats["kept_by_source"] == {"topics": 30, "scenarios": 18, "contexts": 5,
-                                       "translated": 11}
+    assert stats["kept_by_source"] == {
+        "topics": 30,
+        "scenarios": 18,
+        "contexts": 5,
+        "translated": 11,
+    }
     assert stats["dropped"] == {"media_tag": 1}
     card = store.read_text("dataset/README.md")
-    for text in ("Yoruba (yor_Latn)", "| translated | 11 | 1 |", "| media_tag | 1 |",
-                 "CC BY-SA 4.0", "ODC-By", "tokens (student)", "## Why rows were dropped"):
+    for text in (
+        "Yoruba (yor_Latn)",
+        "| translated | 11 | 1 |",
+        "| media_tag | 1 |",
+        "CC BY-SA 4.0",
+        "ODC-By",
+        "tokens (student)",
+        "## Why rows were dropped",
+    ):
         assert text in card, text
 
     # What the trainer sees: the example tokenized with the student's chat template.
@@ -679,14 +914,25 @@ def test_two_runs_datasets_load_with_their_own_rows(tmp_path: Path, counter: Tok
 
     folders = {}
     for name, n in (("a", 12), ("b", 20)):
-        obj = {"apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageModel",
-               "metadata": {"name": name, "namespace": "tests"},
-               "spec": {"language": "Yoruba",
-                        "teacher": {"endpoint": {"url": "http://127.0.0.1:9/v1", "model": "m"}},
-                        "storage": {"uri": str(tmp_path / "runs")}}}
+        obj = {
+            "apiVersion": "kakugo.io/v1alpha1",
+            "kind": "LanguageModel",
+            "metadata": {"name": name, "namespace": "tests"},
+            "spec": {
+                "language": "Yoruba",
+                "teacher": {"endpoint": {"url": "http://127.0.0.1:9/v1", "model": "m"}},
+                "storage": {"uri": str(tmp_path / "runs")},
+            },
+        }
         run = run_spec(parse_object(obj))
-        mix = build_mix([gen_row(i) for i in range(n)], [], SETTINGS,
-                        MixConfig(validationFraction=0.0), counter, seed=1)
+        mix = build_mix(
+            [gen_row(i) for i in range(n)],
+            [],
+            SETTINGS,
+            MixConfig(validationFraction=0.0),
+            counter,
+            seed=1,
+        )
         store = open_store(run.run_uri)
         splits = {"train": "dataset/data/train-00000-of-00001.parquet"}
         write_dataset(store, mix, dataset_card(run, mix, "teacher", splits, {}))

@@ -50,7 +50,13 @@ SPLITS: dict[str, tuple[str, str]] = {
 }
 
 SIB200_CATEGORIES: tuple[str, ...] = (
-    "science/technology", "travel", "politics", "sports", "health", "entertainment", "geography",
+    "science/technology",
+    "travel",
+    "politics",
+    "sports",
+    "health",
+    "entertainment",
+    "geography",
 )
 
 
@@ -175,13 +181,15 @@ def _pair_flores(en: list[dict[str, Any]], xx: list[dict[str, Any]], code: str, 
         source = by_id.get(row["id"])
         if source is None:
             continue
-        paired.append({
-            "id": row["id"],
-            "domain": row.get("domain"),
-            "topic": row.get("topic"),
-            f"sentence_{ENGLISH}": source["text"],
-            f"sentence_{code}": row["text"],
-        })
+        paired.append(
+            {
+                "id": row["id"],
+                "domain": row.get("domain"),
+                "topic": row.get("topic"),
+                f"sentence_{ENGLISH}": source["text"],
+                f"sentence_{code}": row["text"],
+            }
+        )
     if not paired:
         raise EvaluationError(f"{what}: no sentence id is shared by {ENGLISH} and {code}")
     return paired
@@ -230,21 +238,50 @@ def prepare_tasks(
             if direction not in flores.directions:
                 skipped[key] = "direction not in evaluation.flores.directions"
                 continue
-            prepared.append(PreparedTask(
-                key=key, task_name=f"kakugo_flores_{direction.replace('-', '_')}",
-                metric="chrf++", shots=flores.shots, n=counts[scored_split], data_files=files,
-                shot_split=shot_split, scored_split=scored_split,
-                source=flores.path or flores.dataset,
-            ))
+            prepared.append(
+                PreparedTask(
+                    key=key,
+                    task_name=f"kakugo_flores_{direction.replace('-', '_')}",
+                    metric="chrf++",
+                    shots=flores.shots,
+                    n=counts[scored_split],
+                    data_files=files,
+                    shot_split=shot_split,
+                    scored_split=scored_split,
+                    source=flores.path or flores.dataset,
+                )
+            )
 
     mc_tasks: tuple[tuple[str, EvalTask, str | None, str, tuple[str, ...]], ...] = (
-        ("sib200", evaluation.sib200, code if language.sib200 else None, "SIB-200",
-         ("index_id", "category", "text")),
-        ("belebele", evaluation.belebele, language.belebele_config, "Belebele",
-         ("flores_passage", "question", "mc_answer1", "mc_answer2", "mc_answer3",
-          "mc_answer4", "correct_answer_num")),
-        ("global_mmlu", evaluation.global_mmlu, language.global_mmlu, "Global-MMLU",
-         ("question", "option_a", "option_b", "option_c", "option_d", "answer")),
+        (
+            "sib200",
+            evaluation.sib200,
+            code if language.sib200 else None,
+            "SIB-200",
+            ("index_id", "category", "text"),
+        ),
+        (
+            "belebele",
+            evaluation.belebele,
+            language.belebele_config,
+            "Belebele",
+            (
+                "flores_passage",
+                "question",
+                "mc_answer1",
+                "mc_answer2",
+                "mc_answer3",
+                "mc_answer4",
+                "correct_answer_num",
+            ),
+        ),
+        (
+            "global_mmlu",
+            evaluation.global_mmlu,
+            language.global_mmlu,
+            "Global-MMLU",
+            ("question", "option_a", "option_b", "option_c", "option_d", "answer"),
+        ),
     )
     for key, task, config, title, fields in mc_tasks:
         if not task.enabled:
@@ -270,11 +307,19 @@ def prepare_tasks(
             files[shot_split] = _write_jsonl(data / key / f"{shot_split}.jsonl", shots)
         else:
             _check_pool(f"{title} {scored_split}", len(scored), task.shots, same_split=True)
-        prepared.append(PreparedTask(
-            key=key, task_name=f"kakugo_{key}", metric="acc", shots=task.shots, n=len(scored),
-            data_files=files, shot_split=shot_split, scored_split=scored_split,
-            source=task.path or dataset,
-        ))
+        prepared.append(
+            PreparedTask(
+                key=key,
+                task_name=f"kakugo_{key}",
+                metric="acc",
+                shots=task.shots,
+                n=len(scored),
+                data_files=files,
+                shot_split=shot_split,
+                scored_split=scored_split,
+                source=task.path or dataset,
+            )
+        )
     order = {k: i for i, k in enumerate(TASK_KEYS)}
     prepared.sort(key=lambda t: order[t.key])
     return prepared, {k: skipped[k] for k in sorted(skipped, key=order.__getitem__)}

@@ -59,8 +59,10 @@ def model_args_for(
         }
     else:
         # float32 on CPU: bf16 is slow there and makes greedy decoding less stable.
-        args = {"pretrained": pretrained,
-                "dtype": "float32" if evaluation.device == "cpu" else "auto"}
+        args = {
+            "pretrained": pretrained,
+            "dtype": "float32" if evaluation.device == "cpu" else "auto",
+        }
     if revision:
         args["revision"] = revision
     if tokenizer:
@@ -71,8 +73,7 @@ def model_args_for(
 def _score(task: PreparedTask, task_results: dict[str, Any]) -> float:
     value = task_results.get(f"{task.metric},none")
     if value is None:
-        value = next((v for k, v in task_results.items() if k.split(",")[0] == task.metric),
-                     None)
+        value = next((v for k, v in task_results.items() if k.split(",")[0] == task.metric), None)
     if not isinstance(value, int | float) or math.isnan(value):
         raise EvaluationError(f"{task.key}: lm-eval returned no {task.metric} ({task_results})")
     # acc is a fraction; chrF++ is already in points. Report both in points (0-100).
@@ -83,8 +84,11 @@ def _sample_record(task: PreparedTask, sample: dict[str, Any]) -> dict[str, Any]
     args = sample.get("arguments") or []
     first = args[0] if args else ()
     prompt = first[0] if first else None
-    record: dict[str, Any] = {"doc_id": sample.get("doc_id"), "prompt": prompt,
-                              "target": sample.get("target")}
+    record: dict[str, Any] = {
+        "doc_id": sample.get("doc_id"),
+        "prompt": prompt,
+        "target": sample.get("target"),
+    }
     if task.metric == "chrf++":
         resp = sample.get("filtered_resps") or [None]
         record["answer"] = resp[0] if not isinstance(resp[0], list) else resp[0][0]
@@ -123,9 +127,17 @@ def evaluate_model(
 
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            future = pool.submit(evaluate_model, model, model_args, tasks, task_dir,
-                                 label=label, device=device, batch_size=batch_size,
-                                 log_samples=log_samples)
+            future = pool.submit(
+                evaluate_model,
+                model,
+                model_args,
+                tasks,
+                task_dir,
+                label=label,
+                device=device,
+                batch_size=batch_size,
+                log_samples=log_samples,
+            )
             try:
                 return future.result()
             except concurrent.futures.process.BrokenProcessPool as exc:

@@ -80,8 +80,10 @@ def build_results(
         "skipped": dict(skipped),
         "models": {"base": base.model if base else None, "tuned": tuned.model},
         "prompts_identical": prompts_identical(base, tuned),
-        "seconds": {"base": round(base.seconds, 3) if base else None,
-                    "tuned": round(tuned.seconds, 3)},
+        "seconds": {
+            "base": round(base.seconds, 3) if base else None,
+            "tuned": round(tuned.seconds, 3),
+        },
         "settings": settings or {},
     }
 
@@ -121,11 +123,16 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"| {fmt(row['delta'], sign=True)} | {row['n']} |"
         )
     shots = sorted({r["shots"] for r in results["tasks"].values()})
-    notes = [f"{'/'.join(map(str, shots)) or 3}-shot; accuracy in %, chrF++ (sacrebleu, "
-             "word_order=2) at corpus level; base and tuned on identical prompts."]
+    notes = [
+        f"{'/'.join(map(str, shots)) or 3}-shot; accuracy in %, chrF++ (sacrebleu, "
+        "word_order=2) at corpus level; base and tuned on identical prompts."
+    ]
     if results.get("skipped"):
-        notes.append("Skipped: " + "; ".join(
-            f"{TITLES.get(k, k)}: {why}" for k, why in results["skipped"].items()) + ".")
+        notes.append(
+            "Skipped: "
+            + "; ".join(f"{TITLES.get(k, k)}: {why}" for k, why in results["skipped"].items())
+            + "."
+        )
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 

@@ -58,8 +58,9 @@ def _common(task: PreparedTask) -> dict[str, Any]:
     }
 
 
-def flores_config(task: PreparedTask, language: Language, *, max_new_tokens: int,
-                  repetition_penalty: float) -> dict[str, Any]:
+def flores_config(
+    task: PreparedTask, language: Language, *, max_new_tokens: int, repetition_penalty: float
+) -> dict[str, Any]:
     english, target = "English", language.name
     if task.key == "flores_en-xx":
         src_name, src, tgt_name, tgt = english, ENGLISH, target, language.code
@@ -132,8 +133,9 @@ def write_task_files(
     written: dict[str, Path] = {}
     for task in tasks:
         if task.key.startswith("flores_"):
-            cfg = flores_config(task, language, max_new_tokens=max_new_tokens,
-                                repetition_penalty=repetition_penalty)
+            cfg = flores_config(
+                task, language, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty
+            )
         elif task.key == "sib200":
             cfg = sib200_config(task)
         elif task.key == "belebele":
@@ -143,7 +145,8 @@ def write_task_files(
         else:  # pragma: no cover - data.prepare_tasks makes only these keys
             raise ValueError(f"unknown task {task.key}")
         path = folder / f"{task.task_name}.yaml"
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, width=1000),
-                        encoding="utf-8")
+        path.write_text(
+            yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, width=1000), encoding="utf-8"
+        )
         written[task.key] = path
     return written

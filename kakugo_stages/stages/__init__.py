@@ -47,9 +47,7 @@ def get_stage(name: str) -> type[Stage]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(
-            f"unknown stage {name!r}; available: {', '.join(available())}"
-        ) from None
+        raise KeyError(f"unknown stage {name!r}; available: {', '.join(available())}") from None
 
 
 __all__ = [

@@ -50,7 +50,6 @@ from kakugo_stages.teacher import ChatResult, TeacherClient, TeacherError
 log = logging.getLogger("kakugo.stages")
 
 
-
 class StageFailed(RuntimeError):
     """The stage could not finish: too many failures, missing inputs, bad settings."""
 
@@ -188,7 +187,8 @@ class ShardContext:
         settings = self.run.spec.teacher
         response_format = (
             {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
-            if schema is not None and settings.structured_output else None
+            if schema is not None and settings.structured_output
+            else None
         )
         self.stats.requests += 1
         try:
@@ -224,9 +224,7 @@ class ShardContext:
         self.stats.requests_ok += 1
         return result, parsed
 
-    def _log_raw(
-        self, item: str, messages: Any, result: ChatResult | None, outcome: str
-    ) -> None:
+    def _log_raw(self, item: str, messages: Any, result: ChatResult | None, outcome: str) -> None:
         # Raw input and output beside the rows, for audit and re-parsing.
         self.raw.append(
             {
@@ -315,8 +313,10 @@ class Stage(ABC):
         """Every row of an upstream stage; it must be complete, and declared as an input
         (the executors start a stage only once its declared inputs are complete)."""
         if stage not in self.inputs:
-            raise StageFailed(f"stage {self.name} reads stage {stage}, which is not among its "
-                              f"declared inputs {self.inputs} (kakugo_stages/graph.py)")
+            raise StageFailed(
+                f"stage {self.name} reads stage {stage}, which is not among its "
+                f"declared inputs {self.inputs} (kakugo_stages/graph.py)"
+            )
         upstream = StageOutput(self.store, stage)
         missing = self.missing_shards(stage)
         if missing:
@@ -482,10 +482,16 @@ def run_stage(
     todo = [s for s in wanted if s not in done_before]
     bar = _progress_bar(stage.name, progress, position)
     try:
-        failure = asyncio.run(_run_shards(
-            stage, todo, parallel, stop, teacher_factory=teacher_factory,
-            on_request=bar.update_one if bar else None,
-        ))
+        failure = asyncio.run(
+            _run_shards(
+                stage,
+                todo,
+                parallel,
+                stop,
+                teacher_factory=teacher_factory,
+                on_request=bar.update_one if bar else None,
+            )
+        )
     finally:
         if bar:
             bar.close()
@@ -553,8 +559,9 @@ class _Bar:
 
         # A bar at a given row (one of several stages) clears itself when done: another
         # stage takes the row next.
-        self._bar = tqdm(desc=name, unit="req", dynamic_ncols=True, position=position,
-                         leave=position is None)
+        self._bar = tqdm(
+            desc=name, unit="req", dynamic_ncols=True, position=position, leave=position is None
+        )
 
     def update_one(self) -> None:
         self._bar.update(1)
@@ -565,4 +572,3 @@ class _Bar:
 
 def _progress_bar(name: str, enabled: bool, position: int | None = None) -> _Bar | None:
     return _Bar(name, position) if enabled else None
-

@@ -56,7 +56,10 @@ class ContextsStage(Stage):
                 "documents in the language, or drop contexts from data.mix.sources"
             )
         records, size = shuffled_records(
-            path=src.path, dataset=src.dataset, config=config, split=src.split,
+            path=src.path,
+            dataset=src.dataset,
+            config=config,
+            split=src.split,
             seed=self.run.spec.data.seed,
         )
         # Reading one past keepOneAbove tells whether the corpus is larger than it.
@@ -80,15 +83,18 @@ class ContextsStage(Stage):
             if not isinstance(text, str) or not text.strip():
                 empty += 1
                 continue
-            docs.append({
-                "doc_id": f"d{i}",
-                "text": cut_to_tokens(tokenizer, text.strip(), cfg.max_document_tokens),
-                "source_id": row.get("id"),
-            })
+            docs.append(
+                {
+                    "doc_id": f"d{i}",
+                    "text": cut_to_tokens(tokenizer, text.strip(), cfg.max_document_tokens),
+                    "source_id": row.get("id"),
+                }
+            )
         # Documents first, then the meta file that says they are complete.
         self.store.write_jsonl(DOCUMENTS, docs)
-        self.store.write_json(DOCUMENTS_META, {"corpus_size": corpus_size, "documents": len(docs),
-                                               "empty": empty})
+        self.store.write_json(
+            DOCUMENTS_META, {"corpus_size": corpus_size, "documents": len(docs), "empty": empty}
+        )
         return docs, corpus_size
 
     def _task(self, ctx: ShardContext, doc_id: str) -> str:
@@ -121,13 +127,15 @@ class ContextsStage(Stage):
             if keep_one:
                 ctx.drop("extra_context_prompt", len(found) - 1)
             for n, prompt in enumerate(chosen):
-                ctx.keep({
-                    "id": f"contexts-{doc['doc_id']}-{n}",
-                    "source": "contexts",
-                    "prompt": prompt,
-                    "document": doc["text"],
-                    "task": task,
-                })
+                ctx.keep(
+                    {
+                        "id": f"contexts-{doc['doc_id']}-{n}",
+                        "source": "contexts",
+                        "prompt": prompt,
+                        "document": doc["text"],
+                        "task": task,
+                    }
+                )
 
         await asyncio.gather(*(prompts_for(d) for d in mine))
         ctx.rows.sort(key=lambda r: r["id"])

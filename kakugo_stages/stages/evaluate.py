@@ -49,7 +49,6 @@ class EvaluateStage(Stage):
     name = "evaluate"
     writes_rows = False  # the output is evaluation/results.json
 
-
     # ---- models (tests override `lm_for` to inject scripted lm-eval models)
 
     def lm_for(self, role: str, pretrained: str) -> tuple[Any, dict[str, Any] | None]:
@@ -59,8 +58,9 @@ class EvaluateStage(Stage):
         gpus = self.run.spec.resources.for_stage(self.name).gpus or 1
         if role == "base":
             tokenizer = os.path.expanduser(student.tokenizer) if student.tokenizer else None
-            return model_args_for(evaluation, pretrained, revision=student.revision,
-                                  tokenizer=tokenizer, gpus=gpus)
+            return model_args_for(
+                evaluation, pretrained, revision=student.revision, tokenizer=tokenizer, gpus=gpus
+            )
         return model_args_for(evaluation, pretrained, gpus=gpus)
 
     def _tuned_dir(self, work: Path) -> Path:
@@ -115,7 +115,9 @@ class EvaluateStage(Stage):
             try:
                 tasks, skipped = prepare_tasks(evaluation, language, work)
                 write_task_files(
-                    tasks, language, work / "tasks",
+                    tasks,
+                    language,
+                    work / "tasks",
                     max_new_tokens=evaluation.flores.max_new_tokens,
                     repetition_penalty=evaluation.repetition_penalty,
                 )
@@ -131,8 +133,13 @@ class EvaluateStage(Stage):
                 model, args = self.lm_for(role, pretrained)
                 try:
                     runs[role] = evaluate_model(
-                        model, args, tasks, work / "tasks", label=role,
-                        device=evaluation.device, batch_size=evaluation.batch_size,
+                        model,
+                        args,
+                        tasks,
+                        work / "tasks",
+                        label=role,
+                        device=evaluation.device,
+                        batch_size=evaluation.batch_size,
                         log_samples=evaluation.log_samples,
                         isolate=evaluation.backend == "vllm" and isinstance(model, str),
                     )
@@ -142,7 +149,11 @@ class EvaluateStage(Stage):
             if "base" in runs:
                 runs["base"].model = self.run.spec.student.model
         results = build_results(
-            language.code, tasks, skipped, runs["tuned"], runs.get("base"),
+            language.code,
+            tasks,
+            skipped,
+            runs["tuned"],
+            runs.get("base"),
             settings={
                 "backend": evaluation.backend,
                 "device": evaluation.device,
@@ -163,16 +174,17 @@ class EvaluateStage(Stage):
         ctx.stats.rows_out = len(tasks)
         ctx.stats.extra.update(
             summary=summary,
-            evaluation={k: {"base": v["base"], "tuned": v["tuned"], "delta": v["delta"]}
-                        for k, v in results["tasks"].items()},
+            evaluation={
+                k: {"base": v["base"], "tuned": v["tuned"], "delta": v["delta"]}
+                for k, v in results["tasks"].items()
+            },
             skipped=skipped,
             results=self.store.url(RESULTS),
         )
 
     def _update_card(self, results: dict[str, Any]) -> None:
         if not self.store.exists(MODEL_CARD):
-            log.info("evaluate: no model card at %s; table not added",
-                     self.store.url(MODEL_CARD))
+            log.info("evaluate: no model card at %s; table not added", self.store.url(MODEL_CARD))
             return
         card = self.store.read_text(MODEL_CARD)
         self.store.write_text(MODEL_CARD, update_model_card(card, markdown_table(results)))

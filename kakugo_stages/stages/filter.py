@@ -24,7 +24,6 @@ class FilterStage(Stage):
     name = "filter"
     writes_rows = False  # the rows are the dataset under dataset/
 
-
     def _teacher_name(self) -> str:
         try:
             return teacher_target(self.run).model
@@ -48,11 +47,14 @@ class FilterStage(Stage):
         except (OSError, ValueError) as exc:
             raise StageFailed(f"stage filter: student.chatTemplate: {exc}") from exc
         settings = FilterSettings.from_spec(
-            spec.data.filter, spec.training.cutoff_len, template_overhead(tokenizer, template),
+            spec.data.filter,
+            spec.training.cutoff_len,
+            template_overhead(tokenizer, template),
             tokenizer_name=student_tokenizer_name(spec.student),
         )
-        mix = build_mix(generated, translated, settings, spec.data.mix, TokenCounter(tokenizer),
-                        spec.data.seed)
+        mix = build_mix(
+            generated, translated, settings, spec.data.mix, TokenCounter(tokenizer), spec.data.seed
+        )
         if mix.rows == 0:
             raise StageFailed(
                 f"stage filter: no row survived the filters ({dict(mix.dropped)}); see "
@@ -63,26 +65,36 @@ class FilterStage(Stage):
         for name in ("topics", "scenarios", "contexts", "revise", "respond", "translate"):
             shards = StageOutput(self.store, name).all_stats()
             stage_stats[name] = {
-                "prompt_tokens": sum(s.get("teacher", {}).get("prompt_tokens", 0)
-                                     for s in shards.values()),
-                "completion_tokens": sum(s.get("teacher", {}).get("completion_tokens", 0)
-                                         for s in shards.values()),
+                "prompt_tokens": sum(
+                    s.get("teacher", {}).get("prompt_tokens", 0) for s in shards.values()
+                ),
+                "completion_tokens": sum(
+                    s.get("teacher", {}).get("completion_tokens", 0) for s in shards.values()
+                ),
             }
         # The dataset's files are written before its card, and the card before the marker.
-        files = write_dataset(self.store, mix, dataset_card(
-            self.run, mix, self._teacher_name(), _split_files(mix), stage_stats))
+        files = write_dataset(
+            self.store,
+            mix,
+            dataset_card(self.run, mix, self._teacher_name(), _split_files(mix), stage_stats),
+        )
         for reason, n in mix.dropped.items():
             ctx.drop(reason, n)
         ctx.stats.rows_out = mix.rows
         ctx.stats.extra.update(
-            train=len(mix.train), validation=len(mix.validation),
+            train=len(mix.train),
+            validation=len(mix.validation),
             kept_by_source=dict(mix.kept_by_source),
             tokens_by_source=dict(mix.tokens_by_source),
             reasoning_rows=mix.reasoning_rows,
-            dataset=self.store.url("dataset"), files=files,
+            dataset=self.store.url("dataset"),
+            files=files,
         )
 
 
 def _split_files(mix) -> dict[str, str]:
-    return {split: f"dataset/data/{split}-00000-of-00001.parquet"
-            for split, rows in (("train", mix.train), ("validation", mix.validation)) if rows}
+    return {
+        split: f"dataset/data/{split}-00000-of-00001.parquet"
+        for split, rows in (("train", mix.train), ("validation", mix.validation))
+        if rows
+    }

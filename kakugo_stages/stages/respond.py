@@ -40,18 +40,18 @@ class RespondStage(Stage):
             messages = prompts.response_messages(
                 row["prompt"], lang, cfg.system_prompt, document=row.get("document")
             )
-            answer = await ctx.ask(
-                row["id"], messages, max_tokens=cfg.max_tokens, parse=_non_empty
-            )
+            answer = await ctx.ask(row["id"], messages, max_tokens=cfg.max_tokens, parse=_non_empty)
             if answer is None:
                 return
             result, text = answer
-            ctx.keep({
-                **row,
-                "user": messages[-1]["content"],
-                "response": text,
-                "reasoning": result.reasoning,
-            })
+            ctx.keep(
+                {
+                    **row,
+                    "user": messages[-1]["content"],
+                    "response": text,
+                    "reasoning": result.reasoning,
+                }
+            )
 
         await asyncio.gather(*(respond(r) for r in rows))
         ctx.rows.sort(key=lambda r: r["id"])

@@ -103,13 +103,15 @@ class ScenariosStage(Stage):
                 schema=prompts.list_schema("prompts", k),
             )
             for n, prompt in enumerate(answer[1] if answer else []):
-                ctx.keep({
-                    "id": f"scenarios-{sid}-{n}",
-                    "source": "scenarios",
-                    "prompt": prompt,
-                    "scenario": text,
-                    "language_specific": sid.startswith("l"),
-                })
+                ctx.keep(
+                    {
+                        "id": f"scenarios-{sid}-{n}",
+                        "source": "scenarios",
+                        "prompt": prompt,
+                        "scenario": text,
+                        "language_specific": sid.startswith("l"),
+                    }
+                )
 
         await asyncio.gather(*(prompts_for(s, t) for s, t in scenarios))
         ctx.rows.sort(key=lambda r: r["id"])

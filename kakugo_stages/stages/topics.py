@@ -54,7 +54,11 @@ class TopicsStage(Stage):
         return out
 
     async def _expand(
-        self, ctx: ShardContext, parents: list[Subject], count: int, level: str,
+        self,
+        ctx: ShardContext,
+        parents: list[Subject],
+        count: int,
+        level: str,
         seen: set[str],
     ) -> list[Subject]:
         cfg, lang = self.config, self.language
@@ -65,11 +69,18 @@ class TopicsStage(Stage):
             return prompts.topics(p.text, p.seed, count, lang, p.specific)
 
         parse = partial(parse_string_list, key="topics", expected=count)
-        answers = await asyncio.gather(*(
-            ctx.ask(p.id, messages(p), max_tokens=cfg.max_tokens, parse=parse,
-                    schema=prompts.list_schema("topics", count))
-            for p in parents
-        ))
+        answers = await asyncio.gather(
+            *(
+                ctx.ask(
+                    p.id,
+                    messages(p),
+                    max_tokens=cfg.max_tokens,
+                    parse=parse,
+                    schema=prompts.list_schema("topics", count),
+                )
+                for p in parents
+            )
+        )
         children = []
         for parent, answer in zip(parents, answers, strict=True):
             if answer is None:
@@ -79,8 +90,9 @@ class TopicsStage(Stage):
                     ctx.drop(f"duplicate_{level}")
                     continue
                 seen.add(norm(text))
-                children.append(Subject(f"{parent.id}.{j}", text, parent.seed, level,
-                                        parent.specific))
+                children.append(
+                    Subject(f"{parent.id}.{j}", text, parent.seed, level, parent.specific)
+                )
         return children
 
     async def run_shard(self, ctx: ShardContext) -> None:
@@ -90,9 +102,7 @@ class TopicsStage(Stage):
         macros = await self._expand(ctx, seeds, cfg.macro_topics_per_seed, "macro_topic", seen)
         topics = await self._expand(ctx, macros, cfg.topics_per_macro_topic, "topic", seen)
         subjects = seeds + macros + topics
-        ctx.stats.extra.update(
-            seeds=len(seeds), macro_topics=len(macros), topics=len(topics)
-        )
+        ctx.stats.extra.update(seeds=len(seeds), macro_topics=len(macros), topics=len(topics))
 
         async def prompts_for(subject: Subject) -> None:
             k = ctx.rng(subject.id).randint(cfg.min_prompts_per_topic, cfg.max_prompts_per_topic)
@@ -106,15 +116,17 @@ class TopicsStage(Stage):
             if answer is None:
                 return
             for n, text in enumerate(answer[1]):
-                ctx.keep({
-                    "id": f"topics-{subject.id}-{n}",
-                    "source": "topics",
-                    "prompt": text,
-                    "topic": subject.text,
-                    "seed": subject.seed,
-                    "level": subject.level,
-                    "language_specific": subject.specific,
-                })
+                ctx.keep(
+                    {
+                        "id": f"topics-{subject.id}-{n}",
+                        "source": "topics",
+                        "prompt": text,
+                        "topic": subject.text,
+                        "seed": subject.seed,
+                        "level": subject.level,
+                        "language_specific": subject.specific,
+                    }
+                )
 
         await asyncio.gather(*(prompts_for(s) for s in subjects))
         # Answers arrive in any order; the rows must not depend on it.

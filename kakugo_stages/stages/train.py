@@ -18,7 +18,6 @@ class TrainStage(Stage):
     name = "train"
     writes_rows = False  # the output is model/, not rows
 
-
     def reset_shared(self) -> None:
         # Checkpoints of a model trained on other inputs must never be resumed.
         self.store.delete_prefix("train/checkpoints/")

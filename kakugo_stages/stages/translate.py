@@ -76,8 +76,7 @@ class TranslateStage(Stage):
             try:
                 return load_tokenizer(cfg.teacher_tokenizer), cfg.teacher_tokenizer
             except TokenizerError as exc:
-                log.warning("teacher tokenizer unavailable, measuring with the student's: %s",
-                            exc)
+                log.warning("teacher tokenizer unavailable, measuring with the student's: %s", exc)
         name = student_tokenizer_name(student)
         return load_tokenizer(name, student.revision), f"{name} (student fallback)"
 
@@ -86,8 +85,10 @@ class TranslateStage(Stage):
         (measured here, where the stage waits on the teacher anyway)."""
         student = self.run.spec.student
         name = student_tokenizer_name(student)
-        counts = count_tokens(load_tokenizer(name, student.revision),
-                              [m["content"] for conv in kept for m in conv["messages"]])
+        counts = count_tokens(
+            load_tokenizer(name, student.revision),
+            [m["content"] for conv in kept for m in conv["messages"]],
+        )
         pos = 0
         for conv in kept:
             conv["turn_tokens"] = counts[pos : pos + len(conv["messages"])]
@@ -102,25 +103,35 @@ class TranslateStage(Stage):
         try:
             tokenizer, measured_by = self._length_tokenizer()
             records, _ = shuffled_records(
-                path=src.path, dataset=src.dataset, config=src.config, split=src.split,
-                seed=self.run.spec.data.seed, where=(src.language_field, src.language_value),
+                path=src.path,
+                dataset=src.dataset,
+                config=src.config,
+                split=src.split,
+                seed=self.run.spec.data.seed,
+                where=(src.language_field, src.language_value),
             )
             kept: list[dict[str, Any]] = []
             dropped, scanned = {"bad_roles": 0, "too_long": 0}, 0
             batch: list[tuple[dict[str, Any], list[dict[str, str]]]] = []
 
             def flush() -> None:
-                lengths = count_tokens(tokenizer, [
-                    "\n".join(m["content"] for m in msgs) for _, msgs in batch
-                ])
+                lengths = count_tokens(
+                    tokenizer, ["\n".join(m["content"] for m in msgs) for _, msgs in batch]
+                )
                 for (record, msgs), n in zip(batch, lengths, strict=True):
                     if len(kept) >= cfg.samples:
                         return
                     if n + 4 * len(msgs) > cfg.max_source_tokens:  # 4: per-turn role tokens
                         dropped["too_long"] += 1
                         continue
-                    kept.append({"id": f"c{len(kept)}", "source_id": record.get("id"),
-                                 "messages": msgs, "source_tokens": n})
+                    kept.append(
+                        {
+                            "id": f"c{len(kept)}",
+                            "source_id": record.get("id"),
+                            "messages": msgs,
+                            "source_tokens": n,
+                        }
+                    )
                 batch.clear()
 
             for record in records:
@@ -147,10 +158,16 @@ class TranslateStage(Stage):
         except TokenizerError as exc:
             raise StageFailed(f"stage translate: {exc}") from exc
         self.store.write_jsonl(SOURCES, kept)
-        self.store.write_json(SOURCES_META, {
-            "conversations": len(kept), "scanned": scanned, "dropped": dropped,
-            "length_tokenizer": measured_by, "turn_tokenizer": turn_tokenizer,
-        })
+        self.store.write_json(
+            SOURCES_META,
+            {
+                "conversations": len(kept),
+                "scanned": scanned,
+                "dropped": dropped,
+                "length_tokenizer": measured_by,
+                "turn_tokenizer": turn_tokenizer,
+            },
+        )
         return kept
 
     async def run_shard(self, ctx: ShardContext) -> None:
@@ -170,15 +187,17 @@ class TranslateStage(Stage):
             )
             if answer is None:
                 return
-            ctx.keep({
-                "id": f"translated-{conv['id']}",
-                "source": "translated",
-                "source_id": conv["source_id"],
-                "original": conv["messages"],
-                "original_tokens": conv.get("turn_tokens"),
-                "original_tokenizer": meta.get("turn_tokenizer"),
-                "messages": answer[1],
-            })
+            ctx.keep(
+                {
+                    "id": f"translated-{conv['id']}",
+                    "source": "translated",
+                    "source_id": conv["source_id"],
+                    "original": conv["messages"],
+                    "original_tokens": conv.get("turn_tokens"),
+                    "original_tokenizer": meta.get("turn_tokenizer"),
+                    "messages": answer[1],
+                }
+            )
 
         await asyncio.gather(*(translate(c) for c in convs))
         ctx.rows.sort(key=lambda r: r["id"])

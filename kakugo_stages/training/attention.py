@@ -78,8 +78,9 @@ def resolve_attn_implementation(requested: str, device: str) -> str:
                 f"{device}); use sdpa or auto"
             )
         if not flash_attn_available(requested):
-            package = "flash-attn-3 (flash_attn_interface)" if requested.endswith("3") else (
-                "flash-attn")
+            package = (
+                "flash-attn-3 (flash_attn_interface)" if requested.endswith("3") else ("flash-attn")
+            )
             raise AttentionError(
                 f"training.attnImplementation: {requested} but {package} is not installed in "
                 "the trainer image; use auto or sdpa"
@@ -93,8 +94,11 @@ def packing_supported(model_config: Any) -> tuple[bool, str]:
     types = getattr(model_config, "layer_types", None) or []
     recurrent = sorted({t for t in types if t not in ("attention", "full_attention")})
     if recurrent:
-        return False, f"the model has {', '.join(recurrent)} layers, which carry state across " \
-                      "packed examples"
+        return (
+            False,
+            f"the model has {', '.join(recurrent)} layers, which carry state across "
+            "packed examples",
+        )
     return True, ""
 
 
@@ -136,8 +140,8 @@ def install_packed_mask_hook(model: Any) -> Any:
         mask = create_causal_mask(config, probe, None, None, position_ids=position_ids)
         if mapping_types:
             kwargs["attention_mask"] = {
-                t: (mask if t in ("full_attention", "attention") else None) for t in
-                {"full_attention", "linear_attention", *mapping_types}
+                t: (mask if t in ("full_attention", "attention") else None)
+                for t in {"full_attention", "linear_attention", *mapping_types}
             }
         else:
             kwargs["attention_mask"] = mask

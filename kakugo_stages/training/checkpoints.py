@@ -40,7 +40,9 @@ class StoreCheckpoints:
     def completed(self) -> list[int]:
         """Steps of the fully uploaded checkpoints, ascending."""
         base = f"{self.prefix}/_completed/"
-        return sorted(int(k[len(base):]) for k in self.store.list(base) if k[len(base):].isdigit())
+        return sorted(
+            int(k[len(base) :]) for k in self.store.list(base) if k[len(base) :].isdigit()
+        )
 
     def latest(self) -> int | None:
         steps = self.completed()
@@ -61,14 +63,14 @@ class StoreCheckpoints:
         """Keep the newest `keep` completed checkpoints; remove older ones and any folder
         without a marker that is older than the newest completed one."""
         steps = self.completed()
-        keep = set(steps[-self.keep:])
+        keep = set(steps[-self.keep :])
         for step in steps:
             if step not in keep:
                 self.store.delete(self.marker_key(step))  # marker first: never a dangling one
                 self.store.delete_prefix(self.folder_key(step) + "/")
         newest = max(keep, default=None)
         base = f"{self.prefix}/checkpoint-"
-        orphans = {k[len(base):].split("/", 1)[0] for k in self.store.list(base)}
+        orphans = {k[len(base) :].split("/", 1)[0] for k in self.store.list(base)}
         for name in orphans:
             if name.isdigit() and int(name) not in keep and newest and int(name) < newest:
                 self.store.delete_prefix(self.folder_key(int(name)) + "/")

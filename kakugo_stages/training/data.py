@@ -133,8 +133,11 @@ class TrainDataset:
 
     def __init__(self, examples: Sequence[Example], cutoff_len: int, packing: bool):
         self.examples = list(examples)
-        groups = (pack_examples([len(e) for e in self.examples], cutoff_len) if packing
-                  else [[i] for i in range(len(self.examples))])
+        groups = (
+            pack_examples([len(e) for e in self.examples], cutoff_len)
+            if packing
+            else [[i] for i in range(len(self.examples))]
+        )
         self.groups = groups
 
     def __len__(self) -> int:
@@ -153,8 +156,12 @@ class TrainDataset:
             labels += [IGNORE_INDEX, *ex.labels[1:]]
             position_ids += range(len(ex))
             seq_lens.append(len(ex))
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
-                "seq_lens": seq_lens}
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "position_ids": position_ids,
+            "seq_lens": seq_lens,
+        }
 
     @property
     def tokens(self) -> int:
@@ -193,8 +200,9 @@ class PackedCollator:
         }
         if self.flash_kwargs:
             cu = torch.tensor([0, *lens], dtype=torch.int32).cumsum(0, dtype=torch.int32)
-            batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu,
-                         max_length_q=max(lens), max_length_k=max(lens))
+            batch.update(
+                cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lens), max_length_k=max(lens)
+            )
         return batch
 
 

@@ -51,11 +51,12 @@ def resolve_model_dir(name: str, revision: str | None, dest: Path, field: str) -
         except StoreError as exc:
             raise TrainingFailed(f"{field}: cannot download {name}: {exc}") from exc
         return str(dest)
-    path = Path(name[len("file://"):] if name.startswith("file://") else name).expanduser()
+    path = Path(name[len("file://") :] if name.startswith("file://") else name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file() and not (path / "tokenizer_config.json").is_file():
-            raise TrainingFailed(f"{field}: {path} is not a Hugging Face model folder "
-                                 "(no config.json)")
+            raise TrainingFailed(
+                f"{field}: {path} is not a Hugging Face model folder (no config.json)"
+            )
         return str(path.resolve())
     try:
         from huggingface_hub import snapshot_download
@@ -72,18 +73,28 @@ def prepare(run: RunSpec, max_steps: int = -1) -> TrainConfig:
     student = run.spec.student
     scratch = scratch_dir(run)
     scratch.mkdir(parents=True, exist_ok=True)
-    model_path = resolve_model_dir(student.model, student.revision, scratch / "student",
-                                   "student.model")
-    tokenizer_path = (resolve_model_dir(student.tokenizer, student.revision,
-                                        scratch / "tokenizer", "student.tokenizer")
-                      if student.tokenizer else model_path)
+    model_path = resolve_model_dir(
+        student.model, student.revision, scratch / "student", "student.model"
+    )
+    tokenizer_path = (
+        resolve_model_dir(
+            student.tokenizer, student.revision, scratch / "tokenizer", "student.tokenizer"
+        )
+        if student.tokenizer
+        else model_path
+    )
     try:
         template = load_chat_template(student.chat_template)
     except (OSError, ValueError) as exc:
         raise TrainingFailed(f"student.chatTemplate: {exc}") from exc
-    config = TrainConfig.from_run(run, model_path=model_path, tokenizer_path=tokenizer_path,
-                                  chat_template=template, scratch_dir=str(scratch),
-                                  max_steps=max_steps)
+    config = TrainConfig.from_run(
+        run,
+        model_path=model_path,
+        tokenizer_path=tokenizer_path,
+        chat_template=template,
+        scratch_dir=str(scratch),
+        max_steps=max_steps,
+    )
     if config.device == "cpu" and os.environ.get(CPU_PROCESSES_ENV):
         config = config.replace(nproc=int(os.environ[CPU_PROCESSES_ENV]))
     return config
@@ -100,8 +111,14 @@ def worker_command(config_path: Path, result_path: Path, nproc: int) -> list[str
     per GPU; a plain worker for one process."""
     worker = ["-m", WORKER_MODULE, str(config_path), str(result_path)]
     if nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={nproc}", *worker]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            *worker,
+        ]
     return [sys.executable, *worker]
 
 
@@ -111,8 +128,14 @@ def worker_env(nproc: int, base: dict[str, str] | None = None) -> dict[str, str]
     if nproc == 1:
         # A one-process "world", so DeepSpeed and the Trainer take the same path as under
         # torchrun. torchrun sets these itself for several processes.
-        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        env.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(free_port()),
+        )
     return env
 
 
@@ -130,7 +153,8 @@ def run_worker(config: TrainConfig) -> dict[str, Any]:
     if "WORLD_SIZE" in os.environ and os.environ.get("KAKUGO_TRAIN_ALLOW_NESTED") != "1":
         raise TrainingFailed(
             "the train stage was started under torchrun (WORLD_SIZE is set); start it as a "
-            "single process: it launches torchrun itself with resources.train.gpus processes")
+            "single process: it launches torchrun itself with resources.train.gpus processes"
+        )
     scratch = Path(config.scratch_dir)
     run_dir = scratch / "worker"
     # The store holds the checkpoints that count; local leftovers of a killed attempt
@@ -153,7 +177,10 @@ def run_worker(config: TrainConfig) -> dict[str, Any]:
         raise
     if code != 0 or not result_path.is_file():
         errors = sorted(run_dir.glob("error-*.txt"))
-        cause = errors[0].read_text(encoding="utf-8").split("\n\n", 1)[0] if errors else (
-            "no error report (killed? out of memory?); see the worker's log above")
+        cause = (
+            errors[0].read_text(encoding="utf-8").split("\n\n", 1)[0]
+            if errors
+            else ("no error report (killed? out of memory?); see the worker's log above")
+        )
         raise TrainingFailed(f"training worker exited with code {code}: {cause}")
     return json.loads(result_path.read_text(encoding="utf-8"))

@@ -45,23 +45,29 @@ def render_model_card(config: Any, result: dict[str, Any], dataset_uri: str) -> 
         "datasets": [dataset_uri],
     }
     # What actually ran: precision, kernel and packing as resolved on the hardware.
-    hyperparameters = {**config.hyperparameters(), **{
-        k: result[k] for k in ("precision", "attn_implementation", "packing", "processes")
-        if k in result}}
+    hyperparameters = {
+        **config.hyperparameters(),
+        **{
+            k: result[k]
+            for k in ("precision", "attn_implementation", "packing", "processes")
+            if k in result
+        },
+    }
     tokens = result.get("tokens", {}).get("train", {})
     by_source = tokens.get("tokens_by_source", {})
     trained_by_source = tokens.get("trained_tokens_by_source", {})
     examples_by_source = tokens.get("examples_by_source", {})
     source_rows = "\n".join(
         f"| {s} | {examples_by_source.get(s, 0):,} | {by_source[s]:,} | "
-        f"{trained_by_source.get(s, 0):,} |" for s in sorted(by_source)
+        f"{trained_by_source.get(s, 0):,} |"
+        for s in sorted(by_source)
     )
     results = {
         "optimizer steps": result.get("steps"),
         "final training loss": _round(result.get("final_loss")),
         "validation loss": _round(result.get("eval_loss")),
         "training tokens (all / assistant)": f"{tokens.get('tokens', 0):,} / "
-                                              f"{tokens.get('trained_tokens', 0):,}",
+        f"{tokens.get('trained_tokens', 0):,}",
         "tokens per second": result.get("tokens_per_s"),
         "training seconds": result.get("train_seconds"),
         "resumed from step": result.get("resumed_from_step"),
@@ -82,16 +88,15 @@ def render_model_card(config: Any, result: dict[str, Any], dataset_uri: str) -> 
         "Full fine-tune with the Hugging Face Trainer and DeepSpeed; loss on assistant tokens "
         "only (end-of-turn token included), examples packed without attention across "
         f"examples. Chat template: `{config.chat_template_name}` (shipped in "
-        "`chat_template.jinja`).\n\n"
-        + _table(hyperparameters) + "\n\n"
+        "`chat_template.jinja`).\n\n" + _table(hyperparameters) + "\n\n"
         "## Training results\n\n" + _table(results) + "\n\n"
         "## Usage\n\n"
         "```python\n"
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
         "tok = AutoTokenizer.from_pretrained(PATH)\n"
         "model = AutoModelForCausalLM.from_pretrained(PATH)\n"
-        "inputs = tok.apply_chat_template([{\"role\": \"user\", \"content\": \"...\"}],\n"
-        "    add_generation_prompt=True, return_dict=True, return_tensors=\"pt\")\n"
+        'inputs = tok.apply_chat_template([{"role": "user", "content": "..."}],\n'
+        '    add_generation_prompt=True, return_dict=True, return_tensors="pt")\n'
         "out = model.generate(**inputs, max_new_tokens=256, repetition_penalty=1.05)\n"
         "```\n\n"
         "## Evaluation\n\n"

@@ -35,8 +35,9 @@ class Progress:
         self.loss: float | None = None
         self.learning_rate: float | None = None
 
-    def update(self, step: int, tokens: int, loss: float | None = None,
-               learning_rate: float | None = None) -> None:
+    def update(
+        self, step: int, tokens: int, loss: float | None = None, learning_rate: float | None = None
+    ) -> None:
         self.step, self.tokens = step, tokens
         if loss is not None and math.isfinite(loss):
             self.loss = loss
@@ -87,14 +88,20 @@ def progress_callback(store: ArtifactStore, show_bar: bool | None = None) -> Any
 
         def on_train_begin(self, args, state, control, **kwargs):
             # The Trainer has restored a resumed run's state by now.
-            self.progress = Progress(state.max_steps, state.global_step,
-                                     int(state.num_input_tokens_seen or 0))
+            self.progress = Progress(
+                state.max_steps, state.global_step, int(state.num_input_tokens_seen or 0)
+            )
             bar = sys.stderr.isatty() if show_bar is None else show_bar
             if bar and state.is_world_process_zero:
                 from tqdm.auto import tqdm
 
-                self.bar = tqdm(total=state.max_steps, initial=state.global_step,
-                                desc="train", unit="step", dynamic_ncols=True)
+                self.bar = tqdm(
+                    total=state.max_steps,
+                    initial=state.global_step,
+                    desc="train",
+                    unit="step",
+                    dynamic_ncols=True,
+                )
 
         def on_step_end(self, args, state, control, **kwargs):
             assert self.progress is not None
@@ -102,14 +109,19 @@ def progress_callback(store: ArtifactStore, show_bar: bool | None = None) -> Any
             if self.bar is not None:
                 p = self.progress
                 self.bar.update(state.global_step - self.bar.n)
-                self.bar.set_postfix(loss=p.loss, tok_s=f"{p.tokens_per_second:,.0f}",
-                                     refresh=False)
+                self.bar.set_postfix(
+                    loss=p.loss, tok_s=f"{p.tokens_per_second:,.0f}", refresh=False
+                )
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if self.progress is None or not logs:
                 return
-            self.progress.update(state.global_step, int(state.num_input_tokens_seen or 0),
-                                 logs.get("loss"), logs.get("learning_rate"))
+            self.progress.update(
+                state.global_step,
+                int(state.num_input_tokens_seen or 0),
+                logs.get("loss"),
+                logs.get("learning_rate"),
+            )
             if not state.is_world_process_zero or "loss" not in logs:
                 return
             snapshot = self.progress.as_dict()

@@ -95,8 +95,10 @@ def checkpointing_arguments(enabled: bool) -> dict[str, Any]:
 
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     prefix = "activation" if "activation_checkpointing" in names else "gradient"
-    return {f"{prefix}_checkpointing": enabled,
-            f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}}
+    return {
+        f"{prefix}_checkpointing": enabled,
+        f"{prefix}_checkpointing_kwargs": {"use_reentrant": False},
+    }
 
 
 def training_arguments(config: TrainConfig, precision: str, output_dir: Path) -> Any:
@@ -159,15 +161,20 @@ def train(config: TrainConfig) -> dict[str, Any]:
     tokenizer.chat_template = config.chat_template
     train_rows = load_split(store, "train")
     if not train_rows:
-        raise TrainingError(f"no training rows at {store.url('dataset/data')}: rerun the "
-                            "filter stage")
+        raise TrainingError(
+            f"no training rows at {store.url('dataset/data')}: rerun the filter stage"
+        )
     train_examples, train_totals = tokenize_rows(
-        train_rows, tokenizer, config.chat_template, config.cutoff_len)
+        train_rows, tokenizer, config.chat_template, config.cutoff_len
+    )
     val_examples, val_totals = tokenize_rows(
-        load_split(store, "validation"), tokenizer, config.chat_template, config.cutoff_len)
+        load_split(store, "validation"), tokenizer, config.chat_template, config.cutoff_len
+    )
     if not train_examples:
-        raise TrainingError(f"every training row was dropped ({dict(train_totals.dropped)}); "
-                            f"raise training.cutoffLen ({config.cutoff_len})?")
+        raise TrainingError(
+            f"every training row was dropped ({dict(train_totals.dropped)}); "
+            f"raise training.cutoffLen ({config.cutoff_len})?"
+        )
 
     model_config = AutoConfig.from_pretrained(config.model_path)
     packing = config.packing
@@ -179,9 +186,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     train_ds = TrainDataset(train_examples, config.cutoff_len, packing)
     val_ds = TrainDataset(val_examples, config.cutoff_len, packing) if val_examples else None
     flash = impl in FLASH_IMPLEMENTATIONS
-    collator = (PackedCollator(flash_kwargs=flash) if packing
-                else PaddedCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                    else tokenizer.eos_token_id))
+    collator = (
+        PackedCollator(flash_kwargs=flash)
+        if packing
+        else PaddedCollator(
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+    )
 
     output_dir = scratch / "checkpoints"
     # TrainingArguments first: with ZeRO-3 it makes from_pretrained partition the weights
@@ -193,10 +204,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     dtype = torch.bfloat16 if (precision == "bf16" and config.deepspeed_stage) else torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            config.model_path, dtype=dtype, attn_implementation=impl)
+            config.model_path, dtype=dtype, attn_implementation=impl
+        )
     except Exception as exc:  # transformers raises OSError, ValueError, ImportError...
-        raise TrainingError(f"cannot load the student from {config.model_path} with "
-                            f"attn_implementation={impl}: {exc}") from exc
+        raise TrainingError(
+            f"cannot load the student from {config.model_path} with "
+            f"attn_implementation={impl}: {exc}"
+        ) from exc
     model.config.use_cache = False  # no KV cache in training (and it fights checkpointing)
     if packing and not flash:
         install_packed_mask_hook(model)
@@ -267,7 +281,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         tokenizer.save_pretrained(final)
         (final / "chat_template.jinja").write_text(config.chat_template, encoding="utf-8")
         (final / "README.md").write_text(
-            render_model_card(config, result, store.url("dataset")), encoding="utf-8")
+            render_model_card(config, result, store.url("dataset")), encoding="utf-8"
+        )
         (final / "training_args.bin").unlink(missing_ok=True)
         # The previous attempt's files go first; the stage marker (written after this)
         # is what says the model is complete.

@@ -21,8 +21,10 @@ from .config import TrainConfig
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m kakugo_stages.training.worker CONFIG.json RESULT.json",
-              file=sys.stderr)
+        print(
+            "usage: python -m kakugo_stages.training.worker CONFIG.json RESULT.json",
+            file=sys.stderr,
+        )
         return 2
     config_path, result_path = Path(args[0]), Path(args[1])
     rank = int(os.environ.get("RANK", "0"))
@@ -40,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, KeyboardInterrupt):
             raise
         error = result_path.parent / f"error-{rank}.txt"
-        error.write_text(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}",
-                         encoding="utf-8")
+        error.write_text(
+            f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}", encoding="utf-8"
+        )
         traceback.print_exc()
         return 1
     if rank == 0:

@@ -66,10 +66,12 @@ def _env(run: RunSpec, stage: str, teacher: TeacherEnv) -> tuple[list[dict], lis
     if stage in TEACHER_STAGES:
         if settings.endpoint is not None and settings.endpoint.api_key_secret_ref is not None:
             ref = settings.endpoint.api_key_secret_ref
-            env.append({
-                "name": settings.endpoint.api_key_env,
-                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-            })
+            env.append(
+                {
+                    "name": settings.endpoint.api_key_env,
+                    "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+                }
+            )
         elif settings.endpoint is None and teacher.url:
             env.append({"name": TEACHER_URL_ENV, "value": teacher.url})
             if teacher.model:
@@ -123,8 +125,9 @@ def job(
     mounts: list[dict[str, Any]] = [{"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True}]
     storage = run.spec.storage
     if storage is not None and storage.pvc is not None:
-        volumes.append({"name": "storage",
-                        "persistentVolumeClaim": {"claimName": storage.pvc.claim_name}})
+        volumes.append(
+            {"name": "storage", "persistentVolumeClaim": {"claimName": storage.pvc.claim_name}}
+        )
         mounts.append({"name": "storage", "mountPath": storage.pvc.mount_path})
     container: dict[str, Any] = {
         "name": "stage",

@@ -10,16 +10,34 @@ from kakugo_operator import main as operator_main
 
 
 @click.command("operator")
-@click.option("-n", "--namespace", "namespaces", multiple=True,
-              help="Watch these namespaces (repeatable; default: all).")
-@click.option("--peering", default=None, metavar="NAME",
-              help="Kopf peering for several replicas (default: standalone).")
-@click.option("--liveness", default=None, metavar="URL",
-              help="Liveness endpoint (default http://0.0.0.0:8080/healthz; 'none' disables).")
+@click.option(
+    "-n",
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    help="Watch these namespaces (repeatable; default: all).",
+)
+@click.option(
+    "--peering",
+    default=None,
+    metavar="NAME",
+    help="Kopf peering for several replicas (default: standalone).",
+)
+@click.option(
+    "--liveness",
+    default=None,
+    metavar="URL",
+    help="Liveness endpoint (default http://0.0.0.0:8080/healthz; 'none' disables).",
+)
 @click.option("--verbose", is_flag=True, help="Verbose Kopf logging.")
 @click.option("--debug", is_flag=True, help="Debug Kopf logging.")
-def operator_cmd(namespaces: tuple[str, ...], peering: str | None, liveness: str | None,
-                 verbose: bool, debug: bool) -> None:
+def operator_cmd(
+    namespaces: tuple[str, ...],
+    peering: str | None,
+    liveness: str | None,
+    verbose: bool,
+    debug: bool,
+) -> None:
     """Run the Kubernetes operator (kopf run with Kakugo's handlers and settings).
 
     Settings come from the YAML file named by $KAKUGO_OPERATOR_SETTINGS and from

@@ -29,22 +29,32 @@ class Want:
     message: str = ""
 
 
-def condition(previous: Iterable[Condition], want: Want, now: datetime,
-              generation: int) -> Condition:
+def condition(
+    previous: Iterable[Condition], want: Want, now: datetime, generation: int
+) -> Condition:
     """`want` as a Condition: its transition time is now if its status moved, else kept."""
     old = next((c for c in previous if c.type == want.type), None)
     status: ConditionStatus = "True" if want.value else "False"
     moved = old is None or old.status != status
     return Condition(
-        type=want.type, status=status, reason=want.reason,
-        message=want.message[:MESSAGE_LIMIT], observed_generation=generation,
-        last_transition_time=iso(now) if moved else (old.last_transition_time if old and
-                                                     old.last_transition_time else iso(now)),
+        type=want.type,
+        status=status,
+        reason=want.reason,
+        message=want.message[:MESSAGE_LIMIT],
+        observed_generation=generation,
+        last_transition_time=iso(now)
+        if moved
+        else (old.last_transition_time if old and old.last_transition_time else iso(now)),
     )
 
 
-def conditions(previous: list[Condition], wants: Iterable[Want], now: datetime,
-               generation: int, keep_others: bool = False) -> list[Condition]:
+def conditions(
+    previous: list[Condition],
+    wants: Iterable[Want],
+    now: datetime,
+    generation: int,
+    keep_others: bool = False,
+) -> list[Condition]:
     """The conditions for `wants`, in their order; `keep_others` keeps previous conditions
     of other types after them (a stall that changes only some of them)."""
     out = [condition(previous, w, now, generation) for w in wants]
@@ -54,9 +64,12 @@ def conditions(previous: list[Condition], wants: Iterable[Want], now: datetime,
     return out
 
 
-def transition_events(previous: list[Condition], new: list[Condition],
-                      warning: Callable[[Condition], bool],
-                      new_false_reasons: Collection[str] = ()) -> list[tuple[str, str, str]]:
+def transition_events(
+    previous: list[Condition],
+    new: list[Condition],
+    warning: Callable[[Condition], bool],
+    new_false_reasons: Collection[str] = (),
+) -> list[tuple[str, str, str]]:
     """One Event (type, reason, message) per condition transition: status or reason
     changed. A condition that first appears as False is news only with one of
     `new_false_reasons`; `warning` says which transitions are Warnings."""

@@ -157,8 +157,9 @@ def spec_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def expand(fleet: LanguageFleetSpec, taken: dict[str, str] | None = None,
-           fleet_name: str = "") -> list[Member]:
+def expand(
+    fleet: LanguageFleetSpec, taken: dict[str, str] | None = None, fleet_name: str = ""
+) -> list[Member]:
     """Every entry as a Member: valid (body and spec) or invalid (errors), each validated
     alone (`manifest.fleet_members`, as `kakugo validate` does). `taken`: LanguageModel
     name -> fleet label ("" for none) of the ones that exist; a name held by an object
@@ -168,8 +169,10 @@ def expand(fleet: LanguageFleetSpec, taken: dict[str, str] | None = None,
         where = f"spec.languages[{fm.index}]"
         if fm.error is not None or fm.spec is None:
             source = fm.error.source if fm.error else where
-            errors = tuple(str(e) if e.path.startswith(where) else f"{source}: {e}"
-                           for e in (fm.error.errors if fm.error else []))
+            errors = tuple(
+                str(e) if e.path.startswith(where) else f"{source}: {e}"
+                for e in (fm.error.errors if fm.error else [])
+            )
             members.append(Member(fm.index, fm.language, fm.name, None, None, None, errors))
             continue
         name = fm.name or ""
@@ -177,9 +180,20 @@ def expand(fleet: LanguageFleetSpec, taken: dict[str, str] | None = None,
         owner = (taken or {}).get(name)
         if owner is not None and owner != fleet_name:
             other = f"LanguageFleet {owner}" if owner else "no fleet"
-            members.append(Member(fm.index, fm.language, name, code, None, None, (
-                f"{where}: a LanguageModel named {name!r} already exists and belongs to "
-                f"{other}; set {where}.name to another name",)))
+            members.append(
+                Member(
+                    fm.index,
+                    fm.language,
+                    name,
+                    code,
+                    None,
+                    None,
+                    (
+                        f"{where}: a LanguageModel named {name!r} already exists and belongs to "
+                        f"{other}; set {where}.name to another name",
+                    ),
+                )
+            )
             continue
         body = merge_patch(fleet.template, entry.overrides or {})
         body = {**body, "language": entry.language}
@@ -211,8 +225,9 @@ def wants_gpu(status: LanguageModelStatus, gstages: tuple[str, ...]) -> bool:
     will open (not suspend, not the budget); or it says it is Queued."""
     if status.phase == "Queued":
         return True
-    return any(e.name in gstages and e.waiting_for not in (None, *NOT_WAITING)
-               for e in status.stages)
+    return any(
+        e.name in gstages and e.waiting_for not in (None, *NOT_WAITING) for e in status.stages
+    )
 
 
 def member_labels(fleet: str, code: str | None) -> dict[str, str]:
@@ -229,8 +244,7 @@ def member_labels(fleet: str, code: str | None) -> dict[str, str]:
 
 def _events(prev: list[Condition], new: list[Condition]) -> list[tuple[str, str, str]]:
     """A fleet's Events: Stalled or Degraded becoming True are Warnings."""
-    return transition_events(prev, new, lambda c: c.is_true and c.type in (
-        "Stalled", "Degraded"))
+    return transition_events(prev, new, lambda c: c.is_true and c.type in ("Stalled", "Degraded"))
 
 
 def _decimal(value: Any) -> Decimal:
@@ -244,28 +258,49 @@ def read_fleet_status(raw: dict[str, Any] | None) -> LanguageFleetStatus:
     try:
         return LanguageFleetStatus.model_validate(raw or {})
     except ValidationError:
-        return LanguageFleetStatus(conditions=[
-            c for c in (Condition.model_validate(x) for x in (raw or {}).get("conditions") or []
-                        if isinstance(x, dict) and x.get("type") and x.get("status"))])
+        return LanguageFleetStatus(
+            conditions=[
+                c
+                for c in (
+                    Condition.model_validate(x)
+                    for x in (raw or {}).get("conditions") or []
+                    if isinstance(x, dict) and x.get("type") and x.get("status")
+                )
+            ]
+        )
 
 
-def _invalid_spec(prev: LanguageFleetStatus, message: str, generation: int,
-                  now: datetime) -> FleetPlan:
-    conds = conditions(prev.conditions, [
-        Want("Ready", False, "InvalidSpec", message), Want("Reconciling", False, "InvalidSpec"),
-        Want("Stalled", True, "InvalidSpec", message),
-        Want("Degraded", True, "InvalidSpec", message)], now, generation)
-    status = prev.model_copy(deep=True, update={
-        "conditions": conds, "observed_generation": generation, "phase": "Stalled"})
+def _invalid_spec(
+    prev: LanguageFleetStatus, message: str, generation: int, now: datetime
+) -> FleetPlan:
+    conds = conditions(
+        prev.conditions,
+        [
+            Want("Ready", False, "InvalidSpec", message),
+            Want("Reconciling", False, "InvalidSpec"),
+            Want("Stalled", True, "InvalidSpec", message),
+            Want("Degraded", True, "InvalidSpec", message),
+        ],
+        now,
+        generation,
+    )
+    status = prev.model_copy(
+        deep=True,
+        update={"conditions": conds, "observed_generation": generation, "phase": "Stalled"},
+    )
     return FleetPlan(status=status, events=_events(prev.conditions, conds))
 
 
 # ------------------------------------------------------------------ members
 
 
-def member_changes(fleet_name: str, namespace: str, fleet: LanguageFleetSpec,
-                   valid: list[Member], by_name: dict[str, dict[str, Any]]
-                   ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+def member_changes(
+    fleet_name: str,
+    namespace: str,
+    fleet: LanguageFleetSpec,
+    valid: list[Member],
+    by_name: dict[str, dict[str, Any]],
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """(members to create, merge patches of existing members): a member is patched when
     the hash of its wanted spec changed or its spec no longer holds the wanted values."""
     create: list[dict[str, Any]] = []
@@ -278,13 +313,19 @@ def member_changes(fleet_name: str, namespace: str, fleet: LanguageFleetSpec,
             annotations = {SPEC_HASH_ANNOTATION: digest_}
             if fleet.max_concurrent is None:
                 annotations[ADMITTED_ANNOTATION] = "true"
-            create.append({
-                "apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageModel",
-                "metadata": {"name": n, "namespace": namespace,
-                             "labels": member_labels(fleet_name, m.code),
-                             "annotations": annotations},
-                "spec": body,
-            })
+            create.append(
+                {
+                    "apiVersion": "kakugo.io/v1alpha1",
+                    "kind": "LanguageModel",
+                    "metadata": {
+                        "name": n,
+                        "namespace": namespace,
+                        "labels": member_labels(fleet_name, m.code),
+                        "annotations": annotations,
+                    },
+                    "spec": body,
+                }
+            )
             continue
         if _meta(child).get("deletionTimestamp"):
             continue  # re-added while being deleted: created again once it is gone
@@ -293,8 +334,9 @@ def member_changes(fleet_name: str, namespace: str, fleet: LanguageFleetSpec,
         if have.get(SPEC_HASH_ANNOTATION) != digest_ or not is_subset(body, child.get("spec")):
             if diff := merge_diff(child.get("spec"), body):
                 patch["spec"] = diff
-            patch.setdefault("metadata", {}).setdefault("annotations", {})[
-                SPEC_HASH_ANNOTATION] = digest_
+            patch.setdefault("metadata", {}).setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = (
+                digest_
+            )
         want_labels = member_labels(fleet_name, m.code)
         labels = _meta(child).get("labels") or {}
         if any(labels.get(k) != v for k, v in want_labels.items()):
@@ -314,15 +356,15 @@ class Removals:
     deleting: list[str]
 
 
-def removals(members: list[Member], by_name: dict[str, dict[str, Any]],
-             policy: str) -> Removals:
+def removals(members: list[Member], by_name: dict[str, dict[str, Any]], policy: str) -> Removals:
     """Members no entry names are deleted, unless an entry's language cannot be resolved:
     its member cannot be told apart from a removed one (a typo must not delete a
     language's artifacts)."""
     listed = {m.name for m in members if m.name}
     unknown = any(m.name is None for m in members if m.body is None)
-    gone = sorted(n for n, c in by_name.items() if n not in listed
-                  and not _meta(c).get("deletionTimestamp"))
+    gone = sorted(
+        n for n, c in by_name.items() if n not in listed and not _meta(c).get("deletionTimestamp")
+    )
     deleting = [n for n, c in by_name.items() if _meta(c).get("deletionTimestamp")]
     if gone and unknown:
         return Removals([], [], gone, deleting)
@@ -336,13 +378,19 @@ class Admission:
     queued: list[str]
 
 
-def admissions(valid: list[Member], by_name: dict[str, dict[str, Any]],
-               limit: int | None) -> Admission:
+def admissions(
+    valid: list[Member], by_name: dict[str, dict[str, Any]], limit: int | None
+) -> Admission:
     """GPU admission: members holding a slot (a GPU stage running or retrying, or
     admitted and about to start one), and waiting members admitted in list order while
     fewer than `limit` hold one. Without a limit every member is admitted."""
-    live = [m for m in valid if (c := by_name.get(m.name or "")) is not None
-            and not _meta(c).get("deletionTimestamp") and m.spec is not None]
+    live = [
+        m
+        for m in valid
+        if (c := by_name.get(m.name or "")) is not None
+        and not _meta(c).get("deletionTimestamp")
+        and m.spec is not None
+    ]
     holding: list[str] = []
     waiting: list[str] = []
     for m in live:
@@ -381,8 +429,9 @@ class Aggregate:
     evaluation: dict[str, TaskMean]
 
 
-def aggregate(valid: list[Member], by_name: dict[str, dict[str, Any]],
-              changing: set[str]) -> Aggregate:
+def aggregate(
+    valid: list[Member], by_name: dict[str, dict[str, Any]], changing: set[str]
+) -> Aggregate:
     """Counts by phase, readiness, cost, evaluation means and a row per member.
     `changing`: members whose spec is being patched (a Succeeded one is Pending again)."""
     phases: Counter[str] = Counter()
@@ -400,8 +449,11 @@ def aggregate(valid: list[Member], by_name: dict[str, dict[str, Any]],
         if n in changing and phase == "Succeeded":
             phase = "Pending"  # a change is on its way
         phases[phase] += 1
-        current = child is not None and n not in changing and \
-            st.observed_generation == _meta(child).get("generation", 1)
+        current = (
+            child is not None
+            and n not in changing
+            and st.observed_generation == _meta(child).get("generation", 1)
+        )
         stale += not current
         ready_cond = find_condition(st.conditions, "Ready")
         if current and ready_cond is not None and ready_cond.is_true:
@@ -420,24 +472,47 @@ def aggregate(valid: list[Member], by_name: dict[str, dict[str, Any]],
                 deltas.setdefault(task, []).append(float(delta))
         if phase == "Stalled":
             cond = find_condition(st.conditions, "Stalled")
-            stalled.append(StalledLanguage(
-                name=n, language=m.language, reason=cond.reason if cond else "Stalled",
-                message=(cond.message if cond else "")[:512]))
-        rows.append(MemberRow(
-            name=n, language=m.language, phase=phase,
-            stages=list(st.progress.stages) if st.progress and phase != "Succeeded" else [],
-            cost=by_language.get(n)))
+            stalled.append(
+                StalledLanguage(
+                    name=n,
+                    language=m.language,
+                    reason=cond.reason if cond else "Stalled",
+                    message=(cond.message if cond else "")[:512],
+                )
+            )
+        rows.append(
+            MemberRow(
+                name=n,
+                language=m.language,
+                phase=phase,
+                stages=list(st.progress.stages) if st.progress and phase != "Succeeded" else [],
+                cost=by_language.get(n),
+            )
+        )
     return Aggregate(
-        phases=phases, ready=ready, stale=stale, rows=rows, stalled=stalled,
-        cost=FleetCost(dollars=dollars(total), gpu_hours=f"{gpu_hours:.4f}",
-                       by_language=by_language),
-        evaluation={task: TaskMean(mean_delta=round(sum(v) / len(v), 2), languages=len(v))
-                    for task, v in sorted(deltas.items())},
+        phases=phases,
+        ready=ready,
+        stale=stale,
+        rows=rows,
+        stalled=stalled,
+        cost=FleetCost(
+            dollars=dollars(total), gpu_hours=f"{gpu_hours:.4f}", by_language=by_language
+        ),
+        evaluation={
+            task: TaskMean(mean_delta=round(sum(v) / len(v), 2), languages=len(v))
+            for task, v in sorted(deltas.items())
+        },
     )
 
 
-def fleet_wants(agg: Aggregate, n_valid: int, invalid: list[Member], queued: list[str],
-                plan: FleetPlan, gone: Removals) -> tuple[list[Want], bool]:
+def fleet_wants(
+    agg: Aggregate,
+    n_valid: int,
+    invalid: list[Member],
+    queued: list[str],
+    plan: FleetPlan,
+    gone: Removals,
+) -> tuple[list[Want], bool]:
     """The fleet's conditions (kstatus: Ready, Reconciling, Stalled; plus Degraded) and
     whether work is going on."""
     phases = agg.phases
@@ -446,34 +521,52 @@ def fleet_wants(agg: Aggregate, n_valid: int, invalid: list[Member], queued: lis
     work = bool(busy or agg.stale or plan.create or plan.patch or plan.delete or gone.deleting)
     invalid_msg = "; ".join(" ".join(m.errors) for m in invalid)
     stalled_msg = ", ".join(f"{s.name} ({s.reason})" for s in agg.stalled)
-    ready_msg = f"{agg.ready} of {n_valid} valid language(s) ready" + (
-        f"; {len(invalid)} invalid" if invalid else "") + (
-        f"; {phases['Suspended']} suspended" if phases["Suspended"] else "")
+    ready_msg = (
+        f"{agg.ready} of {n_valid} valid language(s) ready"
+        + (f"; {len(invalid)} invalid" if invalid else "")
+        + (f"; {phases['Suspended']} suspended" if phases["Suspended"] else "")
+    )
     message = ""
     if work:
-        message = (f"{phases['Running']} running, {len(queued)} queued for GPUs, "
-                   f"{phases['Pending']} pending, {len(plan.create)} to create, "
-                   f"{len(plan.patch)} to update, "
-                   f"{len(plan.delete) + len(gone.deleting)} to delete")
+        message = (
+            f"{phases['Running']} running, {len(queued)} queued for GPUs, "
+            f"{phases['Pending']} pending, {len(plan.create)} to create, "
+            f"{len(plan.patch)} to update, "
+            f"{len(plan.delete) + len(gone.deleting)} to delete"
+        )
     if gone.held:
         message += ("; " if message else "") + (
             f"not deleting {', '.join(gone.held)} while an entry's language is unknown (it "
-            "may be the renamed language of a member)")
-    wants = [Want("Ready", all_ready, "AllReady" if all_ready else "MembersNotReady",
-                  ready_msg),
-             Want("Reconciling", work, "Progressing" if work else "Done", message)]
+            "may be the renamed language of a member)"
+        )
+    wants = [
+        Want("Ready", all_ready, "AllReady" if all_ready else "MembersNotReady", ready_msg),
+        Want("Reconciling", work, "Progressing" if work else "Done", message),
+    ]
     if agg.stalled:
-        wants.append(Want("Stalled", True, "MembersStalled",
-                          f"{len(agg.stalled)} stalled: {stalled_msg}"
-                          + (f"; invalid: {invalid_msg}" if invalid else "")))
+        wants.append(
+            Want(
+                "Stalled",
+                True,
+                "MembersStalled",
+                f"{len(agg.stalled)} stalled: {stalled_msg}"
+                + (f"; invalid: {invalid_msg}" if invalid else ""),
+            )
+        )
     elif invalid:
         wants.append(Want("Stalled", True, "InvalidLanguages", invalid_msg))
     else:
         wants.append(Want("Stalled", False, "NotStalled"))
     if invalid:
-        wants.append(Want("Degraded", True, "InvalidLanguages",
-                          f"{len(invalid)} invalid language(s), not created; the valid ones go "
-                          f"on: {invalid_msg}"))
+        wants.append(
+            Want(
+                "Degraded",
+                True,
+                "InvalidLanguages",
+                f"{len(invalid)} invalid language(s), not created; the valid ones go "
+                f"on: {invalid_msg}",
+            )
+        )
     elif agg.stalled:
         wants.append(Want("Degraded", True, "MembersStalled", stalled_msg))
     else:
@@ -484,8 +577,13 @@ def fleet_wants(agg: Aggregate, n_valid: int, invalid: list[Member], queued: lis
 def member_events(plan: FleetPlan, limit: int | None) -> list[tuple[str, str, str]]:
     events = []
     for obj in plan.create:
-        events.append(("Normal", "MemberCreated", f"LanguageModel "
-                       f"{obj['metadata']['name']} ({obj['spec']['language']})"))
+        events.append(
+            (
+                "Normal",
+                "MemberCreated",
+                f"LanguageModel {obj['metadata']['name']} ({obj['spec']['language']})",
+            )
+        )
     for n in plan.delete:
         kept = "deleted" if n in plan.delete_artifacts else "kept"
         events.append(("Normal", "MemberDeleted", f"LanguageModel {n} (artifacts {kept})"))
@@ -494,17 +592,29 @@ def member_events(plan: FleetPlan, limit: int | None) -> list[tuple[str, str, st
             events.append(("Normal", "MemberUpdated", f"LanguageModel {n}: spec changed"))
         grant = (p.get("metadata") or {}).get("annotations") or {}
         if ADMITTED_ANNOTATION in grant and limit is not None:
-            events.append(("Normal", "GPUAdmitted" if grant[ADMITTED_ANNOTATION]
-                           else "GPUReleased", f"LanguageModel {n}"))
+            events.append(
+                (
+                    "Normal",
+                    "GPUAdmitted" if grant[ADMITTED_ANNOTATION] else "GPUReleased",
+                    f"LanguageModel {n}",
+                )
+            )
     return events
 
 
 # ------------------------------------------------------------------ the decision
 
 
-def decide_fleet(name: str, namespace: str, generation: int, raw_spec: dict[str, Any],
-                 status: dict[str, Any], children: list[dict[str, Any]],
-                 taken: dict[str, str], now: datetime) -> FleetPlan:
+def decide_fleet(
+    name: str,
+    namespace: str,
+    generation: int,
+    raw_spec: dict[str, Any],
+    status: dict[str, Any],
+    children: list[dict[str, Any]],
+    taken: dict[str, str],
+    now: datetime,
+) -> FleetPlan:
     """The fleet's plan. `children`: the LanguageModels labelled with this fleet;
     `taken`: LanguageModel name -> fleet label ("" for none) of the LanguageModels in the
     namespace (to tell a name clash from a member)."""
@@ -539,18 +649,32 @@ def decide_fleet(name: str, namespace: str, generation: int, raw_spec: dict[str,
     else:
         phase = "Ready" if wants[0].value else "Suspended"
     plan.status = LanguageFleetStatus(
-        observed_generation=generation, phase=phase, conditions=conds,
-        languages=len(members), members=len(valid), ready=agg.ready,
-        running=agg.phases["Running"], queued=len(admission.queued),
-        pending=agg.phases["Pending"], suspended=agg.phases["Suspended"],
-        succeeded=agg.phases["Succeeded"], stalled=agg.phases["Stalled"],
+        observed_generation=generation,
+        phase=phase,
+        conditions=conds,
+        languages=len(members),
+        members=len(valid),
+        ready=agg.ready,
+        running=agg.phases["Running"],
+        queued=len(admission.queued),
+        pending=agg.phases["Pending"],
+        suspended=agg.phases["Suspended"],
+        succeeded=agg.phases["Succeeded"],
+        stalled=agg.phases["Stalled"],
         invalid=len(invalid),
         phases={p: agg.phases[p] for p in PHASES if agg.phases[p]},
-        gpu=GpuAdmission(max_concurrent=fleet.max_concurrent, in_use=len(admission.holding),
-                         queued=sorted(admission.queued)),
-        cost=agg.cost, evaluation=agg.evaluation, stalled_languages=agg.stalled,
-        invalid_languages=[InvalidLanguage(index=m.index, language=m.language, name=m.name,
-                                           errors=list(m.errors)) for m in invalid],
+        gpu=GpuAdmission(
+            max_concurrent=fleet.max_concurrent,
+            in_use=len(admission.holding),
+            queued=sorted(admission.queued),
+        ),
+        cost=agg.cost,
+        evaluation=agg.evaluation,
+        stalled_languages=agg.stalled,
+        invalid_languages=[
+            InvalidLanguage(index=m.index, language=m.language, name=m.name, errors=list(m.errors))
+            for m in invalid
+        ],
         member_status=agg.rows,
     )
     plan.events = _events(prev.conditions, conds) + member_events(plan, fleet.max_concurrent)

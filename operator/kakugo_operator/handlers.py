@@ -55,7 +55,8 @@ class OperatorState:
     #: Pods deleted before their Job was accounted for, (namespace, lm) -> pod -> the last
     #: state seen: for cost, and to tell a deleted (disrupted) Pod from a broken one.
     ghosts: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(
-        default_factory=lambda: defaultdict(dict))
+        default_factory=lambda: defaultdict(dict)
+    )
 
     def wake(self, kind: str, namespace: str | None, name: str | None) -> None:
         if namespace and name:
@@ -88,7 +89,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.finalizer = "kakugo.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kakugo.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="kakugo.io", key="last-handled-configuration")
+        prefix="kakugo.io", key="last-handled-configuration"
+    )
     # Our Events are explicit (kopf.event); do not turn every log line into one.
     settings.posting.level = logging.WARNING
     # No cluster-wide CRD and namespace scanning: the chart's namespaced RBAC forbids it,
@@ -131,8 +133,9 @@ def kakugo_teachers(namespace: str | None, name: str, body: kopf.Body, **_: Any)
 
 
 @kopf.index("apps", "v1", "deployments", labels=OWNED)
-def kakugo_deployments(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
-                       **_: Any) -> Any:
+def kakugo_deployments(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> Any:
     teacher = labels.get(naming.TEACHER_LABEL)
     return {(namespace, teacher): dict(body)} if teacher else {}
 
@@ -164,14 +167,17 @@ def needs_teacher(raw_status: dict[str, Any]) -> bool:
         return False
     if not status.stages:
         return status.phase != "Stalled"
-    return any(e.name in TEACHER_STAGES and (
-        e.state in ("Running", "Retrying") or e.waiting_for not in (None, *IDLE_GATES))
-        for e in status.stages)
+    return any(
+        e.name in TEACHER_STAGES
+        and (e.state in ("Running", "Retrying") or e.waiting_for not in (None, *IDLE_GATES))
+        for e in status.stages
+    )
 
 
 @kopf.index(GROUP, VERSION, "languagemodels")
-def teacher_clients(namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status,
-                    **_: Any) -> Any:
+def teacher_clients(
+    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> Any:
     teacher = teacher_of(name, dict(spec))
     if teacher and needs_teacher(dict(status)):
         return {(namespace, teacher): name}
@@ -201,8 +207,15 @@ async def job_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo,
 
 
 @kopf.on.event("v1", "pods", labels=OWNED)
-async def pod_event(type: str, namespace: str | None, name: str, labels: kopf.Labels,
-                    body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def pod_event(
+    type: str,
+    namespace: str | None,
+    name: str,
+    labels: kopf.Labels,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
     namespace = namespaced(namespace)
     st = state(memo)
     lm = labels.get(naming.LM_LABEL)
@@ -216,15 +229,17 @@ async def pod_event(type: str, namespace: str | None, name: str, labels: kopf.La
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
-async def deployment_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo,
-                           **_: Any) -> None:
+async def deployment_event(
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
     namespace = namespaced(namespace)
     state(memo).wake("teacher", namespace, labels.get(naming.TEACHER_LABEL))
 
 
 @kopf.on.event("v1", "services", labels=OWNED)
-async def service_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo,
-                        **_: Any) -> None:
+async def service_event(
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
     namespace = namespaced(namespace)
     state(memo).wake("teacher", namespace, labels.get(naming.TEACHER_LABEL))
 
@@ -241,8 +256,14 @@ async def teacher_event(namespace: str | None, name: str, memo: kopf.Memo, **_: 
 
 
 @kopf.on.event(GROUP, VERSION, "languagemodels")
-async def languagemodel_event(namespace: str | None, name: str, spec: kopf.Spec,
-                              labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def languagemodel_event(
+    namespace: str | None,
+    name: str,
+    spec: kopf.Spec,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
     namespace = namespaced(namespace)
     st = state(memo)
     st.wake("lm", namespace, name)
@@ -257,8 +278,7 @@ async def languagefleet_event(namespace: str | None, name: str, memo: kopf.Memo,
     state(memo).wake("fleet", namespace, name)
 
 
-async def _sleep(st: OperatorState, key: Key, stopped: kopf.DaemonStopped,
-                 seconds: float) -> None:
+async def _sleep(st: OperatorState, key: Key, stopped: kopf.DaemonStopped, seconds: float) -> None:
     """Until woken, stopped, or `seconds` pass."""
     event = st.wakeups[key]
     waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped.wait())}
@@ -274,28 +294,42 @@ def _post(body: kopf.Body, events: list[tuple[str, str, str]]) -> None:
         kopf.event(body, type=kind, reason=reason, message=message[:1024])
 
 
-async def write_status(plural: str, namespace: str, name: str, written: dict[str, Any],
-                       wanted: dict[str, Any]) -> dict[str, Any]:
+async def write_status(
+    plural: str, namespace: str, name: str, written: dict[str, Any], wanted: dict[str, Any]
+) -> dict[str, Any]:
     """Bring the status from what this daemon last wrote to what it wants, by one merge
     patch on /status that also removes what is gone; returns the new written status."""
     if wanted != written:
-        await k8s.merge_patch(API, plural, namespace, name,
-                              {"status": merge_diff(written, wanted)}, sub="status")
+        await k8s.merge_patch(
+            API, plural, namespace, name, {"status": merge_diff(written, wanted)}, sub="status"
+        )
     return wanted
 
 
 # ------------------------------------------------------------------ LanguageModel
 
 
-def observed(name: str, namespace: str, body: kopf.Body, status: dict[str, Any],
-             jobs: list[dict[str, Any]], pods: list[dict[str, Any]],
-             teacher: dict[str, Any] | None) -> Observed:
+def observed(
+    name: str,
+    namespace: str,
+    body: kopf.Body,
+    status: dict[str, Any],
+    jobs: list[dict[str, Any]],
+    pods: list[dict[str, Any]],
+    teacher: dict[str, Any] | None,
+) -> Observed:
     meta = body.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     return Observed(
-        name=name, namespace=namespace, generation=int(meta.get("generation") or 1),
-        spec=dict(body.get("spec") or {}), status=status, jobs=jobs, pods=pods,
-        teacher=teacher, now=now(),
+        name=name,
+        namespace=namespace,
+        generation=int(meta.get("generation") or 1),
+        spec=dict(body.get("spec") or {}),
+        status=status,
+        jobs=jobs,
+        pods=pods,
+        teacher=teacher,
+        now=now(),
         fleet=(meta.get("labels") or {}).get(fleet_mod.FLEET_LABEL) or None,
         gpu_admitted=annotations.get(fleet_mod.ADMITTED_ANNOTATION) == "true",
         retry_request=annotations.get(RETRY_ANNOTATION),
@@ -305,9 +339,16 @@ def observed(name: str, namespace: str, body: kopf.Body, status: dict[str, Any],
 # Kopf's handler protocols do not name our index kwargs (kakugo_jobs, ...).
 @kopf.daemon(GROUP, VERSION, "languagemodels", initial_delay=0, cancellation_timeout=10)  # type: ignore[arg-type]
 async def languagemodel(
-    stopped: kopf.DaemonStopped, name: str, namespace: str | None, body: kopf.Body,
-    kakugo_jobs: kopf.Index, kakugo_pods: kopf.Index, kakugo_teachers: kopf.Index,
-    memo: kopf.Memo, logger: kopf.Logger, **_: Any,
+    stopped: kopf.DaemonStopped,
+    name: str,
+    namespace: str | None,
+    body: kopf.Body,
+    kakugo_jobs: kopf.Index,
+    kakugo_pods: kopf.Index,
+    kakugo_teachers: kopf.Index,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **_: Any,
 ) -> None:
     namespace = namespaced(namespace)
     st = state(memo)
@@ -321,18 +362,30 @@ async def languagemodel(
         live = {p["metadata"]["name"] for p in pods}
         pods += [g for n, g in st.ghosts.get((namespace, name), {}).items() if n not in live]
         teacher_name = teacher_of(name, dict(body.get("spec") or {}))
-        teacher = next(iter(kakugo_teachers.get((namespace, teacher_name), [])), None) \
-            if teacher_name else None
-        obs = observed(name, namespace, body, written,
-                       list(kakugo_jobs.get((namespace, name), [])), pods, teacher)
+        teacher = (
+            next(iter(kakugo_teachers.get((namespace, teacher_name), [])), None)
+            if teacher_name
+            else None
+        )
+        obs = observed(
+            name,
+            namespace,
+            body,
+            written,
+            list(kakugo_jobs.get((namespace, name), [])),
+            pods,
+            teacher,
+        )
         plan = decide(obs, st.settings)
         try:
             await execute_lm_plan(plan, body, namespace, st)
-            written = await write_status("languagemodels", namespace, name, written,
-                                         plan.status.dump())
+            written = await write_status(
+                "languagemodels", namespace, name, written, plan.status.dump()
+            )
             _post(body, plan.events)
-            metrics.observe_plan(namespace, name, written, plan.finished,
-                                 plan.completed_stages, obs.spec)
+            metrics.observe_plan(
+                namespace, name, written, plan.finished, plan.completed_stages, obs.spec
+            )
             if plan.finished:  # accounted for: drop the ghosts of finished attempts
                 st.ghosts.pop((namespace, name), None)
         except Exception as exc:  # a failed API call: log, back off, decide again
@@ -342,24 +395,29 @@ async def languagemodel(
         await _sleep(st, key, stopped, plan.requeue_after or st.settings.resync_seconds)
 
 
-async def execute_lm_plan(plan: Any, body: kopf.Body, namespace: str,
-                          st: OperatorState) -> None:
+async def execute_lm_plan(plan: Any, body: kopf.Body, namespace: str, st: OperatorState) -> None:
     if plan.apply_config_map is not None:
         cm = plan.apply_config_map
         kopf.adopt(cm, owner=body)
         created = await k8s.create(cm)
         if created.get("data") != cm["data"]:
-            await k8s.merge_patch("v1", "configmaps", namespace, cm["metadata"]["name"],
-                                  {"data": cm["data"]})
+            await k8s.merge_patch(
+                "v1", "configmaps", namespace, cm["metadata"]["name"], {"data": cm["data"]}
+            )
     if plan.teacher_patch is not None:
-        await k8s.merge_patch(API, "teachers", namespace,
-                              naming.served_teacher_name(body["metadata"]["name"]),
-                              plan.teacher_patch)
+        await k8s.merge_patch(
+            API,
+            "teachers",
+            namespace,
+            naming.served_teacher_name(body["metadata"]["name"]),
+            plan.teacher_patch,
+        )
     for job_name in plan.delete_jobs:
         await k8s.delete("batch/v1", "jobs", namespace, job_name)
     for job_name, suspend in plan.suspend_jobs.items():
-        await k8s.merge_patch("batch/v1", "jobs", namespace, job_name,
-                              {"spec": {"suspend": suspend}})
+        await k8s.merge_patch(
+            "batch/v1", "jobs", namespace, job_name, {"spec": {"suspend": suspend}}
+        )
     for obj in plan.create:
         kopf.adopt(obj, owner=body)
         await k8s.create(obj)
@@ -369,8 +427,14 @@ async def execute_lm_plan(plan: Any, body: kopf.Body, namespace: str,
 
 
 @kopf.on.delete(GROUP, VERSION, "languagemodels")
-async def languagemodel_deleted(name: str, namespace: str | None, spec: kopf.Spec,
-                                memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+async def languagemodel_deleted(
+    name: str,
+    namespace: str | None,
+    spec: kopf.Spec,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
     """Owned objects go through ownerReferences; artifacts only when the spec says so."""
     namespace = namespaced(namespace)
     st = state(memo)
@@ -391,8 +455,9 @@ async def languagemodel_deleted(name: str, namespace: str | None, spec: kopf.Spe
         return
     root_uri = run_uri(root, namespace, name)
     s3 = storage.get("s3") or {}
-    removed = await asyncio.to_thread(delete_run_artifacts, root_uri,
-                                      endpoint_url=s3.get("endpointUrl"), region=s3.get("region"))
+    removed = await asyncio.to_thread(
+        delete_run_artifacts, root_uri, endpoint_url=s3.get("endpointUrl"), region=s3.get("region")
+    )
     logger.info("deleted %d artifact(s) under %s", removed, root_uri)
 
 
@@ -402,9 +467,16 @@ async def languagemodel_deleted(name: str, namespace: str | None, spec: kopf.Spe
 # Kopf's handler protocols do not name our index kwargs (kakugo_jobs, ...).
 @kopf.daemon(GROUP, VERSION, "teachers", initial_delay=0, cancellation_timeout=10)  # type: ignore[arg-type]
 async def teacher(
-    stopped: kopf.DaemonStopped, name: str, namespace: str | None, body: kopf.Body,
-    kakugo_deployments: kopf.Index, kakugo_services: kopf.Index, teacher_clients: kopf.Index,
-    memo: kopf.Memo, logger: kopf.Logger, **_: Any,
+    stopped: kopf.DaemonStopped,
+    name: str,
+    namespace: str | None,
+    body: kopf.Body,
+    kakugo_deployments: kopf.Index,
+    kakugo_services: kopf.Index,
+    teacher_clients: kopf.Index,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **_: Any,
 ) -> None:
     namespace = namespaced(namespace)
     st = state(memo)
@@ -417,27 +489,37 @@ async def teacher(
         deploy = next(iter(kakugo_deployments.get((namespace, name), [])), None)
         service = next(iter(kakugo_services.get((namespace, name), [])), None)
         clients = list(teacher_clients.get((namespace, name), []))
-        plan = decide_teacher(name, namespace, dict(body.get("spec") or {}), written, deploy,
-                              clients, now(), st.settings,
-                              int(body.get("metadata", {}).get("generation") or 1),
-                              service_obj=service)
+        plan = decide_teacher(
+            name,
+            namespace,
+            dict(body.get("spec") or {}),
+            written,
+            deploy,
+            clients,
+            now(),
+            st.settings,
+            int(body.get("metadata", {}).get("generation") or 1),
+            service_obj=service,
+        )
         try:
             for obj in plan.create:
                 kopf.adopt(obj, owner=body)
                 await k8s.create(obj)
             if plan.patch_deployment is not None:
-                await k8s.merge_patch("apps/v1", "deployments", namespace, name,
-                                      plan.patch_deployment)
+                await k8s.merge_patch(
+                    "apps/v1", "deployments", namespace, name, plan.patch_deployment
+                )
             if plan.patch_service is not None:
                 await k8s.merge_patch("v1", "services", namespace, name, plan.patch_service)
             if plan.replicas is not None:
-                await k8s.merge_patch("apps/v1", "deployments", namespace, name,
-                                      {"spec": {"replicas": plan.replicas}})
-            written = await write_status("teachers", namespace, name, written,
-                                         plan.status.dump())
+                await k8s.merge_patch(
+                    "apps/v1", "deployments", namespace, name, {"spec": {"replicas": plan.replicas}}
+                )
+            written = await write_status("teachers", namespace, name, written, plan.status.dump())
             _post(body, plan.events)
-            metrics.observe_teacher(namespace, name, plan.status.phase == "Ready",
-                                    len(plan.status.clients))
+            metrics.observe_teacher(
+                namespace, name, plan.status.phase == "Ready", len(plan.status.clients)
+            )
         except Exception as exc:
             logger.warning("reconciliation of Teacher %s/%s failed: %r", namespace, name, exc)
             await _sleep(st, key, stopped, 5.0)
@@ -458,9 +540,15 @@ def teacher_deleted(name: str, namespace: str | None, memo: kopf.Memo, **_: Any)
 # Kopf's handler protocols do not name our index kwargs (kakugo_jobs, ...).
 @kopf.daemon(GROUP, VERSION, "languagefleets", initial_delay=0, cancellation_timeout=10)  # type: ignore[arg-type]
 async def languagefleet(
-    stopped: kopf.DaemonStopped, name: str, namespace: str | None, body: kopf.Body,
-    fleet_children: kopf.Index, languagemodel_fleets: kopf.Index, memo: kopf.Memo,
-    logger: kopf.Logger, **_: Any,
+    stopped: kopf.DaemonStopped,
+    name: str,
+    namespace: str | None,
+    body: kopf.Body,
+    fleet_children: kopf.Index,
+    languagemodel_fleets: kopf.Index,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **_: Any,
 ) -> None:
     namespace = namespaced(namespace)
     st = state(memo)
@@ -472,12 +560,18 @@ async def languagefleet(
         meta = body.get("metadata") or {}
         if meta.get("deletionTimestamp"):
             return
-        children = ledger.overlay(list(fleet_children.get((namespace, name), [])),
-                                  time.monotonic())
+        children = ledger.overlay(list(fleet_children.get((namespace, name), [])), time.monotonic())
         taken = dict(languagemodel_fleets.get(namespace, []))
-        plan = fleet_mod.decide_fleet(name, namespace, int(meta.get("generation") or 1),
-                                      dict(body.get("spec") or {}), written, children, taken,
-                                      now())
+        plan = fleet_mod.decide_fleet(
+            name,
+            namespace,
+            int(meta.get("generation") or 1),
+            dict(body.get("spec") or {}),
+            written,
+            children,
+            taken,
+            now(),
+        )
         try:
             for obj in plan.create:
                 kopf.append_owner_reference(obj, owner=body)  # not kopf.adopt: the fleet's
@@ -487,15 +581,20 @@ async def languagefleet(
                 ledger.record(child, patch, time.monotonic())
             for child in plan.delete:
                 if child in plan.delete_artifacts:
-                    await k8s.merge_patch(API, "languagemodels", namespace, child, {
-                        "spec": {"storage": {"deleteArtifactsOnDelete": True}}})
+                    await k8s.merge_patch(
+                        API,
+                        "languagemodels",
+                        namespace,
+                        child,
+                        {"spec": {"storage": {"deleteArtifactsOnDelete": True}}},
+                    )
                 await k8s.delete(API, "languagemodels", namespace, child)
-            written = await write_status("languagefleets", namespace, name, written,
-                                         plan.status.dump())
+            written = await write_status(
+                "languagefleets", namespace, name, written, plan.status.dump()
+            )
             _post(body, plan.events)
         except Exception as exc:
-            logger.warning("reconciliation of LanguageFleet %s/%s failed: %r", namespace, name,
-                           exc)
+            logger.warning("reconciliation of LanguageFleet %s/%s failed: %r", namespace, name, exc)
             await _sleep(st, key, stopped, 5.0)
             continue
         await _sleep(st, key, stopped, plan.requeue_after or st.settings.resync_seconds)
@@ -503,9 +602,15 @@ async def languagefleet(
 
 # Kopf's handler protocols do not name our index kwargs (kakugo_jobs, ...).
 @kopf.on.delete(GROUP, VERSION, "languagefleets")  # type: ignore[arg-type]
-async def languagefleet_deleted(name: str, namespace: str | None, spec: kopf.Spec,
-                                fleet_children: kopf.Index, memo: kopf.Memo,
-                                logger: kopf.Logger, **_: Any) -> None:
+async def languagefleet_deleted(
+    name: str,
+    namespace: str | None,
+    spec: kopf.Spec,
+    fleet_children: kopf.Index,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
     """Members go through ownerReferences (the garbage collector). With artifactPolicy
     Delete, each member is marked to delete its artifacts and deleted here first."""
     namespace = namespaced(namespace)
@@ -514,8 +619,13 @@ async def languagefleet_deleted(name: str, namespace: str | None, spec: kopf.Spe
         return
     for child in list(fleet_children.get((namespace, name), [])):
         child_name = child["metadata"]["name"]
-        await k8s.merge_patch(API, "languagemodels", namespace, child_name, {
-            "spec": {"storage": {"deleteArtifactsOnDelete": True}}})
+        await k8s.merge_patch(
+            API,
+            "languagemodels",
+            namespace,
+            child_name,
+            {"spec": {"storage": {"deleteArtifactsOnDelete": True}}},
+        )
         await k8s.delete(API, "languagemodels", namespace, child_name)
         logger.info("deleted member %s with its artifacts", child_name)
 

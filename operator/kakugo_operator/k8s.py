@@ -42,8 +42,13 @@ def _client() -> kubernetes.client.ApiClient:
     return _local.client
 
 
-def api_path(api_version: str, plural: str, namespace: str | None, name: str | None = None,
-             sub: str | None = None) -> str:
+def api_path(
+    api_version: str,
+    plural: str,
+    namespace: str | None,
+    name: str | None = None,
+    sub: str | None = None,
+) -> str:
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
     if name:
@@ -53,15 +58,27 @@ def api_path(api_version: str, plural: str, namespace: str | None, name: str | N
     return path
 
 
-def _call(method: str, path: str, body: Any = None, content_type: str | None = None,
-          query: list[tuple[str, Any]] | None = None, raw: bool = False) -> Any:
+def _call(
+    method: str,
+    path: str,
+    body: Any = None,
+    content_type: str | None = None,
+    query: list[tuple[str, Any]] | None = None,
+    raw: bool = False,
+) -> Any:
     headers = {"Accept": "application/json"}
     if content_type:
         headers["Content-Type"] = content_type
     # Undecoded responses: we want plain dicts, not the client's model classes.
     result = _client().call_api(
-        path, method, header_params=headers, body=body, query_params=query or [],
-        auth_settings=["BearerToken"], _return_http_data_only=True, _preload_content=False,
+        path,
+        method,
+        header_params=headers,
+        body=body,
+        query_params=query or [],
+        auth_settings=["BearerToken"],
+        _return_http_data_only=True,
+        _preload_content=False,
         _request_timeout=30,
     )
     text = result.data.decode("utf-8", errors="replace")
@@ -101,27 +118,46 @@ async def get(api_version: str, plural: str, namespace: str, name: str) -> dict[
         return None
 
 
-async def merge_patch(api_version: str, plural: str, namespace: str, name: str,
-                      patch: dict[str, Any], sub: str | None = None) -> dict[str, Any] | None:
+async def merge_patch(
+    api_version: str,
+    plural: str,
+    namespace: str,
+    name: str,
+    patch: dict[str, Any],
+    sub: str | None = None,
+) -> dict[str, Any] | None:
     try:
-        return await call("PATCH", api_path(api_version, plural, namespace, name, sub), patch,
-                          content_type="application/merge-patch+json")
+        return await call(
+            "PATCH",
+            api_path(api_version, plural, namespace, name, sub),
+            patch,
+            content_type="application/merge-patch+json",
+        )
     except NotFound:
         return None
 
 
 async def delete(api_version: str, plural: str, namespace: str, name: str) -> None:
     with contextlib.suppress(NotFound):
-        await call("DELETE", api_path(api_version, plural, namespace, name),
-                   {"propagationPolicy": "Background"})
+        await call(
+            "DELETE",
+            api_path(api_version, plural, namespace, name),
+            {"propagationPolicy": "Background"},
+        )
 
 
 async def pod_log_tail(namespace: str, pod: str, lines: int) -> str:
     """The last lines of a Pod's log; empty when it cannot be read (Pod gone, no kubelet)."""
     try:
-        text = await asyncio.wait_for(call(
-            "GET", api_path("v1", "pods", namespace, pod, "log"),
-            query=[("tailLines", lines)], raw=True), timeout=10)
+        text = await asyncio.wait_for(
+            call(
+                "GET",
+                api_path("v1", "pods", namespace, pod, "log"),
+                query=[("tailLines", lines)],
+                raw=True,
+            ),
+            timeout=10,
+        )
     except Exception:  # best effort: the message is complete without it
         return ""
     return str(text).strip()

@@ -28,7 +28,7 @@ def kopf_args(argv: Sequence[str] = ()) -> list[str]:
     passthrough: list[str] = []
     if "--" in args:
         cut = args.index("--")
-        args, passthrough = args[:cut], args[cut + 1:]
+        args, passthrough = args[:cut], args[cut + 1 :]
     namespaces: list[str] = list(settings.namespaces)
     peering: str | None = None
     liveness: str | None = settings.liveness_endpoint

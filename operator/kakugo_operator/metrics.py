@@ -21,39 +21,94 @@ from kakugo_stages.contract import STAGES
 REGISTRY = CollectorRegistry(auto_describe=True)
 PHASES = ("Pending", "Queued", "Running", "Suspended", "Succeeded", "Stalled")
 #: Rejection reasons are free text in the stages: keep a closed, small set of label values.
-KNOWN_REASONS = ("http_429", "http_5xx", "timeout", "transport", "finish_length",
-                 "finish_content_filter", "parse", "empty", "refused", "language",
-                 "too_long", "too_short", "duplicate", "token_ratio", "media")
+KNOWN_REASONS = (
+    "http_429",
+    "http_5xx",
+    "timeout",
+    "transport",
+    "finish_length",
+    "finish_content_filter",
+    "parse",
+    "empty",
+    "refused",
+    "language",
+    "too_long",
+    "too_short",
+    "duplicate",
+    "token_ratio",
+    "media",
+)
 
-LANGUAGEMODELS = Gauge("kakugo_languagemodels", "LanguageModels by phase.", ["phase"],
-                       registry=REGISTRY)
+LANGUAGEMODELS = Gauge(
+    "kakugo_languagemodels", "LanguageModels by phase.", ["phase"], registry=REGISTRY
+)
 STAGE_DURATION = Histogram(
-    "kakugo_stage_duration_seconds", "Wall time of a stage, first attempt to success.",
-    ["stage"], registry=REGISTRY,
+    "kakugo_stage_duration_seconds",
+    "Wall time of a stage, first attempt to success.",
+    ["stage"],
+    registry=REGISTRY,
     buckets=(10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, float("inf")),
 )
-RETRIES = PCounter("kakugo_stage_retries_total", "Stage attempts that will be retried.",
-                   ["stage", "reason"], registry=REGISTRY)
-GPU_SECONDS = PCounter("kakugo_gpu_seconds_total", "GPU-seconds of finished stage attempts.",
-                       ["stage"], registry=REGISTRY)
-COST = Gauge("kakugo_cost_dollars", "Estimated cost of a LanguageModel so far, in dollars.",
-             ["namespace", "languagemodel"], registry=REGISTRY)
-EXAMPLES = PCounter("kakugo_examples_total",
-                    "Examples of finished stages: generated, kept, or dropped by reason.",
-                    ["stage", "outcome", "reason"], registry=REGISTRY)
-TOKENS = PCounter("kakugo_teacher_tokens_total", "Teacher tokens of finished stages.",
-                  ["direction"], registry=REGISTRY)
-SCORE = Gauge("kakugo_evaluation_score", "Evaluation score by task, base and tuned model.",
-              ["namespace", "languagemodel", "task", "model"], registry=REGISTRY)
-PROGRESS = Gauge("kakugo_progress_ratio", "Share of a LanguageModel's stages that are done.",
-                 ["namespace", "languagemodel", "language"], registry=REGISTRY)
-BUDGET = Gauge("kakugo_budget_dollars", "spec.budget.maxDollars of a LanguageModel.",
-               ["namespace", "languagemodel"], registry=REGISTRY)
-TEACHER_READY = Gauge("kakugo_teacher_ready", "1 when a Teacher's server is Ready, else 0.",
-                      ["namespace", "teacher"], registry=REGISTRY)
-TEACHER_CLIENTS = Gauge("kakugo_teacher_clients",
-                        "LanguageModels that need a Teacher now (in a teacher stage).",
-                        ["namespace", "teacher"], registry=REGISTRY)
+RETRIES = PCounter(
+    "kakugo_stage_retries_total",
+    "Stage attempts that will be retried.",
+    ["stage", "reason"],
+    registry=REGISTRY,
+)
+GPU_SECONDS = PCounter(
+    "kakugo_gpu_seconds_total",
+    "GPU-seconds of finished stage attempts.",
+    ["stage"],
+    registry=REGISTRY,
+)
+COST = Gauge(
+    "kakugo_cost_dollars",
+    "Estimated cost of a LanguageModel so far, in dollars.",
+    ["namespace", "languagemodel"],
+    registry=REGISTRY,
+)
+EXAMPLES = PCounter(
+    "kakugo_examples_total",
+    "Examples of finished stages: generated, kept, or dropped by reason.",
+    ["stage", "outcome", "reason"],
+    registry=REGISTRY,
+)
+TOKENS = PCounter(
+    "kakugo_teacher_tokens_total",
+    "Teacher tokens of finished stages.",
+    ["direction"],
+    registry=REGISTRY,
+)
+SCORE = Gauge(
+    "kakugo_evaluation_score",
+    "Evaluation score by task, base and tuned model.",
+    ["namespace", "languagemodel", "task", "model"],
+    registry=REGISTRY,
+)
+PROGRESS = Gauge(
+    "kakugo_progress_ratio",
+    "Share of a LanguageModel's stages that are done.",
+    ["namespace", "languagemodel", "language"],
+    registry=REGISTRY,
+)
+BUDGET = Gauge(
+    "kakugo_budget_dollars",
+    "spec.budget.maxDollars of a LanguageModel.",
+    ["namespace", "languagemodel"],
+    registry=REGISTRY,
+)
+TEACHER_READY = Gauge(
+    "kakugo_teacher_ready",
+    "1 when a Teacher's server is Ready, else 0.",
+    ["namespace", "teacher"],
+    registry=REGISTRY,
+)
+TEACHER_CLIENTS = Gauge(
+    "kakugo_teacher_clients",
+    "LanguageModels that need a Teacher now (in a teacher stage).",
+    ["namespace", "teacher"],
+    registry=REGISTRY,
+)
 
 # Labels seen per object, so that they can be removed on deletion.
 _scores: dict[tuple[str, str], set[tuple[str, str]]] = {}
@@ -86,8 +141,9 @@ def _app() -> Any:
         path = environ.get("PATH_INFO", "/")
         if path == "/readyz":
             ok = READY.is_set()
-            start_response("200 OK" if ok else "503 Service Unavailable",
-                           [("Content-Type", "text/plain")])
+            start_response(
+                "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")]
+            )
             return [b"ready\n" if ok else b"starting\n"]
         if path == "/livez":
             start_response("200 OK", [("Content-Type", "text/plain")])
@@ -106,8 +162,14 @@ def start(port: int, host: str = "0.0.0.0") -> WSGIServer:
     return server
 
 
-def observe_plan(namespace: str, name: str, status: dict[str, Any], finished: list[dict],
-                 completed: list[tuple[str, float]], spec: dict[str, Any] | None = None) -> None:
+def observe_plan(
+    namespace: str,
+    name: str,
+    status: dict[str, Any],
+    finished: list[dict],
+    completed: list[tuple[str, float]],
+    spec: dict[str, Any] | None = None,
+) -> None:
     """Fold a reconciliation's results into the metrics."""
     key = (namespace, name)
     spec = spec or {}
@@ -119,7 +181,8 @@ def observe_plan(namespace: str, name: str, status: dict[str, Any], finished: li
                 PROGRESS.remove(namespace, name, _languages[key])
         _languages[key] = language
         PROGRESS.labels(namespace, name, language).set(
-            progress.get("stagesDone", 0) / progress["stagesTotal"])
+            progress.get("stagesDone", 0) / progress["stagesTotal"]
+        )
     budget = (spec.get("budget") or {}).get("maxDollars")
     if budget is not None:
         BUDGET.labels(namespace, name).set(float(budget))
@@ -142,8 +205,9 @@ def observe_plan(namespace: str, name: str, status: dict[str, Any], finished: li
         stage = record["stage"]
         GPU_SECONDS.labels(stage).inc(float(record.get("gpuSeconds", 0)))
         if record["outcome"] != "Succeeded":
-            RETRIES.labels(stage, "disruption" if record["outcome"] == "Disrupted"
-                           else "failure").inc()
+            RETRIES.labels(
+                stage, "disruption" if record["outcome"] == "Disrupted" else "failure"
+            ).inc()
         counts = record.get("counts") or {}
         TOKENS.labels("prompt").inc(counts.get("promptTokens", 0))
         TOKENS.labels("completion").inc(counts.get("completionTokens", 0))

@@ -16,8 +16,16 @@ from kakugo_operator import naming
 from kakugo_operator.settings import OperatorSettings
 
 #: Pod status reasons that mean "taken away", not "broke".
-DISRUPTION_REASONS = {"Evicted", "Preempted", "Preempting", "Shutdown", "NodeShutdown",
-                      "Terminated", "NodeLost", "UnexpectedAdmissionError"}
+DISRUPTION_REASONS = {
+    "Evicted",
+    "Preempted",
+    "Preempting",
+    "Shutdown",
+    "NodeShutdown",
+    "Terminated",
+    "NodeLost",
+    "UnexpectedAdmissionError",
+}
 #: Counts read from termination messages (summary key -> status key).
 COUNT_KEYS = {
     "rows_in": "rowsIn",
@@ -125,8 +133,13 @@ def classify_failure(pods: list[dict[str, Any]]) -> Failure:
     """Why a failed Job failed. A Job with no Pods left was disrupted (deleted Pods)."""
     if not pods:
         return Failure(True, "PodDeleted", "the Job's Pods were deleted before they finished")
-    broken = [p for p in pods if not is_disrupted(p) and _terminated(p) is not None
-              and (_terminated(p) or {}).get("exitCode", 1) != 0]
+    broken = [
+        p
+        for p in pods
+        if not is_disrupted(p)
+        and _terminated(p) is not None
+        and (_terminated(p) or {}).get("exitCode", 1) != 0
+    ]
     if not broken:
         pod = pods[0]
         status = pod.get("status") or {}
@@ -175,9 +188,9 @@ def pod_gpus(pod: dict[str, Any]) -> int:
     total = 0
     for container in (pod.get("spec") or {}).get("containers") or []:
         res = container.get("resources") or {}
-        value = (res.get("limits") or {}).get("nvidia.com/gpu") or (
-            res.get("requests") or {}
-        ).get("nvidia.com/gpu")
+        value = (res.get("limits") or {}).get("nvidia.com/gpu") or (res.get("requests") or {}).get(
+            "nvidia.com/gpu"
+        )
         if value:
             total += int(str(value))
     return total
@@ -203,14 +216,13 @@ def pod_price(pod: dict[str, Any], settings: OperatorSettings) -> Decimal:
     ann = meta.get("annotations") or {}
     selector = (pod.get("spec") or {}).get("nodeSelector") or {}
     product = ann.get(naming.GPU_ANNOTATION) or selector.get(naming.GPU_PRODUCT_LABEL)
-    capacity = ann.get(naming.CAPACITY_ANNOTATION) or selector.get(
-        "karpenter.sh/capacity-type"
-    )
+    capacity = ann.get(naming.CAPACITY_ANNOTATION) or selector.get("karpenter.sh/capacity-type")
     return settings.gpu_price(product or None, capacity or None)
 
 
-def gpu_usage(pods: list[dict[str, Any]], now: datetime,
-              settings: OperatorSettings) -> tuple[float, Decimal]:
+def gpu_usage(
+    pods: list[dict[str, Any]], now: datetime, settings: OperatorSettings
+) -> tuple[float, Decimal]:
     """(GPU-seconds, dollars) of some Pods."""
     seconds, dollars = 0.0, Decimal(0)
     for pod in pods:

@@ -112,8 +112,9 @@ class Plan:
         if seconds is None:
             return
         seconds = max(seconds, 0.5)
-        self.requeue_after = seconds if self.requeue_after is None else min(
-            self.requeue_after, seconds)
+        self.requeue_after = (
+            seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+        )
 
 
 # ------------------------------------------------------------------ reading
@@ -133,12 +134,12 @@ def read_status(raw: Mapping[str, Any] | None) -> LanguageModelStatus:
         return LanguageModelStatus.model_validate(raw)
     except ValidationError as exc:
         bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
-        return LanguageModelStatus.model_validate({k: v for k, v in raw.items()
-                                                   if k not in bad})
+        return LanguageModelStatus.model_validate({k: v for k, v in raw.items() if k not in bad})
 
 
-def teacher_env(spec: LanguageModelSpec, teacher: dict[str, Any] | None
-                ) -> tuple[bool, builders.TeacherEnv, str]:
+def teacher_env(
+    spec: LanguageModelSpec, teacher: dict[str, Any] | None
+) -> tuple[bool, builders.TeacherEnv, str]:
     """(ready, env for the stages, why not ready)."""
     if spec.teacher.endpoint is not None:
         return True, builders.TeacherEnv(spec.teacher.endpoint.url, spec.teacher.endpoint.model), ""
@@ -146,8 +147,10 @@ def teacher_env(spec: LanguageModelSpec, teacher: dict[str, Any] | None
     if teacher is None:
         return False, builders.TeacherEnv(), f"Teacher {which} does not exist yet"
     status = teacher.get("status") or {}
-    ready_ = any(c.get("type") == "Ready" and c.get("status") == "True"
-                 for c in status.get("conditions") or [])
+    ready_ = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
     url = status.get("url")
     name = teacher["metadata"]["name"]
     if ready_ and url:
@@ -162,8 +165,10 @@ def parse_spec(obs: Observed, settings: OperatorSettings) -> LanguageModelSpec |
     except ManifestError as exc:
         return "; ".join(str(e) for e in exc.errors)
     if spec.storage is None and not settings.storage_uri:
-        return ("spec.storage.uri: required; the operator has no default storage "
-                "(setting storageUri), so set spec.storage.uri or spec.storage.pvc")
+        return (
+            "spec.storage.uri: required; the operator has no default storage "
+            "(setting storageUri), so set spec.storage.uri or spec.storage.pvc"
+        )
     return spec
 
 
@@ -173,8 +178,10 @@ def parse_spec(obs: Observed, settings: OperatorSettings) -> LanguageModelSpec |
 def entries_for(status: LanguageModelStatus, fps: Mapping[str, str]) -> dict[str, StageStatus]:
     """Every stage's entry: the last status's, or a new Pending one."""
     known = {e.name: e for e in status.stages if e.name in STAGES}
-    return {s: known[s].model_copy(deep=True) if s in known
-            else StageStatus(name=s, fingerprint=fps[s]) for s in STAGES}
+    return {
+        s: known[s].model_copy(deep=True) if s in known else StageStatus(name=s, fingerprint=fps[s])
+        for s in STAGES
+    }
 
 
 def moved_stages(entries: Mapping[str, StageStatus], fps: Mapping[str, str]) -> list[str]:
@@ -182,8 +189,9 @@ def moved_stages(entries: Mapping[str, StageStatus], fps: Mapping[str, str]) -> 
     return [s for s in STAGES if entries[s].attempt > 0 and entries[s].fingerprint != fps[s]]
 
 
-def reset_moved(entries: dict[str, StageStatus], moved: list[str], fps: Mapping[str, str],
-                generation: int) -> list[str]:
+def reset_moved(
+    entries: dict[str, StageStatus], moved: list[str], fps: Mapping[str, str], generation: int
+) -> list[str]:
     """Moved stages go back to Pending with a fresh budget and `reset` (their old outputs
     must not count); returns the Jobs to stop. Every entry takes the new fingerprint."""
     stop = []
@@ -192,28 +200,47 @@ def reset_moved(entries: dict[str, StageStatus], moved: list[str], fps: Mapping[
         if stage in moved:
             if entry.job and entry.state == "Running":
                 stop.append(entry.job)
-            entry = entry.model_copy(update={
-                "state": "Pending", "failures": 0, "disruptions": 0, "reset": True,
-                "counts": StageCounts(), "shards": None, "finished_at": None,
-                "started_at": None, "retry_at": None, "done_seen_at": None,
-                "message": f"inputs changed in generation {generation}"})
+            entry = entry.model_copy(
+                update={
+                    "state": "Pending",
+                    "failures": 0,
+                    "disruptions": 0,
+                    "reset": True,
+                    "counts": StageCounts(),
+                    "shards": None,
+                    "finished_at": None,
+                    "started_at": None,
+                    "retry_at": None,
+                    "done_seen_at": None,
+                    "message": f"inputs changed in generation {generation}",
+                }
+            )
         entries[stage] = entry.model_copy(update={"fingerprint": fps[stage]})
     return stop
 
 
-def honour_retry(entries: dict[str, StageStatus], request: str | None, honoured: str | None
-                 ) -> tuple[str | None, list[tuple[str, str, str]]]:
+def honour_retry(
+    entries: dict[str, StageStatus], request: str | None, honoured: str | None
+) -> tuple[str | None, list[tuple[str, str, str]]]:
     """A retry request is honoured once per annotation value: failed stages start again
     with a fresh retry budget. Returns the value honoured now and the Events."""
     if not request or request == honoured:
         return honoured, []
     failed = [s for s in STAGES if entries[s].state == "Failed"]
     for stage in failed:
-        entries[stage] = entries[stage].model_copy(update={
-            "state": "Retrying", "failures": 0, "retry_at": None,
-            "message": f"retry requested ({request})"})
-    events = [("Normal", "RetryRequested",
-               f"retrying {', '.join(failed)} with a fresh retry budget")] if failed else []
+        entries[stage] = entries[stage].model_copy(
+            update={
+                "state": "Retrying",
+                "failures": 0,
+                "retry_at": None,
+                "message": f"retry requested ({request})",
+            }
+        )
+    events = (
+        [("Normal", "RetryRequested", f"retrying {', '.join(failed)} with a fresh retry budget")]
+        if failed
+        else []
+    )
     return request, events
 
 
@@ -225,9 +252,12 @@ def served_teacher(lm_name: str, namespace: str, serve: dict[str, Any]) -> dict[
     return {
         "apiVersion": "kakugo.io/v1alpha1",
         "kind": "Teacher",
-        "metadata": {"name": naming.served_teacher_name(lm_name), "namespace": namespace,
-                     "labels": naming.lm_labels(lm_name),
-                     "annotations": {SPEC_HASH_ANNOTATION: digest(serve)}},
+        "metadata": {
+            "name": naming.served_teacher_name(lm_name),
+            "namespace": namespace,
+            "labels": naming.lm_labels(lm_name),
+            "annotations": {SPEC_HASH_ANNOTATION: digest(serve)},
+        },
         "spec": serve,
     }
 
@@ -244,11 +274,13 @@ def served_teacher_actions(obs: Observed) -> tuple[dict[str, Any] | None, dict[s
         return want, None
     meta = have.get("metadata") or {}
     if meta.get("deletionTimestamp") or (meta.get("labels") or {}).get(
-            naming.LM_LABEL) != naming.label_value(obs.name):
+        naming.LM_LABEL
+    ) != naming.label_value(obs.name):
         return None, None  # going away (created again once gone), or not ours
     wanted_hash = want["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
-    if (meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION) == wanted_hash and \
-            is_subset(serve, have.get("spec")):
+    if (meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION) == wanted_hash and is_subset(
+        serve, have.get("spec")
+    ):
         return None, None
     patch: dict[str, Any] = {"metadata": {"annotations": {SPEC_HASH_ANNOTATION: wanted_hash}}}
     if diff := merge_diff(have.get("spec"), serve):
@@ -259,8 +291,13 @@ def served_teacher_actions(obs: Observed) -> tuple[dict[str, Any] | None, dict[s
 # ------------------------------------------------------------------ cost
 
 
-def cost(entries: Mapping[str, StageStatus], world: sm.World, spec: LanguageModelSpec,
-         now: datetime, settings: OperatorSettings) -> tuple[Decimal, Cost]:
+def cost(
+    entries: Mapping[str, StageStatus],
+    world: sm.World,
+    spec: LanguageModelSpec,
+    now: datetime,
+    settings: OperatorSettings,
+) -> tuple[Decimal, Cost]:
     """Total dollars and the cost status: finished attempts (frozen in status, failed ones
     included) plus the running attempts' Pods, plus teacher tokens at the endpoint's
     prices."""
@@ -274,18 +311,26 @@ def cost(entries: Mapping[str, StageStatus], world: sm.World, spec: LanguageMode
         seconds, money = seconds + s, money + d
         tokens = Decimal(0)
         if endpoint is not None and stage in TEACHER_STAGES:
-            tokens = token_cost(entry.counts.prompt_tokens or 0,
-                                entry.counts.completion_tokens or 0, endpoint.prices)
+            tokens = token_cost(
+                entry.counts.prompt_tokens or 0,
+                entry.counts.completion_tokens or 0,
+                endpoint.prices,
+            )
         if seconds or money or tokens:
-            by_stage[stage] = StageCost(dollars=dollars(money + tokens),
-                                        gpu_hours=f"{seconds / 3600:.4f}",
-                                        teacher_dollars=dollars(tokens) if tokens else None)
+            by_stage[stage] = StageCost(
+                dollars=dollars(money + tokens),
+                gpu_hours=f"{seconds / 3600:.4f}",
+                teacher_dollars=dollars(tokens) if tokens else None,
+            )
         total += money + tokens
         gpu_total += seconds
     budget = spec.budget.max_dollars
-    return total, Cost(dollars=dollars(total), gpu_hours=f"{gpu_total / 3600:.4f}",
-                       by_stage=by_stage,
-                       budget=dollars(budget) if budget is not None else None)
+    return total, Cost(
+        dollars=dollars(total),
+        gpu_hours=f"{gpu_total / 3600:.4f}",
+        by_stage=by_stage,
+        budget=dollars(budget) if budget is not None else None,
+    )
 
 
 # ------------------------------------------------------------------ status
@@ -301,26 +346,37 @@ class Summary:
     reconciling: tuple[bool, str, str]
 
 
-def summarize(entries: Mapping[str, StageStatus], holds: Mapping[str, sm.Hold],
-              suspended: bool, budget_spent: str | None = None) -> Summary:
+def summarize(
+    entries: Mapping[str, StageStatus],
+    holds: Mapping[str, sm.Hold],
+    suspended: bool,
+    budget_spent: str | None = None,
+) -> Summary:
     done = all(entries[s].state == "Succeeded" for s in STAGES)
     running = [s for s in STAGES if entries[s].state == "Running"]
     failed = [s for s in STAGES if entries[s].state == "Failed"]
     over_budget = [s for s, h in holds.items() if h.gate == "Budget"]
     stall: tuple[str, str] | None = None
     if failed:
-        stall = ("StageFailed", "; ".join(entries[s].message or f"stage {s} failed"
-                                          for s in failed))
+        stall = (
+            "StageFailed",
+            "; ".join(entries[s].message or f"stage {s} failed" for s in failed),
+        )
     elif over_budget:
-        stall = ("BudgetExceeded", f"{budget_spent}; not started: {', '.join(over_budget)}. "
-                 "Raise the budget to go on.")
+        stall = (
+            "BudgetExceeded",
+            f"{budget_spent}; not started: {', '.join(over_budget)}. Raise the budget to go on.",
+        )
     # Reconciling: what goes on now (a stall with Jobs still running is both: the
     # independent stages continue, their dependants wait).
     if done:
         reconciling = (False, "Done", "")
     elif suspended:
-        reconciling = (True, "Suspended", "spec.suspend is true" + (
-            f"; {len(running)} Job(s) suspended" if running else ""))
+        reconciling = (
+            True,
+            "Suspended",
+            "spec.suspend is true" + (f"; {len(running)} Job(s) suspended" if running else ""),
+        )
     elif running:
         jobs = ", ".join(entries[s].job or s for s in running)
         reason = f"{running[0].capitalize()}Running" if len(running) == 1 else "StagesRunning"
@@ -351,8 +407,12 @@ def summarize(entries: Mapping[str, StageStatus], holds: Mapping[str, sm.Hold],
     return Summary(phase, done, stall, reconciling)
 
 
-def condition_wants(summary: Summary, entries: Mapping[str, StageStatus],
-                    holds: Mapping[str, sm.Hold], suspended: bool) -> list[Want]:
+def condition_wants(
+    summary: Summary,
+    entries: Mapping[str, StageStatus],
+    holds: Mapping[str, sm.Hold],
+    suspended: bool,
+) -> list[Want]:
     active, reason, message = summary.reconciling
     if summary.done:
         ready_ = Want("Ready", True, "Succeeded", "every stage succeeded")
@@ -364,34 +424,59 @@ def condition_wants(summary: Summary, entries: Mapping[str, StageStatus],
         ready_,
         Want("Reconciling", active, reason, message if active else ""),
         Want("Stalled", summary.stall is not None, *(summary.stall or ("NotStalled", ""))),
-        Want("Suspended", suspended, "SuspendRequested" if suspended else "NotSuspended",
-             "spec.suspend is true" if suspended else ""),
+        Want(
+            "Suspended",
+            suspended,
+            "SuspendRequested" if suspended else "NotSuspended",
+            "spec.suspend is true" if suspended else "",
+        ),
     ]
     for stage in STAGES:
         e = entries[stage]
         hold = holds.get(stage)
-        wants.append(Want(stage_condition(stage), e.state == "Succeeded", e.state,
-                          e.message or (f"waiting: {hold.message}" if hold else "")))
+        wants.append(
+            Want(
+                stage_condition(stage),
+                e.state == "Succeeded",
+                e.state,
+                e.message or (f"waiting: {hold.message}" if hold else ""),
+            )
+        )
     return wants
 
 
 def events_for(prev: list[Condition], new: list[Condition]) -> list[tuple[str, str, str]]:
     """A LanguageModel's Events: stalls and failed attempts are Warnings."""
-    return transition_events(prev, new, lambda c: (c.type == "Stalled" and c.is_true) or
-                             c.reason in ("Retrying", "Disrupted", "Failed", *STALL_REASONS),
-                             STALL_REASONS)
+    return transition_events(
+        prev,
+        new,
+        lambda c: (
+            (c.type == "Stalled" and c.is_true)
+            or c.reason in ("Retrying", "Disrupted", "Failed", *STALL_REASONS)
+        ),
+        STALL_REASONS,
+    )
 
 
 def stalled_only(obs: Observed, prev: LanguageModelStatus, reason: str, message: str) -> Plan:
     """A status that says the object cannot go on, with everything else kept."""
     suspended = bool(obs.spec.get("suspend"))
-    wants = [Want("Ready", False, reason, message), Want("Reconciling", False, reason),
-             Want("Stalled", True, reason, message),
-             Want("Suspended", suspended, "SuspendRequested" if suspended else "NotSuspended",
-                  "spec.suspend is true" if suspended else "")]
+    wants = [
+        Want("Ready", False, reason, message),
+        Want("Reconciling", False, reason),
+        Want("Stalled", True, reason, message),
+        Want(
+            "Suspended",
+            suspended,
+            "SuspendRequested" if suspended else "NotSuspended",
+            "spec.suspend is true" if suspended else "",
+        ),
+    ]
     conds = conditions(prev.conditions, wants, obs.now, obs.generation, keep_others=True)
-    status = prev.model_copy(deep=True, update={
-        "conditions": conds, "observed_generation": obs.generation, "phase": "Stalled"})
+    status = prev.model_copy(
+        deep=True,
+        update={"conditions": conds, "observed_generation": obs.generation, "phase": "Stalled"},
+    )
     return Plan(status=status, events=events_for(prev.conditions, conds))
 
 
@@ -402,17 +487,23 @@ def artifacts(run: RunSpec, entries: Mapping[str, StageStatus]) -> dict[str, str
 
 def _artifacts(run: RunSpec, entries: Mapping[str, Any]) -> dict[str, str]:
     """`artifacts` over entries as dicts or models (kept for tests/test_graph.py)."""
-    return artifact_uris(run.run_uri, {
-        s for s, e in entries.items()
-        if (e.state if isinstance(e, StageStatus) else e.get("state")) == "Succeeded"})
+    return artifact_uris(
+        run.run_uri,
+        {
+            s
+            for s, e in entries.items()
+            if (e.state if isinstance(e, StageStatus) else e.get("state")) == "Succeeded"
+        },
+    )
 
 
 def evaluation(entries: Mapping[str, StageStatus]) -> Evaluation | None:
     extra = entries["evaluate"].counts.extra or {}
     if not (extra.get("summary") or extra.get("evaluation")):
         return None
-    return Evaluation.model_validate({"summary": extra.get("summary") or "",
-                                      "tasks": extra.get("evaluation") or {}})
+    return Evaluation.model_validate(
+        {"summary": extra.get("summary") or "", "tasks": extra.get("evaluation") or {}}
+    )
 
 
 def with_log_tail(plan: Plan, stage: str, tail: str) -> None:
@@ -425,19 +516,28 @@ def with_log_tail(plan: Plan, stage: str, tail: str) -> None:
     entry.message = (entry.message + text)[-2048:]
     for cond in plan.status.conditions:
         if cond.type == stage_condition(stage) or (
-                cond.reason == "StageFailed" and cond.type in ("Ready", "Stalled")):
+            cond.reason == "StageFailed" and cond.type in ("Ready", "Stalled")
+        ):
             cond.message = (cond.message + text)[-2048:]
     plan.events = [
-        (k, r, (m + text)[-1024:]) if r == "StageFailed" or (
-            r == "Failed" and m.startswith(f"{stage_condition(stage)}=")) else (k, r, m)
-        for k, r, m in plan.events]
+        (k, r, (m + text)[-1024:])
+        if r == "StageFailed" or (r == "Failed" and m.startswith(f"{stage_condition(stage)}="))
+        else (k, r, m)
+        for k, r, m in plan.events
+    ]
 
 
 # ------------------------------------------------------------------ the stages
 
 
-def advance_all(entries: dict[str, StageStatus], world: sm.World, obs: Observed,
-                spec: LanguageModelSpec, settings: OperatorSettings, plan: Plan) -> None:
+def advance_all(
+    entries: dict[str, StageStatus],
+    world: sm.World,
+    obs: Observed,
+    spec: LanguageModelSpec,
+    settings: OperatorSettings,
+    plan: Plan,
+) -> None:
     """Adopt newer Jobs, then observe every Running stage and advance its state machine;
     the steps' effects go into the plan."""
     for stage in STAGES:
@@ -458,23 +558,34 @@ def advance_all(entries: dict[str, StageStatus], world: sm.World, obs: Observed,
             plan.log_pods[stage] = step.log_pod
 
 
-def gates_for(obs: Observed, spec: LanguageModelSpec, spent: Decimal, teacher_ready: bool,
-              teacher_wait: str) -> sm.Gates:
+def gates_for(
+    obs: Observed, spec: LanguageModelSpec, spent: Decimal, teacher_ready: bool, teacher_wait: str
+) -> sm.Gates:
     max_dollars = spec.budget.max_dollars
     return sm.Gates(
         suspended=spec.suspend,
         budget_spent=f"spent ${dollars(spent)} of spec.budget.maxDollars ${max_dollars}"
-        if max_dollars is not None and spent >= max_dollars else None,
-        gpu_gated=frozenset(gpu_stages(spec)) if obs.fleet and not obs.gpu_admitted
+        if max_dollars is not None and spent >= max_dollars
+        else None,
+        gpu_gated=frozenset(gpu_stages(spec))
+        if obs.fleet and not obs.gpu_admitted
         else frozenset(),
-        fleet=obs.fleet, teacher_ready=teacher_ready, teacher_wait=teacher_wait,
+        fleet=obs.fleet,
+        teacher_ready=teacher_ready,
+        teacher_wait=teacher_wait,
         limit=spec.resources.max_concurrent_stages,
     )
 
 
-def schedule(entries: dict[str, StageStatus], gates: sm.Gates, run: RunSpec,
-             settings: OperatorSettings, tenv: builders.TeacherEnv, now: datetime,
-             plan: Plan) -> dict[str, sm.Hold]:
+def schedule(
+    entries: dict[str, StageStatus],
+    gates: sm.Gates,
+    run: RunSpec,
+    settings: OperatorSettings,
+    tenv: builders.TeacherEnv,
+    now: datetime,
+    plan: Plan,
+) -> dict[str, sm.Hold]:
     """Start every stage whose inputs have all succeeded (in run order) unless a gate
     holds it; returns the holds (stage -> gate), also written to each entry's waitingFor."""
     holds: dict[str, sm.Hold] = {}
@@ -500,7 +611,8 @@ def schedule(entries: dict[str, StageStatus], gates: sm.Gates, run: RunSpec,
     for stage in STAGES:  # a stage no gate holds waits for nothing
         hold = holds.get(stage)
         entries[stage] = entries[stage].model_copy(
-            update={"waiting_for": hold.gate if hold else None})
+            update={"waiting_for": hold.gate if hold else None}
+        )
     return holds
 
 
@@ -513,8 +625,12 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     if isinstance(parsed, str):
         return stalled_only(obs, prev, "InvalidSpec", parsed)
     spec, now = parsed, obs.now
-    run = RunSpec(obs.name, obs.namespace, spec,
-                  spec.storage.root_uri if spec.storage else str(settings.storage_uri))
+    run = RunSpec(
+        obs.name,
+        obs.namespace,
+        spec,
+        spec.storage.root_uri if spec.storage else str(settings.storage_uri),
+    )
     fps = fingerprints(run.spec_dict())
     entries = entries_for(prev, fps)
 
@@ -522,10 +638,16 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     moved = moved_stages(entries, fps)
     if moved and settings.spec_changes == "refuse":
         paths = ", ".join(f"spec.{p}" for p in decl(moved[0]).fingerprint_paths)
-        return stalled_only(obs, prev, "SpecChangeRefused", (
-            f"this change alters the inputs of stages that already ran ({', '.join(moved)}; "
-            f"{moved[0]} reads {paths}); the operator is set to refuse such changes: revert "
-            "it, or create a new LanguageModel"))
+        return stalled_only(
+            obs,
+            prev,
+            "SpecChangeRefused",
+            (
+                f"this change alters the inputs of stages that already ran ({', '.join(moved)}; "
+                f"{moved[0]} reads {paths}); the operator is set to refuse such changes: revert "
+                "it, or create a new LanguageModel"
+            ),
+        )
     plan = Plan(status=prev)
     plan.delete_jobs = reset_moved(entries, moved, fps, obs.generation)
     retry_request, plan.events = honour_retry(entries, obs.retry_request, prev.retry_request)
@@ -547,19 +669,22 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
 
     # 4. The status.
     summary = summarize(entries, holds, spec.suspend, gates.budget_spent)
-    conds = conditions(prev.conditions,
-                       condition_wants(summary, entries, holds, spec.suspend),
-                       now, obs.generation)
+    conds = conditions(
+        prev.conditions, condition_wants(summary, entries, holds, spec.suspend), now, obs.generation
+    )
     n_done = sum(1 for s in STAGES if entries[s].state == "Succeeded")
     plan.status = LanguageModelStatus(
         observed_generation=obs.generation,
         phase=summary.phase,
         conditions=conds,
         stages=[entries[s] for s in STAGES],
-        progress=Progress(stages_done=n_done, stages_total=len(STAGES),
-                          percent=round(100 * n_done / len(STAGES)),
-                          stages=[s for s in STAGES if entries[s].state == "Running"],
-                          waiting={s: h.gate for s, h in holds.items()}),
+        progress=Progress(
+            stages_done=n_done,
+            stages_total=len(STAGES),
+            percent=round(100 * n_done / len(STAGES)),
+            stages=[s for s in STAGES if entries[s].state == "Running"],
+            waiting={s: h.gate for s, h in holds.items()},
+        ),
         cost=cost_status,
         artifacts=artifacts(run, entries),
         evaluation=evaluation(entries),

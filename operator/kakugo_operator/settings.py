@@ -98,8 +98,9 @@ class OperatorSettings(BaseModel):
     def _known_kinds(cls, value: dict[str, str]) -> dict[str, str]:
         unknown = sorted(set(value) - set(DEFAULT_IMAGES))
         if unknown:
-            raise ValueError(f"unknown image kind(s) {unknown}; kinds are "
-                             f"{', '.join(DEFAULT_IMAGES)}")
+            raise ValueError(
+                f"unknown image kind(s) {unknown}; kinds are {', '.join(DEFAULT_IMAGES)}"
+            )
         return {**DEFAULT_IMAGES, **value}
 
     @field_validator("namespaces", mode="before")
@@ -119,9 +120,12 @@ class OperatorSettings(BaseModel):
         """$ per GPU-hour; unknown products fall back to the default product's price."""
         product = product or self.default_gpu_product
         capacity = capacity or self.default_capacity_type
-        for key in ((product, capacity), (product, self.default_capacity_type),
-                    (self.default_gpu_product, capacity),
-                    (self.default_gpu_product, self.default_capacity_type)):
+        for key in (
+            (product, capacity),
+            (product, self.default_capacity_type),
+            (self.default_gpu_product, capacity),
+            (self.default_gpu_product, self.default_capacity_type),
+        ):
             if key in self.gpu_prices:
                 return self.gpu_prices[key]
         return Decimal(0)
@@ -138,27 +142,36 @@ def _snake(key: str) -> str:
 def _prices(raw: Any, where: str) -> dict[tuple[str, str], Decimal]:
     # YAML shape: {NVIDIA-H100-80GB-HBM3: {on-demand: "4.00", spot: "2.00"}}
     if not isinstance(raw, Mapping):
-        raise SettingsError(f"operator setting gpuPrices ({where}): expected a mapping "
-                            "product -> capacity type -> dollars per GPU-hour")
+        raise SettingsError(
+            f"operator setting gpuPrices ({where}): expected a mapping "
+            "product -> capacity type -> dollars per GPU-hour"
+        )
     out: dict[tuple[str, str], Decimal] = {}
     for product, by_capacity in raw.items():
         if not isinstance(by_capacity, Mapping):
-            raise SettingsError(f"operator setting gpuPrices.{product} ({where}): expected a "
-                                "mapping capacity type -> dollars per GPU-hour")
+            raise SettingsError(
+                f"operator setting gpuPrices.{product} ({where}): expected a "
+                "mapping capacity type -> dollars per GPU-hour"
+            )
         for capacity, price in by_capacity.items():
             try:
                 value = Decimal(str(price))
             except InvalidOperation:
                 value = Decimal(-1)
             if not value.is_finite() or value < 0:
-                raise SettingsError(f"operator setting gpuPrices.{product}.{capacity} "
-                                    f"({where}): not a price: {price!r}")
+                raise SettingsError(
+                    f"operator setting gpuPrices.{product}.{capacity} "
+                    f"({where}): not a price: {price!r}"
+                )
             out[(str(product), str(capacity))] = value
     return out
 
 
-def from_mapping(data: Mapping[str, Any], base: OperatorSettings | None = None,
-                 sources: Mapping[str, str] | None = None) -> OperatorSettings:
+def from_mapping(
+    data: Mapping[str, Any],
+    base: OperatorSettings | None = None,
+    sources: Mapping[str, str] | None = None,
+) -> OperatorSettings:
     """Settings from a camelCase or snake_case mapping (the Helm values' shape) over
     `base`. `sources`: key -> where it came from, for error messages."""
     base = base or OperatorSettings()
@@ -172,11 +185,14 @@ def from_mapping(data: Mapping[str, Any], base: OperatorSettings | None = None,
         if snake not in fields:
             raise SettingsError(
                 f"unknown operator setting {key!r} ({where}); known: "
-                f"{', '.join(sorted(to_camel(f) for f in fields))}")
+                f"{', '.join(sorted(to_camel(f) for f in fields))}"
+            )
         if snake == "images":
             if not isinstance(value, Mapping):
-                raise SettingsError(f"operator setting images ({where}): expected a mapping "
-                                    f"kind -> image, kinds {', '.join(DEFAULT_IMAGES)}")
+                raise SettingsError(
+                    f"operator setting images ({where}): expected a mapping "
+                    f"kind -> image, kinds {', '.join(DEFAULT_IMAGES)}"
+                )
             value = {**base.images, **value}
         elif snake == "gpu_prices":
             value = {**base.gpu_prices, **_prices(value, where)}
@@ -190,8 +206,9 @@ def from_mapping(data: Mapping[str, Any], base: OperatorSettings | None = None,
             field = str(err["loc"][0]) if err["loc"] else ""
             path = ".".join([to_camel(field), *(str(p) for p in err["loc"][1:])])
             where = origin.get(field, "default")
-            problems.append(f"operator setting {path} ({where}): {err['msg']}; got "
-                            f"{err.get('input')!r}")
+            problems.append(
+                f"operator setting {path} ({where}): {err['msg']}; got {err.get('input')!r}"
+            )
         raise SettingsError("; ".join(problems)) from None
 
 
@@ -203,11 +220,14 @@ def load(env: Mapping[str, str] | None = None) -> OperatorSettings:
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise SettingsError(f"operator settings file {path} ({SETTINGS_FILE_ENV}): "
-                                f"{exc}") from None
+            raise SettingsError(
+                f"operator settings file {path} ({SETTINGS_FILE_ENV}): {exc}"
+            ) from None
         if not isinstance(data, Mapping):
-            raise SettingsError(f"operator settings file {path} ({SETTINGS_FILE_ENV}): "
-                                "expected a mapping of settings")
+            raise SettingsError(
+                f"operator settings file {path} ({SETTINGS_FILE_ENV}): "
+                "expected a mapping of settings"
+            )
         settings = from_mapping(data, settings, dict.fromkeys(data, f"file {path}"))
     overrides: dict[str, Any] = {}
     sources: dict[str, str] = {}

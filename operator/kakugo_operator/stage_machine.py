@@ -137,11 +137,16 @@ def adopt(stage: str, entry: StageStatus, world: World, lm: str, now: datetime) 
     newest = max((attempt_of(j) for j in world.stage_jobs(stage)), default=0)
     if newest <= entry.attempt or entry.state in ("Failed", "Succeeded"):
         return entry
-    return entry.model_copy(update={
-        "attempt": newest, "job": naming.job_name(lm, stage, newest), "state": "Running",
-        "started_at": entry.started_at or iso(now), "created_at": iso(now),
-        "waiting_for": None,
-    })
+    return entry.model_copy(
+        update={
+            "attempt": newest,
+            "job": naming.job_name(lm, stage, newest),
+            "state": "Running",
+            "started_at": entry.started_at or iso(now),
+            "created_at": iso(now),
+            "waiting_for": None,
+        }
+    )
 
 
 def observe(stage: str, entry: StageStatus, world: World, now: datetime) -> Seen:
@@ -174,91 +179,152 @@ def _counts(stage: str, pods: tuple[dict[str, Any], ...]) -> StageCounts:
     return StageCounts.model_validate(stage_counts(list(pods), decl(stage).summary))
 
 
-def advance(stage: str, entry: StageStatus, seen: Seen, suspended: bool,
-            settings: OperatorSettings, now: datetime) -> Step:
+def advance(
+    stage: str,
+    entry: StageStatus,
+    seen: Seen,
+    suspended: bool,
+    settings: OperatorSettings,
+    now: datetime,
+) -> Step:
     """One step of a Running stage's state machine."""
     if seen.kind == "creating":
         return Step(entry, requeue=1.0)
     if seen.kind == "settling":
-        return Step(entry.model_copy(update={"done_seen_at": entry.done_seen_at or iso(now)}),
-                    requeue=1.0)
+        return Step(
+            entry.model_copy(update={"done_seen_at": entry.done_seen_at or iso(now)}), requeue=1.0
+        )
     if seen.kind == "running":
         return _running(stage, entry, seen, suspended, settings)
     seconds, cost = gpu_usage(list(seen.pods), now, settings)
-    record = {"job": entry.job or "", "attempt": entry.attempt, "finishedAt": iso(now),
-              "gpuSeconds": round(seconds, 3), "dollars": dollars(cost)}
+    record = {
+        "job": entry.job or "",
+        "attempt": entry.attempt,
+        "finishedAt": iso(now),
+        "gpuSeconds": round(seconds, 3),
+        "dollars": dollars(cost),
+    }
     counts = _counts(stage, seen.pods)
     if seen.kind == "succeeded":
         return _succeeded(stage, entry, record, counts, now)
     return _failed(stage, entry, seen, record, counts, settings, now)
 
 
-def _running(stage: str, entry: StageStatus, seen: Seen, suspended: bool,
-             settings: OperatorSettings) -> Step:
+def _running(
+    stage: str, entry: StageStatus, seen: Seen, suspended: bool, settings: OperatorSettings
+) -> Step:
     job = seen.job or {}
     counts = _counts(stage, seen.pods)
     js, spec = job.get("status") or {}, job.get("spec") or {}
-    entry = entry.model_copy(update={
-        "counts": counts if counts.dump() else entry.counts,
-        "shards": ShardProgress(done=js.get("succeeded") or 0,
-                                total=spec.get("completions") or 1,
-                                active=js.get("active") or 0),
-    })
+    entry = entry.model_copy(
+        update={
+            "counts": counts if counts.dump() else entry.counts,
+            "shards": ShardProgress(
+                done=js.get("succeeded") or 0,
+                total=spec.get("completions") or 1,
+                active=js.get("active") or 0,
+            ),
+        }
+    )
     suspend = suspended if bool(spec.get("suspend")) != suspended else None
     return Step(entry, suspend=suspend, requeue=settings.resync_seconds)
 
 
-def _succeeded(stage: str, entry: StageStatus, record: dict[str, Any], counts: StageCounts,
-               now: datetime) -> Step:
+def _succeeded(
+    stage: str, entry: StageStatus, record: dict[str, Any], counts: StageCounts, now: datetime
+) -> Step:
     attempt = Attempt.model_validate({**record, "outcome": "Succeeded"})
     started = parse_time(entry.started_at) or now
-    entry = entry.model_copy(update={
-        "state": "Succeeded", "finished_at": iso(now), "message": "", "retry_at": None,
-        "reset": False, "done_seen_at": None, "counts": counts,
-        "attempts": [*entry.attempts, attempt][-ATTEMPTS_KEPT:],
-    })
-    return Step(entry, finished={"stage": stage, **record, "outcome": "Succeeded",
-                                 "counts": counts.dump()},
-                completed_seconds=(now - started).total_seconds())
+    entry = entry.model_copy(
+        update={
+            "state": "Succeeded",
+            "finished_at": iso(now),
+            "message": "",
+            "retry_at": None,
+            "reset": False,
+            "done_seen_at": None,
+            "counts": counts,
+            "attempts": [*entry.attempts, attempt][-ATTEMPTS_KEPT:],
+        }
+    )
+    return Step(
+        entry,
+        finished={"stage": stage, **record, "outcome": "Succeeded", "counts": counts.dump()},
+        completed_seconds=(now - started).total_seconds(),
+    )
 
 
-def _failed(stage: str, entry: StageStatus, seen: Seen, record: dict[str, Any],
-            counts: StageCounts, settings: OperatorSettings, now: datetime) -> Step:
+def _failed(
+    stage: str,
+    entry: StageStatus,
+    seen: Seen,
+    record: dict[str, Any],
+    counts: StageCounts,
+    settings: OperatorSettings,
+    now: datetime,
+) -> Step:
     failure = classify_failure(list(seen.pods))
     outcome = "Disrupted" if failure.disrupted else "Failed"
     attempt = Attempt.model_validate({**record, "outcome": outcome, "reason": failure.reason})
-    finished = {"stage": stage, **record, "outcome": outcome, "reason": failure.reason,
-                "counts": counts.dump()}
+    finished = {
+        "stage": stage,
+        **record,
+        "outcome": outcome,
+        "reason": failure.reason,
+        "counts": counts.dump(),
+    }
     base = {"attempts": [*entry.attempts, attempt][-ATTEMPTS_KEPT:], "done_seen_at": None}
     if failure.disrupted:
-        entry = entry.model_copy(update={
-            **base, "disruptions": entry.disruptions + 1, "state": "Retrying",
-            "retry_at": iso(now),
-            "message": (f"attempt {entry.attempt} was disrupted ({failure.reason}: "
-                        f"{failure.message}); retrying without spending the retry budget")})
+        entry = entry.model_copy(
+            update={
+                **base,
+                "disruptions": entry.disruptions + 1,
+                "state": "Retrying",
+                "retry_at": iso(now),
+                "message": (
+                    f"attempt {entry.attempt} was disrupted ({failure.reason}: "
+                    f"{failure.message}); retrying without spending the retry budget"
+                ),
+            }
+        )
         return Step(entry, finished=finished, requeue=0.5)
     failures = entry.failures + 1
     if failures > settings.retry_budget:
-        message = (f"stage {stage} failed {failures} times (retry budget "
-                   f"{settings.retry_budget}); last attempt {entry.job}: "
-                   f"{failure.reason}: {failure.message}")
-        entry = entry.model_copy(update={**base, "failures": failures, "state": "Failed",
-                                         "message": message, "finished_at": iso(now)})
+        message = (
+            f"stage {stage} failed {failures} times (retry budget "
+            f"{settings.retry_budget}); last attempt {entry.job}: "
+            f"{failure.reason}: {failure.message}"
+        )
+        entry = entry.model_copy(
+            update={
+                **base,
+                "failures": failures,
+                "state": "Failed",
+                "message": message,
+                "finished_at": iso(now),
+            }
+        )
         return Step(entry, finished=finished, log_pod=failure.pod)
     delay = settings.backoff(failures)
-    entry = entry.model_copy(update={
-        **base, "failures": failures, "state": "Retrying",
-        "retry_at": iso(now + timedelta(seconds=delay)),
-        "message": (f"attempt {entry.attempt} failed ({failure.reason}: {failure.message}); "
-                    f"retry {failures} of {settings.retry_budget} in {delay:g}s")})
+    entry = entry.model_copy(
+        update={
+            **base,
+            "failures": failures,
+            "state": "Retrying",
+            "retry_at": iso(now + timedelta(seconds=delay)),
+            "message": (
+                f"attempt {entry.attempt} failed ({failure.reason}: {failure.message}); "
+                f"retry {failures} of {settings.retry_budget} in {delay:g}s"
+            ),
+        }
+    )
     return Step(entry, finished=finished, requeue=delay)
 
 
 # ------------------------------------------------------------------ gates and start
 
 
-def gate(stage: str, entry: StageStatus, gates: Gates, running: int,
-         now: datetime) -> Hold | None:
+def gate(stage: str, entry: StageStatus, gates: Gates, running: int, now: datetime) -> Hold | None:
     """Why a stage whose inputs are complete may not start now (the first gate that
     holds it), or None."""
     retry_at = parse_time(entry.retry_at)
@@ -267,38 +333,59 @@ def gate(stage: str, entry: StageStatus, gates: Gates, running: int,
     if gates.suspended:
         return Hold("Suspended", "spec.suspend is true")
     if gates.budget_spent is not None:
-        return Hold("Budget", f"{gates.budget_spent}; stage {stage} was not started. Raise "
-                              "the budget to go on.")
+        return Hold(
+            "Budget",
+            f"{gates.budget_spent}; stage {stage} was not started. Raise the budget to go on.",
+        )
     if stage in gates.gpu_gated:
         # A fleet member waits for its fleet's admission before a GPU stage (the fleet's
         # spec.maxConcurrent); the fleet reads it from the stage's waitingFor.
-        return Hold("GPUQuota", f"queued before stage {stage}: LanguageFleet {gates.fleet} "
-                                "lets at most spec.maxConcurrent members run GPU stages at once")
+        return Hold(
+            "GPUQuota",
+            f"queued before stage {stage}: LanguageFleet {gates.fleet} "
+            "lets at most spec.maxConcurrent members run GPU stages at once",
+        )
     if stage in TEACHER_STAGES and not gates.teacher_ready:
         return Hold("Teacher", gates.teacher_wait)
     if running >= gates.limit:
-        return Hold("Concurrency", f"{running} stage(s) run, at most {gates.limit} at once "
-                                   "(spec.resources.maxConcurrentStages)")
+        return Hold(
+            "Concurrency",
+            f"{running} stage(s) run, at most {gates.limit} at once "
+            "(spec.resources.maxConcurrentStages)",
+        )
     return None
 
 
-def start(stage: str, entry: StageStatus, run: RunSpec, settings: OperatorSettings,
-          teacher: builders.TeacherEnv, now: datetime) -> tuple[StageStatus, dict[str, Any]]:
+def start(
+    stage: str,
+    entry: StageStatus,
+    run: RunSpec,
+    settings: OperatorSettings,
+    teacher: builders.TeacherEnv,
+    now: datetime,
+) -> tuple[StageStatus, dict[str, Any]]:
     """The next attempt: its Job and the entry that says it runs. `reset` stays until the
     stage succeeds: a retry of a half-done rerun must not trust the markers that the
     previous generation left behind."""
     attempt = entry.attempt + 1
     body = builders.job(run, stage, attempt, settings, teacher, reset=bool(entry.reset))
-    entry = entry.model_copy(update={
-        "state": "Running", "attempt": attempt, "job": body["metadata"]["name"],
-        "created_at": iso(now), "started_at": entry.started_at or iso(now),
-        "retry_at": None, "waiting_for": None,
-    })
+    entry = entry.model_copy(
+        update={
+            "state": "Running",
+            "attempt": attempt,
+            "job": body["metadata"]["name"],
+            "created_at": iso(now),
+            "started_at": entry.started_at or iso(now),
+            "retry_at": None,
+            "waiting_for": None,
+        }
+    )
     return entry, body
 
 
-def running_usage(stage: str, entry: StageStatus, world: World, now: datetime,
-                  settings: OperatorSettings) -> tuple[float, Decimal]:
+def running_usage(
+    stage: str, entry: StageStatus, world: World, now: datetime, settings: OperatorSettings
+) -> tuple[float, Decimal]:
     """(GPU-seconds, dollars) of the attempt that runs now, if any."""
     if entry.state != "Running":
         return 0.0, Decimal(0)

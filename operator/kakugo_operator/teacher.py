@@ -31,8 +31,9 @@ from kakugo_stages.spec import TeacherSpec
 from kakugo_stages.status import Condition, TeacherStatus
 
 
-def deployment(name: str, namespace: str, spec: TeacherSpec, settings: OperatorSettings,
-               replicas: int) -> dict[str, Any]:
+def deployment(
+    name: str, namespace: str, spec: TeacherSpec, settings: OperatorSettings, replicas: int
+) -> dict[str, Any]:
     labels = naming.teacher_labels(name)
     args = vllm_args(spec, host="0.0.0.0", port=spec.port)
     res = spec.resources
@@ -46,8 +47,17 @@ def deployment(name: str, namespace: str, spec: TeacherSpec, settings: OperatorS
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(spec.gpus)
     env: list[dict[str, Any]] = []
     if spec.hf_token_secret_ref is not None:
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
-            "name": spec.hf_token_secret_ref.name, "key": spec.hf_token_secret_ref.key}}})
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": spec.hf_token_secret_ref.name,
+                        "key": spec.hf_token_secret_ref.key,
+                    }
+                },
+            }
+        )
     if spec.device == "cpu":
         env.append({"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"})
     container: dict[str, Any] = {
@@ -59,11 +69,17 @@ def deployment(name: str, namespace: str, spec: TeacherSpec, settings: OperatorS
         "env": env,
         "ports": [{"name": "http", "containerPort": spec.port}],
         "resources": {"requests": requests, **({"limits": limits} if limits else {})},
-        "readinessProbe": {"httpGet": {"path": "/health", "port": spec.port},
-                           "periodSeconds": 5, "failureThreshold": 3},
+        "readinessProbe": {
+            "httpGet": {"path": "/health", "port": spec.port},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
         # Loading a 120B model takes minutes: no liveness kill while it starts.
-        "startupProbe": {"httpGet": {"path": "/health", "port": spec.port},
-                         "periodSeconds": 10, "failureThreshold": 180},
+        "startupProbe": {
+            "httpGet": {"path": "/health", "port": spec.port},
+            "periodSeconds": 10,
+            "failureThreshold": 180,
+        },
         "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
     }
     pod_spec: dict[str, Any] = {
@@ -76,8 +92,9 @@ def deployment(name: str, namespace: str, spec: TeacherSpec, settings: OperatorS
     if selector:
         pod_spec["nodeSelector"] = selector
     if res.tolerations:
-        pod_spec["tolerations"] = [t.model_dump(mode="json", by_alias=True, exclude_none=True)
-                                   for t in res.tolerations]
+        pod_spec["tolerations"] = [
+            t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in res.tolerations
+        ]
     if res.priority_class_name:
         pod_spec["priorityClassName"] = res.priority_class_name
     meta_labels = dict(labels)
@@ -119,23 +136,30 @@ TEMPLATE_HASH_ANNOTATION = "kakugo.io/template-hash"
 def with_hash(obj: dict[str, Any], value: Any) -> dict[str, Any]:
     """`obj` with the hash of `value` (its desired state) as an annotation."""
     meta = obj["metadata"]
-    meta["annotations"] = {**(meta.get("annotations") or {}),
-                           TEMPLATE_HASH_ANNOTATION: digest(value)}
+    meta["annotations"] = {
+        **(meta.get("annotations") or {}),
+        TEMPLATE_HASH_ANNOTATION: digest(value),
+    }
     return obj
 
 
 def _hash_of(obj: dict[str, Any] | None) -> str | None:
-    return ((obj or {}).get("metadata") or {}).get("annotations", {}).get(
-        TEMPLATE_HASH_ANNOTATION)
+    return ((obj or {}).get("metadata") or {}).get("annotations", {}).get(TEMPLATE_HASH_ANNOTATION)
 
 
-def desired_deployment(name: str, namespace: str, spec: TeacherSpec,
-                       settings: OperatorSettings, replicas: int) -> dict[str, Any]:
+def desired_deployment(
+    name: str, namespace: str, spec: TeacherSpec, settings: OperatorSettings, replicas: int
+) -> dict[str, Any]:
     """The Deployment, hashed over everything but its replicas (idle scaling owns them)."""
     deploy = deployment(name, namespace, spec, settings, replicas)
-    return with_hash(deploy, {"labels": deploy["metadata"]["labels"],
-                              "template": deploy["spec"]["template"],
-                              "selector": deploy["spec"]["selector"]})
+    return with_hash(
+        deploy,
+        {
+            "labels": deploy["metadata"]["labels"],
+            "template": deploy["spec"]["template"],
+            "selector": deploy["spec"]["selector"],
+        },
+    )
 
 
 def desired_service(name: str, namespace: str, spec: TeacherSpec) -> dict[str, Any]:
@@ -144,8 +168,12 @@ def desired_service(name: str, namespace: str, spec: TeacherSpec) -> dict[str, A
 
 
 def _stamp(want: dict[str, Any]) -> dict[str, Any]:
-    return {"metadata": {"labels": want["metadata"]["labels"],
-                         "annotations": {TEMPLATE_HASH_ANNOTATION: _hash_of(want)}}}
+    return {
+        "metadata": {
+            "labels": want["metadata"]["labels"],
+            "annotations": {TEMPLATE_HASH_ANNOTATION: _hash_of(want)},
+        }
+    }
 
 
 def _labels_hold(have: dict[str, Any], want: dict[str, Any]) -> bool:
@@ -172,8 +200,10 @@ def service_patch(have: dict[str, Any], want: dict[str, Any]) -> dict[str, Any] 
         return None
     if is_subset(want["spec"], have.get("spec")) and _labels_hold(have, want):
         return _stamp(want)
-    return {**_stamp(want),
-            "spec": {"ports": want["spec"]["ports"], "selector": want["spec"]["selector"]}}
+    return {
+        **_stamp(want),
+        "spec": {"ports": want["spec"]["ports"], "selector": want["spec"]["selector"]},
+    }
 
 
 @dataclass
@@ -200,15 +230,23 @@ def wanted_replicas(clients: list[str], idle: float, idle_for: float) -> int:
 
 
 def _events(prev: list[Condition], new: list[Condition]) -> list[tuple[str, str, str]]:
-    return transition_events(prev, new, lambda c: c.type == "Stalled" and c.is_true,
-                             ("InvalidSpec",))
+    return transition_events(
+        prev, new, lambda c: c.type == "Stalled" and c.is_true, ("InvalidSpec",)
+    )
 
 
-def decide_teacher(name: str, namespace: str, raw_spec: dict[str, Any],
-                   status: dict[str, Any], deploy: dict[str, Any] | None,
-                   clients: list[str], now: datetime, settings: OperatorSettings,
-                   generation: int = 1, service_obj: dict[str, Any] | None = None,
-                   ) -> TeacherPlan:
+def decide_teacher(
+    name: str,
+    namespace: str,
+    raw_spec: dict[str, Any],
+    status: dict[str, Any],
+    deploy: dict[str, Any] | None,
+    clients: list[str],
+    now: datetime,
+    settings: OperatorSettings,
+    generation: int = 1,
+    service_obj: dict[str, Any] | None = None,
+) -> TeacherPlan:
     """The Teacher's plan. `deploy`, `service_obj`: its Deployment and Service as the API
     shows them (None: missing, so created)."""
     prev = read_status(status)
@@ -216,11 +254,19 @@ def decide_teacher(name: str, namespace: str, raw_spec: dict[str, Any],
         spec = validate_spec("Teacher", raw_spec, f"{namespace}/{name}")
     except ManifestError as exc:
         msg = "; ".join(str(e) for e in exc.errors)
-        conds = conditions(prev.conditions, [
-            Want("Ready", False, "InvalidSpec", msg), Want("Reconciling", False, "InvalidSpec"),
-            Want("Stalled", True, "InvalidSpec", msg)], now, generation)
-        new = prev.model_copy(update={"phase": "Stalled", "observed_generation": generation,
-                                      "conditions": conds})
+        conds = conditions(
+            prev.conditions,
+            [
+                Want("Ready", False, "InvalidSpec", msg),
+                Want("Reconciling", False, "InvalidSpec"),
+                Want("Stalled", True, "InvalidSpec", msg),
+            ],
+            now,
+            generation,
+        )
+        new = prev.model_copy(
+            update={"phase": "Stalled", "observed_generation": generation, "conditions": conds}
+        )
         return TeacherPlan(new, events=_events(prev.conditions, conds))
     plan = TeacherPlan(prev)
     idle = settings.teacher_idle_seconds
@@ -238,12 +284,18 @@ def decide_teacher(name: str, namespace: str, raw_spec: dict[str, Any],
         current = int((deploy.get("spec") or {}).get("replicas", 1))
         if current != want:
             plan.replicas = want
-            plan.events.append(("Normal", "ScaledUp" if want else "ScaledToZero",
-                                f"{len(clients)} client(s); idle {idle_for:.0f}s"))
+            plan.events.append(
+                (
+                    "Normal",
+                    "ScaledUp" if want else "ScaledToZero",
+                    f"{len(clients)} client(s); idle {idle_for:.0f}s",
+                )
+            )
         plan.patch_deployment = deployment_patch(deploy, want_deploy)
         if plan.patch_deployment and "spec" in plan.patch_deployment:
-            plan.events.append(("Normal", "RollingOut",
-                                f"Deployment {name}: the Teacher's spec changed"))
+            plan.events.append(
+                ("Normal", "RollingOut", f"Deployment {name}: the Teacher's spec changed")
+            )
     if service_obj is None:
         plan.create.append(want_service)
     else:
@@ -253,23 +305,46 @@ def decide_teacher(name: str, namespace: str, raw_spec: dict[str, Any],
     ready_replicas = int(((deploy or {}).get("status") or {}).get("readyReplicas") or 0)
     rolling = "spec" in (plan.patch_deployment or {}) or rolling_out(deploy)
     ready = want > 0 and current > 0 and ready_replicas > 0 and not rolling
-    reason = ("ServerReady" if ready else "ScaledToZero" if want == 0 else
-              "RollingOut" if rolling else "Starting")
-    message = {"ServerReady": f"{ready_replicas} replica(s) ready",
-               "ScaledToZero": f"no client for {idle_for:.0f}s (idleSeconds {idle:g})",
-               "RollingOut": "rolling the new spec out to the vLLM server",
-               "Starting": "waiting for the vLLM server to pass its readiness probe"}[reason]
-    conds = conditions(prev.conditions, [
-        Want("Ready", ready, reason, message),
-        Want("Reconciling", not ready and want > 0, reason if not ready else "Done",
-             message if not ready and want > 0 else ""),
-        Want("Stalled", False, "NotStalled"),
-    ], now, generation)
+    reason = (
+        "ServerReady"
+        if ready
+        else "ScaledToZero"
+        if want == 0
+        else "RollingOut"
+        if rolling
+        else "Starting"
+    )
+    message = {
+        "ServerReady": f"{ready_replicas} replica(s) ready",
+        "ScaledToZero": f"no client for {idle_for:.0f}s (idleSeconds {idle:g})",
+        "RollingOut": "rolling the new spec out to the vLLM server",
+        "Starting": "waiting for the vLLM server to pass its readiness probe",
+    }[reason]
+    conds = conditions(
+        prev.conditions,
+        [
+            Want("Ready", ready, reason, message),
+            Want(
+                "Reconciling",
+                not ready and want > 0,
+                reason if not ready else "Done",
+                message if not ready and want > 0 else "",
+            ),
+            Want("Stalled", False, "NotStalled"),
+        ],
+        now,
+        generation,
+    )
     plan.status = TeacherStatus(
-        url=url(name, namespace, spec), model=served_model_name(spec), clients=clients,
-        replicas=want, ready_replicas=ready_replicas, observed_generation=generation,
+        url=url(name, namespace, spec),
+        model=served_model_name(spec),
+        clients=clients,
+        replicas=want,
+        ready_replicas=ready_replicas,
+        observed_generation=generation,
         phase="Ready" if ready else "Idle" if want == 0 else "Starting",
-        conditions=conds, last_used=last_used,
+        conditions=conds,
+        last_used=last_used,
     )
     if ready != prev_ready(prev):
         plan.events.append(("Normal", reason, message))

@@ -114,8 +114,13 @@ class Cluster:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = (self.dir / f"{name}.log").open("wb")
-        self.procs[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def _alive(self, name: str) -> None:
         proc = self.procs[name]
@@ -131,23 +136,41 @@ class Cluster:
         keys = self.dir / "pki"
         keys.mkdir(parents=True, exist_ok=True)
         sa_key = keys / "sa.key"
-        subprocess.run(["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True, capture_output=True
+        )
         tokens = self.dir / "tokens.csv"
-        tokens.write_text(f'{self.admin_token},kakugo-e2e-admin,kakugo-e2e-admin,'
-                          f'"system:masters"\n')
+        tokens.write_text(
+            f'{self.admin_token},kakugo-e2e-admin,kakugo-e2e-admin,"system:masters"\n'
+        )
         tokens.chmod(0o600)
 
         etcd_port, peer_port = free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{etcd_port}"
-        self._spawn("etcd", [
-            str(self.tools.etcd), "--name", "e2e", "--data-dir", str(self.dir / "etcd"),
-            "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-cluster", f"e2e=http://127.0.0.1:{peer_port}",
-            "--quota-backend-bytes", str(1 << 30), "--log-level", "warn",
-        ])
+        self._spawn(
+            "etcd",
+            [
+                str(self.tools.etcd),
+                "--name",
+                "e2e",
+                "--data-dir",
+                str(self.dir / "etcd"),
+                "--listen-client-urls",
+                etcd_url,
+                "--advertise-client-urls",
+                etcd_url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-cluster",
+                f"e2e=http://127.0.0.1:{peer_port}",
+                "--quota-backend-bytes",
+                str(1 << 30),
+                "--log-level",
+                "warn",
+            ],
+        )
 
         def etcd_ok() -> bool:
             self._alive("etcd")
@@ -156,24 +179,44 @@ class Cluster:
 
         wait_until(etcd_ok, 30, "etcd")
 
-        self._spawn("kube-apiserver", [
-            str(self.tools.apiserver),
-            "--etcd-servers", etcd_url,
-            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-            "--secure-port", str(self.port), "--insecure-port", "0",
-            "--cert-dir", str(self.dir / "certs"),
-            "--token-auth-file", str(tokens),
-            "--authorization-mode", "RBAC",
-            "--service-account-key-file", str(sa_key),
-            "--service-account-signing-key-file", str(sa_key),
-            "--service-account-issuer", "https://kubernetes.default.svc",
-            "--api-audiences", "https://kubernetes.default.svc",
-            "--service-cluster-ip-range", "10.96.0.0/24",
-            "--disable-admission-plugins", "ServiceAccount",
-            "--allow-privileged=false",
-            "--profiling=false",
-            "--v", "1",
-        ])
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(self.tools.apiserver),
+                "--etcd-servers",
+                etcd_url,
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(self.port),
+                "--insecure-port",
+                "0",
+                "--cert-dir",
+                str(self.dir / "certs"),
+                "--token-auth-file",
+                str(tokens),
+                "--authorization-mode",
+                "RBAC",
+                "--service-account-key-file",
+                str(sa_key),
+                "--service-account-signing-key-file",
+                str(sa_key),
+                "--service-account-issuer",
+                "https://kubernetes.default.svc",
+                "--api-audiences",
+                "https://kubernetes.default.svc",
+                "--service-cluster-ip-range",
+                "10.96.0.0/24",
+                "--disable-admission-plugins",
+                "ServiceAccount",
+                "--allow-privileged=false",
+                "--profiling=false",
+                "--v",
+                "1",
+            ],
+        )
         self.write_kubeconfig(self.admin_kubeconfig, self.admin_token, "admin")
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
@@ -181,22 +224,34 @@ class Cluster:
 
         def apiserver_ok() -> bool:
             self._alive("kube-apiserver")
-            req = urllib.request.Request(f"{self.server}/readyz",
-                                         headers={"Authorization": f"Bearer {self.admin_token}"})
+            req = urllib.request.Request(
+                f"{self.server}/readyz", headers={"Authorization": f"Bearer {self.admin_token}"}
+            )
             with urllib.request.urlopen(req, timeout=2, context=ctx) as r:
                 return r.status == 200
 
         wait_until(apiserver_ok, 60, "kube-apiserver /readyz")
 
-        self._spawn("kube-controller-manager", [
-            str(self.tools.controller_manager),
-            "--kubeconfig", str(self.admin_kubeconfig),
-            "--controllers", "garbagecollector,namespace,job",
-            "--leader-elect=false", "--port", "0", "--secure-port", "0",
-            "--use-service-account-credentials=false",
-            "--concurrent-gc-syncs", "5",
-            "--v", "1",
-        ])
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.tools.controller_manager),
+                "--kubeconfig",
+                str(self.admin_kubeconfig),
+                "--controllers",
+                "garbagecollector,namespace,job",
+                "--leader-elect=false",
+                "--port",
+                "0",
+                "--secure-port",
+                "0",
+                "--use-service-account-credentials=false",
+                "--concurrent-gc-syncs",
+                "5",
+                "--v",
+                "1",
+            ],
+        )
         time.sleep(0.5)
         self._alive("kube-controller-manager")
         self.startup_seconds = time.monotonic() - t0
@@ -214,16 +269,26 @@ class Cluster:
 
     # ------------------------------------------------------------ clients
 
-    def write_kubeconfig(self, path: Path, token: str, user: str,
-                         namespace: str | None = None) -> Path:
+    def write_kubeconfig(
+        self, path: Path, token: str, user: str, namespace: str | None = None
+    ) -> Path:
         ctx: dict[str, Any] = {"cluster": "e2e", "user": user}
         if namespace:
             ctx["namespace"] = namespace
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "e2e",
-            "clusters": [{"name": "e2e", "cluster": {
-                # The apiserver's self-signed serving certificate (--cert-dir).
-                "server": self.server, "insecure-skip-tls-verify": True}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "e2e",
+            "clusters": [
+                {
+                    "name": "e2e",
+                    "cluster": {
+                        # The apiserver's self-signed serving certificate (--cert-dir).
+                        "server": self.server,
+                        "insecure-skip-tls-verify": True,
+                    },
+                }
+            ],
             "users": [{"name": user, "user": {"token": token}}],
             "contexts": [{"name": "e2e", "context": ctx}],
         }
@@ -245,12 +310,23 @@ class Cluster:
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         return kubernetes.client.ApiClient(conf)
 
-    def kubectl(self, *args: str, kubeconfig: Path | None = None, check: bool = True,
-                input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        cmd = [str(self.tools.kubectl), "--kubeconfig", str(kubeconfig or self.admin_kubeconfig),
-               *args]
+    def kubectl(
+        self,
+        *args: str,
+        kubeconfig: Path | None = None,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [
+            str(self.tools.kubectl),
+            "--kubeconfig",
+            str(kubeconfig or self.admin_kubeconfig),
+            *args,
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout)
         if check and done.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n"
-                                 f"{done.stdout}\n{done.stderr}")
+            raise AssertionError(
+                f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+            )
         return done

@@ -57,10 +57,12 @@ def crds(cluster: Cluster) -> list[str]:
     folder = Path(os.environ.get("KAKUGO_E2E_CRDS") or REPO / "crds")
     out = cluster.kubectl("apply", "-f", str(folder))
     names = [p.name.removesuffix(".yaml") for p in sorted(folder.glob("*.yaml"))]
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    *[f"crd/{n}" for n in names])
-    assert out.stdout.count("created") + out.stdout.count("configured") + \
-        out.stdout.count("unchanged") == len(names), out.stdout
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names]
+    )
+    assert out.stdout.count("created") + out.stdout.count("configured") + out.stdout.count(
+        "unchanged"
+    ) == len(names), out.stdout
     return names
 
 
@@ -84,20 +86,23 @@ def student(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def kubelet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeKubelet]:
-    with FakeKubelet(cluster.api_client(), tmp_path_factory.mktemp("kubelet"),
-                     namespaces=(NS,)) as k:
+    with FakeKubelet(
+        cluster.api_client(), tmp_path_factory.mktemp("kubelet"), namespaces=(NS,)
+    ) as k:
         yield k
     assert not k.errors, k.errors
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Cluster, crds: list[str], kubelet: FakeKubelet,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def operator(
+    cluster: Cluster,
+    crds: list[str],
+    kubelet: FakeKubelet,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
     op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"))
     op.setup()
     op.start()
     yield op
     op.stop()
     print(f"\noperator log: {op.log}")
-
-

@@ -25,11 +25,18 @@ RELEASE_NS = "kakugo-system"  # the chart's release namespace (operator's Servic
 RELEASE = "kakugo"
 
 
-
 def helm_template(cluster: Cluster, *sets: str) -> list[dict[str, Any]]:
     """`helm template` of the chart (namespaced mode, watching NS)."""
-    cmd = [str(cluster.tools.helm), "template", RELEASE, str(REPO / "helm" / "kakugo"),
-           "--namespace", RELEASE_NS, "--set", f"watch.namespaces={{{NS}}}"]
+    cmd = [
+        str(cluster.tools.helm),
+        "template",
+        RELEASE,
+        str(REPO / "helm" / "kakugo"),
+        "--namespace",
+        RELEASE_NS,
+        "--set",
+        f"watch.namespaces={{{NS}}}",
+    ]
     for s in sets:
         cmd += ["--set", s]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -50,19 +57,28 @@ class OperatorProcess:
     def setup(self) -> None:
         docs = helm_template(
             self.cluster,
-            f"operator.healthPort={self.health_port}", f"metrics.port={self.metrics_port}",
+            f"operator.healthPort={self.health_port}",
+            f"metrics.port={self.metrics_port}",
             # Fast retries and resyncs for the tests.
-            "stages.backoffBaseSeconds=1", "stages.backoffMaxSeconds=2",
+            "stages.backoffBaseSeconds=1",
+            "stages.backoffMaxSeconds=2",
             "operator.resyncSeconds=5",
         )
-        self.rbac = [d for d in docs if d["kind"] in (
-            "ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
+        self.rbac = [
+            d
+            for d in docs
+            if d["kind"]
+            in ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
+        ]
         kinds = sorted(d["kind"] for d in self.rbac)
         assert kinds == ["Role", "RoleBinding", "ServiceAccount"], kinds
         (self.folder / "rbac.yaml").write_text(yaml.safe_dump_all(self.rbac))
         self.cluster.kubectl("apply", "-f", str(self.folder / "rbac.yaml"))
-        (settings_cm,) = [d for d in docs if d["kind"] == "ConfigMap"
-                          and d["metadata"]["name"].endswith("-settings")]
+        (settings_cm,) = [
+            d
+            for d in docs
+            if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-settings")
+        ]
         self.settings = self.folder / "settings.yaml"
         self.settings.write_text(settings_cm["data"]["settings.yaml"])
         (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
@@ -75,41 +91,63 @@ class OperatorProcess:
         import kubernetes
 
         core = kubernetes.client.CoreV1Api(self.cluster.api_client())
-        req = core.create_namespaced_service_account_token(sa, RELEASE_NS, {
-            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 7200,
-                     "audiences": ["https://kubernetes.default.svc"]}})
+        req = core.create_namespaced_service_account_token(
+            sa,
+            RELEASE_NS,
+            {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {
+                    "expirationSeconds": 7200,
+                    "audiences": ["https://kubernetes.default.svc"],
+                },
+            },
+        )
         self.token = req.status.token
-        self.kubeconfig = self.cluster.write_kubeconfig(self.folder / "operator.kubeconfig",
-                                                        self.token, f"sa-{sa}")
+        self.kubeconfig = self.cluster.write_kubeconfig(
+            self.folder / "operator.kubeconfig", self.token, f"sa-{sa}"
+        )
 
     def start(self) -> None:
         # This checkout's code, also where another copy of the project is installed in the
         # virtualenv (a git worktree): the `kakugo` script imports from PYTHONPATH first.
-        code = os.pathsep.join([str(REPO), str(REPO / "operator"),
-                                os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        env = {**os.environ, **self.env,
-               "PYTHONPATH": code,
-               "KUBECONFIG": str(self.kubeconfig),
-               "KAKUGO_OPERATOR_SETTINGS": str(self.settings),
-               # insecure-skip-tls-verify: the apiserver's certificate is self-signed.
-               "PYTHONWARNINGS": "ignore:Unverified HTTPS request"}
+        code = os.pathsep.join(
+            [str(REPO), str(REPO / "operator"), os.environ.get("PYTHONPATH", "")]
+        ).rstrip(os.pathsep)
+        env = {
+            **os.environ,
+            **self.env,
+            "PYTHONPATH": code,
+            "KUBECONFIG": str(self.kubeconfig),
+            "KAKUGO_OPERATOR_SETTINGS": str(self.settings),
+            # insecure-skip-tls-verify: the apiserver's certificate is self-signed.
+            "PYTHONWARNINGS": "ignore:Unverified HTTPS request",
+        }
         for key in list(env):  # only the chart's settings, no developer overrides
             if key.startswith("KAKUGO_") and key not in (
-                    "KAKUGO_OPERATOR_SETTINGS", "KAKUGO_CACHE"):
+                "KAKUGO_OPERATOR_SETTINGS",
+                "KAKUGO_CACHE",
+            ):
                 env.pop(key)
         kakugo = Path(sys.executable).parent / "kakugo"
         assert self.args[0] == "operator", self.args
         self.out = self.log.open("ab")
-        self.proc = subprocess.Popen([str(kakugo), *self.args], env=env, stdout=self.out,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=self.folder, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(kakugo), *self.args],
+            env=env,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.folder,
+            start_new_session=True,
+        )
 
         def healthy() -> bool:
             if self.proc is None or self.proc.poll() is not None:
                 raise RuntimeError(f"the operator exited:\n{self.log_tail()}")
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz",
-                                        timeout=2) as r:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
+            ) as r:
                 return r.status == 200
 
         wait_until(healthy, 60, "the operator's /healthz")
@@ -134,9 +172,11 @@ class OperatorProcess:
     def forbidden(self) -> list[str]:
         """Lines of the operator's log about requests RBAC refused (an HTTP 403, not the
         milliseconds of a timestamp such as `06:23:31,403`)."""
-        return [line for line in self.log.read_text(errors="replace").splitlines()
-                if "forbidden" in line.lower() or re.search(r"(?<![\d,.:])403(?!\d)", line)]
-
+        return [
+            line
+            for line in self.log.read_text(errors="replace").splitlines()
+            if "forbidden" in line.lower() or re.search(r"(?<![\d,.:])403(?!\d)", line)
+        ]
 
 
 # ------------------------------------------------------------------ helpers for the tests
@@ -147,35 +187,63 @@ def manifest(name: str, teacher_url: str, student: Path, storage: Path, **extra:
     fixtures = REPO / "tests" / "fixtures"
     ev = fixtures / "eval"
     body = {
-        "apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageModel",
+        "apiVersion": "kakugo.io/v1alpha1",
+        "kind": "LanguageModel",
         "metadata": {"name": name, "namespace": NS},
         "spec": {
             "language": "Yoruba",
-            "teacher": {"endpoint": {
-                "url": teacher_url, "model": "scripted",
-                "prices": {"inputPerMillion": "0.15", "outputPerMillion": "0.60"}},
-                "maxConcurrency": 8},
+            "teacher": {
+                "endpoint": {
+                    "url": teacher_url,
+                    "model": "scripted",
+                    "prices": {"inputPerMillion": "0.15", "outputPerMillion": "0.60"},
+                },
+                "maxConcurrency": 8,
+            },
             "student": {"model": str(student)},
             "storage": {"uri": f"file://{storage}"},
             # One shard per stage: 1.20 has no Indexed Jobs (completionMode is dropped).
             "data": {
-                "topics": {"generalSeeds": ["health"], "languageSeeds": ["{language} culture"],
-                           "macroTopicsPerSeed": 2, "topicsPerMacroTopic": 2, "shards": 1},
-                "scenarios": {"broadGeneral": 2, "broadLanguage": 1, "detailedPerBroad": 2,
-                              "promptsPerScenario": 2, "shards": 1},
-                "contexts": {"source": {"path": str(fixtures / "fineweb2_yor_Latn.jsonl")},
-                             "maxDocuments": 4, "maxDocumentTokens": 60, "shards": 1},
+                "topics": {
+                    "generalSeeds": ["health"],
+                    "languageSeeds": ["{language} culture"],
+                    "macroTopicsPerSeed": 2,
+                    "topicsPerMacroTopic": 2,
+                    "shards": 1,
+                },
+                "scenarios": {
+                    "broadGeneral": 2,
+                    "broadLanguage": 1,
+                    "detailedPerBroad": 2,
+                    "promptsPerScenario": 2,
+                    "shards": 1,
+                },
+                "contexts": {
+                    "source": {"path": str(fixtures / "fineweb2_yor_Latn.jsonl")},
+                    "maxDocuments": 4,
+                    "maxDocumentTokens": 60,
+                    "shards": 1,
+                },
                 "revise": {"shards": 1},
                 "respond": {"shards": 1},
-                "translate": {"source": {
-                    "path": str(fixtures / "infinity_instruct_7M_core.jsonl")}, "samples": 6,
-                    "shards": 1},
+                "translate": {
+                    "source": {"path": str(fixtures / "infinity_instruct_7M_core.jsonl")},
+                    "samples": 6,
+                    "shards": 1,
+                },
             },
-            "training": {"device": "cpu", "precision": "fp32", "deepspeedStage": 0,
-                         "cutoffLen": 512, "gradientCheckpointing": False,
-                         "checkpointEverySteps": 2, "learningRate": 1.0e-3},
+            "training": {
+                "device": "cpu",
+                "precision": "fp32",
+                "deepspeedStage": 0,
+                "cutoffLen": 512,
+                "gradientCheckpointing": False,
+                "checkpointEverySteps": 2,
+                "learningRate": 1.0e-3,
+            },
             "evaluation": {
-                "device": "cpu", "batchSize": 4,
+                "device": "cpu",
+                "batchSize": 4,
                 "flores": {"path": str(ev / "flores_plus"), "limit": 3, "maxNewTokens": 8},
                 "sib200": {"path": str(ev / "sib200"), "limit": 4},
                 "belebele": {"path": str(ev / "belebele"), "limit": 5},
@@ -199,7 +267,8 @@ def get_lm(kube: Any, name: str) -> dict[str, Any] | None:
 
     try:
         return custom(kube).get_namespaced_custom_object(
-            "kakugo.io", "v1alpha1", NS, "languagemodels", name)
+            "kakugo.io", "v1alpha1", NS, "languagemodels", name
+        )
     except kubernetes.client.ApiException as exc:
         if exc.status == 404:
             return None
@@ -211,9 +280,14 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in conds if c["type"] == kind), {})
 
 
-def wait_ready(kube: Any, name: str, op: OperatorProcess, timeout: float = 420,
-               observe: Callable[[dict[str, Any]], None] | None = None,
-               interval: float = 1.0) -> dict[str, Any]:
+def wait_ready(
+    kube: Any,
+    name: str,
+    op: OperatorProcess,
+    timeout: float = 420,
+    observe: Callable[[dict[str, Any]], None] | None = None,
+    interval: float = 1.0,
+) -> dict[str, Any]:
     """Until Ready=True (fails early on Stalled, with the operator's log). `observe` sees
     every LanguageModel read on the way."""
     deadline = time.monotonic() + timeout
@@ -233,12 +307,12 @@ def wait_ready(kube: Any, name: str, op: OperatorProcess, timeout: float = 420,
             raise AssertionError(f"{name}: the operator keeps failing:\n{op.log_tail()}")
         time.sleep(interval)
     status = json.dumps((last or {}).get("status"), indent=1)[-3000:]
-    raise AssertionError(f"{name} not Ready after {timeout}s; status:\n{status}\n"
-                         f"operator log:\n{op.log_tail()}")
+    raise AssertionError(
+        f"{name} not Ready after {timeout}s; status:\n{status}\noperator log:\n{op.log_tail()}"
+    )
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.5) -> Any:
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
     """Poll until check() is truthy; returns its value."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

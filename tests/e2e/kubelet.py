@@ -75,8 +75,14 @@ class PodRun:
 class FakeKubelet:
     """Run with `with FakeKubelet(api_client, folder) as kubelet: ...`."""
 
-    def __init__(self, api_client: Any, folder: Path, *, extra_env: dict[str, str] | None = None,
-                 namespaces: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        api_client: Any,
+        folder: Path,
+        *,
+        extra_env: dict[str, str] | None = None,
+        namespaces: tuple[str, ...] = (),
+    ) -> None:
         import kubernetes
 
         self.core = kubernetes.client.CoreV1Api(api_client)
@@ -136,8 +142,12 @@ class FakeKubelet:
                     for pod in pods.items:
                         self._handle(self.core.api_client.sanitize_for_serialization(pod))
                 stream = kubernetes.watch.Watch().stream(
-                    self.core.list_pod_for_all_namespaces, label_selector="job-name",
-                    resource_version=rv, timeout_seconds=30, _request_timeout=40)
+                    self.core.list_pod_for_all_namespaces,
+                    label_selector="job-name",
+                    resource_version=rv,
+                    timeout_seconds=30,
+                    _request_timeout=40,
+                )
                 for event in stream:
                     if self._stop.is_set():
                         return
@@ -183,8 +193,9 @@ class FakeKubelet:
         run = PodRun(meta["namespace"], meta["name"], uid, folder)
         with self._lock:
             self.runs[uid] = run
-        threading.Thread(target=self._run, args=(pod, run), name=f"pod-{meta['name']}",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._run, args=(pod, run), name=f"pod-{meta['name']}", daemon=True
+        ).start()
 
     def _forget(self, pod: dict[str, Any]) -> None:
         with self._lock:
@@ -204,9 +215,12 @@ class FakeKubelet:
             run.done.set()
 
     def _bind(self, run: PodRun) -> None:
-        body = {"apiVersion": "v1", "kind": "Binding",
-                "metadata": {"name": run.name, "namespace": run.namespace},
-                "target": {"apiVersion": "v1", "kind": "Node", "name": NODE}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": run.name, "namespace": run.namespace},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
+        }
         # Undecoded: the client cannot deserialize the Status that a binding returns.
         self.core.create_namespaced_binding(run.namespace, body, _preload_content=False)
 
@@ -240,51 +254,106 @@ class FakeKubelet:
         output = (run.folder / "output.log").open("wb")
         run.started = now()
         container_id = f"fake://{run.uid}"
-        run.proc = subprocess.Popen([exe, *argv[1:]], env=full_env, cwd=cwd,
-                                    stdout=output, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        ready = [{"type": t, "status": "True", "lastTransitionTime": run.started}
-                 for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")]
+        run.proc = subprocess.Popen(
+            [exe, *argv[1:]],
+            env=full_env,
+            cwd=cwd,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        ready = [
+            {"type": t, "status": "True", "lastTransitionTime": run.started}
+            for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
+        ]
         with contextlib.suppress(Exception):  # a Pod deleted at once is no failure
-            self._status(run, {
-                "phase": "Running", "startTime": run.started, "hostIP": "127.0.0.1",
-                "podIP": "127.0.0.1", "conditions": ready,
-                "containerStatuses": [{
-                    "name": container["name"], "image": container.get("image", ""),
-                    "imageID": "", "containerID": container_id, "ready": True,
-                    "started": True, "restartCount": 0,
-                    "state": {"running": {"startedAt": run.started}}}],
-            })
+            self._status(
+                run,
+                {
+                    "phase": "Running",
+                    "startTime": run.started,
+                    "hostIP": "127.0.0.1",
+                    "podIP": "127.0.0.1",
+                    "conditions": ready,
+                    "containerStatuses": [
+                        {
+                            "name": container["name"],
+                            "image": container.get("image", ""),
+                            "imageID": "",
+                            "containerID": container_id,
+                            "ready": True,
+                            "started": True,
+                            "restartCount": 0,
+                            "state": {"running": {"startedAt": run.started}},
+                        }
+                    ],
+                },
+            )
         code = run.proc.wait()
         output.close()
         run.exit_code = code
         finished = now()
-        self.history.append({"namespace": run.namespace, "pod": run.name, "uid": run.uid,
-                             "argv": argv, "exitCode": code, "deleted": run.deleting,
-                             "started": run.started, "finished": finished,
-                             "folder": str(run.folder)})
+        self.history.append(
+            {
+                "namespace": run.namespace,
+                "pod": run.name,
+                "uid": run.uid,
+                "argv": argv,
+                "exitCode": code,
+                "deleted": run.deleting,
+                "started": run.started,
+                "finished": finished,
+                "folder": str(run.folder),
+            }
+        )
         if run.deleting or self._stop.is_set():
             return
         message = term_file.read_bytes()[:MESSAGE_LIMIT].decode("utf-8", errors="replace")
-        if not message.strip() and code != 0 and \
-                container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+        if (
+            not message.strip()
+            and code != 0
+            and container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+        ):
             lines = (run.folder / "output.log").read_bytes().splitlines()[-FALLBACK_LINES:]
             message = b"\n".join(lines)[-FALLBACK_BYTES:].decode("utf-8", errors="replace")
         reason = "Completed" if code == 0 else "Error"
-        not_ready = [{"type": t, "status": "False" if t in ("Ready", "ContainersReady")
-                      else "True", "lastTransitionTime": finished}
-                     for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")]
-        self._status(run, {
-            "phase": "Succeeded" if code == 0 else "Failed", "conditions": not_ready,
-            "containerStatuses": [{
-                "name": container["name"], "image": container.get("image", ""),
-                "imageID": "", "containerID": container_id, "ready": False,
-                "started": False, "restartCount": 0,
-                "state": {"terminated": {
-                    "exitCode": code if code >= 0 else 128 - code, "reason": reason,
-                    "message": message, "startedAt": run.started, "finishedAt": finished,
-                    "containerID": container_id}}}],
-        })
+        not_ready = [
+            {
+                "type": t,
+                "status": "False" if t in ("Ready", "ContainersReady") else "True",
+                "lastTransitionTime": finished,
+            }
+            for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
+        ]
+        self._status(
+            run,
+            {
+                "phase": "Succeeded" if code == 0 else "Failed",
+                "conditions": not_ready,
+                "containerStatuses": [
+                    {
+                        "name": container["name"],
+                        "image": container.get("image", ""),
+                        "imageID": "",
+                        "containerID": container_id,
+                        "ready": False,
+                        "started": False,
+                        "restartCount": 0,
+                        "state": {
+                            "terminated": {
+                                "exitCode": code if code >= 0 else 128 - code,
+                                "reason": reason,
+                                "message": message,
+                                "startedAt": run.started,
+                                "finishedAt": finished,
+                                "containerID": container_id,
+                            }
+                        },
+                    }
+                ],
+            },
+        )
 
     def _volumes(self, pod: dict[str, Any], run: PodRun) -> dict[str, str]:
         """Container path -> host path, for every mount of the first container."""
@@ -310,8 +379,10 @@ class FakeKubelet:
             elif "emptyDir" in vol:
                 pass
             else:
-                raise RuntimeError(f"volume {vol['name']}: only configMap, secret and emptyDir "
-                                   "volumes are supported by the fake kubelet")
+                raise RuntimeError(
+                    f"volume {vol['name']}: only configMap, secret and emptyDir "
+                    "volumes are supported by the fake kubelet"
+                )
             host[vol["name"]] = target
         paths: dict[str, str] = {}
         for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
@@ -343,11 +414,13 @@ class FakeKubelet:
                     if ref.get("optional"):
                         continue
                     raise
-                env.update({prefix + k: base64.b64decode(v).decode()
-                            for k, v in (sec.data or {}).items()})
+                env.update(
+                    {prefix + k: base64.b64decode(v).decode() for k, v in (sec.data or {}).items()}
+                )
         # Indexed Jobs (1.21+): the completion index, as the kubelet's downward API gives it.
         index = (pod["metadata"].get("annotations") or {}).get(
-            "batch.kubernetes.io/job-completion-index")
+            "batch.kubernetes.io/job-completion-index"
+        )
         if index is not None:
             env["JOB_COMPLETION_INDEX"] = index
         for var in container.get("env") or []:
@@ -393,7 +466,8 @@ class FakeKubelet:
         import kubernetes
 
         body = kubernetes.client.V1DeleteOptions(
-            grace_period_seconds=0, preconditions=kubernetes.client.V1Preconditions(uid=uid))
+            grace_period_seconds=0, preconditions=kubernetes.client.V1Preconditions(uid=uid)
+        )
         with contextlib.suppress(kubernetes.client.ApiException):
             self.core.delete_namespaced_pod(name, namespace, body=body)
 
@@ -404,7 +478,7 @@ def _rewriter(paths: dict[str, str]) -> Any:
     def rewrite(value: str) -> str:
         for inside, outside in ordered:
             if value == inside or value.startswith(inside + "/"):
-                return outside + value[len(inside):]
+                return outside + value[len(inside) :]
         return value
 
     return rewrite
@@ -421,10 +495,15 @@ def _expand(value: str, env: dict[str, str]) -> str:
 
 def _field(pod: dict[str, Any], path: str) -> str:
     meta = pod["metadata"]
-    simple = {"metadata.name": meta["name"], "metadata.namespace": meta["namespace"],
-              "metadata.uid": meta["uid"], "spec.nodeName": NODE,
-              "spec.serviceAccountName": pod["spec"].get("serviceAccountName", ""),
-              "status.hostIP": "127.0.0.1", "status.podIP": "127.0.0.1"}
+    simple = {
+        "metadata.name": meta["name"],
+        "metadata.namespace": meta["namespace"],
+        "metadata.uid": meta["uid"],
+        "spec.nodeName": NODE,
+        "spec.serviceAccountName": pod["spec"].get("serviceAccountName", ""),
+        "status.hostIP": "127.0.0.1",
+        "status.podIP": "127.0.0.1",
+    }
     if path in simple:
         return simple[path]
     m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)

@@ -19,8 +19,17 @@ from tests.e2e.e2e_support import NS, condition, get_lm, manifest, wait_for, wai
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:Unverified HTTPS request")]
 
-STAGES = ["topics", "scenarios", "contexts", "revise", "respond", "translate", "filter",
-          "train", "evaluate"]
+STAGES = [
+    "topics",
+    "scenarios",
+    "contexts",
+    "revise",
+    "respond",
+    "translate",
+    "filter",
+    "train",
+    "evaluate",
+]
 OWNED = "app.kubernetes.io/managed-by=kakugo-operator"
 
 
@@ -31,14 +40,22 @@ def children(kube: Any, name: str) -> dict[str, list[str]]:
     return {
         "jobs": [j.metadata.name for j in batch.list_namespaced_job(NS, label_selector=sel).items],
         "pods": [p.metadata.name for p in core.list_namespaced_pod(NS, label_selector=sel).items],
-        "configmaps": [c.metadata.name
-                       for c in core.list_namespaced_config_map(NS, label_selector=sel).items],
+        "configmaps": [
+            c.metadata.name for c in core.list_namespaced_config_map(NS, label_selector=sel).items
+        ],
     }
 
 
 @pytest.mark.timeout(900)
-def test_apply_to_ready_and_delete(cluster: Any, kube: Any, operator: Any, kubelet: Any,
-                                   teacher: Any, student: Path, tmp_path: Path) -> None:
+def test_apply_to_ready_and_delete(
+    cluster: Any,
+    kube: Any,
+    operator: Any,
+    kubelet: Any,
+    teacher: Any,
+    student: Path,
+    tmp_path: Path,
+) -> None:
     name = "tiny-yoruba"
     path = tmp_path / "lm.yaml"
     path.write_text(manifest(name, teacher.url, student, tmp_path / "store"))
@@ -116,8 +133,16 @@ def test_apply_to_ready_and_delete(cluster: Any, kube: Any, operator: Any, kubel
     # A change of training reruns train and evaluate; until they succeed again, the status
     # holds no model, no evaluation and no finish time for them: a status patch removes
     # what is gone (a shallow merge patch would keep the old nested values).
-    cluster.kubectl("patch", "languagemodel", name, "-n", NS, "--type=merge", "-p",
-                    json.dumps({"spec": {"training": {"learningRate": 2.0e-3}}}))
+    cluster.kubectl(
+        "patch",
+        "languagemodel",
+        name,
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"training": {"learningRate": 2.0e-3}}}),
+    )
 
     def rerunning() -> dict[str, Any] | None:
         obj = get_lm(kube, name) or {}
@@ -136,7 +161,10 @@ def test_apply_to_ready_and_delete(cluster: Any, kube: Any, operator: Any, kubel
     assert lm["status"]["evaluation"]["summary"]
     assert lm["status"]["artifacts"]["model"] == status["artifacts"]["model"]
     assert {s["name"]: s["attempt"] for s in lm["status"]["stages"]} == {
-        **dict.fromkeys(STAGES, 1), "train": 2, "evaluate": 2}
+        **dict.fromkeys(STAGES, 1),
+        "train": 2,
+        "evaluate": 2,
+    }
 
     # kubectl delete: the finalizer goes, the garbage collector removes every child.
     before = children(kube, name)

@@ -20,8 +20,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:Unverified HTT
 
 GROUP, VERSION = "kakugo.io", "v1alpha1"
 BROKEN = REPO / "tests" / "manifests" / "broken"
-PLURALS = {"LanguageModel": "languagemodels", "LanguageFleet": "languagefleets",
-           "Teacher": "teachers"}
+PLURALS = {
+    "LanguageModel": "languagemodels",
+    "LanguageFleet": "languagefleets",
+    "Teacher": "teachers",
+}
 UNWATCHED = "kakugo-e2e-unwatched"  # no operator here: only the API server's own behaviour
 
 
@@ -53,13 +56,15 @@ def expected_fields(path: Path) -> list[str]:
     return fields
 
 
-SCHEMA_FAULTS = sorted(p for p in BROKEN.glob("*.yaml")
-                       if p.stem not in _cross_field() and p.stem != "unknown-field")
+SCHEMA_FAULTS = sorted(
+    p for p in BROKEN.glob("*.yaml") if p.stem not in _cross_field() and p.stem != "unknown-field"
+)
 
 
 def _create(kube: Any, doc: dict[str, Any], namespace: str) -> Any:
     return custom(kube).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURALS[doc["kind"]], doc)
+        GROUP, VERSION, namespace, PLURALS[doc["kind"]], doc
+    )
 
 
 @pytest.mark.timeout(300)
@@ -89,8 +94,9 @@ def test_schema_rejects_malformed_manifests(cluster: Any, kube: Any, crds: list[
     assert not failures, "\n".join(failures)
 
     # kubectl reports the same 422 (exit 1, the field in the message).
-    bad = cluster.kubectl("apply", "-n", UNWATCHED, "-f", str(BROKEN / "bad-enum.yaml"),
-                          check=False)
+    bad = cluster.kubectl(
+        "apply", "-n", UNWATCHED, "-f", str(BROKEN / "bad-enum.yaml"), check=False
+    )
     assert bad.returncode == 1 and "spec.training.lrScheduler" in bad.stderr, bad.stderr
 
     # An unknown field is not an error on 1.20 (no server-side field validation): the
@@ -106,20 +112,28 @@ def test_schema_rejects_malformed_manifests(cluster: Any, kube: Any, crds: list[
 def test_status_is_isolated_from_spec(cluster: Any, kube: Any, crds: list[str]) -> None:
     cluster.kubectl("create", "namespace", UNWATCHED, check=False)
     api = custom(kube)
-    doc = yaml.safe_load(manifest("isolated", "http://127.0.0.1:9/v1", Path("/nonexistent"),
-                                  Path("/tmp/unused")))
+    doc = yaml.safe_load(
+        manifest("isolated", "http://127.0.0.1:9/v1", Path("/nonexistent"), Path("/tmp/unused"))
+    )
     doc["metadata"]["namespace"] = UNWATCHED
     doc["status"] = {"phase": "Succeeded"}
-    created = api.create_namespaced_custom_object(GROUP, VERSION, UNWATCHED,
-                                                  "languagemodels", doc)
+    created = api.create_namespaced_custom_object(GROUP, VERSION, UNWATCHED, "languagemodels", doc)
     assert "status" not in created or not created["status"], created.get("status")
     assert created["metadata"]["generation"] == 1
 
     # A /status write changes only status: spec and generation stay.
     after = api.patch_namespaced_custom_object_status(
-        GROUP, VERSION, UNWATCHED, "languagemodels", "isolated",
-        {"status": {"phase": "Running", "observedGeneration": 1},
-         "spec": {"language": "Hausa"}, "metadata": {"labels": {"via": "status"}}})
+        GROUP,
+        VERSION,
+        UNWATCHED,
+        "languagemodels",
+        "isolated",
+        {
+            "status": {"phase": "Running", "observedGeneration": 1},
+            "spec": {"language": "Hausa"},
+            "metadata": {"labels": {"via": "status"}},
+        },
+    )
     assert after["status"]["phase"] == "Running"
     assert after["spec"]["language"] == "Yoruba"
     assert "via" not in (after["metadata"].get("labels") or {})
@@ -127,30 +141,39 @@ def test_status_is_isolated_from_spec(cluster: Any, kube: Any, crds: list[str]) 
 
     # A write of the object changes spec (and generation), never status.
     after = api.patch_namespaced_custom_object(
-        GROUP, VERSION, UNWATCHED, "languagemodels", "isolated",
-        {"spec": {"suspend": True}, "status": {"phase": "Succeeded"}})
+        GROUP,
+        VERSION,
+        UNWATCHED,
+        "languagemodels",
+        "isolated",
+        {"spec": {"suspend": True}, "status": {"phase": "Succeeded"}},
+    )
     assert after["spec"]["suspend"] is True
     assert after["status"]["phase"] == "Running"
     assert after["metadata"]["generation"] == 2
     full = dict(after, spec={**after["spec"], "suspend": False}, status={"phase": "Stalled"})
-    after = api.replace_namespaced_custom_object(GROUP, VERSION, UNWATCHED, "languagemodels",
-                                                 "isolated", full)
+    after = api.replace_namespaced_custom_object(
+        GROUP, VERSION, UNWATCHED, "languagemodels", "isolated", full
+    )
     assert after["status"]["phase"] == "Running" and after["metadata"]["generation"] == 3
 
     # A status write from a stale resourceVersion is refused with 409, not merged.
     stale = dict(created, status={"phase": "Pending"})
     with pytest.raises(kubernetes.client.ApiException) as exc:
-        api.replace_namespaced_custom_object_status(GROUP, VERSION, UNWATCHED,
-                                                    "languagemodels", "isolated", stale)
+        api.replace_namespaced_custom_object_status(
+            GROUP, VERSION, UNWATCHED, "languagemodels", "isolated", stale
+        )
     assert exc.value.status == 409
-    final = api.get_namespaced_custom_object(GROUP, VERSION, UNWATCHED, "languagemodels",
-                                             "isolated")
+    final = api.get_namespaced_custom_object(
+        GROUP, VERSION, UNWATCHED, "languagemodels", "isolated"
+    )
     assert final["status"]["phase"] == "Running"
 
 
 @pytest.mark.timeout(180)
-def test_conflicting_update_is_retried_not_lost(cluster: Any, kube: Any, operator: Any,
-                                                tmp_path: Path) -> None:
+def test_conflicting_update_is_retried_not_lost(
+    cluster: Any, kube: Any, operator: Any, tmp_path: Path
+) -> None:
     """Optimistic concurrency with the operator writing the same object.
 
     A client's update from a stale resourceVersion is refused (409); the client retries
@@ -162,15 +185,15 @@ def test_conflicting_update_is_retried_not_lost(cluster: Any, kube: Any, operato
     """
     api = custom(kube)
     name = "conflict"
-    doc = yaml.safe_load(manifest(name, "http://127.0.0.1:9/v1", tmp_path, tmp_path / "store",
-                                  suspend=True))
+    doc = yaml.safe_load(
+        manifest(name, "http://127.0.0.1:9/v1", tmp_path, tmp_path / "store", suspend=True)
+    )
     api.create_namespaced_custom_object(GROUP, VERSION, NS, "languagemodels", doc)
 
     def suspended() -> dict[str, Any] | None:
         lm = get_lm(kube, name) or {}
         st = lm.get("status") or {}
-        return lm if st.get("phase") == "Suspended" and st.get("observedGeneration") == 1 \
-            else None
+        return lm if st.get("phase") == "Suspended" and st.get("observedGeneration") == 1 else None
 
     lm = _wait(suspended, 60, "the operator's first status")
     conditions_before = {c["type"] for c in lm["status"]["conditions"]}
@@ -178,8 +201,14 @@ def test_conflicting_update_is_retried_not_lost(cluster: Any, kube: Any, operato
     stale = get_lm(kube, name)
     assert stale is not None
     # Another writer gets in between (a label: no new generation).
-    api.patch_namespaced_custom_object(GROUP, VERSION, NS, "languagemodels", name,
-                                       {"metadata": {"labels": {"other-writer": "yes"}}})
+    api.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        NS,
+        "languagemodels",
+        name,
+        {"metadata": {"labels": {"other-writer": "yes"}}},
+    )
     stale["spec"]["budget"] = {"maxDollars": "5"}
     with pytest.raises(kubernetes.client.ApiException) as exc:
         api.replace_namespaced_custom_object(GROUP, VERSION, NS, "languagemodels", name, stale)
@@ -194,8 +223,7 @@ def test_conflicting_update_is_retried_not_lost(cluster: Any, kube: Any, operato
         assert fresh is not None
         fresh["spec"]["budget"] = {"maxDollars": "5"}
         try:
-            api.replace_namespaced_custom_object(GROUP, VERSION, NS, "languagemodels", name,
-                                                 fresh)
+            api.replace_namespaced_custom_object(GROUP, VERSION, NS, "languagemodels", name, fresh)
             break
         except kubernetes.client.ApiException as err:
             assert err.status == 409
@@ -220,8 +248,15 @@ def test_conflicting_update_is_retried_not_lost(cluster: Any, kube: Any, operato
 
 
 @pytest.mark.timeout(900)
-def test_deleted_running_pod_is_retried(cluster: Any, kube: Any, operator: Any, kubelet: Any,
-                                        teacher: Any, student: Path, tmp_path: Path) -> None:
+def test_deleted_running_pod_is_retried(
+    cluster: Any,
+    kube: Any,
+    operator: Any,
+    kubelet: Any,
+    teacher: Any,
+    student: Path,
+    tmp_path: Path,
+) -> None:
     """`kubectl delete pod` of the running train Pod: the stage runs again, Ready anyway."""
     name = "retried"
     path = tmp_path / "lm.yaml"
@@ -230,8 +265,11 @@ def test_deleted_running_pod_is_retried(cluster: Any, kube: Any, operator: Any, 
 
     def running_train_pod() -> str | None:
         for run in list(kubelet.runs.values()):
-            if run.name.startswith(f"{name}-train-") and run.proc is not None \
-                    and run.proc.poll() is None:
+            if (
+                run.name.startswith(f"{name}-train-")
+                and run.proc is not None
+                and run.proc.poll() is None
+            ):
                 return run.name
         if condition(get_lm(kube, name) or {}, "Ready").get("status") == "True":
             raise AssertionError("Ready before the train Pod was caught running")
@@ -247,9 +285,11 @@ def test_deleted_running_pod_is_retried(cluster: Any, kube: Any, operator: Any, 
     assert any(h["exitCode"] == 0 and h["pod"] != pod for h in train), train
     stage = next(s for s in lm["status"]["stages"] if s["name"] == "train")
     assert stage["state"] == "Succeeded"
-    print(f"\ntrain after the deleted Pod: attempt {stage.get('attempt')}, "
-          f"disruptions {stage.get('disruptions')}, failures {stage.get('failures')}, "
-          f"pods run: {[(h['pod'], h['exitCode'], h['deleted']) for h in train]}")
+    print(
+        f"\ntrain after the deleted Pod: attempt {stage.get('attempt')}, "
+        f"disruptions {stage.get('disruptions')}, failures {stage.get('failures')}, "
+        f"pods run: {[(h['pod'], h['exitCode'], h['deleted']) for h in train]}"
+    )
     assert stage.get("failures", 0) == 0  # taken away is not a failure
     cluster.kubectl("delete", "languagemodel", name, "-n", NS, "--timeout=60s")
 

@@ -32,14 +32,21 @@ def tool(name: str) -> str:
 def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(args, capture_output=True, text=True, timeout=120, **kwargs)
     if result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n"
-                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
-def helm_template(values: dict[str, Any] | None = None, *, namespace: str = "kakugo-system",
-                  release: str = "kakugo", extra: list[str] | None = None,
-                  tmp: Path | None = None) -> list[dict[str, Any]]:
+def helm_template(
+    values: dict[str, Any] | None = None,
+    *,
+    namespace: str = "kakugo-system",
+    release: str = "kakugo",
+    extra: list[str] | None = None,
+    tmp: Path | None = None,
+) -> list[dict[str, Any]]:
     """`helm template` of the chart, as a list of objects."""
     args = [tool("helm"), "template", release, str(CHART), "--namespace", namespace]
     if values:

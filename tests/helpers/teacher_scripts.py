@@ -53,7 +53,7 @@ def flaky(fraction: float):
         # sample_index) may succeed, as it would at temperature 1.
         draw = hashlib.sha256(f"{digest(body)}|{body.get('seed')}".encode()).hexdigest()
         if int(draw, 16) % 1000 < fraction * 1000:
-            return "```json\n{\"prompts\": [\"unterminated\n```"
+            return '```json\n{"prompts": ["unterminated\n```'
         return scripted_teacher(body)
 
     return respond

@@ -253,9 +253,16 @@ def _complete(result: Any, body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-    408: "Request Timeout", 409: "Conflict", 429: "Too Many Requests",
-    500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    408: "Request Timeout",
+    409: "Conflict",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
 }
 
 
@@ -365,13 +372,20 @@ class _Connection(asyncio.Protocol):
             self.task = None
 
     def _write(
-        self, status: int, body: bytes, *, headers: Mapping[str, str] | None = None,
+        self,
+        status: int,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
         close: bool = False,
     ) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
-                "Content-Type: application/json", f"Content-Length: {len(body)}"]
+        head = [
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+        ]
         head += [f"{k}: {v}" for k, v in (headers or {}).items()]
         if close:
             head.append("Connection: close")
@@ -528,9 +542,17 @@ class TeacherServer:
         if req.method == "GET" and path in ("/health", "/v1/health"):
             conn._write(200, b'{"status":"ok"}')
         elif req.method == "GET" and path == "/v1/models":
-            conn._write(200, json.dumps({"object": "list", "data": [
-                {"id": self.model_name, "object": "model", "owned_by": "kakugo-tests"}
-            ]}).encode())
+            conn._write(
+                200,
+                json.dumps(
+                    {
+                        "object": "list",
+                        "data": [
+                            {"id": self.model_name, "object": "model", "owned_by": "kakugo-tests"}
+                        ],
+                    }
+                ).encode(),
+            )
         elif req.method == "GET" and path == "/stats":
             conn._write(200, json.dumps(self.stats()).encode())
         elif req.method == "POST" and path == "/stats/reset":
@@ -548,8 +570,9 @@ class TeacherServer:
             if not isinstance(body, dict):
                 raise ValueError("not an object")
         except ValueError as e:
-            conn._write(400, _error(f"request body is not a JSON object: {e}",
-                                    "invalid_request_error"))
+            conn._write(
+                400, _error(f"request body is not a JSON object: {e}", "invalid_request_error")
+            )
             return True
         index = self.count
         self.count += 1
@@ -597,8 +620,7 @@ class TeacherServer:
         elif kind == "429":
             headers = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
             message = fault.message or "rate limited (injected)"
-            conn._write(429, _error(message, "rate_limit_error", 429),
-                        headers=headers)
+            conn._write(429, _error(message, "rate_limit_error", 429), headers=headers)
         elif kind == "timeout":
             await asyncio.sleep(self.timeout_sleep if fault.sleep is None else fault.sleep)
             conn._write(200, json.dumps(_complete(echo_responder(body), body)).encode())
@@ -615,8 +637,17 @@ class TeacherServer:
         elif kind == "bad_json":
             conn._write(200, b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "mess')
         elif kind == "no_choices":
-            conn._write(200, json.dumps({"id": "chatcmpl-empty", "object": "chat.completion",
-                                         "choices": [], "usage": {}}).encode())
+            conn._write(
+                200,
+                json.dumps(
+                    {
+                        "id": "chatcmpl-empty",
+                        "object": "chat.completion",
+                        "choices": [],
+                        "usage": {},
+                    }
+                ).encode(),
+            )
         elif kind == "drop":
             if conn.transport is not None:
                 conn.transport.abort()
@@ -658,10 +689,15 @@ def main(argv: list[str] | None = None) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     responder = (
         _fixed_responder(args.content_chars, args.reasoning_chars)
-        if args.content_chars else echo_responder
+        if args.content_chars
+        else echo_responder
     )
     server = TeacherServer(
-        responder, latency=args.latency, host=args.host, port=args.port, record=False,
+        responder,
+        latency=args.latency,
+        host=args.host,
+        port=args.port,
+        record=False,
         api_key=os.environ.get(args.api_key_env) if args.api_key_env else None,
     )
 

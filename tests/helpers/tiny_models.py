@@ -11,14 +11,17 @@ from pathlib import Path
 
 from kakugo_stages.chat_format import load_chat_template
 
-CORPUS = """
+CORPUS = (
+    """
 The quick brown fox jumps over the lazy dog. Language models learn from text.
 Ẹ kú àárọ̀. Báwo ni o ṣe wà? Mo fẹ́ kọ́ èdè Yorùbá. Ọjà náà kún fún èèyàn lónìí.
 Àwọn ọmọdé ń ṣeré ní ìta. Ìlú Èkó tóbi gan-an. Oúnjẹ aládùn ni àmàlà àti ewédú.
 Habari ya asubuhi. Ninapenda kujifunza lugha ya Kiswahili. Soko limejaa watu leo.
 Translate the text into English. Summarize the passage in two sentences.
 What is the capital of Nigeria? Abuja is the capital; Lagos is the largest city.
-""" * 20
+"""
+    * 20
+)
 
 SPECIAL_TOKENS = ["<|pad|>", "<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>"]
 

@@ -59,5 +59,3 @@ def operator(cluster: Api, operator_env: dict[str, str]) -> Iterator[Operator]:
         yield op
     finally:
         op.stop()
-
-

@@ -49,8 +49,9 @@ class Emulator(kmock.KubernetesEmulator):
             # JSON patch: no optimistic concurrency here (KMock answers a failed `test`
             # with a 500 that Kopf would retry forever); bump resourceVersion.
             ops = [op for op in request.data if op.get("op") != "test"]
-            ops.append({"op": "replace", "path": "/metadata/resourceVersion",
-                        "value": str(next(self._rv))})
+            ops.append(
+                {"op": "replace", "path": "/metadata/resourceVersion", "value": str(next(self._rv))}
+            )
             request.data[:] = ops
         if request.resource is not None and action is not None and data is not None:
             if action == enums.action.CREATE:
@@ -60,8 +61,9 @@ class Emulator(kmock.KubernetesEmulator):
                 if request.namespace and not meta.get("namespace"):
                     meta["namespace"] = request.namespace
                 meta.setdefault("uid", str(uuid.uuid4()))
-                meta.setdefault("creationTimestamp",
-                                datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                meta.setdefault(
+                    "creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                )
                 meta["resourceVersion"] = str(next(self._rv))
                 meta.setdefault("generation", 1)
             elif action == enums.action.UPDATE:
@@ -76,14 +78,16 @@ class Emulator(kmock.KubernetesEmulator):
                 meta["resourceVersion"] = str(next(self._rv))
                 if not is_status and "spec" in data:
                     current = self._current(request)
-                    meta["generation"] = int(
-                        (current or {}).get("metadata", {}).get("generation") or 1) + 1
+                    meta["generation"] = (
+                        int((current or {}).get("metadata", {}).get("generation") or 1) + 1
+                    )
         return await super()._handle(request)
 
     # KMock finds an object by scanning all of them (O(N) per request); with hundreds of
     # objects (the benchmark) that, not the operator, would be measured. Look up by key.
-    def _lookup(self, request: rendering.Request, namespace: str | None = None,
-                name: str | None = None) -> Any:
+    def _lookup(
+        self, request: rendering.Request, namespace: str | None = None, name: str | None = None
+    ) -> Any:
         key = (request.resource, namespace or request.namespace, name or request.name)
         obj = self.objects[key] if key in self.objects else None  # noqa: SIM401 - no .get()
         if obj is None or obj.deleted:
@@ -182,20 +186,33 @@ class EmulatorThread:
         self._thread.join(10)
 
     def kubeconfig(self, path: Path) -> Path:
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
-            "users": [{"name": "kmock", "user": {"token": "test"}}],
-            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
-        }))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "kmock",
+                    "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+                    "users": [{"name": "kmock", "user": {"token": "test"}}],
+                    "contexts": [
+                        {"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}
+                    ],
+                }
+            )
+        )
         return path
 
 
-PLURALS = {"LanguageModel": ("kakugo.io/v1alpha1", "languagemodels"),
-           "Teacher": ("kakugo.io/v1alpha1", "teachers"),
-           "Job": ("batch/v1", "jobs"), "Pod": ("v1", "pods"), "Event": ("v1", "events"),
-           "ConfigMap": ("v1", "configmaps"), "Deployment": ("apps/v1", "deployments"),
-           "Service": ("v1", "services")}
+PLURALS = {
+    "LanguageModel": ("kakugo.io/v1alpha1", "languagemodels"),
+    "Teacher": ("kakugo.io/v1alpha1", "teachers"),
+    "Job": ("batch/v1", "jobs"),
+    "Pod": ("v1", "pods"),
+    "Event": ("v1", "events"),
+    "ConfigMap": ("v1", "configmaps"),
+    "Deployment": ("apps/v1", "deployments"),
+    "Service": ("v1", "services"),
+}
 
 
 class Api:
@@ -205,8 +222,9 @@ class Api:
         self.http = httpx.Client(base_url=url, timeout=10)
         self.requests = 0
 
-    def path(self, kind: str, namespace: str | None, name: str | None = None,
-             sub: str | None = None) -> str:
+    def path(
+        self, kind: str, namespace: str | None, name: str | None = None, sub: str | None = None
+    ) -> str:
         api_version, plural = PLURALS[kind]
         base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
         path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
@@ -227,14 +245,23 @@ class Api:
         r.raise_for_status()
         items = r.json()["items"]
         # KMock ignores label selectors: filter here.
-        return [i for i in items if all(
-            (i["metadata"].get("labels") or {}).get(k.replace("__", "/").replace("_", "."))
-            == v for k, v in labels.items())]
+        return [
+            i
+            for i in items
+            if all(
+                (i["metadata"].get("labels") or {}).get(k.replace("__", "/").replace("_", ".")) == v
+                for k, v in labels.items()
+            )
+        ]
 
-    def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any],
-              sub: str | None = None) -> dict[str, Any]:
-        r = self.http.patch(self.path(kind, namespace, name, sub), content=json.dumps(patch),
-                            headers={"Content-Type": "application/merge-patch+json"})
+    def patch(
+        self, kind: str, namespace: str, name: str, patch: dict[str, Any], sub: str | None = None
+    ) -> dict[str, Any]:
+        r = self.http.patch(
+            self.path(kind, namespace, name, sub),
+            content=json.dumps(patch),
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
         r.raise_for_status()
         return r.json()
 

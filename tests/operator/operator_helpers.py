@@ -35,8 +35,7 @@ class Operator:
         from kakugo_operator.main import kopf_args
         from kopf.testing import KopfRunner
 
-        self.runner = KopfRunner(kopf_args(["--liveness", self.liveness, "--verbose"]),
-                                 timeout=60)
+        self.runner = KopfRunner(kopf_args(["--liveness", self.liveness, "--verbose"]), timeout=60)
         self.runner.__enter__()
         return self
 
@@ -69,24 +68,47 @@ def iso(moment: datetime) -> str:
 def language_model(name: str = "yoruba", **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "language": "Yoruba",
-        "teacher": {"endpoint": {
-            "url": "https://api.example.com/v1", "model": "gpt-oss-120b",
-            "apiKeySecretRef": {"name": "teacher-key", "key": "token"},
-        }},
-        "storage": {"uri": "s3://kakugo-artifacts/runs", "s3": {
-            "endpointUrl": "https://minio.storage.svc:9000", "credentialsSecretRef": "kakugo-s3",
-        }},
+        "teacher": {
+            "endpoint": {
+                "url": "https://api.example.com/v1",
+                "model": "gpt-oss-120b",
+                "apiKeySecretRef": {"name": "teacher-key", "key": "token"},
+            }
+        },
+        "storage": {
+            "uri": "s3://kakugo-artifacts/runs",
+            "s3": {
+                "endpointUrl": "https://minio.storage.svc:9000",
+                "credentialsSecretRef": "kakugo-s3",
+            },
+        },
         "data": {"topics": {"shards": 3}},
-        "resources": {"topics": {
-            "parallelism": 2, "cpu": "2", "memory": "4Gi", "queueName": "cpu-queue",
-            "priorityClassName": "batch-low", "nodeSelector": {"pool": "cpu"},
-            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "kakugo",
-                             "effect": "NoSchedule"}],
-        }},
+        "resources": {
+            "topics": {
+                "parallelism": 2,
+                "cpu": "2",
+                "memory": "4Gi",
+                "queueName": "cpu-queue",
+                "priorityClassName": "batch-low",
+                "nodeSelector": {"pool": "cpu"},
+                "tolerations": [
+                    {
+                        "key": "dedicated",
+                        "operator": "Equal",
+                        "value": "kakugo",
+                        "effect": "NoSchedule",
+                    }
+                ],
+            }
+        },
     }
     body.update(spec)
-    return {"apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageModel",
-            "metadata": {"name": name, "namespace": NS}, "spec": body}
+    return {
+        "apiVersion": "kakugo.io/v1alpha1",
+        "kind": "LanguageModel",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": body,
+    }
 
 
 def job(api: Api, name: str, timeout: float = 15.0) -> dict[str, Any]:
@@ -106,15 +128,26 @@ def stage(status: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def summary(stage_name: str, **counts: Any) -> str:
-    base = {"stage": stage_name, "shards": 1, "completed": 1, "rows_in": 0, "rows_out": 10,
-            "requests": 12, "requests_ok": 10, "prompt_tokens": 1000,
-            "completion_tokens": 2000, "seconds": 1.0, "rejected": {"finish_length": 2}}
+    base = {
+        "stage": stage_name,
+        "shards": 1,
+        "completed": 1,
+        "rows_in": 0,
+        "rows_out": 10,
+        "requests": 12,
+        "requests_ok": 10,
+        "prompt_tokens": 1000,
+        "completion_tokens": 2000,
+        "seconds": 1.0,
+        "rejected": {"finish_length": 2},
+    }
     base.update(counts)
     return json.dumps(base)
 
 
-def make_pods(api: Api, job_obj: dict[str, Any], *, started: datetime | None = None,
-              count: int | None = None) -> list[dict[str, Any]]:
+def make_pods(
+    api: Api, job_obj: dict[str, Any], *, started: datetime | None = None, count: int | None = None
+) -> list[dict[str, Any]]:
     """What the Job controller and the scheduler do: Pods from the template, running."""
     started = started or datetime.now(UTC)
     tmpl = job_obj["spec"]["template"]
@@ -122,31 +155,57 @@ def make_pods(api: Api, job_obj: dict[str, Any], *, started: datetime | None = N
     pods = []
     for i in range(n):
         name = f"{job_obj['metadata']['name']}-{i}-x{i}"
-        pods.append(api.create({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": NS,
-                         "labels": {**tmpl["metadata"]["labels"],
-                                    "job-name": job_obj["metadata"]["name"]},
-                         "annotations": tmpl["metadata"].get("annotations", {})},
-            "spec": tmpl["spec"],
-            "status": {"phase": "Running", "startTime": iso(started)},
-        }))
+        pods.append(
+            api.create(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": name,
+                        "namespace": NS,
+                        "labels": {
+                            **tmpl["metadata"]["labels"],
+                            "job-name": job_obj["metadata"]["name"],
+                        },
+                        "annotations": tmpl["metadata"].get("annotations", {}),
+                    },
+                    "spec": tmpl["spec"],
+                    "status": {"phase": "Running", "startTime": iso(started)},
+                }
+            )
+        )
     return pods
 
 
-def finish_pod(api: Api, pod: dict[str, Any], *, exit_code: int = 0, message: str = "",
-               reason: str | None = None, finished: datetime | None = None,
-               extra: dict[str, Any] | None = None) -> None:
+def finish_pod(
+    api: Api,
+    pod: dict[str, Any],
+    *,
+    exit_code: int = 0,
+    message: str = "",
+    reason: str | None = None,
+    finished: datetime | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
     finished = finished or datetime.now(UTC)
     status = {
         "phase": "Succeeded" if exit_code == 0 else "Failed",
-        "containerStatuses": [{"name": "stage", "ready": False, "restartCount": 0,
-                               "state": {"terminated": {
-                                   "exitCode": exit_code,
-                                   "reason": reason or ("Completed" if exit_code == 0
-                                                        else "Error"),
-                                   "message": message, "finishedAt": iso(finished),
-                                   "startedAt": pod["status"]["startTime"]}}}],
+        "containerStatuses": [
+            {
+                "name": "stage",
+                "ready": False,
+                "restartCount": 0,
+                "state": {
+                    "terminated": {
+                        "exitCode": exit_code,
+                        "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+                        "message": message,
+                        "finishedAt": iso(finished),
+                        "startedAt": pod["status"]["startTime"],
+                    }
+                },
+            }
+        ],
     }
     status.update(extra or {})
     api.patch("Pod", NS, pod["metadata"]["name"], {"status": status}, sub="status")
@@ -157,14 +216,30 @@ def complete_job(api: Api, name: str, message: str, **kw: Any) -> dict[str, Any]
     for pod in make_pods(api, job_obj, started=kw.pop("started", None)):
         finish_pod(api, pod, message=message, **kw)
     n = job_obj["spec"].get("completions", 1)
-    return api.patch("Job", NS, name, {"status": {
-        "succeeded": n, "conditions": [{"type": "Complete", "status": "True"}]}}, sub="status")
+    return api.patch(
+        "Job",
+        NS,
+        name,
+        {"status": {"succeeded": n, "conditions": [{"type": "Complete", "status": "True"}]}},
+        sub="status",
+    )
 
 
 def fail_job(api: Api, name: str) -> None:
-    api.patch("Job", NS, name, {"status": {
-        "failed": 1, "conditions": [{"type": "Failed", "status": "True",
-                                     "reason": "BackoffLimitExceeded"}]}}, sub="status")
+    api.patch(
+        "Job",
+        NS,
+        name,
+        {
+            "status": {
+                "failed": 1,
+                "conditions": [
+                    {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}
+                ],
+            }
+        },
+        sub="status",
+    )
 
 
 def hours_ago(h: float) -> datetime:

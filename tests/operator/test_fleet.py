@@ -43,19 +43,32 @@ pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 PLURALS.setdefault("LanguageFleet", ("kakugo.io/v1alpha1", "languagefleets"))
 
 ENDPOINT = {"endpoint": {"url": "https://api.example.com/v1", "model": "gpt-oss-120b"}}
-STAGES = ("topics", "scenarios", "contexts", "revise", "respond", "translate", "filter",
-          "train", "evaluate")
+STAGES = (
+    "topics",
+    "scenarios",
+    "contexts",
+    "revise",
+    "respond",
+    "translate",
+    "filter",
+    "train",
+    "evaluate",
+)
 
 
 def fleet(languages: list[Any], name: str = "west", **spec: Any) -> dict[str, Any]:
     template = spec.pop("template", None) or {
-        "teacher": ENDPOINT, "storage": {"uri": "s3://kakugo-artifacts/runs"},
+        "teacher": ENDPOINT,
+        "storage": {"uri": "s3://kakugo-artifacts/runs"},
         "data": {"topics": {"shards": 1}},
     }
     entries = [{"language": x} if isinstance(x, str) else x for x in languages]
-    return {"apiVersion": "kakugo.io/v1alpha1", "kind": "LanguageFleet",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"languages": entries, "template": template, **spec}}
+    return {
+        "apiVersion": "kakugo.io/v1alpha1",
+        "kind": "LanguageFleet",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"languages": entries, "template": template, **spec},
+    }
 
 
 def fstatus(api: Api, name: str = "west") -> dict[str, Any]:
@@ -84,12 +97,16 @@ def run_through(api: Api, member: str, stages: tuple[str, ...], **kw: Any) -> No
 
 
 def test_members_invalid_language_and_aggregates(cluster: Api, operator: Operator) -> None:
-    body = cluster.create(fleet(["Yoruba",
-                                 {"language": "sw", "overrides": {"data": {"translate": {
-                                     "samples": 100}}}},
-                                 "Klingon",
-                                 {"language": "ig", "overrides": {"data": {"topics": {
-                                     "shards": -1}}}}]))
+    body = cluster.create(
+        fleet(
+            [
+                "Yoruba",
+                {"language": "sw", "overrides": {"data": {"translate": {"samples": 100}}}},
+                "Klingon",
+                {"language": "ig", "overrides": {"data": {"topics": {"shards": -1}}}},
+            ]
+        )
+    )
     # The valid languages get their LanguageModel and first Job; the invalid ones are
     # reported, with the field that is wrong, and block nothing.
     job(cluster, "yor-latn-topics-1")
@@ -101,12 +118,16 @@ def test_members_invalid_language_and_aggregates(cluster: Api, operator: Operato
     assert yo["metadata"]["labels"]["kakugo.io/language"] == "yor_Latn"
     (owner,) = yo["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["uid"]) == (
-        "LanguageFleet", "west", body["metadata"]["uid"])
+        "LanguageFleet",
+        "west",
+        body["metadata"]["uid"],
+    )
     sw = lm(cluster, "swh-latn")
     assert sw["spec"]["data"] == {"topics": {"shards": 1}, "translate": {"samples": 100}}
     assert lm(cluster, "ibo-latn") == {}
-    st = wait_for(lambda: (s := fstatus(cluster)).get("members") == 2 and s.get(
-        "running") == 2 and s)
+    st = wait_for(
+        lambda: (s := fstatus(cluster)).get("members") == 2 and s.get("running") == 2 and s
+    )
     assert (st["languages"], st["invalid"]) == (4, 2)
     bad = {b["language"]: b for b in st["invalidLanguages"]}
     assert "spec.languages[2].language" in bad["Klingon"]["errors"][0]
@@ -115,7 +136,9 @@ def test_members_invalid_language_and_aggregates(cluster: Api, operator: Operato
     assert bad["ig"]["name"] == "ibo-latn"
     assert condition(st, "Degraded")["reason"] == "InvalidLanguages"
     assert (condition(st, "Stalled")["status"], condition(st, "Stalled")["reason"]) == (
-        "True", "InvalidLanguages")
+        "True",
+        "InvalidLanguages",
+    )
     assert condition(st, "Reconciling")["status"] == "True"
     assert condition(st, "Ready")["status"] == "False"
 
@@ -126,10 +149,19 @@ def test_members_invalid_language_and_aggregates(cluster: Api, operator: Operato
     for member in ("yor-latn", "swh-latn"):
         run_through(cluster, member, STAGES[:-1], **gpu)
         base, tuned = deltas[member]
-        complete_job(cluster, f"{member}-evaluate-1", summary("evaluate", evaluation={
-            "belebele": {"base": base, "tuned": tuned, "delta": tuned - base},
-            "sib200": {"base": 30.0, "tuned": 31.0, "delta": None}}),
-            started=start, finished=start)
+        complete_job(
+            cluster,
+            f"{member}-evaluate-1",
+            summary(
+                "evaluate",
+                evaluation={
+                    "belebele": {"base": base, "tuned": tuned, "delta": tuned - base},
+                    "sib200": {"base": 30.0, "tuned": 31.0, "delta": None},
+                },
+            ),
+            started=start,
+            finished=start,
+        )
     st = wait_for(lambda: (s := fstatus(cluster)).get("ready") == 2 and s, timeout=20)
     children = {n: lm(cluster, n)["status"] for n in ("yor-latn", "swh-latn")}
     assert all(c["phase"] == "Succeeded" for c in children.values())
@@ -150,40 +182,72 @@ def test_members_invalid_language_and_aggregates(cluster: Api, operator: Operato
     assert st["observedGeneration"] == 1
 
     # Fixing the entries creates the missing members.
-    cluster.patch("LanguageFleet", NS, "west", {"spec": {"languages": [
-        {"language": "Yoruba"},
-        {"language": "sw", "overrides": {"data": {"translate": {"samples": 100}}}},
-        {"language": "ig"}]}})
+    cluster.patch(
+        "LanguageFleet",
+        NS,
+        "west",
+        {
+            "spec": {
+                "languages": [
+                    {"language": "Yoruba"},
+                    {"language": "sw", "overrides": {"data": {"translate": {"samples": 100}}}},
+                    {"language": "ig"},
+                ]
+            }
+        },
+    )
     job(cluster, "ibo-latn-topics-1")
-    st = wait_for(lambda: (s := fstatus(cluster)).get("observedGeneration") == 2 and s.get(
-        "invalid") == 0 and s)
+    st = wait_for(
+        lambda: (
+            (s := fstatus(cluster)).get("observedGeneration") == 2 and s.get("invalid") == 0 and s
+        )
+    )
     assert condition(st, "Stalled")["status"] == "False"
     assert condition(st, "Degraded")["status"] == "False"
 
 
 def test_change_and_remove_languages(cluster: Api, operator: Operator, tmp_path: Path) -> None:
-    template = {"teacher": ENDPOINT, "storage": {"uri": f"file://{tmp_path}"},
-                "data": {"topics": {"shards": 1}}}
+    template = {
+        "teacher": ENDPOINT,
+        "storage": {"uri": f"file://{tmp_path}"},
+        "data": {"topics": {"shards": 1}},
+    }
     cluster.create(fleet(["yo", "sw", "ha"], template=template, artifactPolicy="Delete"))
     for member in ("yor-latn", "swh-latn", "hau-latn"):
         job(cluster, f"{member}-topics-1")
         (tmp_path / NS / member).mkdir(parents=True, exist_ok=True)
         (tmp_path / NS / member / "spec.yaml").write_text("language: x\n")
     # Change the template (every member), an override (one member), remove sw, add ig.
-    cluster.patch("LanguageFleet", NS, "west", {"spec": {
-        "template": {"data": {"topics": {"shards": 2}}},
-        "languages": [{"language": "yo"},
-                      {"language": "ha", "overrides": {"data": {"mix": {"sources": [
-                          "topics", "scenarios", "translated"]}}}},
-                      {"language": "ig"}]}})
+    cluster.patch(
+        "LanguageFleet",
+        NS,
+        "west",
+        {
+            "spec": {
+                "template": {"data": {"topics": {"shards": 2}}},
+                "languages": [
+                    {"language": "yo"},
+                    {
+                        "language": "ha",
+                        "overrides": {
+                            "data": {"mix": {"sources": ["topics", "scenarios", "translated"]}}
+                        },
+                    },
+                    {"language": "ig"},
+                ],
+            }
+        },
+    )
     job(cluster, "ibo-latn-topics-1")
     wait_for(lambda: gone(cluster, "swh-latn"), what="sw deleted")
     # With artifactPolicy Delete, the removed member's artifacts went with it.
-    wait_for(lambda: not (tmp_path / NS / "swh-latn" / "spec.yaml").exists(),
-             what="sw artifacts deleted")
+    wait_for(
+        lambda: not (tmp_path / NS / "swh-latn" / "spec.yaml").exists(), what="sw artifacts deleted"
+    )
     assert (tmp_path / NS / "yor-latn" / "spec.yaml").exists()
-    yo = wait_for(lambda: (x := lm(cluster, "yor-latn"))["spec"]["data"]["topics"][
-        "shards"] == 2 and x)
+    yo = wait_for(
+        lambda: (x := lm(cluster, "yor-latn"))["spec"]["data"]["topics"]["shards"] == 2 and x
+    )
     # At least one new generation (the emulator counts a repeated identical patch too).
     assert yo["metadata"]["generation"] >= 2
     ha = lm(cluster, "hau-latn")
@@ -191,26 +255,40 @@ def test_change_and_remove_languages(cluster: Api, operator: Operator, tmp_path:
     # Their own operator loop reruns the stages whose inputs moved.
     rerun = job(cluster, "yor-latn-topics-2")
     assert rerun["spec"]["completions"] == 2
-    wait_for(lambda: (x := lm(cluster, "yor-latn")).get("status", {}).get(
-        "observedGeneration") == x["metadata"]["generation"])
-    st = wait_for(lambda: (s := fstatus(cluster)).get("members") == 3 and s.get(
-        "observedGeneration") == 2 and s)
+    wait_for(
+        lambda: (
+            (x := lm(cluster, "yor-latn")).get("status", {}).get("observedGeneration")
+            == x["metadata"]["generation"]
+        )
+    )
+    st = wait_for(
+        lambda: (
+            (s := fstatus(cluster)).get("members") == 3 and s.get("observedGeneration") == 2 and s
+        )
+    )
     assert sorted(r["name"] for r in st["memberStatus"]) == ["hau-latn", "ibo-latn", "yor-latn"]
-    events = wait_for(lambda: [e for e in cluster.list("Event", NS)
-                               if e.get("reason") == "MemberDeleted"])
+    events = wait_for(
+        lambda: [e for e in cluster.list("Event", NS) if e.get("reason") == "MemberDeleted"]
+    )
     assert "artifacts deleted" in events[0]["message"]
 
     # Retain keeps the artifacts of a removed member.
-    cluster.patch("LanguageFleet", NS, "west", {"spec": {"artifactPolicy": "Retain",
-                                                         "languages": [{"language": "yo"}]}})
-    wait_for(lambda: gone(cluster, "ibo-latn") and gone(cluster, "hau-latn"),
-             what="ig and ha deleted")
+    cluster.patch(
+        "LanguageFleet",
+        NS,
+        "west",
+        {"spec": {"artifactPolicy": "Retain", "languages": [{"language": "yo"}]}},
+    )
+    wait_for(
+        lambda: gone(cluster, "ibo-latn") and gone(cluster, "hau-latn"), what="ig and ha deleted"
+    )
     time.sleep(0.5)
     assert (tmp_path / NS / "hau-latn" / "spec.yaml").exists()
 
 
-def test_deleting_the_fleet_with_delete_policy(cluster: Api, operator: Operator,
-                                              tmp_path: Path) -> None:
+def test_deleting_the_fleet_with_delete_policy(
+    cluster: Api, operator: Operator, tmp_path: Path
+) -> None:
     template = {"teacher": ENDPOINT, "storage": {"uri": f"file://{tmp_path}"}}
     cluster.create(fleet(["yo", "sw"], template=template, artifactPolicy="Delete"))
     for member in ("yor-latn", "swh-latn"):
@@ -221,24 +299,35 @@ def test_deleting_the_fleet_with_delete_policy(cluster: Api, operator: Operator,
     # The fleet's finalizer deletes its members with their artifacts (the garbage
     # collector would delete the members anyway, keeping the artifacts).
     wait_for(lambda: gone(cluster, "yor-latn") and gone(cluster, "swh-latn"))
-    wait_for(lambda: not any((tmp_path / NS / m / "spec.yaml").exists()
-                             for m in ("yor-latn", "swh-latn")), what="artifacts deleted")
+    wait_for(
+        lambda: (
+            not any((tmp_path / NS / m / "spec.yaml").exists() for m in ("yor-latn", "swh-latn"))
+        ),
+        what="artifacts deleted",
+    )
     wait_for(lambda: cluster.get("LanguageFleet", NS, "west") is None, what="fleet gone")
 
 
 def queued(api: Api, member: str) -> bool:
     status = lm(api, member).get("status") or {}
-    return status.get("phase") == "Queued" and condition(status, "Ready").get(
-        "reason") == "WaitingForGPUQuota"
+    return (
+        status.get("phase") == "Queued"
+        and condition(status, "Ready").get("reason") == "WaitingForGPUQuota"
+    )
 
 
 def topics_jobs(api: Api, attempt: int = 1) -> list[str]:
-    return sorted(j.removesuffix(f"-topics-{attempt}") for j in jobs(api)
-                  if j.endswith(f"-topics-{attempt}"))
+    return sorted(
+        j.removesuffix(f"-topics-{attempt}") for j in jobs(api) if j.endswith(f"-topics-{attempt}")
+    )
 
 
-GPU_TOPICS = {"teacher": ENDPOINT, "storage": {"uri": "s3://kakugo-artifacts/runs"},
-              "data": {"topics": {"shards": 1}}, "resources": {"topics": {"gpus": 1}}}
+GPU_TOPICS = {
+    "teacher": ENDPOINT,
+    "storage": {"uri": "s3://kakugo-artifacts/runs"},
+    "data": {"topics": {"shards": 1}},
+    "resources": {"topics": {"gpus": 1}},
+}
 ROOT_STAGES = ("topics", "scenarios", "contexts", "translate")
 #: The four stages that read no other stage use GPUs here: a member runs them together
 #: (the stage DAG) under one admission, and leaves its GPU stages for revise (CPU).
@@ -261,8 +350,9 @@ def test_concurrency_limit_holds(cluster: Api, operator: Operator) -> None:
     wait_for(lambda: jobs(cluster) == roots(first), what="the first member's root stages")
     rest = [m for m in members if m != first]
     wait_for(lambda: all(queued(cluster, m) for m in rest))
-    st = wait_for(lambda: (s := fstatus(cluster)).get("phases") == {
-        "Queued": 2, "Running": 1} and s)
+    st = wait_for(
+        lambda: (s := fstatus(cluster)).get("phases") == {"Queued": 2, "Running": 1} and s
+    )
     assert st["gpu"] == {"maxConcurrent": 1, "inUse": 1, "queued": rest}
     assert lm(cluster, first)["metadata"]["annotations"][ADMITTED_ANNOTATION] == "true"
     for m in rest:
@@ -289,8 +379,12 @@ def test_concurrency_limit_holds(cluster: Api, operator: Operator) -> None:
     time.sleep(1.5)
     assert members_with_jobs(cluster) == sorted([first, second])
     assert queued(cluster, third)
-    wait_for(lambda: ADMITTED_ANNOTATION not in (lm(cluster, first)["metadata"].get(
-        "annotations") or {}), what="the first's admission taken back")
+    wait_for(
+        lambda: (
+            ADMITTED_ANNOTATION not in (lm(cluster, first)["metadata"].get("annotations") or {})
+        ),
+        what="the first's admission taken back",
+    )
     for name in ROOT_STAGES:
         complete_job(cluster, f"{second}-{name}-1", summary(name))
     job(cluster, f"{third}-topics-1")  # one after the other
@@ -311,8 +405,9 @@ def test_failed_member_does_not_stop_the_others(cluster: Api, operator: Operator
     complete_job(cluster, f"{other}-topics-1", summary("topics"))
     job(cluster, f"{other}-scenarios-1")  # its CPU stages ran all along (the stage DAG)
     wait_for(lambda: stage(lm(cluster, other)["status"], "topics")["state"] == "Succeeded")
-    st = wait_for(lambda: (s := fstatus(cluster)).get("stalled") == 1 and s.get(
-        "running") == 1 and s)
+    st = wait_for(
+        lambda: (s := fstatus(cluster)).get("stalled") == 1 and s.get("running") == 1 and s
+    )
     (stalled,) = st["stalledLanguages"]
     assert (stalled["name"], stalled["reason"]) == (failing, "StageFailed")
     assert stalled["language"] == {"yor-latn": "yo", "swh-latn": "sw"}[failing]
@@ -329,31 +424,53 @@ def test_shared_teacher_serves_members_at_once(cluster: Api, operator: Operator)
     cluster.create(TEACHER)
     wait_for(lambda: cluster.get("Deployment", NS, "gpt-oss-120b"))
     set_ready(cluster, "gpt-oss-120b", 1)
-    template = {"teacher": {"ref": {"name": "gpt-oss-120b"}},
-                "storage": {"uri": "s3://kakugo-artifacts/runs"},
-                "data": {"topics": {"shards": 1}}}
-    cluster.create(fleet(["yo", {"language": "sw", "overrides": {"suspend": True}}],
-                         template=template))
+    template = {
+        "teacher": {"ref": {"name": "gpt-oss-120b"}},
+        "storage": {"uri": "s3://kakugo-artifacts/runs"},
+        "data": {"topics": {"shards": 1}},
+    }
+    cluster.create(
+        fleet(["yo", {"language": "sw", "overrides": {"suspend": True}}], template=template)
+    )
     # Both members' teacher stages use the one Teacher at the same time.
     yo_job = job(cluster, "yor-latn-topics-1")
-    env = {e["name"]: e.get("value") for e in yo_job["spec"]["template"]["spec"]
-           ["containers"][0]["env"]}
+    env = {
+        e["name"]: e.get("value")
+        for e in yo_job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["KAKUGO_TEACHER_URL"] == "http://gpt-oss-120b.kakugo.svc:8000/v1"
     wait_for(lambda: teacher_status(cluster).get("clients") == ["yor-latn"])
-    cluster.patch("LanguageFleet", NS, "west", {"spec": {"languages": [
-        {"language": "yo"}, {"language": "sw"}]}})
+    cluster.patch(
+        "LanguageFleet",
+        NS,
+        "west",
+        {"spec": {"languages": [{"language": "yo"}, {"language": "sw"}]}},
+    )
     job(cluster, "swh-latn-topics-1")
     wait_for(lambda: teacher_status(cluster).get("clients") == ["swh-latn", "yor-latn"])
     # One member stops needing it: the Teacher stays up for the other.
-    cluster.patch("LanguageFleet", NS, "west", {"spec": {"languages": [
-        {"language": "yo"}, {"language": "sw", "overrides": {"suspend": True}}]}})
+    cluster.patch(
+        "LanguageFleet",
+        NS,
+        "west",
+        {
+            "spec": {
+                "languages": [
+                    {"language": "yo"},
+                    {"language": "sw", "overrides": {"suspend": True}},
+                ]
+            }
+        },
+    )
     wait_for(lambda: teacher_status(cluster).get("clients") == ["yor-latn"])
     time.sleep(1.5)  # idleSeconds is 1 in the tests
     assert cluster.get("Deployment", NS, "gpt-oss-120b")["spec"]["replicas"] == 1
     # No member needs it: scale to zero.
     cluster.patch("LanguageFleet", NS, "west", {"spec": {"suspend": True}})
-    wait_for(lambda: cluster.get("Deployment", NS, "gpt-oss-120b")["spec"]["replicas"] == 0,
-             what="scale to zero")
+    wait_for(
+        lambda: cluster.get("Deployment", NS, "gpt-oss-120b")["spec"]["replicas"] == 0,
+        what="scale to zero",
+    )
     st = wait_for(lambda: (s := fstatus(cluster)).get("suspended") == 2 and s)
     assert condition(st, "Ready")["status"] == "False"
 
@@ -375,11 +492,18 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 CODES = {"yor-latn": "yo", "swh-latn": "sw", "ibo-latn": "ig", "hau-latn": "ha"}
 
 
-def child(name: str, fleet_name: str = "f", *, phase: str = "Running",
-          admitted: bool = False, stages: dict[str, str] | None = None,
-          waiting: dict[str, str] | None = None, cost: str | None = None,
-          spec: dict[str, Any] | None = None, evaluation: dict | None = None
-          ) -> dict[str, Any]:
+def child(
+    name: str,
+    fleet_name: str = "f",
+    *,
+    phase: str = "Running",
+    admitted: bool = False,
+    stages: dict[str, str] | None = None,
+    waiting: dict[str, str] | None = None,
+    cost: str | None = None,
+    spec: dict[str, Any] | None = None,
+    evaluation: dict | None = None,
+) -> dict[str, Any]:
     """A member as the API shows it; by default its spec is what the fleet wants.
     `stages`: stage -> state; `waiting`: stage -> the gate that holds it (waitingFor)."""
     spec = spec or {"teacher": ENDPOINT, "language": CODES[name]}
@@ -390,21 +514,37 @@ def child(name: str, fleet_name: str = "f", *, phase: str = "Running",
     for s, gate in (waiting or {}).items():
         entries.setdefault(s, {"name": s, "state": "Pending"})["waitingFor"] = gate
     status: dict[str, Any] = {
-        "phase": phase, "observedGeneration": 1,
-        "progress": {"stages": [s for s, st in (stages or {}).items() if st == "Running"],
-                     "waiting": dict(waiting or {})},
+        "phase": phase,
+        "observedGeneration": 1,
+        "progress": {
+            "stages": [s for s, st in (stages or {}).items() if st == "Running"],
+            "waiting": dict(waiting or {}),
+        },
         "stages": list(entries.values()),
-        "conditions": [{"type": "Ready", "status": "True" if phase == "Succeeded" else "False",
-                        "reason": "x", "message": ""}],
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True" if phase == "Succeeded" else "False",
+                "reason": "x",
+                "message": "",
+            }
+        ],
     }
     if cost:
         status["cost"] = {"dollars": cost, "gpuHours": "1.0000"}
     if evaluation:
         status["evaluation"] = {"tasks": evaluation}
     code = name.replace("-latn", "_Latn")
-    return {"metadata": {"name": name, "generation": 1, "annotations": ann,
-                         "labels": member_labels(fleet_name, code)},
-            "spec": spec, "status": status}
+    return {
+        "metadata": {
+            "name": name,
+            "generation": 1,
+            "annotations": ann,
+            "labels": member_labels(fleet_name, code),
+        },
+        "spec": spec,
+        "status": status,
+    }
 
 
 def decide(spec: dict[str, Any], children: list[dict[str, Any]], taken=None):
@@ -421,33 +561,43 @@ def grants(plan: Any) -> dict[str, str | None]:
 
 
 def fleet_spec(languages: list[str], **kw: Any) -> dict[str, Any]:
-    return {"languages": [{"language": x} for x in languages],
-            "template": {"teacher": ENDPOINT}, **kw}
+    return {
+        "languages": [{"language": x} for x in languages],
+        "template": {"teacher": ENDPOINT},
+        **kw,
+    }
 
 
 def test_decide_admits_in_list_order_up_to_the_limit() -> None:
     spec = fleet_spec(["yo", "sw", "ig", "ha"], maxConcurrent=2)
-    members = [child("yor-latn", phase="Running", admitted=True,
-                     stages={"train": "Running"}),
-               child("swh-latn", phase="Queued", waiting={"train": "GPUQuota"}),
-               child("ibo-latn", phase="Queued", waiting={"train": "GPUQuota"}),
-               child("hau-latn", phase="Running", stages={"topics": "Running"})]
+    members = [
+        child("yor-latn", phase="Running", admitted=True, stages={"train": "Running"}),
+        child("swh-latn", phase="Queued", waiting={"train": "GPUQuota"}),
+        child("ibo-latn", phase="Queued", waiting={"train": "GPUQuota"}),
+        child("hau-latn", phase="Running", stages={"topics": "Running"}),
+    ]
     plan = decide(spec, members)
     assert grants(plan) == {"swh-latn": "true"}
     assert plan.status.dump()["gpu"] == {"maxConcurrent": 2, "inUse": 2, "queued": ["ibo-latn"]}
     # Done with GPUs: admission taken back, the next one admitted (level-based).
-    members[0] = child("yor-latn", phase="Succeeded", admitted=True,
-                       stages={"train": "Succeeded", "evaluate": "Succeeded"})
-    members[1] = child("swh-latn", phase="Running", admitted=True,
-                       stages={"train": "Running"})
+    members[0] = child(
+        "yor-latn",
+        phase="Succeeded",
+        admitted=True,
+        stages={"train": "Succeeded", "evaluate": "Succeeded"},
+    )
+    members[1] = child("swh-latn", phase="Running", admitted=True, stages={"train": "Running"})
     plan = decide(spec, members)
     assert grants(plan) == {"yor-latn": None, "ibo-latn": "true"}
     # A member running a GPU stage holds a slot even without the annotation.
-    members[1] = child("swh-latn", phase="Running",
-                       stages={"train": "Retrying"})
+    members[1] = child("swh-latn", phase="Running", stages={"train": "Retrying"})
     members[2] = child("ibo-latn", phase="Queued", waiting={"train": "GPUQuota"})
-    members[0] = child("yor-latn", phase="Running", admitted=True,
-                       stages={"train": "Succeeded", "evaluate": "Running"})
+    members[0] = child(
+        "yor-latn",
+        phase="Running",
+        admitted=True,
+        stages={"train": "Succeeded", "evaluate": "Running"},
+    )
     plan = decide(spec, members)
     assert grants(plan) == {}
     assert plan.patch == {}  # the members' specs are what the fleet wants
@@ -456,18 +606,22 @@ def test_decide_admits_in_list_order_up_to_the_limit() -> None:
 def test_decide_reads_every_running_stage_of_a_member() -> None:
     # Members run several stages at once: a GPU stage waiting for admission while CPU
     # stages run makes the member wait for a slot (its phase is Running, not Queued).
-    template = {"teacher": ENDPOINT, "resources": {"topics": {"gpus": 1},
-                                                   "contexts": {"gpus": 1}}}
+    template = {"teacher": ENDPOINT, "resources": {"topics": {"gpus": 1}, "contexts": {"gpus": 1}}}
     spec = {**fleet_spec(["yo", "sw", "ig", "ha"], maxConcurrent=1), "template": template}
 
     def member(name: str, **kw: Any) -> dict[str, Any]:
         return child(name, spec={**template, "language": CODES[name]}, **kw)
 
-    members = [member("yor-latn", stages={"scenarios": "Running", "translate": "Running"},
-                      waiting={"topics": "GPUQuota"}),
-               member("swh-latn", phase="Suspended", waiting={"topics": "Suspended"}),
-               member("ibo-latn", phase="Stalled", waiting={"topics": "Budget"}),
-               member("hau-latn", stages={"translate": "Running"})]
+    members = [
+        member(
+            "yor-latn",
+            stages={"scenarios": "Running", "translate": "Running"},
+            waiting={"topics": "GPUQuota"},
+        ),
+        member("swh-latn", phase="Suspended", waiting={"topics": "Suspended"}),
+        member("ibo-latn", phase="Stalled", waiting={"topics": "Budget"}),
+        member("hau-latn", stages={"translate": "Running"}),
+    ]
     plan = decide(spec, members)
     assert grants(plan) == {"yor-latn": "true"} and plan.patch.keys() == {"yor-latn"}
     assert plan.status.gpu.queued == [] and plan.status.gpu.in_use == 1
@@ -476,12 +630,17 @@ def test_decide_reads_every_running_stage_of_a_member() -> None:
     # A Stalled member (one stage failed) whose independent GPU stage still runs keeps its
     # slot; an admitted one whose GPU stage now waits only for a stage slot keeps it too.
     spec = {**spec, "maxConcurrent": 2}
-    members = [member("yor-latn", admitted=True, stages={"scenarios": "Running"},
-                      waiting={"topics": "Concurrency"}),
-               member("swh-latn", phase="Stalled", stages={"topics": "Failed",
-                                                           "contexts": "Running"}),
-               member("ibo-latn", phase="Queued", waiting={"topics": "GPUQuota"}),
-               member("hau-latn", stages={"translate": "Running"})]
+    members = [
+        member(
+            "yor-latn",
+            admitted=True,
+            stages={"scenarios": "Running"},
+            waiting={"topics": "Concurrency"},
+        ),
+        member("swh-latn", phase="Stalled", stages={"topics": "Failed", "contexts": "Running"}),
+        member("ibo-latn", phase="Queued", waiting={"topics": "GPUQuota"}),
+        member("hau-latn", stages={"translate": "Running"}),
+    ]
     plan = decide(spec, members)
     assert grants(plan) == {} and plan.patch == {}
     assert plan.status.gpu.in_use == 2 and plan.status.gpu.queued == ["ibo-latn"]
@@ -493,21 +652,27 @@ def test_stale_view_does_not_admit_a_second_member() -> None:
     # watch that has not caught up with that write, shows both queued and neither admitted.
     spec = fleet_spec(["yo", "sw"], maxConcurrent=1)
     ledger = AdmissionLedger(ttl=60.0)
-    first = [child("yor-latn", phase="Pending"),
-             child("swh-latn", phase="Queued", waiting={"topics": "GPUQuota"})]
+    first = [
+        child("yor-latn", phase="Pending"),
+        child("swh-latn", phase="Queued", waiting={"topics": "GPUQuota"}),
+    ]
     plan = decide(spec, ledger.overlay(first, clock=0.0))
     assert grants(plan) == {"swh-latn": "true"}
     for name, patch in plan.patch.items():
         ledger.record(name, patch, clock=0.0)
-    stale = [child("yor-latn", phase="Queued", waiting={"topics": "GPUQuota"}),
-             child("swh-latn", phase="Queued", waiting={"topics": "GPUQuota"})]
+    stale = [
+        child("yor-latn", phase="Queued", waiting={"topics": "GPUQuota"}),
+        child("swh-latn", phase="Queued", waiting={"topics": "GPUQuota"}),
+    ]
     assert grants(decide(spec, stale)) == {"yor-latn": "true"}  # what went wrong
     plan = decide(spec, ledger.overlay(stale, clock=1.0))
     assert grants(plan) == {}
     assert plan.status.dump()["gpu"] == {"maxConcurrent": 1, "inUse": 1, "queued": ["yor-latn"]}
     # Once the watch shows the write, the expectation ends; a revocation is expected alike.
-    current = [stale[0], child("swh-latn", phase="Queued", waiting={"topics": "GPUQuota"},
-                               admitted=True)]
+    current = [
+        stale[0],
+        child("swh-latn", phase="Queued", waiting={"topics": "GPUQuota"}, admitted=True),
+    ]
     assert ledger.overlay(current, clock=2.0) == current and not ledger.pending
     ledger.record("swh-latn", {"metadata": {"annotations": {ADMITTED_ANNOTATION: None}}}, 3.0)
     (_, swh) = ledger.overlay(current, clock=4.0)
@@ -519,22 +684,32 @@ def test_stale_view_does_not_admit_a_second_member() -> None:
 def test_decide_aggregates_add_up() -> None:
     spec = fleet_spec(["yo", "sw", "ig"])
     ev = {"belebele": {"base": 30.0, "tuned": 40.0, "delta": 10.0}}
-    members = [child("yor-latn", phase="Succeeded", cost="12.3456",
-                     evaluation=ev),
-               child("swh-latn", phase="Stalled", cost="0.0001", evaluation={
-                   "belebele": {"base": 30.0, "tuned": 35.0, "delta": 5.0}}),
-               child("ibo-latn", phase="Running", cost="1.1")]
+    members = [
+        child("yor-latn", phase="Succeeded", cost="12.3456", evaluation=ev),
+        child(
+            "swh-latn",
+            phase="Stalled",
+            cost="0.0001",
+            evaluation={"belebele": {"base": 30.0, "tuned": 35.0, "delta": 5.0}},
+        ),
+        child("ibo-latn", phase="Running", cost="1.1"),
+    ]
     members[1]["status"]["conditions"].append(
-        {"type": "Stalled", "status": "True", "reason": "BudgetExceeded", "message": "spent"})
+        {"type": "Stalled", "status": "True", "reason": "BudgetExceeded", "message": "spent"}
+    )
     st = decide(spec, members).status.dump()
     assert st["cost"]["dollars"] == "13.4457"
-    assert st["cost"]["byLanguage"] == {"yor-latn": "12.3456", "swh-latn": "0.0001",
-                                        "ibo-latn": "1.1000"}
+    assert st["cost"]["byLanguage"] == {
+        "yor-latn": "12.3456",
+        "swh-latn": "0.0001",
+        "ibo-latn": "1.1000",
+    }
     assert st["cost"]["gpuHours"] == "3.0000"
     assert st["evaluation"] == {"belebele": {"meanDelta": 7.5, "languages": 2}}
     assert (st["ready"], st["running"], st["stalled"], st["languages"]) == (1, 1, 1, 3)
-    assert st["stalledLanguages"] == [{"name": "swh-latn", "language": "sw",
-                                       "reason": "BudgetExceeded", "message": "spent"}]
+    assert st["stalledLanguages"] == [
+        {"name": "swh-latn", "language": "sw", "reason": "BudgetExceeded", "message": "spent"}
+    ]
     assert st["phase"] == "Running"
 
 
@@ -568,13 +743,23 @@ def test_example_fleet_kakugo54() -> None:
     assert len(plan.create) == 54 and plan.status.dump()["invalid"] == 0
     names = {c["metadata"]["name"] for c in plan.create}
     assert {"yor-latn", "hau-latn", "chv-cyrl", "sdh-arab"} <= names
-    assert all(c["spec"]["teacher"] == {"ref": {"name": "gpt-oss-120b"}, "maxConcurrency": 32}
-               for c in plan.create)
+    assert all(
+        c["spec"]["teacher"] == {"ref": {"name": "gpt-oss-120b"}, "maxConcurrency": 32}
+        for c in plan.create
+    )
     # 54 members waiting before training: maxConcurrent (8) are admitted, in list order.
-    members = [{**c, "status": {"phase": "Queued", "observedGeneration": 1,
-                                "progress": {"waiting": {"train": "GPUQuota"}},
-                                "stages": [{"name": "train", "waitingFor": "GPUQuota"}]}}
-               for c in plan.create]
+    members = [
+        {
+            **c,
+            "status": {
+                "phase": "Queued",
+                "observedGeneration": 1,
+                "progress": {"waiting": {"train": "GPUQuota"}},
+                "stages": [{"name": "train", "waitingFor": "GPUQuota"}],
+            },
+        }
+        for c in plan.create
+    ]
     for m in members:
         m["metadata"] = {**m["metadata"], "generation": 1}
     plan = decide_fleet("kakugo54", NS, 1, doc["spec"], {}, members, {}, NOW)

@@ -41,13 +41,13 @@ def test_apply_creates_first_job(cluster: Api, operator: Operator) -> None:
     pod = spec["template"]["spec"]
     container = pod["containers"][0]
     assert container["image"] == "registry.test/kakugo-stages:1"
-    assert container["command"] == ["kakugo", "stage", "topics", "--spec",
-                                    "/etc/kakugo/spec.yaml"]
+    assert container["command"] == ["kakugo", "stage", "topics", "--spec", "/etc/kakugo/spec.yaml"]
     assert container["resources"]["requests"] == {"cpu": "2", "memory": "4Gi"}
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     env = {e["name"]: e for e in container["env"]}
     assert env["KAKUGO_TEACHER_API_KEY"]["valueFrom"] == {
-        "secretKeyRef": {"name": "teacher-key", "key": "token"}}
+        "secretKeyRef": {"name": "teacher-key", "key": "token"}
+    }
     assert env["AWS_ENDPOINT_URL_S3"]["value"] == "https://minio.storage.svc:9000"
     assert container["envFrom"] == [{"secretRef": {"name": "kakugo-s3"}}]
     assert pod["nodeSelector"] == {"pool": "cpu"}
@@ -59,16 +59,23 @@ def test_apply_creates_first_job(cluster: Api, operator: Operator) -> None:
     assert (spec["completions"], spec["parallelism"], spec["backoffLimit"]) == (3, 2, 0)
     assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "cpu-queue"
     for key, value in {
-        "app.kubernetes.io/name": "kakugo", "app.kubernetes.io/instance": "yoruba",
+        "app.kubernetes.io/name": "kakugo",
+        "app.kubernetes.io/instance": "yoruba",
         "app.kubernetes.io/component": "topics",
-        "app.kubernetes.io/managed-by": "kakugo-operator", "kakugo.io/languagemodel": "yoruba",
-        "kakugo.io/language": "yor_Latn", "kakugo.io/stage": "topics", "kakugo.io/attempt": "1",
+        "app.kubernetes.io/managed-by": "kakugo-operator",
+        "kakugo.io/languagemodel": "yoruba",
+        "kakugo.io/language": "yor_Latn",
+        "kakugo.io/stage": "topics",
+        "kakugo.io/attempt": "1",
     }.items():
         assert meta["labels"][key] == value, key
         assert spec["template"]["metadata"]["labels"][key] == value, key
     (owner,) = meta["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["uid"]) == (
-        "LanguageModel", "yoruba", lm["metadata"]["uid"])
+        "LanguageModel",
+        "yoruba",
+        lm["metadata"]["uid"],
+    )
     assert owner["controller"] is True
     cm = cluster.get("ConfigMap", NS, "yoruba-spec")
     assert "runUri: s3://kakugo-artifacts/runs/kakugo/yoruba" in cm["data"]["spec.yaml"]
@@ -85,8 +92,13 @@ def test_apply_creates_first_job(cluster: Api, operator: Operator) -> None:
     assert stage(status, "topics")["job"] == "yoruba-topics-1"
     # The stages that read no other stage run at once (maxConcurrentStages 4 by default).
     wait_for(lambda: job_names(cluster) == ROOTS, what="the four root Jobs")
-    status = wait_for(lambda: (s := lm_status(cluster)).get("progress", {}).get(
-        "stages") == ["topics", "scenarios", "contexts", "translate"] and s)
+    status = wait_for(
+        lambda: (
+            (s := lm_status(cluster)).get("progress", {}).get("stages")
+            == ["topics", "scenarios", "contexts", "translate"]
+            and s
+        )
+    )
     assert condition(status, "Reconciling")["reason"] == "StagesRunning"
 
 
@@ -95,16 +107,18 @@ def test_success_moves_to_next_stage(cluster: Api, operator: Operator) -> None:
     complete_job(cluster, "yoruba-topics-1", summary("topics", rows_out=42))
     j = job(cluster, "yoruba-scenarios-1")
     assert j["spec"]["completionMode"] == "Indexed"
-    status = wait_for(lambda: (s := lm_status(cluster)) and stage(s, "topics").get(
-        "state") == "Succeeded" and s)
+    status = wait_for(
+        lambda: (s := lm_status(cluster)) and stage(s, "topics").get("state") == "Succeeded" and s
+    )
     topics = stage(status, "topics")
     assert topics["counts"]["rowsOut"] == 42
     assert topics["counts"]["promptTokens"] == 1000
     assert topics["counts"]["rejected"] == {"finish_length": 2}
     assert condition(status, "TopicsComplete")["status"] == "True"
     assert status["progress"]["stagesDone"] == 1
-    events = wait_for(lambda: [e for e in cluster.list("Event", NS)
-                               if e.get("reason") == "Succeeded"])
+    events = wait_for(
+        lambda: [e for e in cluster.list("Event", NS) if e.get("reason") == "Succeeded"]
+    )
     assert "TopicsComplete=True" in events[0]["message"]
 
 
@@ -114,12 +128,19 @@ def test_failure_retries_with_backoff_then_stalls(cluster: Api, operator: Operat
         name = f"yoruba-topics-{attempt}"
         (pod, *_) = make_pods(cluster, job(cluster, name), count=1)
         Emulator.logs[(NS, pod["metadata"]["name"])] = "loading shard 0\nValueError: boom"
-        finish_pod(cluster, pod, exit_code=1,
-                   message=summary("topics", error="stage topics shard 0: 9 of 10 failed"))
+        finish_pod(
+            cluster,
+            pod,
+            exit_code=1,
+            message=summary("topics", error="stage topics shard 0: 9 of 10 failed"),
+        )
         fail_job(cluster, name)
         if attempt < 3:
-            status = wait_for(lambda a=attempt: stage(lm_status(cluster), "topics").get(
-                "failures") == a and lm_status(cluster))
+            status = wait_for(
+                lambda a=attempt: (
+                    stage(lm_status(cluster), "topics").get("failures") == a and lm_status(cluster)
+                )
+            )
             entry = stage(status, "topics")
             assert entry["state"] in ("Retrying", "Running")
             assert entry["attempts"][-1]["reason"] == "Error (exit code 1)"
@@ -133,8 +154,9 @@ def test_failure_retries_with_backoff_then_stalls(cluster: Api, operator: Operat
     assert "9 of 10 failed" in stalled["message"]
     assert "ValueError: boom" in stalled["message"]  # the log tail
     assert cluster.get("Job", NS, "yoruba-topics-4") is None
-    events = wait_for(lambda: [e for e in cluster.list("Event", NS)
-                               if e.get("reason") == "StageFailed"])
+    events = wait_for(
+        lambda: [e for e in cluster.list("Event", NS) if e.get("reason") == "StageFailed"]
+    )
     assert "ValueError: boom" in events[-1]["message"]
     assert events[-1]["type"] == "Warning"
 
@@ -142,11 +164,26 @@ def test_failure_retries_with_backoff_then_stalls(cluster: Api, operator: Operat
 def test_eviction_retries_without_spending_budget(cluster: Api, operator: Operator) -> None:
     cluster.create(language_model())
     (pod, *_) = make_pods(cluster, job(cluster, "yoruba-topics-1"), count=1)
-    cluster.patch("Pod", NS, pod["metadata"]["name"], {"status": {
-        "phase": "Failed", "reason": "Evicted",
-        "conditions": [{"type": "DisruptionTarget", "status": "True",
-                        "reason": "EvictionByEvictionAPI", "message": "node drained"}]}},
-        sub="status")
+    cluster.patch(
+        "Pod",
+        NS,
+        pod["metadata"]["name"],
+        {
+            "status": {
+                "phase": "Failed",
+                "reason": "Evicted",
+                "conditions": [
+                    {
+                        "type": "DisruptionTarget",
+                        "status": "True",
+                        "reason": "EvictionByEvictionAPI",
+                        "message": "node drained",
+                    }
+                ],
+            }
+        },
+        sub="status",
+    )
     fail_job(cluster, "yoruba-topics-1")
     job(cluster, "yoruba-topics-2")
     # The Pod is deleted (preemption): again free.
@@ -154,8 +191,9 @@ def test_eviction_retries_without_spending_budget(cluster: Api, operator: Operat
     cluster.delete("Pod", NS, pod["metadata"]["name"])
     fail_job(cluster, "yoruba-topics-2")
     job(cluster, "yoruba-topics-3")
-    status = wait_for(lambda: (s := lm_status(cluster)) and stage(s, "topics").get(
-        "disruptions") == 2 and s)
+    status = wait_for(
+        lambda: (s := lm_status(cluster)) and stage(s, "topics").get("disruptions") == 2 and s
+    )
     entry = stage(status, "topics")
     assert entry["failures"] == 0
     assert [a["outcome"] for a in entry["attempts"]] == ["Disrupted", "Disrupted"]
@@ -193,12 +231,14 @@ def test_invalid_spec_stalls_naming_the_field(cluster: Api, operator: Operator) 
     assert (stalled["status"], stalled["reason"]) == ("True", "InvalidSpec")
     assert "spec.data.topics.macroTopicsPerSeed" in stalled["message"]
     assert cluster.list("Job", NS) == []
-    events = wait_for(lambda: [e for e in cluster.list("Event", NS)
-                               if e.get("reason") == "InvalidSpec"])
+    events = wait_for(
+        lambda: [e for e in cluster.list("Event", NS) if e.get("reason") == "InvalidSpec"]
+    )
     assert "macroTopicsPerSeed" in events[0]["message"]
     # Fixing the field lets it go on.
-    cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"data": {"topics": {
-        "macroTopicsPerSeed": 5}}}})
+    cluster.patch(
+        "LanguageModel", NS, "yoruba", {"spec": {"data": {"topics": {"macroTopicsPerSeed": 5}}}}
+    )
     job(cluster, "yoruba-topics-1")
     status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Running" and s)
     assert status["observedGeneration"] == 2
@@ -210,8 +250,10 @@ def test_suspend_then_resume(cluster: Api, operator: Operator) -> None:
     job(cluster, "yoruba-translate-1")
     wait_for(lambda: stage(lm_status(cluster), "translate").get("state") == "Running")
     cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"suspend": True}})
-    wait_for(lambda: all(j["spec"].get("suspend") is True for j in cluster.list("Job", NS)),
-             what="every running Job suspended")
+    wait_for(
+        lambda: all(j["spec"].get("suspend") is True for j in cluster.list("Job", NS)),
+        what="every running Job suspended",
+    )
     status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Suspended" and s)
     assert condition(status, "Suspended")["status"] == "True"
     assert condition(status, "Ready")["reason"] == "Suspended"
@@ -220,14 +262,20 @@ def test_suspend_then_resume(cluster: Api, operator: Operator) -> None:
     for name in ("topics", "scenarios", "contexts"):
         complete_job(cluster, f"yoruba-{name}-1", summary(name))
     wait_for(lambda: stage(lm_status(cluster), "contexts").get("state") == "Succeeded")
-    status = wait_for(lambda: (s := lm_status(cluster)).get("progress", {}).get(
-        "waiting") == {"revise": "Suspended"} and s)
+    status = wait_for(
+        lambda: (
+            (s := lm_status(cluster)).get("progress", {}).get("waiting") == {"revise": "Suspended"}
+            and s
+        )
+    )
     assert cluster.get("Job", NS, "yoruba-revise-1") is None
     assert status["phase"] == "Suspended"
     cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"suspend": False}})
     job(cluster, "yoruba-revise-1")
-    wait_for(lambda: cluster.get("Job", NS, "yoruba-translate-1")["spec"].get(
-        "suspend") is False, what="translate resumed")
+    wait_for(
+        lambda: cluster.get("Job", NS, "yoruba-translate-1")["spec"].get("suspend") is False,
+        what="translate resumed",
+    )
     status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Running" and s)
     assert condition(status, "Suspended")["status"] == "False"
 
@@ -237,14 +285,17 @@ def test_resume_unsuspends_the_running_job(cluster: Api, operator: Operator) -> 
     status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Suspended" and s)
     assert cluster.list("Job", NS) == []
     assert status["progress"]["waiting"] == dict.fromkeys(
-        ["topics", "scenarios", "contexts", "translate"], "Suspended")
+        ["topics", "scenarios", "contexts", "translate"], "Suspended"
+    )
     cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"suspend": False}})
     job(cluster, "yoruba-topics-1")
     cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"suspend": True}})
     wait_for(lambda: cluster.get("Job", NS, "yoruba-topics-1")["spec"].get("suspend") is True)
     cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"suspend": False}})
-    wait_for(lambda: cluster.get("Job", NS, "yoruba-topics-1")["spec"].get("suspend") is False,
-             what="the Job resumed")
+    wait_for(
+        lambda: cluster.get("Job", NS, "yoruba-topics-1")["spec"].get("suspend") is False,
+        what="the Job resumed",
+    )
     assert job_names(cluster) == ROOTS
 
 
@@ -255,22 +306,35 @@ def test_budget_runs_out(cluster: Api, operator: Operator) -> None:
     cluster.create(language_model(budget={"maxDollars": "4.5"}, resources={"topics": gpu}))
     j = job(cluster, "yoruba-topics-1")
     assert j["spec"]["template"]["spec"]["nodeSelector"] == {
-        "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
-    assert j["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][
-        "nvidia.com/gpu"] == "1"
+        "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"
+    }
+    assert (
+        j["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+        == "1"
+    )
     # revise's other inputs finish (CPU stages, no cost).
     for name in ("scenarios", "contexts"):
-        complete_job(cluster, f"yoruba-{name}-1", summary(name, prompt_tokens=0,
-                                                          completion_tokens=0))
+        complete_job(
+            cluster, f"yoruba-{name}-1", summary(name, prompt_tokens=0, completion_tokens=0)
+        )
     # One attempt fails after 30 minutes (it counts), the next succeeds after an hour.
     start = hours_ago(1)
     (pod, *_) = make_pods(cluster, j, count=1, started=start)
-    finish_pod(cluster, pod, exit_code=1, message="Traceback ...\nRuntimeError: CUDA error",
-               finished=start + timedelta(minutes=30))
+    finish_pod(
+        cluster,
+        pod,
+        exit_code=1,
+        message="Traceback ...\nRuntimeError: CUDA error",
+        finished=start + timedelta(minutes=30),
+    )
     fail_job(cluster, "yoruba-topics-1")
-    complete_job(cluster, "yoruba-topics-2",
-                 summary("topics", prompt_tokens=1_000_000, completion_tokens=1_000_000),
-                 started=start, finished=start + timedelta(hours=1))
+    complete_job(
+        cluster,
+        "yoruba-topics-2",
+        summary("topics", prompt_tokens=1_000_000, completion_tokens=1_000_000),
+        started=start,
+        finished=start + timedelta(hours=1),
+    )
     status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Stalled" and s)
     stalled = condition(status, "Stalled")
     assert stalled["reason"] == "BudgetExceeded"
@@ -299,8 +363,9 @@ def test_spec_change_reruns_changed_stages_only(cluster: Api, operator: Operator
     job(cluster, "yoruba-contexts-1")
     # Scenarios' inputs change: scenarios reruns (fresh outputs), topics does not; the
     # running contexts stage does not read them and goes on.
-    cluster.patch("LanguageModel", NS, "yoruba",
-                  {"spec": {"data": {"scenarios": {"broadGeneral": 5}}}})
+    cluster.patch(
+        "LanguageModel", NS, "yoruba", {"spec": {"data": {"scenarios": {"broadGeneral": 5}}}}
+    )
     status = wait_for(lambda: (s := lm_status(cluster)).get("observedGeneration") == 2 and s)
     assert stage(status, "topics")["state"] == "Succeeded"
     assert stage(status, "scenarios")["state"] in ("Pending", "Running")
@@ -314,17 +379,24 @@ def test_spec_change_reruns_changed_stages_only(cluster: Api, operator: Operator
 
 def running_jobs(api: Api) -> list[str]:
     """Jobs that have not finished (the tests finish them by their status)."""
-    return sorted(j["metadata"]["name"] for j in api.list("Job", NS)
-                  if not (j.get("status") or {}).get("conditions"))
+    return sorted(
+        j["metadata"]["name"]
+        for j in api.list("Job", NS)
+        if not (j.get("status") or {}).get("conditions")
+    )
 
 
-def test_dag_runs_independent_stages_within_the_bound(cluster: Api,
-                                                      operator: Operator) -> None:
+def test_dag_runs_independent_stages_within_the_bound(cluster: Api, operator: Operator) -> None:
     cluster.create(language_model(resources={"maxConcurrentStages": 2}))
     # topics and scenarios read nothing: they start together; the bound (2) holds the rest.
     wait_for(lambda: running_jobs(cluster) == ["yoruba-scenarios-1", "yoruba-topics-1"])
-    status = wait_for(lambda: (s := lm_status(cluster)).get("progress", {}).get(
-        "waiting") == {"contexts": "Concurrency", "translate": "Concurrency"} and s)
+    status = wait_for(
+        lambda: (
+            (s := lm_status(cluster)).get("progress", {}).get("waiting")
+            == {"contexts": "Concurrency", "translate": "Concurrency"}
+            and s
+        )
+    )
     assert status["progress"]["stages"] == ["topics", "scenarios"]
     assert stage(status, "contexts")["waitingFor"] == "Concurrency"
     import time
@@ -359,8 +431,14 @@ def test_failed_stage_stops_only_its_dependants(cluster: Api, operator: Operator
     assert status["progress"]["stages"] == ["scenarios", "contexts", "translate"]
     for name in ("scenarios", "contexts", "translate"):
         complete_job(cluster, f"yoruba-{name}-1", summary(name))
-    status = wait_for(lambda: (s := lm_status(cluster)) and stage(s, "translate").get(
-        "state") == "Succeeded" and condition(s, "Reconciling").get("status") == "False" and s)
+    status = wait_for(
+        lambda: (
+            (s := lm_status(cluster))
+            and stage(s, "translate").get("state") == "Succeeded"
+            and condition(s, "Reconciling").get("status") == "False"
+            and s
+        )
+    )
     # ... and the stages that read the failed one never start.
     import time
 
@@ -369,18 +447,37 @@ def test_failed_stage_stops_only_its_dependants(cluster: Api, operator: Operator
     assert cluster.get("Job", NS, "yoruba-topics-4") is None
     assert stage(status, "revise")["state"] == "Pending"
     assert status["phase"] == "Stalled"
-    assert status["progress"] == {"stagesDone": 3, "stagesTotal": 9, "percent": 33,
-                                  "stages": [], "waiting": {}}
+    assert status["progress"] == {
+        "stagesDone": 3,
+        "stagesTotal": 9,
+        "percent": 33,
+        "stages": [],
+        "waiting": {},
+    }
 
 
 def test_status_patches_remove_what_is_gone(cluster: Api, operator: Operator) -> None:
     cluster.create(language_model())
-    for name in ("topics", "scenarios", "contexts", "translate", "revise", "respond",
-                 "filter", "train"):
+    for name in (
+        "topics",
+        "scenarios",
+        "contexts",
+        "translate",
+        "revise",
+        "respond",
+        "filter",
+        "train",
+    ):
         complete_job(cluster, f"yoruba-{name}-1", summary(name))
-    complete_job(cluster, "yoruba-evaluate-1", summary(
-        "evaluate", summary="belebele +9.9", evaluation={
-            "belebele": {"base": 40.0, "tuned": 49.9, "delta": 9.9}}))
+    complete_job(
+        cluster,
+        "yoruba-evaluate-1",
+        summary(
+            "evaluate",
+            summary="belebele +9.9",
+            evaluation={"belebele": {"base": 40.0, "tuned": 49.9, "delta": 9.9}},
+        ),
+    )
     status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Succeeded" and s)
     assert status["artifacts"]["model"].endswith("/yoruba/model")
     assert status["evaluation"]["tasks"]["belebele"]["delta"] == 9.9

@@ -30,12 +30,18 @@ from tests.operator.operator_helpers import (
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 
 TEACHER = {
-    "apiVersion": "kakugo.io/v1alpha1", "kind": "Teacher",
+    "apiVersion": "kakugo.io/v1alpha1",
+    "kind": "Teacher",
     "metadata": {"name": "gpt-oss-120b", "namespace": NS},
-    "spec": {"model": "openai/gpt-oss-120b", "gpus": 2, "tensorParallelSize": 2,
-             "maxNumSeqs": 128, "extraArgs": ["--enable-prefix-caching"],
-             "hfTokenSecretRef": {"name": "hf", "key": "token"},
-             "resources": {"gpuType": "NVIDIA-H100-80GB-HBM3"}},
+    "spec": {
+        "model": "openai/gpt-oss-120b",
+        "gpus": 2,
+        "tensorParallelSize": 2,
+        "maxNumSeqs": 128,
+        "extraArgs": ["--enable-prefix-caching"],
+        "hfTokenSecretRef": {"name": "hf", "key": "token"},
+        "resources": {"gpuType": "NVIDIA-H100-80GB-HBM3"},
+    },
 }
 
 
@@ -44,8 +50,13 @@ def teacher_status(api: Api, name: str = "gpt-oss-120b") -> dict:
 
 
 def set_ready(api: Api, name: str, ready: int) -> None:
-    api.patch("Deployment", NS, name, {"status": {"readyReplicas": ready,
-                                                  "replicas": ready}}, sub="status")
+    api.patch(
+        "Deployment",
+        NS,
+        name,
+        {"status": {"readyReplicas": ready, "replicas": ready}},
+        sub="status",
+    )
 
 
 def test_teacher_lifecycle(cluster: Api, operator: Operator) -> None:
@@ -59,8 +70,10 @@ def test_teacher_lifecycle(cluster: Api, operator: Operator) -> None:
     assert "--enable-prefix-caching" in args
     assert container["image"] == "registry.test/vllm:1"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
-    assert container["env"][0] == {"name": "HF_TOKEN", "valueFrom": {
-        "secretKeyRef": {"name": "hf", "key": "token"}}}
+    assert container["env"][0] == {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}},
+    }
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
     service = wait_for(lambda: cluster.get("Service", NS, "gpt-oss-120b"))
     assert service["spec"]["ports"][0]["port"] == 8000
@@ -77,35 +90,38 @@ def test_teacher_lifecycle(cluster: Api, operator: Operator) -> None:
     assert ts["url"] == "http://gpt-oss-120b.kakugo.svc:8000/v1"
     assert condition(ts, "Ready")["status"] == "True"
     j = job(cluster, "yoruba-topics-1")
-    env = {e["name"]: e.get("value") for e in j["spec"]["template"]["spec"]["containers"][0]
-           ["env"]}
+    env = {e["name"]: e.get("value") for e in j["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["KAKUGO_TEACHER_URL"] == "http://gpt-oss-120b.kakugo.svc:8000/v1"
     assert env["KAKUGO_TEACHER_MODEL"] == "openai/gpt-oss-120b"
 
     # No client in a teacher stage (suspended here) for idleSeconds: scale to zero.
     cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"suspend": True}})
-    wait_for(lambda: cluster.get("Deployment", NS, "gpt-oss-120b")["spec"]["replicas"] == 0,
-             what=f"scale to zero {teacher_status(cluster)} {lm_status(cluster).get('phase')}")
+    wait_for(
+        lambda: cluster.get("Deployment", NS, "gpt-oss-120b")["spec"]["replicas"] == 0,
+        what=f"scale to zero {teacher_status(cluster)} {lm_status(cluster).get('phase')}",
+    )
     set_ready(cluster, "gpt-oss-120b", 0)
     ts = wait_for(lambda: (s := teacher_status(cluster)).get("phase") == "Idle" and s)
     assert ts["clients"] == []
     assert condition(ts, "Ready")["reason"] == "ScaledToZero"
     # A client comes back: scale up again.
     cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"suspend": False}})
-    wait_for(lambda: cluster.get("Deployment", NS, "gpt-oss-120b")["spec"]["replicas"] == 1,
-             what="scale up")
+    wait_for(
+        lambda: cluster.get("Deployment", NS, "gpt-oss-120b")["spec"]["replicas"] == 1,
+        what="scale up",
+    )
 
 
 def test_served_teacher_is_owned(cluster: Api, operator: Operator) -> None:
-    lm = cluster.create(language_model(teacher={"serve": {"model": "tiny", "device": "cpu",
-                                                          "gpus": 0}}))
+    lm = cluster.create(
+        language_model(teacher={"serve": {"model": "tiny", "device": "cpu", "gpus": 0}})
+    )
     teacher = wait_for(lambda: cluster.get("Teacher", NS, "yoruba-teacher"))
     assert teacher["metadata"]["ownerReferences"][0]["uid"] == lm["metadata"]["uid"]
     wait_for(lambda: cluster.get("Deployment", NS, "yoruba-teacher"))
     set_ready(cluster, "yoruba-teacher", 1)
     j = job(cluster, "yoruba-topics-1")
-    env = {e["name"]: e.get("value") for e in j["spec"]["template"]["spec"]["containers"][0]
-           ["env"]}
+    env = {e["name"]: e.get("value") for e in j["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["KAKUGO_TEACHER_URL"] == "http://yoruba-teacher.kakugo.svc:8000/v1"
 
 
@@ -118,17 +134,30 @@ def test_metrics_and_health(cluster: Api, operator: Operator) -> None:
     (pod, *_) = make_pods(cluster, job(cluster, "yoruba-topics-1"), count=1)
     finish_pod(cluster, pod, exit_code=1, message="boom")
     fail_job(cluster, "yoruba-topics-1")
-    complete_job(cluster, "yoruba-topics-2", summary(
-        "topics", rows_out=7, requests=9, rejected={"finish_length": 1, "parse_json": 1},
-        prompt_tokens=100, completion_tokens=200))
+    complete_job(
+        cluster,
+        "yoruba-topics-2",
+        summary(
+            "topics",
+            rows_out=7,
+            requests=9,
+            rejected={"finish_length": 1, "parse_json": 1},
+            prompt_tokens=100,
+            completion_tokens=200,
+        ),
+    )
     job(cluster, "yoruba-scenarios-1")
-    text = wait_for(lambda: (t := metrics_text()) and
-                    'kakugo_examples_total{outcome="kept",reason="",stage="topics"}' in t and t)
+    text = wait_for(
+        lambda: (
+            (t := metrics_text())
+            and 'kakugo_examples_total{outcome="kept",reason="",stage="topics"}' in t
+            and t
+        )
+    )
     assert 'kakugo_languagemodels{phase="Running"} 1.0' in text
     assert 'kakugo_stage_retries_total{reason="failure",stage="topics"}' in text
     assert 'kakugo_cost_dollars{languagemodel="yoruba",namespace="kakugo"}' in text
-    assert 'kakugo_examples_total{outcome="dropped",reason="finish_length",stage="topics"}' \
-        in text
+    assert 'kakugo_examples_total{outcome="dropped",reason="finish_length",stage="topics"}' in text
     assert 'kakugo_examples_total{outcome="dropped",reason="parse",stage="topics"}' in text
     assert 'kakugo_teacher_tokens_total{direction="completion"}' in text
     assert 'kakugo_stage_duration_seconds_count{stage="topics"}' in text
@@ -136,17 +165,25 @@ def test_metrics_and_health(cluster: Api, operator: Operator) -> None:
     # Evaluation scores, base and tuned, per task.
     for name in ("scenarios", "contexts", "revise", "respond", "translate", "filter", "train"):
         complete_job(cluster, f"yoruba-{name}-1", summary(name))
-    complete_job(cluster, "yoruba-evaluate-1", summary(
-        "evaluate", summary="belebele +9.9", evaluation={
-            "belebele": {"base": 40.0, "tuned": 49.9, "delta": 9.9}}))
+    complete_job(
+        cluster,
+        "yoruba-evaluate-1",
+        summary(
+            "evaluate",
+            summary="belebele +9.9",
+            evaluation={"belebele": {"base": 40.0, "tuned": 49.9, "delta": 9.9}},
+        ),
+    )
     status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Succeeded" and s)
     assert condition(status, "Ready")["status"] == "True"
     assert status["evaluation"]["summary"] == "belebele +9.9"
     assert status["artifacts"]["model"] == "s3://kakugo-artifacts/runs/kakugo/yoruba/model"
     assert stage(status, "evaluate")["state"] == "Succeeded"
     text = wait_for(lambda: (t := metrics_text()) and "kakugo_evaluation_score{" in t and t)
-    assert ('kakugo_evaluation_score{languagemodel="yoruba",model="tuned",namespace="kakugo",'
-            'task="belebele"} 49.9') in text
+    assert (
+        'kakugo_evaluation_score{languagemodel="yoruba",model="tuned",namespace="kakugo",'
+        'task="belebele"} 49.9'
+    ) in text
     # Liveness and readiness.
     assert httpx.get(operator.liveness, timeout=5).status_code == 200
     ready = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/readyz", timeout=5)
@@ -173,19 +210,35 @@ def test_served_teacher_is_recreated_and_follows_serve(cluster: Api, operator: O
     first = wait_for(lambda: cluster.get("Teacher", NS, "yoruba-teacher"))
     # Deleted (by hand, by a cleanup script): the LanguageModel creates it again.
     cluster.delete("Teacher", NS, "yoruba-teacher")
-    again = wait_for(lambda: (t := cluster.get("Teacher", NS, "yoruba-teacher")) and t[
-        "metadata"]["uid"] != first["metadata"]["uid"] and not t["metadata"].get(
-        "deletionTimestamp") and t, what="the served Teacher re-created")
+    again = wait_for(
+        lambda: (
+            (t := cluster.get("Teacher", NS, "yoruba-teacher"))
+            and t["metadata"]["uid"] != first["metadata"]["uid"]
+            and not t["metadata"].get("deletionTimestamp")
+            and t
+        ),
+        what="the served Teacher re-created",
+    )
     assert again["metadata"]["ownerReferences"][0]["uid"] == lm["metadata"]["uid"]
     assert again["spec"]["model"] == "tiny"
     # A change of spec.teacher.serve reaches the served Teacher, and its Deployment.
-    cluster.patch("LanguageModel", NS, "yoruba", {"spec": {"teacher": {"serve": {
-        "model": "tiny-2", "maxNumSeqs": 3}}}})
-    teacher = wait_for(lambda: (t := cluster.get("Teacher", NS, "yoruba-teacher"))[
-        "spec"]["model"] == "tiny-2" and t, what="serve reaches the Teacher")
+    cluster.patch(
+        "LanguageModel",
+        NS,
+        "yoruba",
+        {"spec": {"teacher": {"serve": {"model": "tiny-2", "maxNumSeqs": 3}}}},
+    )
+    teacher = wait_for(
+        lambda: (
+            (t := cluster.get("Teacher", NS, "yoruba-teacher"))["spec"]["model"] == "tiny-2" and t
+        ),
+        what="serve reaches the Teacher",
+    )
     assert teacher["spec"]["maxNumSeqs"] == 3 and teacher["spec"]["device"] == "cpu"
-    wait_for(lambda: arg(cluster.get("Deployment", NS, "yoruba-teacher"), "--model") ==
-             "tiny-2", what="the Deployment rolled out")
+    wait_for(
+        lambda: arg(cluster.get("Deployment", NS, "yoruba-teacher"), "--model") == "tiny-2",
+        what="the Deployment rolled out",
+    )
 
 
 def test_teacher_spec_change_rolls_out(cluster: Api, operator: Operator) -> None:
@@ -195,24 +248,44 @@ def test_teacher_spec_change_rolls_out(cluster: Api, operator: Operator) -> None
     assert arg(deploy, "--max-num-seqs") == "128"
     assert deploy["metadata"]["annotations"]["kakugo.io/template-hash"]
     replicas = deploy["spec"]["replicas"]
-    cluster.patch("Teacher", NS, "gpt-oss-120b", {"spec": {
-        "maxNumSeqs": 64, "port": 8001, "extraArgs": [],
-        "resources": {"nodeSelector": {"pool": "gpu"}}}})
-    deploy = wait_for(lambda: (d := cluster.get("Deployment", NS, "gpt-oss-120b")) and arg(
-        d, "--max-num-seqs") == "64" and d, what="the new args rolled out")
+    cluster.patch(
+        "Teacher",
+        NS,
+        "gpt-oss-120b",
+        {
+            "spec": {
+                "maxNumSeqs": 64,
+                "port": 8001,
+                "extraArgs": [],
+                "resources": {"nodeSelector": {"pool": "gpu"}},
+            }
+        },
+    )
+    deploy = wait_for(
+        lambda: (
+            (d := cluster.get("Deployment", NS, "gpt-oss-120b"))
+            and arg(d, "--max-num-seqs") == "64"
+            and d
+        ),
+        what="the new args rolled out",
+    )
     assert "--enable-prefix-caching" not in args_of(deploy)
     pod = deploy["spec"]["template"]["spec"]
-    assert pod["nodeSelector"] == {"pool": "gpu", "nvidia.com/gpu.product":
-                                   "NVIDIA-H100-80GB-HBM3"}
+    assert pod["nodeSelector"] == {"pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert pod["containers"][0]["ports"] == [{"name": "http", "containerPort": 8001}]
     assert deploy["spec"]["replicas"] == replicas  # idle scaling owns the replicas
-    service = wait_for(lambda: (s := cluster.get("Service", NS, "gpt-oss-120b"))["spec"][
-        "ports"][0]["port"] == 8001 and s, what="the Service follows")
+    service = wait_for(
+        lambda: (
+            (s := cluster.get("Service", NS, "gpt-oss-120b"))["spec"]["ports"][0]["port"] == 8001
+            and s
+        ),
+        what="the Service follows",
+    )
     assert service["spec"]["ports"][0]["targetPort"] == 8001
-    wait_for(lambda: teacher_status(cluster).get("url") ==
-             "http://gpt-oss-120b.kakugo.svc:8001/v1")
-    events = wait_for(lambda: [e for e in cluster.list("Event", NS)
-                               if e.get("reason") == "RollingOut"])
+    wait_for(lambda: teacher_status(cluster).get("url") == "http://gpt-oss-120b.kakugo.svc:8001/v1")
+    events = wait_for(
+        lambda: [e for e in cluster.list("Event", NS) if e.get("reason") == "RollingOut"]
+    )
     assert "spec changed" in events[0]["message"]
     # A deleted Service is created again.
     cluster.delete("Service", NS, "gpt-oss-120b")

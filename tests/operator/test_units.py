@@ -19,14 +19,30 @@ from kakugo_operator.teacher import decide_teacher
 from tests.operator.operator_helpers import language_model
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-SETTINGS = settings.OperatorSettings(storage_uri="s3://b/runs", backoff_base_seconds=10,
-                                     backoff_max_seconds=25, retry_budget=2)
+SETTINGS = settings.OperatorSettings(
+    storage_uri="s3://b/runs", backoff_base_seconds=10, backoff_max_seconds=25, retry_budget=2
+)
 
 
-def observed(spec: dict | None = None, status: dict | None = None, jobs: list | None = None,
-             pods: list | None = None, now: datetime = NOW, generation: int = 1) -> Observed:
-    return Observed("yoruba", "kakugo", generation, spec or language_model()["spec"],
-                    status or {}, jobs or [], pods or [], None, now)
+def observed(
+    spec: dict | None = None,
+    status: dict | None = None,
+    jobs: list | None = None,
+    pods: list | None = None,
+    now: datetime = NOW,
+    generation: int = 1,
+) -> Observed:
+    return Observed(
+        "yoruba",
+        "kakugo",
+        generation,
+        spec or language_model()["spec"],
+        status or {},
+        jobs or [],
+        pods or [],
+        None,
+        now,
+    )
 
 
 def test_job_names_are_dns_safe_and_deterministic() -> None:
@@ -43,8 +59,11 @@ def test_fingerprints_move_only_downstream_of_a_change() -> None:
     from kakugo_stages.manifest import validate_spec
 
     def fps(s: dict) -> dict[str, str]:
-        return stage_fingerprints(validate_spec("LanguageModel", s).model_dump(
-            mode="json", by_alias=True, exclude_none=True))
+        return stage_fingerprints(
+            validate_spec("LanguageModel", s).model_dump(
+                mode="json", by_alias=True, exclude_none=True
+            )
+        )
 
     changed = copy.deepcopy(base)
     changed["training"] = {"learningRate": 2e-5}
@@ -54,7 +73,13 @@ def test_fingerprints_move_only_downstream_of_a_change() -> None:
     changed["data"] = {**base["data"], "scenarios": {"broadGeneral": 3}}
     b = fps(changed)
     assert [s for s in a if a[s] != b[s]] == [
-        "scenarios", "revise", "respond", "filter", "train", "evaluate"]
+        "scenarios",
+        "revise",
+        "respond",
+        "filter",
+        "train",
+        "evaluate",
+    ]
     changed = copy.deepcopy(base)
     changed["resources"] = {"train": {"gpus": 8}}
     changed["budget"] = {"maxDollars": "9"}
@@ -63,10 +88,17 @@ def test_fingerprints_move_only_downstream_of_a_change() -> None:
 
 def test_settings_from_env_and_file(tmp_path) -> None:
     path = tmp_path / "settings.yaml"
-    path.write_text("images: {trainer: my/trainer:2}\ngpuPrices: {NVIDIA-L4: {spot: '0.30'}}\n"
-                    "retryBudget: 5\n")
-    s = settings.load({"KAKUGO_OPERATOR_SETTINGS": str(path), "KAKUGO_RETRY_BUDGET": "7",
-                       "KAKUGO_IMAGE_EVAL": "my/eval:3", "KAKUGO_NAMESPACES": "a, b"})
+    path.write_text(
+        "images: {trainer: my/trainer:2}\ngpuPrices: {NVIDIA-L4: {spot: '0.30'}}\nretryBudget: 5\n"
+    )
+    s = settings.load(
+        {
+            "KAKUGO_OPERATOR_SETTINGS": str(path),
+            "KAKUGO_RETRY_BUDGET": "7",
+            "KAKUGO_IMAGE_EVAL": "my/eval:3",
+            "KAKUGO_NAMESPACES": "a, b",
+        }
+    )
     assert s.retry_budget == 7
     assert s.image_for("train") == "my/trainer:2"
     assert s.image_for("evaluate") == "my/eval:3"
@@ -102,8 +134,13 @@ def test_bad_settings_fail_naming_the_key(tmp_path, monkeypatch) -> None:
 
 def test_kopf_args() -> None:
     assert kopf_args(["-n", "ml", "--namespace", "ml2", "--liveness", "none"]) == [
-        "run", "--module", "kakugo_operator.handlers", "--namespace=ml", "--namespace=ml2",
-        "--standalone"]
+        "run",
+        "--module",
+        "kakugo_operator.handlers",
+        "--namespace=ml",
+        "--namespace=ml2",
+        "--standalone",
+    ]
     assert "--peering=kakugo" in kopf_args(["--peering", "kakugo"])
 
 
@@ -155,8 +192,7 @@ def test_dag_bound_and_inputs() -> None:
     spec = language_model(resources={"maxConcurrentStages": 2})["spec"]
     first = decide(observed(spec=spec), SETTINGS)
     assert names(first.create) == ["yoruba-topics-1", "yoruba-scenarios-1"]
-    assert first.status.progress.waiting == {"contexts": "Concurrency",
-                                             "translate": "Concurrency"}
+    assert first.status.progress.waiting == {"contexts": "Concurrency", "translate": "Concurrency"}
     assert first.status.stage("contexts").waiting_for == "Concurrency"
     # topics is done: one slot frees, the next ready stage in run order takes it.
     status = succeeded(first.status.dump(), "topics")
@@ -175,14 +211,25 @@ def test_dag_bound_and_inputs() -> None:
 
 
 def _pod(attempt: int, stage_name: str = "topics", **status) -> dict:
-    return {"metadata": {"name": f"{stage_name}-p{attempt}", "labels": {
-        naming.STAGE_LABEL: stage_name, naming.ATTEMPT_LABEL: str(attempt)}},
-        "spec": {"containers": [{}]}, "status": status}
+    return {
+        "metadata": {
+            "name": f"{stage_name}-p{attempt}",
+            "labels": {naming.STAGE_LABEL: stage_name, naming.ATTEMPT_LABEL: str(attempt)},
+        },
+        "spec": {"containers": [{}]},
+        "status": status,
+    }
 
 
 def _broken(attempt: int, stage_name: str = "topics") -> dict:
-    return _pod(attempt, stage_name, phase="Failed", containerStatuses=[{"state": {
-        "terminated": {"exitCode": 2, "reason": "Error", "message": "oops"}}}])
+    return _pod(
+        attempt,
+        stage_name,
+        phase="Failed",
+        containerStatuses=[
+            {"state": {"terminated": {"exitCode": 2, "reason": "Error", "message": "oops"}}}
+        ],
+    )
 
 
 def test_backoff_then_budget_then_stall() -> None:
@@ -192,8 +239,12 @@ def test_backoff_then_budget_then_stall() -> None:
     status, jobs = plan.status.dump(), plan.create
     now = NOW
     for attempt, delay in ((1, 10), (2, 20)):
-        failed = [{**j, "status": {"failed": 1}} if j["metadata"]["name"] ==
-                  f"yoruba-topics-{attempt}" else j for j in jobs]
+        failed = [
+            {**j, "status": {"failed": 1}}
+            if j["metadata"]["name"] == f"yoruba-topics-{attempt}"
+            else j
+            for j in jobs
+        ]
         pods = [_broken(a) for a in range(1, attempt + 1)]
         plan = decide(observed(status=status, jobs=failed, pods=pods, now=now), SETTINGS)
         entry = plan.status.stage("topics")
@@ -204,17 +255,26 @@ def test_backoff_then_budget_then_stall() -> None:
         assert plan.status.phase == "Running"
         assert condition_of(plan, "Stalled").status == "False"
         # Not before the backoff has passed ...
-        early = decide(observed(status=plan.status.dump(), jobs=failed, pods=pods,
-                                now=now + timedelta(seconds=delay - 1)), SETTINGS)
+        early = decide(
+            observed(
+                status=plan.status.dump(),
+                jobs=failed,
+                pods=pods,
+                now=now + timedelta(seconds=delay - 1),
+            ),
+            SETTINGS,
+        )
         assert early.create == []
         # ... then the next attempt.
         now = now + timedelta(seconds=delay + 1)
-        plan = decide(observed(status=plan.status.dump(), jobs=failed, pods=pods, now=now),
-                      SETTINGS)
+        plan = decide(
+            observed(status=plan.status.dump(), jobs=failed, pods=pods, now=now), SETTINGS
+        )
         assert names(plan.create) == [f"yoruba-topics-{attempt + 1}"]
         status, jobs = plan.status.dump(), failed + plan.create
-    failed = [{**j, "status": {"failed": 1}} if "topics" in j["metadata"]["name"] else j
-              for j in jobs]
+    failed = [
+        {**j, "status": {"failed": 1}} if "topics" in j["metadata"]["name"] else j for j in jobs
+    ]
     pods = [_broken(a) for a in (1, 2, 3)]
     plan = decide(observed(status=status, jobs=failed, pods=pods, now=now), SETTINGS)
     entry = plan.status.stage("topics")
@@ -227,8 +287,10 @@ def test_backoff_then_budget_then_stall() -> None:
     assert plan.status.phase == "Stalled"
     assert ("Warning", "StageFailed") in [e[:2] for e in plan.events]
     # Level-based: the same world later starts nothing either.
-    again = decide(observed(status=plan.status.dump(), jobs=failed, pods=pods,
-                            now=now + timedelta(hours=1)), SETTINGS)
+    again = decide(
+        observed(status=plan.status.dump(), jobs=failed, pods=pods, now=now + timedelta(hours=1)),
+        SETTINGS,
+    )
     assert again.create == [] and again.status.stage("topics").state == "Failed"
 
 
@@ -241,8 +303,10 @@ def test_failed_stage_stops_only_its_dependants() -> None:
     status = succeeded(plan.status.dump(), "scenarios", "contexts")
     entry = next(e for e in status["stages"] if e["name"] == "topics")
     entry.update(failures=SETTINGS.retry_budget)
-    jobs = [{**j, "status": {"failed": 1}} if j["metadata"]["name"] == "yoruba-topics-1"
-            else j for j in plan.create]
+    jobs = [
+        {**j, "status": {"failed": 1}} if j["metadata"]["name"] == "yoruba-topics-1" else j
+        for j in plan.create
+    ]
     plan = decide(observed(status=status, jobs=jobs, pods=[_broken(1)]), SETTINGS)
     assert states(plan)["topics"] == "Failed"
     # revise reads topics: it does not start; translate reads nothing of it and goes on.
@@ -253,9 +317,12 @@ def test_failed_stage_stops_only_its_dependants() -> None:
     assert (reconciling.status, reconciling.reason) == ("True", "TranslateRunning")
     # translate finishes: filter would need respond too, so nothing more starts.
     status = plan.status.dump()
-    done = [{**j, "status": {"succeeded": 1, "conditions": [
-        {"type": "Complete", "status": "True"}]}} if "translate" in j["metadata"]["name"]
-        else j for j in jobs]
+    done = [
+        {**j, "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}}
+        if "translate" in j["metadata"]["name"]
+        else j
+        for j in jobs
+    ]
     pods = [_broken(1), _pod(1, "translate", phase="Succeeded")]
     plan = decide(observed(status=status, jobs=done, pods=pods), SETTINGS)
     assert states(plan)["translate"] == "Succeeded" and plan.create == []
@@ -270,12 +337,12 @@ def test_fleet_member_waits_for_gpu_admission() -> None:
     assert names(plan.create) == ROOTS[1:]
     assert plan.status.stage("topics").waiting_for == "GPUQuota"
     assert plan.status.phase == "Running"
-    admitted = decide(replace(obs, status=plan.status.dump(), jobs=plan.create,
-                              gpu_admitted=True), SETTINGS)
+    admitted = decide(
+        replace(obs, status=plan.status.dump(), jobs=plan.create, gpu_admitted=True), SETTINGS
+    )
     assert names(admitted.create) == ["yoruba-topics-1"]
     # With nothing else to run, a member waiting for admission is Queued.
-    queued = decide(replace(obs, spec={**spec, "resources": {"default": {"gpus": 1}}}),
-                    SETTINGS)
+    queued = decide(replace(obs, spec={**spec, "resources": {"default": {"gpus": 1}}}), SETTINGS)
     assert queued.create == [] and queued.status.phase == "Queued"
     assert condition_of(queued, "Ready").reason == "WaitingForGPUQuota"
 
@@ -285,11 +352,17 @@ def test_teacher_stages_wait_for_a_ready_teacher() -> None:
     plan = decide(observed(spec=spec), SETTINGS)
     assert plan.create == []
     assert plan.status.progress.waiting == dict.fromkeys(
-        ["topics", "scenarios", "contexts", "translate"], "Teacher")
+        ["topics", "scenarios", "contexts", "translate"], "Teacher"
+    )
     assert condition_of(plan, "Reconciling").reason == "WaitingForTeacher"
-    teacher = {"metadata": {"name": "t"}, "status": {
-        "url": "http://t.kakugo.svc:8000/v1", "model": "m",
-        "conditions": [{"type": "Ready", "status": "True"}]}}
+    teacher = {
+        "metadata": {"name": "t"},
+        "status": {
+            "url": "http://t.kakugo.svc:8000/v1",
+            "model": "m",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
     plan = decide(replace(observed(spec=spec), teacher=teacher), SETTINGS)
     assert names(plan.create) == ROOTS
 
@@ -299,8 +372,12 @@ def test_spec_change_resets_the_moved_stages_and_drops_stale_status() -> None:
     everything = succeeded(plan.status.dump(), *[e.name for e in plan.status.stages])
     for entry in everything["stages"]:
         if entry["name"] == "evaluate":
-            entry["counts"] = {"extra": {"summary": "belebele +1.0", "evaluation": {
-                "belebele": {"base": 1.0, "tuned": 2.0, "delta": 1.0}}}}
+            entry["counts"] = {
+                "extra": {
+                    "summary": "belebele +1.0",
+                    "evaluation": {"belebele": {"base": 1.0, "tuned": 2.0, "delta": 1.0}},
+                }
+            }
     done = decide(observed(status=everything), SETTINGS)
     assert done.status.phase == "Succeeded"
     assert done.status.artifacts["model"].endswith("/kakugo/yoruba/model")
@@ -308,11 +385,12 @@ def test_spec_change_resets_the_moved_stages_and_drops_stale_status() -> None:
     spec = language_model(training={"learningRate": 2e-5})["spec"]
     plan = decide(observed(spec=spec, status=done.status.dump(), generation=2), SETTINGS)
     assert {s: st for s, st in states(plan).items() if st != "Succeeded"} == {
-        "train": "Running", "evaluate": "Pending"}
+        "train": "Running",
+        "evaluate": "Pending",
+    }
     assert plan.status.stage("train").reset is True
     assert names(plan.create) == ["yoruba-train-2"]
-    assert plan.create[0]["spec"]["template"]["spec"]["containers"][0]["command"][-1] == \
-        "--reset"
+    assert plan.create[0]["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "--reset"
     # What the rerun has not produced again is gone from status, and the patch says so.
     assert "model" not in plan.status.artifacts and plan.status.evaluation is None
     patch = merge_diff(done.status.dump(), plan.status.dump())
@@ -337,32 +415,32 @@ def test_served_teacher_is_kept_at_the_spec() -> None:
     plan = decide(replace(observed(spec=spec), teacher=seen), SETTINGS)
     assert not [o for o in plan.create if o["kind"] == "Teacher"] and plan.teacher_patch is None
     # A change of spec.teacher.serve reaches it (keys it no longer sets become null).
-    changed = language_model(teacher={"serve": {"model": "tiny-2", "device": "cpu",
-                                                "gpus": 0}})["spec"]
+    changed = language_model(teacher={"serve": {"model": "tiny-2", "device": "cpu", "gpus": 0}})[
+        "spec"
+    ]
     plan = decide(replace(observed(spec=changed), teacher=seen), SETTINGS)
     assert plan.teacher_patch["spec"] == {"model": "tiny-2", "port": None}
     assert plan.teacher_patch["metadata"]["annotations"]["kakugo.io/spec-hash"]
     # A Teacher that is not ours (no label of this LanguageModel) is left alone.
     foreign = {**seen, "metadata": {"name": "yoruba-teacher", "labels": {}}}
-    assert decide(replace(observed(spec=changed), teacher=foreign), SETTINGS
-                  ).teacher_patch is None
+    assert decide(replace(observed(spec=changed), teacher=foreign), SETTINGS).teacher_patch is None
 
 
 def test_a_retry_request_gives_failed_stages_a_fresh_budget() -> None:
     plan = decide(observed(), SETTINGS)
     status = plan.status.dump()
-    jobs = [{**j, "status": {"failed": 1}} if j["metadata"]["name"] == "yoruba-topics-1"
-            else j for j in plan.create]
-    next(e for e in status["stages"] if e["name"] == "topics")["failures"] = \
-        SETTINGS.retry_budget
+    jobs = [
+        {**j, "status": {"failed": 1}} if j["metadata"]["name"] == "yoruba-topics-1" else j
+        for j in plan.create
+    ]
+    next(e for e in status["stages"] if e["name"] == "topics")["failures"] = SETTINGS.retry_budget
     plan = decide(observed(status=status, jobs=jobs, pods=[_broken(1)]), SETTINGS)
     assert plan.status.stage("topics").state == "Failed"
     stalled = condition_of(plan, "Stalled")
     assert stalled.status == "True" and stalled.reason == "StageFailed"
 
     def asked(status: dict, value: str) -> Observed:
-        return replace(observed(status=status, jobs=jobs, pods=[_broken(1)]),
-                       retry_request=value)
+        return replace(observed(status=status, jobs=jobs, pods=[_broken(1)]), retry_request=value)
 
     retried = decide(asked(plan.status.dump(), "2026-11-26T12:00:00Z"), SETTINGS)
     entry = retried.status.stage("topics")
@@ -378,22 +456,34 @@ def test_a_retry_request_gives_failed_stages_a_fresh_budget() -> None:
 def test_failure_classification() -> None:
     evicted = _pod(1, phase="Failed", reason="Evicted")
     assert classify_failure([evicted]).disrupted
-    preempted = _pod(1, conditions=[{"type": "DisruptionTarget", "status": "True",
-                                     "reason": "PreemptionByScheduler"}])
+    preempted = _pod(
+        1,
+        conditions=[
+            {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}
+        ],
+    )
     assert classify_failure([preempted]).reason == "PreemptionByScheduler"
     assert classify_failure([]).disrupted  # the Pods were deleted
-    oom = _pod(1, containerStatuses=[{"state": {"terminated": {"exitCode": 137,
-                                                               "reason": "OOMKilled"}}}])
+    oom = _pod(
+        1, containerStatuses=[{"state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]
+    )
     failure = classify_failure([oom])
     assert not failure.disrupted and failure.reason == "OOMKilled (exit code 137)"
 
 
 def test_counts_take_the_largest_summary() -> None:
     def pod(msg: str) -> dict:
-        return _pod(1, containerStatuses=[{"state": {"terminated": {"exitCode": 0,
-                                                                    "message": msg}}}])
-    counts = stage_counts([pod('{"rows_out": 5, "requests": 9}'),
-                           pod('{"rows_out": 7, "requests": 8}'), pod("not json")])
+        return _pod(
+            1, containerStatuses=[{"state": {"terminated": {"exitCode": 0, "message": msg}}}]
+        )
+
+    counts = stage_counts(
+        [
+            pod('{"rows_out": 5, "requests": 9}'),
+            pod('{"rows_out": 7, "requests": 8}'),
+            pod("not json"),
+        ]
+    )
     assert counts == {"rowsOut": 7, "requests": 9}
 
 
@@ -411,11 +501,29 @@ def test_teacher_scales_to_zero_after_idle() -> None:
     plan = decide_teacher("t", "ns", spec, {}, None, ["lm"], NOW, SETTINGS)
     assert [o["kind"] for o in plan.create] == ["Deployment", "Service"]
     deploy, svc = plan.create
-    busy = decide_teacher("t", "ns", spec, plan.status.dump(), deploy, [],
-                          NOW + timedelta(seconds=30), SETTINGS, service_obj=svc)
+    busy = decide_teacher(
+        "t",
+        "ns",
+        spec,
+        plan.status.dump(),
+        deploy,
+        [],
+        NOW + timedelta(seconds=30),
+        SETTINGS,
+        service_obj=svc,
+    )
     assert busy.replicas is None and busy.requeue_after == 30 and busy.create == []
-    idle = decide_teacher("t", "ns", spec, busy.status.dump(), deploy, [],
-                          NOW + timedelta(seconds=61), SETTINGS, service_obj=svc)
+    idle = decide_teacher(
+        "t",
+        "ns",
+        spec,
+        busy.status.dump(),
+        deploy,
+        [],
+        NOW + timedelta(seconds=61),
+        SETTINGS,
+        service_obj=svc,
+    )
     assert idle.replicas == 0 and idle.status.phase == "Idle"
     assert all(c.observed_generation == 1 for c in idle.status.conditions)
 
@@ -423,14 +531,14 @@ def test_teacher_scales_to_zero_after_idle() -> None:
 def test_teacher_spec_change_rolls_out() -> None:
     spec = {"model": "m", "device": "cpu", "gpus": 0}
     deploy, svc = decide_teacher("t", "ns", spec, {}, None, ["lm"], NOW, SETTINGS).create
-    deploy = {**deploy, "spec": {**deploy["spec"], "replicas": 1},
-              "status": {"readyReplicas": 1}}
+    deploy = {**deploy, "spec": {**deploy["spec"], "replicas": 1}, "status": {"readyReplicas": 1}}
     same = decide_teacher("t", "ns", spec, {}, deploy, ["lm"], NOW, SETTINGS, service_obj=svc)
     assert (same.patch_deployment, same.patch_service, same.create) == (None, None, [])
     assert same.status.phase == "Ready"
     changed = {**spec, "maxNumSeqs": 7, "port": 8080, "resources": {"nodeSelector": {"a": "b"}}}
-    plan = decide_teacher("t", "ns", changed, {}, deploy, ["lm"], NOW, SETTINGS,
-                          generation=2, service_obj=svc)
+    plan = decide_teacher(
+        "t", "ns", changed, {}, deploy, ["lm"], NOW, SETTINGS, generation=2, service_obj=svc
+    )
     template = plan.patch_deployment["spec"]["template"]
     args = template["spec"]["containers"][0]["args"]
     assert args[args.index("--max-num-seqs") + 1] == "7"
@@ -449,10 +557,16 @@ def test_teacher_spec_change_rolls_out() -> None:
     container["terminationMessagePath"] = "/dev/termination-log"
     old["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
     stamped = decide_teacher("t", "ns", spec, {}, old, ["lm"], NOW, SETTINGS, service_obj=svc)
-    assert stamped.patch_deployment == {"metadata": {
-        "labels": deploy["metadata"]["labels"], "annotations": {
-            "kakugo.io/template-hash": deploy["metadata"]["annotations"][
-                "kakugo.io/template-hash"]}}}
+    assert stamped.patch_deployment == {
+        "metadata": {
+            "labels": deploy["metadata"]["labels"],
+            "annotations": {
+                "kakugo.io/template-hash": deploy["metadata"]["annotations"][
+                    "kakugo.io/template-hash"
+                ]
+            },
+        }
+    }
     assert stamped.status.phase == "Ready"
 
 
@@ -460,8 +574,14 @@ def test_progress_budget_and_teacher_series_are_removed_on_delete() -> None:
     from kakugo_operator import metrics
     from prometheus_client import generate_latest
 
-    metrics.observe_plan("units", "lm", {"progress": {"stagesDone": 2, "stagesTotal": 4}},
-                         [], [], {"language": "yo", "budget": {"maxDollars": "10"}})
+    metrics.observe_plan(
+        "units",
+        "lm",
+        {"progress": {"stagesDone": 2, "stagesTotal": 4}},
+        [],
+        [],
+        {"language": "yo", "budget": {"maxDollars": "10"}},
+    )
     metrics.observe_teacher("units", "tch", ready=False, clients=3)
     text = generate_latest(metrics.REGISTRY).decode()
     assert 'kakugo_progress_ratio{language="yo",languagemodel="lm",namespace="units"} 0.5' in text
@@ -492,22 +612,40 @@ def test_written_statuses_fit_the_crd_status_schemas() -> None:
     failed_job = {**running.create[0], "status": {"failed": 1}}
     status = running.status.dump()
     status["stages"][0]["failures"] = SETTINGS.retry_budget
-    stalled = decide(observed(status=status, jobs=[failed_job, *running.create[1:]],
-                              pods=[_broken(1)]), SETTINGS)
+    stalled = decide(
+        observed(status=status, jobs=[failed_job, *running.create[1:]], pods=[_broken(1)]), SETTINGS
+    )
     everything = succeeded(running.status.dump(), *[e.name for e in running.status.stages])
-    everything["stages"][-1]["counts"] = {"extra": {"summary": "belebele +1.0", "evaluation": {
-        "belebele": {"base": 1.0, "tuned": 2.0, "delta": 1.0}}}}
+    everything["stages"][-1]["counts"] = {
+        "extra": {
+            "summary": "belebele +1.0",
+            "evaluation": {"belebele": {"base": 1.0, "tuned": 2.0, "delta": 1.0}},
+        }
+    }
     done = decide(observed(status=everything), SETTINGS)
     invalid = decide(observed(spec=language_model(teacher={})["spec"]), SETTINGS)
     for plan in (running, stalled, done, invalid):
         errors = [e.message for e in lm.iter_errors(plan.status.dump())]
         assert not errors, errors
-    teacher = decide_teacher("t", "ns", {"model": "m", "device": "cpu", "gpus": 0}, {}, None,
-                             ["lm"], NOW, SETTINGS)
+    teacher = decide_teacher(
+        "t", "ns", {"model": "m", "device": "cpu", "gpus": 0}, {}, None, ["lm"], NOW, SETTINGS
+    )
     assert not list(validator("teachers").iter_errors(teacher.status.dump()))
-    fleet_plan = decide_fleet("f", "ns", 1, {"languages": [{"language": "yo"}, {
-        "language": "Klingon"}], "template": {"teacher": {"endpoint": {
-            "url": "https://api.example.com/v1", "model": "m"}}}}, {}, [], {}, NOW)
+    fleet_plan = decide_fleet(
+        "f",
+        "ns",
+        1,
+        {
+            "languages": [{"language": "yo"}, {"language": "Klingon"}],
+            "template": {
+                "teacher": {"endpoint": {"url": "https://api.example.com/v1", "model": "m"}}
+            },
+        },
+        {},
+        [],
+        {},
+        NOW,
+    )
     assert not list(validator("languagefleets").iter_errors(fleet_plan.status.dump()))
 
 
@@ -515,18 +653,22 @@ def test_a_teacher_is_needed_while_a_teacher_stage_runs_or_could_start() -> None
     from kakugo_operator.handlers import needs_teacher
 
     def status(phase: str, **stages: tuple[str, str | None]) -> dict:
-        return {"phase": phase, "stages": [
-            {"name": n, "state": st, **({"waitingFor": w} if w else {})}
-            for n, (st, w) in stages.items()]}
+        return {
+            "phase": phase,
+            "stages": [
+                {"name": n, "state": st, **({"waitingFor": w} if w else {})}
+                for n, (st, w) in stages.items()
+            ],
+        }
 
     assert needs_teacher({})  # new: about to start its first teacher stages
     assert needs_teacher(status("Running", topics=("Pending", "Teacher")))
     assert needs_teacher(status("Running", topics=("Retrying", "Backoff")))
     # A failed stage stalls the object, but translate still runs and needs the server.
-    assert needs_teacher(status("Stalled", topics=("Failed", None),
-                                translate=("Running", None)))
-    assert not needs_teacher(status("Stalled", topics=("Failed", None),
-                                    translate=("Succeeded", None)))
+    assert needs_teacher(status("Stalled", topics=("Failed", None), translate=("Running", None)))
+    assert not needs_teacher(
+        status("Stalled", topics=("Failed", None), translate=("Succeeded", None))
+    )
     assert not needs_teacher(status("Running", train=("Running", None)))
     assert not needs_teacher(status("Running", topics=("Pending", "Budget")))
     assert not needs_teacher(status("Suspended", topics=("Running", None)))
