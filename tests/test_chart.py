@@ -363,7 +363,7 @@ def test_rbac_is_exactly_what_the_operator_code_uses() -> None:
     )
     # The k8s.py calls these rules assume: a new kind of call needs a new rule.
     k8s = (ops / "k8s.py").read_text()
-    assert set(re.findall(r'call\("(GET|POST|PATCH|DELETE)"', k8s)) == {
+    assert set(re.findall(r'call\(\s*"(GET|POST|PATCH|DELETE)"', k8s)) == {
         "GET",
         "POST",
         "PATCH",
