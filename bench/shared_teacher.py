@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from own_server import own_server  # bench/, this script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
@@ -249,36 +249,24 @@ def main(argv: list[str] | None = None) -> None:
 
     from tests.helpers.tiny_models import build_tokenizer
 
-    server = subprocess.Popen(
-        [
-            sys.executable,
+    with (
+        own_server(
             __file__,
-            "--serve",
             "--batch",
             str(args.batch),
             "--latency",
             str(args.latency),
             "--slowdown",
             str(args.slowdown),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = server.stdout.readline() if server.stdout else ""
-        if not line.startswith("URL "):
-            raise SystemExit(f"the teacher server did not start: {line!r}")
-        url = line.split()[1]
-        with tempfile.TemporaryDirectory(prefix="kakugo-shared-teacher-") as tmp:
-            root = Path(tmp)
-            tokenizer = build_tokenizer(root / "tokenizer")
-            # Warm-up (imports, tokenizer load) outside the clock.
-            run_mode("warmup", url, root, tokenizer, args.concurrency, True)
-            sequential = run_mode("sequential", url, root, tokenizer, args.concurrency, args.quick)
-            shared = run_mode("shared", url, root, tokenizer, args.concurrency, args.quick)
-    finally:
-        server.terminate()
-        server.wait(10)
+        ) as url,
+        tempfile.TemporaryDirectory(prefix="kakugo-shared-teacher-") as tmp,
+    ):
+        root = Path(tmp)
+        tokenizer = build_tokenizer(root / "tokenizer")
+        # Warm-up (imports, tokenizer load) outside the clock.
+        run_mode("warmup", url, root, tokenizer, args.concurrency, True)
+        sequential = run_mode("sequential", url, root, tokenizer, args.concurrency, args.quick)
+        shared = run_mode("shared", url, root, tokenizer, args.concurrency, args.quick)
     per_language = [r["requests"] for r in sequential["languages"].values()]
     for mode, result in (("sequential", sequential), ("shared", shared)):
         print(

@@ -41,7 +41,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,11 +49,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from own_server import own_server  # bench/, this script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 sys.path.insert(0, str(REPO))
-
 
 # ------------------------------------------------------------------ the server (own process)
 
@@ -316,11 +315,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from tests.helpers.tiny_models import build_tokenizer
 
-    server = subprocess.Popen(
-        [
-            sys.executable,
+    with (
+        own_server(
             __file__,
-            "--serve",
             "--slots",
             str(args.slots),
             "--latency",
@@ -329,33 +326,21 @@ def main(argv: list[str] | None = None) -> None:
             str(args.slowdown),
             "--sample-ms",
             str(args.sample_ms),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = server.stdout.readline() if server.stdout else ""
-        if not line.startswith("URL "):
-            raise SystemExit(f"the teacher server did not start: {line!r}")
-        url = line.split()[1]
-        with tempfile.TemporaryDirectory(prefix="kakugo-teacher-phase-") as tmp:
-            root = Path(tmp)
-            tokenizer = build_tokenizer(root / "tokenizer")
-            corpus = corpora(root / "corpus", 400, 600)
-            # Warm-up (imports, tokenizer, corpus reading) outside the clock.
-            warm = argparse.Namespace(**{**vars(args), "scale": 0.05})
-            run_mode("warmup", 4, args.parallelism, url, root, tokenizer, corpus, warm)
-            results = {
-                "linear": run_mode(
-                    "linear", 1, args.parallelism, url, root, tokenizer, corpus, args
-                ),
-                "dag": run_mode("dag", 4, args.parallelism, url, root, tokenizer, corpus, args),
-            }
-            if args.serial:
-                results["serial"] = run_mode("serial", 1, 1, url, root, tokenizer, corpus, args)
-    finally:
-        server.terminate()
-        server.wait(10)
+        ) as url,
+        tempfile.TemporaryDirectory(prefix="kakugo-teacher-phase-") as tmp,
+    ):
+        root = Path(tmp)
+        tokenizer = build_tokenizer(root / "tokenizer")
+        corpus = corpora(root / "corpus", 400, 600)
+        # Warm-up (imports, tokenizer, corpus reading) outside the clock.
+        warm = argparse.Namespace(**{**vars(args), "scale": 0.05})
+        run_mode("warmup", 4, args.parallelism, url, root, tokenizer, corpus, warm)
+        results = {
+            "linear": run_mode("linear", 1, args.parallelism, url, root, tokenizer, corpus, args),
+            "dag": run_mode("dag", 4, args.parallelism, url, root, tokenizer, corpus, args),
+        }
+        if args.serial:
+            results["serial"] = run_mode("serial", 1, 1, url, root, tokenizer, corpus, args)
     for name, result in results.items():
         print(
             f"{name:<7} {result['wall_seconds']:7.2f} s  {result['requests']} requests, "

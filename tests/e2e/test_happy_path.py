@@ -15,21 +15,11 @@ from typing import Any
 import kubernetes
 import pytest
 
+from kakugo_stages.graph import STAGES
 from tests.e2e.e2e_support import NS, condition, get_lm, manifest, wait_for, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:Unverified HTTPS request")]
 
-STAGES = [
-    "topics",
-    "scenarios",
-    "contexts",
-    "revise",
-    "respond",
-    "translate",
-    "filter",
-    "train",
-    "evaluate",
-]
 OWNED = "app.kubernetes.io/managed-by=kakugo-operator"
 
 

@@ -23,6 +23,7 @@ from kakugo_operator.fleet import (
     spec_hash,
 )
 
+from kakugo_stages.graph import STAGES
 from tests.operator.k8s_emulator import PLURALS, Api
 from tests.operator.operator_helpers import (
     NS,
@@ -43,17 +44,6 @@ pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 PLURALS.setdefault("LanguageFleet", ("kakugo.io/v1alpha1", "languagefleets"))
 
 ENDPOINT = {"endpoint": {"url": "https://api.example.com/v1", "model": "gpt-oss-120b"}}
-STAGES = (
-    "topics",
-    "scenarios",
-    "contexts",
-    "revise",
-    "respond",
-    "translate",
-    "filter",
-    "train",
-    "evaluate",
-)
 
 
 def fleet(languages: list[Any], name: str = "west", **spec: Any) -> dict[str, Any]:
