@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from kakugo_operator import builders
-from kakugo_operator.reconcile import _artifacts
+from kakugo_operator.reconcile import artifacts
 from kakugo_operator.settings import OperatorSettings
 from pydantic import BaseModel
 
@@ -18,6 +18,7 @@ from kakugo_stages.resolved import run_spec
 from kakugo_stages.runner import selected_stages
 from kakugo_stages.spec import LanguageModelSpec, ResourcesSpec
 from kakugo_stages.stages import StageFailed, available, get_stage
+from kakugo_stages.status import StageStatus
 from kakugo_stages.store import open_store
 
 
@@ -176,9 +177,10 @@ def test_executors_and_operator_derive_from_the_declarations(tmp_path) -> None:
     assert (
         builders.job(run, "respond", 1, settings, builders.TeacherEnv())["spec"]["completions"] == 4
     )
-    done = {s: {"state": "Succeeded"} for s in graph.STAGES}
-    artifacts = _artifacts(run, done)
+    done = {s: StageStatus(name=s, state="Succeeded") for s in graph.STAGES}
+    produced = artifacts(run, done)
     for d in graph.GRAPH:
         for key, path in d.produces.items():
-            assert artifacts[key] == f"{run.run_uri}/{path}"
-    assert "model" not in _artifacts(run, {**done, "train": {"state": "Running"}})
+            assert produced[key] == f"{run.run_uri}/{path}"
+    running = StageStatus(name="train", state="Running")
+    assert "model" not in artifacts(run, {**done, "train": running})

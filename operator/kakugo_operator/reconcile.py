@@ -485,18 +485,6 @@ def artifacts(run: RunSpec, entries: Mapping[str, StageStatus]) -> dict[str, str
     return artifact_uris(run.run_uri, {s for s, e in entries.items() if e.state == "Succeeded"})
 
 
-def _artifacts(run: RunSpec, entries: Mapping[str, Any]) -> dict[str, str]:
-    """`artifacts` over entries as dicts or models (kept for tests/test_graph.py)."""
-    return artifact_uris(
-        run.run_uri,
-        {
-            s
-            for s, e in entries.items()
-            if (e.state if isinstance(e, StageStatus) else e.get("state")) == "Succeeded"
-        },
-    )
-
-
 def evaluation(entries: Mapping[str, StageStatus]) -> Evaluation | None:
     extra = entries["evaluate"].counts.extra or {}
     if not (extra.get("summary") or extra.get("evaluation")):
