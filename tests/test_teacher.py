@@ -343,7 +343,7 @@ def test_cache_replays_without_requests(server: TeacherServer, tmp_path: Path) -
     server.faults = FaultPlan(at={3: "length"})
 
     async def go(**kw: Any) -> tuple[list[ChatResult], TeacherClient]:
-        async with client(server.url, cache=RequestCache(store)) as c:
+        async with client(server.url, cache=RequestCache(store), seed=5) as c:
             rs = await asyncio.gather(
                 *(c.chat(msgs(f"q{i}"), max_tokens=16, **kw) for i in range(6))
             )
@@ -351,26 +351,47 @@ def test_cache_replays_without_requests(server: TeacherServer, tmp_path: Path) -
 
     first, c1 = run(go())
     assert server.count == 6 and not any(r.cached for r in first)
+    assert c1.usage.failures == {"length": 1}
+    [cut] = [r for r in first if not r.ok]
     second, c2 = run(go())
-    assert server.count == 6, "the rerun replays from the cache"
-    assert all(r.cached for r in second)
-    assert [dataclasses.replace(r, cached=False) for r in second] == first
-    assert c2.usage.cached == 6 and c2.usage.http_requests == 0
-    assert (c2.usage.prompt_tokens, c2.usage.completion_tokens) == (0, 0)
-    assert c2.usage.cached_prompt_tokens == c1.usage.prompt_tokens > 0
-    assert c2.usage.cached_completion_tokens == c1.usage.completion_tokens > 0
-    # The paid-for "length" answer is replayed too, and still counts as a failure.
-    assert c1.usage.failures == c2.usage.failures == {"length": 1}
+    # The five answers that finished are replayed; the cut-off one is sent again, as a
+    # new request (its next attempt: another key, another seed).
+    assert server.count == 7
+    assert [r.cached for r in second] == [r.ok for r in first]
+    assert all(r.ok for r in second)
+    assert [dataclasses.replace(r, cached=False) for r in second if r.cached] == [
+        r for r in first if r.ok
+    ]
+    resent = next(r for r in second if not r.cached)
+    assert (resent.attempt, resent.content) == (1, f"Q{first.index(cut)}")
+    # Arrival 3 was cut off (the fault plan); arrival 6 is the same request sent again.
+    assert server.requests[6]["messages"] == server.requests[3]["messages"]
+    assert server.requests[6]["seed"] != server.requests[3]["seed"]
+    assert (c2.usage.cached, c2.usage.resent, c2.usage.http_requests) == (5, 1, 1)
+    assert c2.usage.failures == {}
+    # Tokens: replays are not sent, but the ledger counts every answer paid for, once.
+    assert c2.usage.sent_prompt_tokens == resent.prompt_tokens > 0
+    assert c2.usage.prompt_tokens == c1.usage.prompt_tokens + resent.prompt_tokens
+    assert c2.usage.completion_tokens == c1.usage.completion_tokens + resent.completion_tokens
+    assert c2.usage.cached_prompt_tokens == c1.usage.prompt_tokens - cut.prompt_tokens
 
-    third, _ = run(go(sample_index=1))
-    assert server.count == 12, "another sample index is another request"
-    assert not any(r.cached for r in third)
+    third, c3 = run(go())
+    assert server.count == 7 and all(r.cached for r in third)
+    assert (c3.usage.prompt_tokens, c3.usage.sent_prompt_tokens) == (c2.usage.prompt_tokens, 0)
+
+    fourth, _ = run(go(sample_index=1))
+    assert server.count == 13, "another sample index is another request"
+    assert not any(r.cached for r in fourth)
 
     files = sorted(
         p.relative_to(store.local_path()).as_posix() for p in store.local_path().rglob("*.json")
     )
-    assert len(files) == 12
+    assert len(files) == 13
     assert all(f == f"{f.split('/')[1][:2]}/{f.split('/')[1]}" for f in files)
+    # The cut-off answer is kept, marked rejected, with what it cost.
+    entry = RequestCache(store).get_entry(cut.key)
+    assert entry is not None and entry.rejected == "finish_length"
+    assert entry.prompt_tokens == cut.prompt_tokens and entry.response == cut.raw
 
 
 def test_cache_layout_and_corrupt_entries(tmp_path: Path) -> None:
