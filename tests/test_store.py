@@ -417,8 +417,9 @@ def test_open_store_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_en
     s3 = open_store("s3://bucket-x/p")
     assert isinstance(s3, S3Store)
     assert s3.client.meta.endpoint_url == s3_env  # from AWS_ENDPOINT_URL_S3
-    # Botocore's own retries: 10 retries (11 attempts), adaptive.
-    assert s3.client.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 11}
+    # Botocore's own retries, capped (5 attempts), adaptive; bounded waits.
+    assert s3.client.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 5}
+    assert (s3.client.meta.config.connect_timeout, s3.client.meta.config.read_timeout) == (5, 30)
     explicit = open_store("s3://bucket-x/p", endpoint_url="http://127.0.0.1:1", region="eu-west-1")
     assert explicit.client.meta.endpoint_url == "http://127.0.0.1:1"
     assert explicit.client.meta.region_name == "eu-west-1"
