@@ -21,8 +21,9 @@ from kakugo_stages.resolved import RunSpec, run_spec
 from kakugo_stages.stages import StageFailed, get_stage, run_stage
 from kakugo_stages.store import StageOutput, open_store
 from kakugo_stages.teacher import TeacherClient
-from tests.helpers.teacher_scripts import flaky, scripted_teacher
-from tests.helpers.teacher_server import FaultPlan, TeacherServer
+from tests.helpers.key_echoes import chat_body, json_text, leaks, wire_forms
+from tests.helpers.teacher_scripts import digest, flaky, scripted_teacher
+from tests.helpers.teacher_server import Fault, FaultPlan, TeacherServer
 from tests.helpers.tiny_models import build_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -329,6 +330,64 @@ def test_api_key_never_leaks(tmp_path: Path, tokenizer_dir: Path, monkeypatch, c
     assert leaked == []
     assert SECRET not in caplog.text
     assert not any(SECRET in e for e in errors)
+
+
+def test_escaped_key_echoes_never_reach_the_store(
+    tmp_path: Path, tokenizer_dir: Path, monkeypatch, caplog
+) -> None:
+    """A gateway echoes the key, escaped or encoded, in answers (kept, cut off, unparsable)
+    and in error bodies: no file of the run, log line, error or summary holds it."""
+    secret = "sk-kakugo/test+SECRET=77ab/c9"
+    monkeypatch.setenv("KAKUGO_TEACHER_API_KEY", secret)
+    caplog.set_level(logging.DEBUG)
+    forms = list(wire_forms(secret).values())
+
+    def gateway(index: int, body: dict[str, Any], nth: int) -> Fault | None:
+        h = int(digest(body), 16)
+        wire = forms[h % len(forms)]
+        answer = scripted_teacher(body)
+        content = answer if isinstance(answer, str) else answer["content"]
+        bucket = (h // len(forms)) % 10
+        if bucket < 3:  # kept, with the echo in the reasoning
+            return Fault("raw", body=chat_body(json_text(content), f"the key was {wire}"))
+        if bucket == 3:  # cut off, the echo in the part that was sent
+            return Fault("raw", body=chat_body(f"{wire} ...", "", finish_reason="length"))
+        if bucket == 4:  # does not parse
+            return Fault("raw", body=chat_body(f"no JSON, only {wire}", wire))
+        if bucket == 5:
+            error = '{"error":{"message":"key ' + wire + ' refused"}}'
+            return Fault("raw", status=403, body=error.encode())
+        if bucket == 6 and nth == 0:  # broken JSON once, then a good answer
+            return Fault("raw", body=chat_body(wire, wire)[:-30])
+        return None
+
+    errors: list[str] = []
+    with TeacherServer(scripted_teacher, faults=FaultPlan(when=gateway), api_key=secret) as srv:
+        run = small_spec(srv.url, tmp_path / "run", tokenizer_dir, maxFailureRate=0.95)
+        store = open_store(run.run_uri)
+        for name in ("topics", "scenarios", "contexts"):
+            try:
+                run_stage(
+                    get_stage(name)(run, store),
+                    teacher_factory=fast_teacher,
+                    termination_log=str(tmp_path / f"termination-{name}"),
+                )
+            except StageFailed as exc:
+                errors.append(repr(exc) + str(exc))
+        assert len(srv.injected) > 20
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    rejects = [
+        r
+        for p in files
+        if "_rejects" in p.parts
+        for r in store.read_jsonl(p.relative_to(tmp_path / "run" / "tests" / "yo-test").as_posix())
+    ]
+    assert {"finish_length", "http_403"} <= {r["reason"] for r in rejects}
+    assert any(p.parent.name == "_raw" for p in files)
+    texts = [p.read_text(encoding="utf-8", errors="ignore") for p in files]
+    texts += [rec.getMessage() for rec in caplog.records] + errors
+    for text in texts:
+        assert leaks(text, secret) == [], text[:500]
 
 
 def test_structured_output_sends_the_answer_schema(tmp_path: Path, tokenizer_dir: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import email.utils
 import json
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from kakugo_stages.redact import Redactor
 from kakugo_stages.request_cache import RequestCache, request_key
 from kakugo_stages.spec import SamplingSpec, TeacherEndpoint, TeacherSettings
 from kakugo_stages.store import open_store
@@ -24,6 +26,7 @@ from kakugo_stages.teacher import (
     _parse_retry_after,
     split_reasoning,
 )
+from tests.helpers.key_echoes import all_text, chat_body, leaks, wire_forms
 from tests.helpers.teacher_server import Fault, FaultPlan, TeacherServer, chat_response, harmony
 
 pytestmark = pytest.mark.timeout(60)
@@ -507,6 +510,99 @@ def test_api_key_is_sent_but_never_leaks(
     for text in seen:
         assert SECRET not in text
     assert "Bearer" not in " ".join(rec.getMessage() for rec in caplog.records)
+
+
+# A key with the characters that encoders escape: "/" (JSON's "\/"), "+" and "=".
+SLASHED = "sk-kakugo/test+SECRET=4f1d9c2b7a/x"
+
+
+@pytest.mark.parametrize("form", sorted(wire_forms(SLASHED)))
+def test_redactor_finds_every_echo_of_the_key(form: str) -> None:
+    redact = Redactor(SLASHED)
+    wire = wire_forms(SLASHED)[form]
+    # As stored after parsing (the JSON escapes undone), and as raw text.
+    parsed = json.loads(f'"{wire}"')
+    for text in (f"key: {parsed}!", f"key: {wire}!", json.dumps({"k": parsed})):
+        out = redact.text(text)
+        assert "***" in out and leaks(out, SLASHED) == [], (form, out)
+    assert redact.value({parsed: [parsed, 1, None]}) == {
+        redact.text(parsed): [redact.text(parsed), 1, None]
+    }
+
+
+def test_redactor_leaves_other_text_alone() -> None:
+    redact = Redactor(SLASHED)
+    texts = [
+        "Ẹ kú àárọ̀! 100% \\/ &amp; a+b=c, sk-kakugo/test",
+        base64.b64encode(b"another secret altogether").decode(),
+        "",
+    ]
+    for text in texts:
+        assert redact.text(text) == text
+    assert Redactor(None).text(SLASHED) == SLASHED and not Redactor("")
+    assert repr(redact) == "Redactor(***)" and SLASHED not in repr(redact)
+
+
+def test_escaped_key_echoes_are_scrubbed_everywhere(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """A gateway echoes the key back in every form, in answers and in error bodies: no
+    stored file, result, error or log line holds it, whatever decoding is applied."""
+    monkeypatch.setenv(KEY_ENV, SLASHED)
+    caplog.set_level(logging.DEBUG)
+    forms = wire_forms(SLASHED)
+
+    def gateway(index: int, body: dict[str, Any], nth: int) -> Fault | None:
+        kind, _, form = body["messages"][-1]["content"].partition(" ")
+        wire = forms.get(form, "")
+        if kind == "answer":
+            return Fault("raw", body=chat_body(f"ok {wire}", f"I was sent {wire}"))
+        if kind == "cut":
+            return Fault("raw", body=chat_body(f"cut {wire}", wire, finish_reason="length"))
+        if kind == "forbidden":
+            error = '{"error":{"message":"key ' + wire + ' is not allowed","key":"' + wire + '"}}'
+            return Fault("raw", status=403, body=error.encode())
+        if kind == "gateway":  # a proxy's plain-text page
+            return Fault("raw", status=502, body=f"upstream refused Bearer {wire}".encode())
+        if kind == "broken":  # a 200 whose JSON is cut off, echo included
+            return Fault("raw", body=chat_body(wire, wire)[:-20])
+        return None
+
+    with TeacherServer(api_key=SLASHED, faults=FaultPlan(when=gateway)) as srv:
+        cache = RequestCache(open_store(str(tmp_path)))
+        c = TeacherClient(
+            srv.url, "m", cache=cache, max_retries=1, backoff_base=0.01, backoff_max=0.02
+        )
+        results: list[ChatResult] = []
+        errors: list[TeacherError] = []
+
+        async def go() -> None:
+            async with c:
+                for form in forms:
+                    for kind in ("answer", "cut", "forbidden", "gateway", "broken"):
+                        try:
+                            results.append(await c.chat(msgs(f"{kind} {form}"), max_tokens=8))
+                        except TeacherError as e:
+                            errors.append(e)
+
+        run(go())
+        assert set(srv.authorizations) == {f"Bearer {SLASHED}"}, "the key was sent"
+
+    assert len(results) == 2 * len(forms) and len(errors) == 3 * len(forms)
+    assert {e.reason for e in errors} == {"http_403", "http_502", "bad_json"}
+    assert all("***" in r.content and "***" in (r.reasoning or "") for r in results), results
+    seen = [repr(c), str(c.__dict__), json.dumps(c.usage.as_dict())]
+    for e in errors:
+        seen += [str(e), repr(e), all_text(e.raw)]
+    for r in results:
+        seen += [repr(r), r.content, r.reasoning or "", all_text(r.raw)]
+    seen += [rec.getMessage() for rec in caplog.records]
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) == 2 * len(forms)
+    seen += [p.read_text(encoding="utf-8") for p in files]
+    assert caplog.records
+    for text in seen:
+        assert leaks(text, SLASHED) == [], text
 
 
 def test_wrong_key_is_a_non_retryable_401(monkeypatch: pytest.MonkeyPatch) -> None:
