@@ -239,6 +239,46 @@ def test_kill_midway_and_resume(tmp_path: Path, tokenizer_dir: Path) -> None:
 
 
 @pytest.mark.slow
+def test_tokens_count_every_answer_across_kills(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """Seven kills mid-shard, then a run to the end: the summary reports the tokens of an
+    uninterrupted run, not only those of the last process (the cache entries are the
+    ledger: each answer received is recorded before it is used)."""
+    with TeacherServer(scripted_teacher, latency=0.02) as srv:
+        clean = small_spec(srv.url, tmp_path / "clean", tokenizer_dir)
+        expected = run_all(clean, ("topics",))["topics"].as_dict()
+        total = srv.count
+        srv.reset()
+
+        run = small_spec(srv.url, tmp_path / "killed", tokenizer_dir)
+        spec_file = tmp_path / "spec.yaml"
+        spec_file.write_text(run.to_yaml(), encoding="utf-8")
+        log_file = tmp_path / "termination-log"
+        env = {**os.environ, "KAKUGO_TERMINATION_LOG": str(log_file)}
+        cmd = [sys.executable, "-m", "kakugo_stages.cli", "stage", "topics"]
+        cmd += ["--spec", str(spec_file), "--no-progress"]
+        kills = 0
+        for k in range(1, 8):
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            _kill_when(srv, proc, total * k // 8)
+            kills += proc.returncode == -signal.SIGKILL
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        served = (srv.served_prompt_tokens, srv.served_completion_tokens)
+    assert kills == 7
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert json.loads(log_file.read_text()) == summary
+    assert expected["prompt_tokens"] > 0 and summary["completed"] == 2
+    tokens = (summary["prompt_tokens"], summary["completion_tokens"])
+    assert tokens == (expected["prompt_tokens"], expected["completion_tokens"])
+    # The killed processes received part of that; the last ones alone much less. Requests
+    # on the wire when a process was killed were served but never received: not counted.
+    stats = StageOutput(open_store(run.run_uri), "topics").all_stats().values()
+    assert sum(s["teacher"]["sent_prompt_tokens"] for s in stats) < tokens[0]
+    assert served[0] >= tokens[0] and served[1] >= tokens[1]
+    assert rows(run, "topics") == rows(clean, "topics")
+
+
+@pytest.mark.slow
 def test_thirty_percent_faults_every_request_accounted(tmp_path: Path, tokenizer_dir) -> None:
     faults = FaultPlan(
         rates={
@@ -276,6 +316,98 @@ def test_thirty_percent_faults_every_request_accounted(tmp_path: Path, tokenizer
     )
     # A rejected row never reaches the outputs.
     assert all(r["response"] for r in rows(run, "respond"))
+
+
+def with_teacher(run: RunSpec, **teacher: Any) -> RunSpec:
+    body = run.spec.model_dump(by_alias=True, exclude_none=True)
+    body["teacher"].update(teacher)
+    return RunSpec(run.name, run.namespace, type(run.spec).model_validate(body), run.storage_root)
+
+
+def test_rerun_sends_the_failed_requests_again(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """Cut-off and unparsable answers are sent again by a rerun, each with a new seed;
+    answers that were used are replayed, never sent again; the rejects file keeps every
+    run's rejects; the tokens in the stats are those of every answer the server sent."""
+    faults = FaultPlan(rates={"length": 0.12}, seed=11)
+    with TeacherServer(flaky(0.12), faults=faults) as srv:
+        run = small_spec(srv.url, tmp_path, tokenizer_dir, maxFailureRate=0.08)
+        store = open_store(run.run_uri)
+        out = StageOutput(store, "topics")
+        used: set[str] = set()  # requests whose answers were used (became rows or parents)
+        pending: dict[int, set[str]] = {0: set(), 1: set()}  # rejected, per shard
+        seeds: dict[str, set[int]] = {}
+        rejects_per_shard = {0: 0, 1: 0}
+        runs, failures = 0, 0
+        while runs < 10:
+            runs += 1
+            before, stats_before = srv.count, out.all_stats()
+            try:
+                run_stage(get_stage("topics")(run, store), teacher_factory=fast_teacher)
+                done = True
+            except StageFailed as exc:
+                assert "sends the failed requests again" in str(exc)
+                done, failures = False, failures + 1
+            sent = [json.dumps(b["messages"]) for b in srv.requests[before:]]
+            assert used.isdisjoint(sent), "an answer that was used is never asked again"
+            for shard, waiting in pending.items():
+                assert waiting <= set(sent), f"shard {shard}: rejected requests not resent"
+            for body in srv.requests[before:]:
+                text = json.dumps(body["messages"])
+                assert body["seed"] not in seeds.get(text, set()), "a resend has a new seed"
+                seeds.setdefault(text, set()).add(body["seed"])
+            for shard, stats in out.all_stats().items():
+                if stats == stats_before.get(shard):
+                    continue  # did not run
+                rejects_per_shard[shard] += sum(stats["rejected"].values())
+                raw = store.read_jsonl(f"topics/_raw/{shard:05d}.jsonl")
+                used |= {json.dumps(r["messages"]) for r in raw if r["outcome"] == "ok"}
+                rejected = {json.dumps(r["messages"]) for r in raw if r["outcome"] != "ok"}
+                pending[shard] = set() if out.is_complete(shard) else rejected
+            if done:
+                break
+        assert done and failures >= 1, (runs, failures)
+        served = (srv.served_prompt_tokens, srv.served_completion_tokens)
+    # Every run's rejects are in the shard's file, each naming its cache entry.
+    for shard, count in rejects_per_shard.items():
+        rejects = store.read_jsonl(f"topics/_rejects/{shard:05d}.jsonl")
+        assert len(rejects) == count
+        assert all(r["key"] and r["reason"] in ("bad_json", "finish_length") for r in rejects)
+        for r in rejects:
+            entry = RequestCache(store.child("topics", "_cache")).get_entry(r["key"])
+            assert entry is not None and entry.rejected == r["reason"]
+            assert entry.attempt == r["attempt"]
+    assert sum(rejects_per_shard.values()) > 0
+    # Tokens: every answer the server sent was paid for, rejected ones and earlier runs'
+    # included, and counted once.
+    stats = out.all_stats().values()
+    paid = tuple(
+        sum(s["teacher"][k] for s in stats) for k in ("prompt_tokens", "completion_tokens")
+    )
+    assert paid == served
+    assert sum(s["teacher"]["resent"] for s in stats) > 0
+    assert rows(run, "topics") and all(r["prompt"] for r in rows(run, "topics"))
+
+
+def test_rerun_resends_without_seeds(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """With teacher.seedRequests off, a resent request is the same body again (a server
+    sampling at temperature > 0 answers it anew); here the second answer finishes."""
+
+    def cut_first_time(index: int, body: dict[str, Any], nth: int) -> str | None:
+        return "length" if nth == 0 and int(digest(body), 16) % 4 == 0 else None
+
+    with TeacherServer(scripted_teacher, faults=FaultPlan(when=cut_first_time)) as srv:
+        run = small_spec(srv.url, tmp_path, tokenizer_dir, maxFailureRate=0.0)
+        run = with_teacher(run, seedRequests=False)
+        store = open_store(run.run_uri)
+        with pytest.raises(StageFailed):
+            run_stage(get_stage("contexts")(run, store), [0])
+        cut = [srv.requests[i] for i, kind in srv.injected]
+        assert cut and all("seed" not in body for body in srv.requests)
+        srv.reset()
+        summary = run_stage(get_stage("contexts")(run, store), [0])
+        # Exactly the cut-off requests were sent again (the others replayed), unchanged.
+        assert sorted(map(json.dumps, srv.requests)) == sorted(map(json.dumps, cut))
+    assert summary.completed == [0]
 
 
 def test_failure_rate_threshold_fails_the_stage(tmp_path: Path, tokenizer_dir: Path) -> None:

@@ -397,6 +397,96 @@ def test_cache_replays_without_requests(server: TeacherServer, tmp_path: Path) -
     assert entry.prompt_tokens == cut.prompt_tokens and entry.response == cut.raw
 
 
+def test_rejected_answers_are_sent_again_attempt_by_attempt(
+    server: TeacherServer, tmp_path: Path
+) -> None:
+    """An answer the caller rejects (e.g. it did not parse) is kept, marked, and never
+    replayed: the next client sends the request as attempt 1, then 2; every answer of the
+    chain stays in the ledger."""
+    cache = RequestCache(open_store(str(tmp_path)))
+
+    async def ask(reject: str | None = None, owner: int = 0) -> tuple[ChatResult, TeacherClient]:
+        async with client(server.url, cache=cache, seed=1, owner=owner) as c:
+            r = await c.chat(msgs("a list, please"), max_tokens=16)
+            if reject:
+                await c.reject(r, reject)
+        return r, c
+
+    first, c1 = run(ask(reject="bad_json"))
+    second, c2 = run(ask(reject="bad_json"))
+    third, c3 = run(ask())
+    fourth, c4 = run(ask())
+    assert [r.attempt for r in (first, second, third, fourth)] == [0, 1, 2, 2]
+    assert [r.cached for r in (first, second, third, fourth)] == [False, False, False, True]
+    assert server.count == 3
+    seeds = [body["seed"] for body in server.requests]
+    assert len(set(seeds)) == 3, "each attempt is a new request, with a seed of its own"
+    assert (c2.usage.resent, c3.usage.resent, c4.usage.resent) == (1, 1, 0)
+    tokens = first.prompt_tokens
+    assert [c.usage.prompt_tokens for c in (c1, c2, c3, c4)] == [
+        tokens,
+        2 * tokens,
+        3 * tokens,
+        3 * tokens,
+    ]
+    assert [c.usage.sent_prompt_tokens for c in (c1, c2, c3, c4)] == [tokens] * 3 + [0]
+    entries = [cache.get_entry(r.key) for r in (first, second, third)]
+    assert [(e.attempt, e.rejected, e.owner) for e in entries if e] == [
+        (0, "bad_json", 0),
+        (1, "bad_json", 0),
+        (2, None, 0),
+    ]
+    # Another owner (another shard asking the same thing) replays it, but did not pay.
+    other, c5 = run(ask(owner=1))
+    assert other.cached and (c5.usage.prompt_tokens, c5.usage.cached_prompt_tokens) == (
+        0,
+        tokens,
+    )
+    # The keys: attempt 0 is the plain request key, later ones add the attempt.
+    base = {
+        "messages": msgs("a list, please"),
+        "temperature": 1,
+        "top_p": 1,
+        "max_tokens": 16,
+        "sample_index": 0,
+    }
+    assert first.key == request_key(base) == request_key({**base, "attempt": 0})
+    assert second.key == request_key({**base, "attempt": 1}) != first.key
+
+
+def test_entries_written_before_the_ledger(server: TeacherServer, tmp_path: Path) -> None:
+    """A cache of bare responses (before attempts and the ledger): finished answers are
+    replayed and counted as paid, cut-off ones are sent again."""
+    cache = RequestCache(open_store(str(tmp_path)))
+
+    def key(text: str) -> str:
+        return request_key(
+            {
+                "messages": msgs(text),
+                "temperature": 1,
+                "top_p": 1,
+                "max_tokens": 16,
+                "sample_index": 0,
+            }
+        )
+
+    old = {"ok": "stop", "cut": "length"}
+    for text, finish in old.items():
+        (tmp_path / key(text)[:2]).mkdir(exist_ok=True)
+        body = chat_response(f"old {text}", finish_reason=finish, prompt_tokens=10)
+        (tmp_path / key(text)[:2] / f"{key(text)}.json").write_text(json.dumps(body))
+
+    async def go() -> tuple[list[ChatResult], TeacherClient]:
+        async with client(server.url, cache=cache, owner=3) as c:
+            return [await c.chat(msgs(t), max_tokens=16) for t in old], c
+
+    (ok, cut), c = run(go())
+    assert ok.cached and ok.content == "old ok"
+    assert not cut.cached and cut.attempt == 1 and cut.content.startswith("echo")
+    assert server.count == 1
+    assert c.usage.prompt_tokens == 10 + 10 + cut.prompt_tokens
+
+
 def test_cache_layout_and_corrupt_entries(tmp_path: Path) -> None:
     cache = RequestCache(open_store(str(tmp_path)))
     key = request_key(
