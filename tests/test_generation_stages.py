@@ -7,14 +7,19 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from click.testing import CliRunner
 
+from kakugo_stages.cli import main
 from kakugo_stages.manifest import parse_object
 from kakugo_stages.request_cache import RequestCache
 from kakugo_stages.resolved import RunSpec, run_spec
@@ -22,6 +27,7 @@ from kakugo_stages.stages import StageFailed, get_stage, run_stage
 from kakugo_stages.store import StageOutput, open_store
 from kakugo_stages.teacher import TeacherClient
 from tests.helpers.key_echoes import chat_body, json_text, leaks, wire_forms
+from tests.helpers.s3_server import create_bucket, free_port, moto_s3_server, set_fake_aws_env
 from tests.helpers.teacher_scripts import digest, flaky, scripted_teacher
 from tests.helpers.teacher_server import Fault, FaultPlan, TeacherServer
 from tests.helpers.tiny_models import build_tokenizer
@@ -520,6 +526,75 @@ def test_escaped_key_echoes_never_reach_the_store(
     texts += [rec.getMessage() for rec in caplog.records] + errors
     for text in texts:
         assert leaks(text, secret) == [], text[:500]
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    with moto_s3_server() as url:
+        yield url
+
+
+def on_s3(run: RunSpec, uri: str, endpoint: str) -> RunSpec:
+    body = run.spec.model_dump(by_alias=True, exclude_none=True)
+    body["storage"] = {"uri": uri, "s3": {"endpointUrl": endpoint}}
+    return RunSpec(run.name, run.namespace, type(run.spec).model_validate(body), uri)
+
+
+def manifest_file(run: RunSpec, path: Path) -> Path:
+    obj = run.to_manifest()
+    obj.pop("resolved")
+    path.write_text(yaml.safe_dump(obj, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def test_stage_and_run_use_the_spec_s3_endpoint(
+    tmp_path: Path, tokenizer_dir: Path, moto_endpoint: str, monkeypatch
+) -> None:
+    """`kakugo stage` and `kakugo run` store on storage.s3.endpointUrl (here a moto S3),
+    although the environment names another endpoint (nothing listens there) and nothing
+    would reach AWS."""
+    set_fake_aws_env(monkeypatch, None)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
+    bucket = create_bucket(moto_endpoint)
+    with TeacherServer(scripted_teacher) as srv:
+        local = small_spec(srv.url, tmp_path, tokenizer_dir)
+        run = on_s3(local, f"s3://{bucket}/runs", moto_endpoint)
+        spec = manifest_file(run, tmp_path / "lm.yaml")
+        stage = CliRunner().invoke(main, ["stage", "topics", "--spec", str(spec), "--no-progress"])
+        assert stage.exit_code == 0, stage.output
+        assert json.loads(stage.stdout.strip().splitlines()[-1])["completed"] == 2
+        sent = srv.count
+        done = CliRunner().invoke(main, ["run", str(spec), "--until", "scenarios", "--no-progress"])
+        assert done.exit_code == 0, done.output
+        assert "✓ topics: already done" in done.output and srv.count > sent
+    store = open_store(f"s3://{bucket}/runs/tests/yo-test", endpoint_url=moto_endpoint)
+    assert store.list("topics/_completed/") == [
+        "topics/_completed/00000",
+        "topics/_completed/00001",
+    ]
+    assert store.exists("scenarios/_completed/00000") and store.exists("spec.yaml")
+    assert store.exists("report.md")
+
+
+@pytest.mark.timeout(120)
+def test_storage_that_does_not_answer_fails_the_stage_clearly(
+    tmp_path: Path, tokenizer_dir: Path, monkeypatch
+) -> None:
+    set_fake_aws_env(monkeypatch, None)
+    monkeypatch.setenv("KAKUGO_S3_READ_TIMEOUT", "0.5")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    with socket.socket() as silent, TeacherServer(scripted_teacher) as srv:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # accepts connections, never answers
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        run = on_s3(small_spec(srv.url, tmp_path, tokenizer_dir), "s3://bucket-x/runs", endpoint)
+        spec = manifest_file(run, tmp_path / "lm.yaml")
+        for args in (["stage", "topics", "--spec", str(spec)], ["run", str(spec)]):
+            result = CliRunner().invoke(main, [*args, "--no-progress"])
+            assert result.exit_code == 1, result.output
+            assert f"S3 endpoint {endpoint} did not answer" in result.output
+            assert "partial report" not in result.output
+        assert srv.count == 0
 
 
 def test_structured_output_sends_the_answer_schema(tmp_path: Path, tokenizer_dir: Path) -> None:
