@@ -26,6 +26,7 @@ from kakugo_stages.resolved import RunSpec, run_spec
 from kakugo_stages.stages import StageFailed, get_stage, run_stage
 from kakugo_stages.store import StageOutput, open_store
 from kakugo_stages.teacher import TeacherClient
+from tests.helpers.full_disk import full_disk
 from tests.helpers.key_echoes import chat_body, json_text, leaks, wire_forms
 from tests.helpers.s3_server import create_bucket, free_port, moto_s3_server, set_fake_aws_env
 from tests.helpers.teacher_scripts import digest, flaky, scripted_teacher
@@ -595,6 +596,30 @@ def test_storage_that_does_not_answer_fails_the_stage_clearly(
             assert f"S3 endpoint {endpoint} did not answer" in result.output
             assert "partial report" not in result.output
         assert srv.count == 0
+
+
+def test_full_disk_fails_the_stage_naming_the_path(
+    tmp_path: Path, tokenizer_dir: Path, monkeypatch
+) -> None:
+    """The disk fills up when the shard's rows are written: `kakugo stage` fails naming the
+    file, leaves no temp file, and once there is room a rerun replays every answer."""
+    with TeacherServer(scripted_teacher) as srv:
+        run = small_spec(srv.url, tmp_path / "run", tokenizer_dir)
+        spec = manifest_file(run, tmp_path / "lm.yaml")
+        args = ["stage", "contexts", "--spec", str(spec), "--no-progress"]
+        with monkeypatch.context() as m:
+            full_disk(m, "close", match=".shard-00000.jsonl.tmp-")
+            result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, result.output
+        path = Path(run.run_uri) / "contexts" / "shard-00000.jsonl"
+        assert f"error: cannot write {path}: No space left on device" in result.output
+        assert [p for p in tmp_path.rglob("*") if ".tmp-" in p.name] == []
+        sent = [json.dumps(b["messages"]) for b in srv.requests]
+        again = CliRunner().invoke(main, args)
+        assert again.exit_code == 0, again.output
+        resent = [json.dumps(b["messages"]) for b in srv.requests[len(sent) :]]
+        assert set(sent).isdisjoint(resent), "the answers were in the request cache"
+    assert len(rows(run, "contexts")) == 5
 
 
 def test_structured_output_sends_the_answer_schema(tmp_path: Path, tokenizer_dir: Path) -> None:

@@ -11,6 +11,7 @@ import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -33,6 +34,7 @@ from kakugo_stages.store import (
     shard_key,
     stats_key,
 )
+from tests.helpers.full_disk import DISK_FULL_STEPS, FullDisk, full_disk
 from tests.helpers.s3_server import (
     FAKE_ACCESS_KEY,
     FAKE_SECRET_KEY,
@@ -232,6 +234,59 @@ def test_interrupted_open_write(store: ArtifactStore, earlier: bytes | None) -> 
         f.write(b"\x01" * 100_000)
         raise KeyboardInterrupt  # even BaseException leaves nothing behind
     no_leftovers(store, key, earlier)
+
+
+WRITES = {
+    "bytes": lambda store, key: store.write_bytes(key, b"new" * 10_000),
+    "jsonl": lambda store, key: store.write_jsonl(key, [{"a": "Ẹ kú"}] * 1000),
+    "parquet": lambda store, key: store.write_parquet(key, [{"a": "Ẹ kú"}] * 1000),
+    "json": lambda store, key: store.write_json(key, {"a": 1}),
+}
+
+
+@pytest.mark.parametrize("earlier", [None, b"old"], ids=["new-key", "overwrite"])
+@pytest.mark.parametrize("how", sorted(WRITES))
+@pytest.mark.parametrize("step", DISK_FULL_STEPS)
+def test_disk_full_names_the_path_and_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, how: str, earlier: bytes | None
+) -> None:
+    store = open_store(str(tmp_path / "root"))
+    key = f"topics/shard-00000.{how}"
+    if earlier is not None:
+        store.write_bytes(key, earlier)
+    files = full_disk(monkeypatch, step)
+    with pytest.raises(StoreError) as info:
+        WRITES[how](store, key)
+    monkeypatch.undo()
+    message = str(info.value)
+    assert f"cannot write {store.local_path(key)}: No space left on device" in message
+    assert "[ENOSPC] (the disk is full)" in message
+    no_leftovers(store, key, earlier)
+    assert all(f._f.closed for f in files), "every descriptor is closed"
+
+
+def test_disk_full_in_upload_and_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = open_store(str(tmp_path / "root"))
+    src = tmp_path / "weights.bin"
+    src.write_bytes(b"\0" * 100_000)
+    full_disk(monkeypatch, "write")
+    with pytest.raises(StoreError, match=r"cannot write .*model\.bin: No space left"):
+        store.upload_file(src, "model/model.bin")
+    monkeypatch.undo()
+    assert temp_files_on_disk(store) == [] and not store.exists("model/model.bin")
+    store.upload_file(src, "model/model.bin")
+    real_open = Path.open
+
+    def full(self: Path, mode: str = "r", *args: Any, **kw: Any) -> Any:
+        f = real_open(self, mode, *args, **kw)
+        return FullDisk(f, "write") if "w" in mode else f
+
+    monkeypatch.setattr(Path, "open", full)
+    dest = tmp_path / "local" / "model.bin"
+    with pytest.raises(StoreError, match=f"cannot write {dest}: No space left"):
+        store.download_file("model/model.bin", dest)
+    monkeypatch.undo()
+    assert list((tmp_path / "local").iterdir()) == []
 
 
 def test_s3_interrupted_multipart_upload_leaves_no_object(s3_env: str, bucket: str) -> None:
