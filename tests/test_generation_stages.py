@@ -584,6 +584,8 @@ def test_storage_that_does_not_answer_fails_the_stage_clearly(
     set_fake_aws_env(monkeypatch, None)
     monkeypatch.setenv("KAKUGO_S3_READ_TIMEOUT", "0.5")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    log_file = tmp_path / "termination-log"
+    monkeypatch.setenv("KAKUGO_TERMINATION_LOG", str(log_file))
     with socket.socket() as silent, TeacherServer(scripted_teacher) as srv:
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)  # accepts connections, never answers
@@ -595,6 +597,10 @@ def test_storage_that_does_not_answer_fails_the_stage_clearly(
             assert result.exit_code == 1, result.output
             assert f"S3 endpoint {endpoint} did not answer" in result.output
             assert "partial report" not in result.output
+            if args[0] == "stage":  # the operator reads it from the Pod's status
+                summary = json.loads(log_file.read_text())
+                assert summary["stage"] == "topics"
+                assert f"S3 endpoint {endpoint} did not answer" in summary["error"]
         assert srv.count == 0
 
 
@@ -607,12 +613,15 @@ def test_full_disk_fails_the_stage_naming_the_path(
         run = small_spec(srv.url, tmp_path / "run", tokenizer_dir)
         spec = manifest_file(run, tmp_path / "lm.yaml")
         args = ["stage", "contexts", "--spec", str(spec), "--no-progress"]
+        log_file = tmp_path / "termination-log"
         with monkeypatch.context() as m:
             full_disk(m, "close", match=".shard-00000.jsonl.tmp-")
+            m.setenv("KAKUGO_TERMINATION_LOG", str(log_file))
             result = CliRunner().invoke(main, args)
         assert result.exit_code == 1, result.output
         path = Path(run.run_uri) / "contexts" / "shard-00000.jsonl"
         assert f"error: cannot write {path}: No space left on device" in result.output
+        assert f"cannot write {path}" in json.loads(log_file.read_text())["error"]
         assert [p for p in tmp_path.rglob("*") if ".tmp-" in p.name] == []
         sent = [json.dumps(b["messages"]) for b in srv.requests]
         again = CliRunner().invoke(main, args)

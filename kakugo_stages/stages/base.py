@@ -47,7 +47,7 @@ from kakugo_stages.graph import StageDecl
 from kakugo_stages.parsing import ParseError
 from kakugo_stages.request_cache import RequestCache
 from kakugo_stages.resolved import RunSpec
-from kakugo_stages.store import ArtifactNotFound, ArtifactStore, StageOutput
+from kakugo_stages.store import ArtifactNotFound, ArtifactStore, StageOutput, StoreError
 from kakugo_stages.teacher import ChatResult, TeacherClient, TeacherError, rejected_reason
 
 log = logging.getLogger("kakugo.stages")
@@ -543,6 +543,36 @@ def run_stage(
     bad = [s for s in wanted if not 0 <= s < total]
     if bad:
         raise StageFailed(f"stage {stage.name} has {total} shard(s); no shard {bad[0]}")
+    try:
+        summary, failure = _run_stage(
+            stage, wanted, total, teacher_factory, progress, reset, parallel, stop, position
+        )
+    except StoreError as exc:
+        # The store failed (a full disk, an endpoint that does not answer): say so without
+        # reading it again, which would fail (or wait) the same way.
+        error = {"stage": stage.name, "shards": total, "error": str(exc)[:1000]}
+        write_termination_message(error, termination_log)
+        raise
+    message = summary.as_dict()
+    if failure is not None:
+        message["error"] = str(failure)[:1000]
+    write_termination_message(message, termination_log)
+    if failure is not None:
+        raise failure
+    return summary
+
+
+def _run_stage(
+    stage: Stage,
+    wanted: list[int],
+    total: int,
+    teacher_factory: Callable[[Stage, int], TeacherClient] | None,
+    progress: bool,
+    reset: bool,
+    parallel: int,
+    stop: threading.Event | None,
+    position: int | None,
+) -> tuple[StageSummary, StageFailed | None]:
     if reset:
         stage.reset = True
         stage.reset_shared()
@@ -573,13 +603,7 @@ def run_stage(
         stats=stage.output.all_stats(),
         extra_keys=stage.summary_keys,
     )
-    message = summary.as_dict()
-    if failure is not None:
-        message["error"] = str(failure)[:1000]
-    write_termination_message(message, termination_log)
-    if failure is not None:
-        raise failure
-    return summary
+    return summary, failure
 
 
 #: How often a running stage looks at its stop event (seconds).
