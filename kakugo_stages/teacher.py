@@ -515,11 +515,10 @@ def _raise_fd_limit(needed: int) -> None:
 class _Secret:
     """Holds the API key; prints as *** so a repr or a debugger dump cannot leak it."""
 
-    __slots__ = ("_bytes", "_value")
+    __slots__ = ("_value",)
 
     def __init__(self, value: str | None) -> None:
         self._value = value
-        self._bytes = value.encode() if value else b""
 
     def __repr__(self) -> str:
         return _REDACTED if self._value else "None"
@@ -528,9 +527,6 @@ class _Secret:
 
     def get(self) -> str | None:
         return self._value
-
-    def get_bytes(self) -> bytes:
-        return self._bytes
 
 
 @dataclass
@@ -864,7 +860,8 @@ class TeacherClient:
             self.usage.completion_tokens += entry.completion_tokens
 
     def _book_sent(self, key: str, paid: _Paid) -> None:
-        self._booked.add(key)
+        if self.cache is not None:  # only entries met in the cache can be met twice
+            self._booked.add(key)
         usage = self.usage
         usage.prompt_tokens += paid.prompt_tokens
         usage.completion_tokens += paid.completion_tokens
