@@ -259,7 +259,7 @@ def stage(
     """
     from kakugo_stages.resolved import load_run_spec
     from kakugo_stages.stages import StageFailed, get_stage, run_stage
-    from kakugo_stages.store import StoreError, open_store
+    from kakugo_stages.store import StoreError, open_run_store
 
     try:
         run = load_run_spec(spec_path, storage)
@@ -267,7 +267,7 @@ def stage(
     except (ManifestError, ValueError, KeyError) as exc:
         _fail(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}")
     try:
-        store = open_store(run.run_uri)
+        store = open_run_store(run)  # with the spec's storage.s3 endpoint and region
         runner = impl(run, store)
         if shards is not None and shards != runner.num_shards():
             _fail(
@@ -329,7 +329,7 @@ def run(
     from kakugo_stages.local_teacher import LocalTeacherError
     from kakugo_stages.report import render
     from kakugo_stages.runner import RunError, RunOptions, local_run, run_pipeline
-    from kakugo_stages.store import StoreError, open_store
+    from kakugo_stages.store import StoreError, open_run_store
 
     try:
         price = Decimal(gpu_price) if gpu_price is not None else None
@@ -349,11 +349,15 @@ def run(
     try:
         run_pipeline(local, options, echo=lambda m: click.echo(m, err=True))
     except (RunError, LocalTeacherError, StoreError) as exc:
-        with contextlib.suppress(Exception):  # what was made so far is still worth a report
-            render(local, open_store(local.run_uri), price)
-            click.echo(f"partial report: {open_store(local.run_uri).url('report.md')}", err=True)
+        # What was made so far is still worth a report, unless the store itself failed
+        # (an endpoint that does not answer would make the report wait as long again).
+        if not isinstance(exc, StoreError):
+            with contextlib.suppress(Exception):
+                store = open_run_store(local)
+                render(local, store, price)
+                click.echo(f"partial report: {store.url('report.md')}", err=True)
         _fail(f"error: {exc}")
-    store = open_store(local.run_uri)
+    store = open_run_store(local)
     click.echo(render(local, store, price))
     click.echo(f"report: {store.url('report.md')}", err=True)
 

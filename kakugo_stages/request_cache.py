@@ -1,24 +1,41 @@
-"""Per-request cache of teacher responses on the artifact store.
+"""Per-request cache of teacher responses on the artifact store, and the usage ledger.
 
 DESIGN.md: "Teacher requests are cached per request (key = hash of messages + sampling
 params + sample index), so a crash mid-shard replays finished requests instead of paying
-again." The cache lives in the stage's ``_cache/`` folder, one JSON object per request::
+again." The cache lives in the stage's ``_cache/`` folder, one JSON object per answer::
 
-    <stage>/_cache/<key[:2]>/<key>.json      the server's raw response (HTTP 200, parsed)
+    <stage>/_cache/<key[:2]>/<key>.json
 
 The key covers exactly what DESIGN.md names and nothing else:
 
 * ``messages`` (the full chat, roles and contents),
 * the sampling parameters ``temperature``, ``top_p`` and ``max_tokens``,
-* ``sample_index`` (so several samples of one prompt get separate entries).
+* ``sample_index`` (so several samples of one prompt get separate entries),
+* ``response_format`` and ``attempt``, only when set (so the keys of plain first attempts
+  never change).
+
+``attempt`` numbers the answers to one request whose earlier answers were rejected: a
+truncated (``finish_reason: length``) or unparsable answer is kept, marked
+``rejected``, and never replayed; the next run walks the chain attempt 0, 1, … to the first
+answer that is not rejected (replayed) or the first missing one (sent, as a new request:
+its key, and so the seed derived from it, differ from the earlier attempts'). Which
+attempt comes next depends only on what the cache holds, never on timing.
 
 The model name, the endpoint URL and the client's seed are NOT part of the key: a cache
 belongs to one stage of one LanguageModel run, whose teacher is fixed by the resolved spec.
 If you point an existing run at a different teacher model and want fresh answers, delete
 the stage's ``_cache/`` folder (or the whole stage) first.
 
-Responses are stored as the server sent them (after the client scrubbed any echo of the
-API key); request headers are never stored.
+An entry (:class:`CacheEntry`) holds the server's response as it was sent (scrubbed of
+any echo of the API key; request headers are never stored) and the ledger fields: the
+tokens paid for it (``usage``, from the response and from any unusable HTTP-200 bodies of
+the same request that were retried before it), the shard that paid (``owner``), its
+``attempt`` and, when the answer was not used, why (``rejected``). The entry is written as
+soon as the answer arrives, before anything uses it, so the tokens of every answer
+received are on the store even when the process is killed the next moment; summed over a
+shard's entries they are what the shard paid for (:class:`~kakugo_stages.teacher.TeacherUsage`).
+Entries written before the ledger (the bare response) still read: attempt 0, no owner,
+usage from the response.
 """
 
 from __future__ import annotations
@@ -28,19 +45,24 @@ import json
 import logging
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from kakugo_stages.store import ArtifactNotFound, ArtifactStore, StoreError
 
-__all__ = ["KEY_FIELDS", "RequestCache", "request_key"]
+__all__ = ["KEY_FIELDS", "CacheEntry", "RequestCache", "request_key"]
 
 log = logging.getLogger("kakugo.teacher.cache")
 
 #: The fields a request key is computed over (DESIGN.md: messages + sampling + sample index).
 KEY_FIELDS = ("messages", "temperature", "top_p", "max_tokens", "sample_index")
-#: Constraints on the answer that change it like a sampling parameter does; part of the
-#: key only when the request sets them, so keys of requests without them never change.
-OPTIONAL_KEY_FIELDS = ("response_format",)
+#: Part of the key only when set, so keys of requests without them never change:
+#: constraints on the answer that change it like a sampling parameter does, and the
+#: attempt number of a request whose earlier answers were rejected (0 is never written).
+OPTIONAL_KEY_FIELDS = ("response_format", "attempt")
+
+#: Marks an entry written with the ledger fields (an older entry is the bare response).
+ENTRY_FORMAT = 2
 
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -69,10 +91,89 @@ def request_key(payload: Mapping[str, Any]) -> str:
         raise ValueError(f"request key needs {', '.join(missing)}")
     body = {f: _canonical(payload[f]) for f in KEY_FIELDS}
     body.update(
-        {f: _canonical(payload[f]) for f in OPTIONAL_KEY_FIELDS if payload.get(f) is not None}
+        {
+            f: _canonical(payload[f])
+            for f in OPTIONAL_KEY_FIELDS
+            if payload.get(f) is not None and not (f == "attempt" and payload[f] == 0)
+        }
     )
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _tokens(value: Any) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+@dataclass
+class CacheEntry:
+    """One stored answer and its ledger fields (see the module docstring).
+
+    ``response`` is the server's body (None for a request that failed for good after
+    paying for unusable answers: kept only for its tokens); ``usage`` the tokens paid
+    (``prompt_tokens``, ``completion_tokens``); ``owner`` who paid (the shard index, or
+    None); ``rejected`` why the answer was not used (then it is never replayed).
+    """
+
+    response: dict[str, Any] | None
+    attempt: int = 0
+    owner: int | str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    rejected: str | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return _tokens(self.usage.get("prompt_tokens"))
+
+    @property
+    def completion_tokens(self) -> int:
+        return _tokens(self.usage.get("completion_tokens"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kakugo_cache": ENTRY_FORMAT,
+            "attempt": self.attempt,
+            "owner": self.owner,
+            "usage": {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+            },
+            "rejected": self.rejected,
+            "response": self.response,
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> CacheEntry:
+        """An entry from its stored JSON; a bare response (written before the ledger) is
+        attempt 0 with no owner, paid for with the tokens its ``usage`` names."""
+        if value.get("kakugo_cache") is None:
+            usage = value.get("usage")
+            usage = usage if isinstance(usage, Mapping) else {}
+            return cls(
+                dict(value),
+                usage={
+                    "prompt_tokens": _tokens(usage.get("prompt_tokens")),
+                    "completion_tokens": _tokens(usage.get("completion_tokens")),
+                },
+            )
+        response = value.get("response")
+        usage = value.get("usage")
+        usage = usage if isinstance(usage, Mapping) else {}
+        owner = value.get("owner")
+        rejected = value.get("rejected")
+        return cls(
+            dict(response) if isinstance(response, Mapping) else None,
+            attempt=_tokens(value.get("attempt")),
+            owner=owner if isinstance(owner, int | str) else None,
+            usage={
+                "prompt_tokens": _tokens(usage.get("prompt_tokens")),
+                "completion_tokens": _tokens(usage.get("completion_tokens")),
+            },
+            rejected=str(rejected) if rejected is not None else None,
+        )
 
 
 class RequestCache:
@@ -96,8 +197,8 @@ class RequestCache:
             raise ValueError(f"not a request key (64 lowercase hex digits): {key!r}")
         return f"{key[:2]}/{key}.json"
 
-    def get(self, key: str) -> dict[str, Any] | None:
-        """The stored raw response, or ``None`` on a miss (or an unreadable entry)."""
+    def get_entry(self, key: str) -> CacheEntry | None:
+        """The stored entry, or ``None`` on a miss (or an unreadable entry)."""
         path = self.path(key)
         try:
             value = self.store.read_json(path)
@@ -109,20 +210,38 @@ class RequestCache:
         if not isinstance(value, dict):
             log.warning("teacher cache entry %s is not a JSON object, treating as a miss", path)
             return None
-        return value
+        return CacheEntry.from_json(value)
 
-    def put(self, key: str, response: Mapping[str, Any]) -> None:
-        """Store ``response`` under ``key`` atomically (a reader never sees half an entry)."""
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The stored raw response, or ``None`` on a miss (or an unreadable entry)."""
+        entry = self.get_entry(key)
+        return entry.response if entry is not None else None
+
+    def put_entry(self, key: str, entry: CacheEntry) -> None:
+        """Store ``entry`` under ``key`` atomically (a reader never sees half an entry)."""
         path = self.path(key)
         # Compact JSON through the C encoder: the store's indented write_json takes the
         # pure-Python encoder path, a measurable share of the client's CPU per request.
-        data = json.dumps(response, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        data = json.dumps(entry.to_json(), ensure_ascii=False, separators=(",", ":"))
         try:
-            # No fsync: a cache entry lost in a power cut only costs asking again, and the
-            # atomic rename still keeps half-written entries out.
-            self.store.write_bytes(path, data, durable=False)
+            # No fsync: a cache entry lost in a power cut only costs asking again (and its
+            # tokens in the ledger), and the atomic rename still keeps half-written
+            # entries out.
+            self.store.write_bytes(path, data.encode("utf-8"), durable=False)
         except StoreError as e:
             log.warning("cannot write teacher cache entry %s: %s", path, e)
+
+    def put(self, key: str, response: Mapping[str, Any], **fields: Any) -> None:
+        """Store ``response`` under ``key`` (``fields``: the other :class:`CacheEntry`
+        fields; the usage defaults to the response's)."""
+        if "usage" not in fields:
+            usage = response.get("usage")
+            usage = usage if isinstance(usage, Mapping) else {}
+            fields["usage"] = {
+                "prompt_tokens": _tokens(usage.get("prompt_tokens")),
+                "completion_tokens": _tokens(usage.get("completion_tokens")),
+            }
+        self.put_entry(key, CacheEntry(dict(response), **fields))
 
     def __contains__(self, key: str) -> bool:
         return self.store.exists(self.path(key))

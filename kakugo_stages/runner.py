@@ -24,7 +24,7 @@ from kakugo_stages.resolved import LOCAL_STORAGE_ROOT, RunSpec
 from kakugo_stages.spec import ResourcesSpec
 from kakugo_stages.stages import get_stage, run_stage
 from kakugo_stages.stages.base import Stage, StageFailed, StageSummary
-from kakugo_stages.store import ArtifactStore, open_store
+from kakugo_stages.store import ArtifactStore, open_run_store
 
 SPEC_FILE = "spec.yaml"
 
@@ -93,7 +93,7 @@ def run_pipeline(run: RunSpec, options: RunOptions, echo: Callable[[str], None] 
     """Run the selected stages; returns the (local) RunSpec whose folder holds the run."""
     run = local_run(run, options.runs_dir)
     stages = selected_stages(options.from_stage, options.until)
-    store = open_store(run.run_uri)
+    store = open_run_store(run)  # with the spec's storage.s3 endpoint and region
     _pin_spec(run, store, options.force_spec)
     echo(f"run {run.name}: {run.language.name} ({run.language.code}) in {store.url()}")
 

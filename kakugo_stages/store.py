@@ -3,7 +3,15 @@
 Every stage reads its inputs and writes its outputs through an :class:`ArtifactStore`.
 Writes are atomic: a reader sees either the previous object or the complete new one, never
 a partial one. Local files are written under a hidden temp name and renamed into place; S3
-objects appear only when a single PUT or a multipart upload completes.
+objects appear only when a single PUT or a multipart upload completes. A local write that
+fails (a full disk: ``ENOSPC`` from a write, the flush, ``fsync`` or ``close``) raises
+:class:`StoreError` naming the path and leaves no temp file behind.
+
+S3 calls are bounded: botocore's connect and read timeouts and a capped number of
+attempts (:data:`S3_CONNECT_TIMEOUT`, :data:`S3_READ_TIMEOUT`, :data:`S3_MAX_ATTEMPTS`), so
+an endpoint that does not answer fails the call with a message naming the endpoint
+instead of hanging. A run's store is opened with :func:`open_run_store`, which uses the
+spec's ``storage.s3`` endpoint and region.
 
 Stage outputs follow the layout in DESIGN.md ("Where things are stored")::
 
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import io
 import itertools
 import json
@@ -39,6 +48,8 @@ if TYPE_CHECKING:
     from boto3.s3.transfer import TransferConfig
     from botocore.config import Config
 
+    from kakugo_stages.resolved import RunSpec
+
 __all__ = [
     "ArtifactNotFound",
     "ArtifactStore",
@@ -49,6 +60,7 @@ __all__ = [
     "StoreError",
     "StoreURIError",
     "completed_key",
+    "open_run_store",
     "open_store",
     "shard_key",
     "stats_key",
@@ -68,6 +80,17 @@ _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MiB = 1024 * 1024
 #: Rows per parquet row group when writing rows.
 PARQUET_BATCH = 4096
+
+#: Bounds of one S3 call, so that an endpoint that does not answer fails it in bounded
+#: time: seconds to connect, seconds to wait for each read, and attempts in all (botocore's
+#: adaptive retries in between, backing off up to 20 s). Worst case about
+#: attempts x (read timeout + backoff): under 4 minutes. The timeouts can be set with
+#: KAKUGO_S3_CONNECT_TIMEOUT / KAKUGO_S3_READ_TIMEOUT, the attempts with AWS_MAX_ATTEMPTS.
+S3_CONNECT_TIMEOUT = 5.0
+S3_READ_TIMEOUT = 30.0
+S3_MAX_ATTEMPTS = 5
+CONNECT_TIMEOUT_ENV = "KAKUGO_S3_CONNECT_TIMEOUT"
+READ_TIMEOUT_ENV = "KAKUGO_S3_READ_TIMEOUT"
 
 
 # --------------------------------------------------------------------------- errors
@@ -361,6 +384,33 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: Errors that say the device cannot take the data: full, over quota, too big, read-only.
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def _disk_full(e: OSError) -> bool:
+    return e.errno in _DISK_FULL
+
+
+def _write_error(path: Path, e: OSError) -> StoreError:
+    """A write failure naming the local path and the error (``ENOSPC``: the disk is full)."""
+    name = errno.errorcode.get(e.errno, "") if e.errno is not None else ""
+    reason = e.strerror or str(e) or type(e).__name__
+    hint = " (the disk is full)" if e.errno == errno.ENOSPC else ""
+    return StoreError(f"cannot write {path}: {reason}{f' [{name}]' if name else ''}{hint}")
+
+
+def _discard(f: BinaryIO | None, tmp: Path) -> None:
+    """Drop a failed write's temp file. Closing may fail again (the buffered data of a
+    failed flush is flushed again, onto the same full disk); the descriptor is closed
+    anyway, and the temp file must go whatever closing says."""
+    if f is not None:
+        with contextlib.suppress(OSError):
+            f.close()
+    with contextlib.suppress(OSError):
+        tmp.unlink()
+
+
 class FileStore(ArtifactStore):
     """Artifacts in a local (or mounted, e.g. PVC) folder."""
 
@@ -448,23 +498,36 @@ class FileStore(ArtifactStore):
     def open_write(self, key: str, *, durable: bool = True) -> Iterator[BinaryIO]:
         path = self._path(key)
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-        with self._errors(key, reading=False):
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Not mkstemp: its 0600 mode would hide artifacts from other users of a shared PVC.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-        f = os.fdopen(fd, "wb")
+        except OSError as e:
+            raise _write_error(path, e) from e
+        try:
+            f = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            _discard(None, tmp)
+            raise
         try:
             yield f
-            with self._errors(key, reading=False):
-                f.flush()
-                if durable:
-                    os.fsync(f.fileno())
-                f.close()
-                os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
+            _discard(f, tmp)
+            # A full disk seen by the caller's writes (or pyarrow's) names the path too.
+            if isinstance(e, OSError) and not isinstance(e, StoreError) and _disk_full(e):
+                raise _write_error(path, e) from e
+            raise
+        try:
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
             f.close()
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            os.replace(tmp, path)
+        except BaseException as e:
+            _discard(f, tmp)
+            if isinstance(e, OSError):
+                raise _write_error(path, e) from e
             raise
         if durable:
             _fsync_dir(path.parent)
@@ -490,9 +553,11 @@ class FileStore(ArtifactStore):
                 with tmp.open("wb") as fout:
                     shutil.copyfileobj(fin, fout, _MiB)
             os.replace(tmp, dest)
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            if isinstance(e, OSError) and not isinstance(e, StoreError) and _disk_full(e):
+                raise _write_error(dest, e) from e
             raise
         return dest
 
@@ -554,7 +619,21 @@ class S3Store(ArtifactStore):
                 f"(HTTP {status}): {detail}"
             ) from e
         except (BotoCoreError, S3UploadFailedError, S3TransferFailedError) as e:
+            if _unanswered(e):
+                raise StoreError(self._unanswered_message(key, e)) from e
             raise StoreError(f"S3 request failed for {self.url(key)}: {e}") from e
+
+    def _unanswered_message(self, key: str, e: BaseException) -> str:
+        meta = self._client.meta
+        config = meta.config
+        attempts = (config.retries or {}).get("total_max_attempts")
+        tried = f"{attempts} attempt(s), " if attempts else ""
+        return (
+            f"S3 endpoint {meta.endpoint_url} did not answer for {self.url(key)}: {e} (gave up "
+            f"after {tried}connect timeout {config.connect_timeout:g}s, read timeout "
+            f"{config.read_timeout:g}s). Check storage.s3.endpointUrl (or "
+            "AWS_ENDPOINT_URL_S3) and that the endpoint is up and reachable from here."
+        )
 
     def child(self, *parts: str) -> S3Store:
         rel = _check_key(_join(*parts))
@@ -670,7 +749,15 @@ class S3Store(ArtifactStore):
         full = self._key(key)
         # Spool to memory, then disk; nothing reaches S3 until the block exits cleanly.
         with tempfile.SpooledTemporaryFile(max_size=8 * _MiB) as spool:
-            yield spool  # type: ignore[misc]
+            try:
+                yield spool  # type: ignore[misc]
+            except OSError as e:
+                if isinstance(e, StoreError) or not _disk_full(e):
+                    raise
+                raise StoreError(
+                    f"cannot write {self.url(key)}: its local spool file in "
+                    f"{tempfile.gettempdir()} failed: {e.strerror or e}"
+                ) from e
             spool.seek(0)
             with self._errors(key):
                 self._upload(spool, full)  # type: ignore[arg-type]
@@ -699,16 +786,50 @@ class S3Store(ArtifactStore):
         return dest
 
 
+def _unanswered(e: BaseException) -> bool:
+    """Whether a botocore failure (or the cause of a transfer failure) is the endpoint not
+    answering: no connection, a timeout, a connection dropped mid-answer."""
+    from botocore.exceptions import ConnectionError, HTTPClientError
+
+    seen: set[int] = set()
+    current: BaseException | None = e
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConnectionError | HTTPClientError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise StoreError(f"{name}={value!r} is not a number of seconds") from None
+    if not seconds > 0:
+        raise StoreError(f"{name}={value!r} must be positive")
+    return seconds
+
+
 def _client_config(endpoint_url: str | None, override: Config | None) -> Config:
     from botocore.config import Config
 
-    # Retry transient errors inside botocore; AWS_MAX_ATTEMPTS / AWS_RETRY_MODE still win.
+    # Retry transient errors inside botocore, a capped number of times, with timeouts:
+    # an endpoint that does not answer fails each call in bounded time (S3_* above).
+    # AWS_MAX_ATTEMPTS / AWS_RETRY_MODE still win.
     retries: dict[str, Any] = {}
     if "AWS_MAX_ATTEMPTS" not in os.environ:
-        retries["max_attempts"] = 10
+        retries["total_max_attempts"] = S3_MAX_ATTEMPTS
     if "AWS_RETRY_MODE" not in os.environ:
         retries["mode"] = "adaptive"
-    kwargs: dict[str, Any] = {"retries": retries, "connect_timeout": 10, "read_timeout": 60}
+    kwargs: dict[str, Any] = {
+        "retries": retries,
+        "connect_timeout": _seconds_from_env(CONNECT_TIMEOUT_ENV, S3_CONNECT_TIMEOUT),
+        "read_timeout": _seconds_from_env(READ_TIMEOUT_ENV, S3_READ_TIMEOUT),
+    }
     if endpoint_url:
         # MinIO and Ceph usually serve path-style URLs only, and many reject the default
         # CRC checksums that botocore >= 1.36 sends on every upload.
@@ -821,6 +942,20 @@ def open_store(
             transfer_config=transfer_config,
         )
     raise _uri_error(uri, f"unsupported scheme {parts.scheme!r}")
+
+
+def open_run_store(run: RunSpec, **kwargs: Any) -> ArtifactStore:
+    """The store of a run (``run.run_uri``) with the spec's ``storage.s3`` endpoint and
+    region, so a stage talks to the storage its spec names wherever it runs: in a Job (where
+    the operator also exports them as ``AWS_ENDPOINT_URL_S3``/``AWS_DEFAULT_REGION``), in
+    ``kakugo stage`` and in ``kakugo run``. The spec's values win over the environment's.
+    ``kwargs`` go to :func:`open_store`."""
+    storage = run.spec.storage
+    s3 = storage.s3 if storage is not None else None
+    if s3 is not None:
+        kwargs.setdefault("endpoint_url", s3.endpoint_url)
+        kwargs.setdefault("region", s3.region)
+    return open_store(run.run_uri, **kwargs)
 
 
 # --------------------------------------------------------------------------- stage layout

@@ -12,14 +12,22 @@ One :class:`TeacherClient` serves one stage run (one shard). It
   content at a harmony ``analysis … assistantfinal`` marker (:func:`split_reasoning`);
 * returns every parsable HTTP-200 answer, including ``finish_reason != "stop"``
   (:attr:`ChatResult.ok` is the success test; such results are counted as failures);
-* caches each parsable answer on the artifact store (:class:`RequestCache`), so a rerun
-  replays it instead of paying again;
-* sums prompt and completion tokens in :attr:`TeacherClient.usage`.
+* caches each parsable answer on the artifact store (:class:`RequestCache`) as soon as it
+  arrives, so a rerun replays it instead of paying again; an answer that was not used
+  (``finish_reason != "stop"``, or refused by the caller through :meth:`TeacherClient.reject`)
+  stays in the cache, marked rejected, and a rerun sends the request again as its next
+  attempt (a new key, so a new seed) instead of replaying it;
+* counts what was paid for in :attr:`TeacherClient.usage`: every answer received, once,
+  including those received by earlier, killed or failed runs of the same shard (the cache
+  entries are its ledger; see :mod:`kakugo_stages.request_cache`).
 
 The API key is read from an environment variable (filled from a Secret by the operator).
 It is sent only as ``Authorization: Bearer …`` and is never logged, stored, or put in an
-exception: error texts and response bodies are scrubbed of it, and transport exceptions
-(which can carry request headers) are not chained into :class:`TeacherError`.
+exception: every body is scrubbed of it before and after parsing, in plain, JSON-escaped,
+URL-encoded and base64 forms (:class:`~kakugo_stages.redact.Redactor`), so an escaped echo
+that parsing turns back into the key is caught too; error texts are scrubbed, and
+transport exceptions (which can carry request headers) are not chained into
+:class:`TeacherError`.
 
 Transport: aiohttp. httpx can be chosen (``transport="httpx"``) but is not the default:
 its connection pool checks every pooled connection with system calls on every request,
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import hashlib
 import json
@@ -46,7 +55,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from kakugo_stages.request_cache import RequestCache, request_key
+from kakugo_stages.redact import REDACTED, Redactor
+from kakugo_stages.request_cache import CacheEntry, RequestCache, request_key
 
 if TYPE_CHECKING:
     from kakugo_stages.spec import TeacherSettings
@@ -77,7 +87,7 @@ _NAMED_FINISH = frozenset({"length", "content_filter", "tool_calls", "function_c
 _DETAIL_CHARS = 300
 _RAW_CHARS = 4000
 
-_REDACTED = "***"
+_REDACTED = REDACTED
 # Idle keep-alive connections are dropped before the server drops them (uvicorn, under
 # vLLM, closes them after 5 s): reusing one the server is closing fails the request.
 _KEEPALIVE_S = 4.0
@@ -149,7 +159,11 @@ def _text_of(content: Any) -> str:
 
 @dataclass(frozen=True)
 class ChatResult:
-    """One teacher answer. ``raw`` is the server's JSON body (no headers, never the key)."""
+    """One teacher answer. ``raw`` is the server's JSON body (no headers, never the key).
+
+    ``key`` and ``attempt`` name its cache entry (``key`` is None without a cache), for
+    :meth:`TeacherClient.reject`.
+    """
 
     content: str
     reasoning: str | None
@@ -158,6 +172,8 @@ class ChatResult:
     completion_tokens: int
     raw: dict[str, Any] = field(repr=False)
     cached: bool = False
+    key: str | None = field(default=None, repr=False)
+    attempt: int = 0
 
     @property
     def ok(self) -> bool:
@@ -178,7 +194,9 @@ def _as_int(value: Any) -> int:
         return 0
 
 
-def parse_response(raw: Mapping[str, Any], *, cached: bool = False) -> ChatResult:
+def parse_response(
+    raw: Mapping[str, Any], *, cached: bool = False, key: str | None = None, attempt: int = 0
+) -> ChatResult:
     """Build a :class:`ChatResult` from a chat-completions JSON body (raises on no choices)."""
     choices = raw.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
@@ -204,6 +222,8 @@ def parse_response(raw: Mapping[str, Any], *, cached: bool = False) -> ChatResul
         completion_tokens=_as_int(usage.get("completion_tokens")),
         raw=dict(raw),
         cached=cached,
+        key=key,
+        attempt=attempt,
     )
 
 
@@ -229,7 +249,7 @@ class TeacherError(Exception):
     ``reason`` is a short bounded label for stats and metrics (``http_500``, ``http_429``,
     ``http_4xx``, ``timeout``, ``connection``, ``bad_json``, ``no_choices``, ...);
     ``attempts`` counts requests sent; ``raw`` is the last response body, if any (for the
-    rejects file). Never contains the API key.
+    rejects file); ``key`` the request's cache key. Never contains the API key.
     """
 
     def __init__(
@@ -240,12 +260,14 @@ class TeacherError(Exception):
         attempts: int,
         raw: dict[str, Any] | str | None = None,
         status: int | None = None,
+        key: str | None = None,
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.attempts = attempts
         self.raw = raw
         self.status = status
+        self.key = key
 
     def __repr__(self) -> str:
         return f"TeacherError(reason={self.reason!r}, attempts={self.attempts}, {str(self)!r})"
@@ -253,23 +275,33 @@ class TeacherError(Exception):
 
 @dataclass
 class TeacherUsage:
-    """What one client spent, summed over its requests (one client per stage run).
+    """What one client's requests cost (one client per shard run).
 
     ``requests`` counts :meth:`TeacherClient.chat` calls, ``cached`` those answered from
-    the cache, ``http_requests`` the requests actually sent (retries included), ``retries``
-    the extra attempts (by reason in ``retry_reasons``), ``failures`` the calls that did
-    not end in ``finish_reason == "stop"`` by reason. ``prompt_tokens`` and
-    ``completion_tokens`` are paid tokens (sent this run); replays add to ``cached_*``.
+    the cache, ``resent`` those sent again because their earlier answers were rejected,
+    ``http_requests`` the requests actually sent (retries included), ``retries`` the extra
+    attempts (by reason in ``retry_reasons``), ``failures`` the calls that did not end in
+    ``finish_reason == "stop"`` by reason.
+
+    ``prompt_tokens`` and ``completion_tokens`` are the tokens paid for these requests,
+    from the ledger: every answer received for them, each counted once, whether it arrived
+    in this run or in an earlier run of the same owner (a run that was killed, or failed)
+    and was found in the cache, replayed or rejected. ``sent_*`` are the tokens of the
+    answers received in this run alone; ``cached_*`` those of the answers replayed (paid
+    earlier, by this owner or another).
     """
 
     requests: int = 0
     cached: int = 0
+    resent: int = 0
     http_requests: int = 0
     retries: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     retry_reasons: dict[str, int] = field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    sent_prompt_tokens: int = 0
+    sent_completion_tokens: int = 0
     cached_prompt_tokens: int = 0
     cached_completion_tokens: int = 0
 
@@ -281,6 +313,7 @@ class TeacherUsage:
         return {
             "requests": self.requests,
             "cached": self.cached,
+            "resent": self.resent,
             "http_requests": self.http_requests,
             "retries": self.retries,
             "failed": self.failed,
@@ -288,6 +321,8 @@ class TeacherUsage:
             "retry_reasons": dict(sorted(self.retry_reasons.items())),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "sent_prompt_tokens": self.sent_prompt_tokens,
+            "sent_completion_tokens": self.sent_completion_tokens,
             "cached_prompt_tokens": self.cached_prompt_tokens,
             "cached_completion_tokens": self.cached_completion_tokens,
         }
@@ -297,10 +332,13 @@ class TeacherUsage:
         for name in (
             "requests",
             "cached",
+            "resent",
             "http_requests",
             "retries",
             "prompt_tokens",
             "completion_tokens",
+            "sent_prompt_tokens",
+            "sent_completion_tokens",
             "cached_prompt_tokens",
             "cached_completion_tokens",
         ):
@@ -477,11 +515,10 @@ def _raise_fd_limit(needed: int) -> None:
 class _Secret:
     """Holds the API key; prints as *** so a repr or a debugger dump cannot leak it."""
 
-    __slots__ = ("_bytes", "_value")
+    __slots__ = ("_value",)
 
     def __init__(self, value: str | None) -> None:
         self._value = value
-        self._bytes = value.encode() if value else b""
 
     def __repr__(self) -> str:
         return _REDACTED if self._value else "None"
@@ -490,9 +527,6 @@ class _Secret:
 
     def get(self) -> str | None:
         return self._value
-
-    def get_bytes(self) -> bytes:
-        return self._bytes
 
 
 @dataclass
@@ -529,8 +563,9 @@ def _parse_retry_after(value: str | None, value_ms: str | None) -> float | None:
 
 
 def _derive_seed(seed: int, key: str) -> int:
-    # One distinct, reproducible seed per request (servers that honour `seed` then give the
-    # same answer on a cache-less rerun); 31 bits fit every server's integer type.
+    # One distinct, reproducible seed per request and attempt (servers that honour `seed`
+    # then give the same answer on a cache-less rerun, and a new one to a request sent
+    # again after its answer was rejected); 31 bits fit every server's integer type.
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
@@ -540,7 +575,8 @@ class TeacherClient:
 
     Use as ``async with TeacherClient(...) as client:`` (or call :meth:`aclose`), within one
     event loop (its semaphore and connection pool bind to the loop that first uses them).
-    ``temperature`` and ``top_p`` set the defaults of :meth:`chat`.
+    ``temperature`` and ``top_p`` set the defaults of :meth:`chat`; ``owner`` names who
+    pays for its answers in the cache's ledger (a stage sets it to the shard index).
     """
 
     def __init__(
@@ -559,6 +595,7 @@ class TeacherClient:
         temperature: float = 1.0,
         top_p: float = 1.0,
         transport: Transport | None = None,
+        owner: int | str | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -582,6 +619,12 @@ class TeacherClient:
         self.api_key_env = api_key_env
         key = os.environ.get(api_key_env, "").strip() if api_key_env else ""
         self._key = _Secret(key or None)
+        self._redact = Redactor(key or None)
+        #: Who pays for the answers this client receives (the shard), recorded in their
+        #: cache entries; entries of the same owner found later count as paid (the ledger).
+        self.owner = owner
+        # Cache keys already counted in usage (an answer counts once per client).
+        self._booked: set[str] = set()
         self._url = f"{self.base_url}/chat/completions"
         self._sem = asyncio.Semaphore(max_concurrency)
         self._transport = _make_transport(transport, max_concurrency, self.timeout)
@@ -649,12 +692,15 @@ class TeacherClient:
     # ---- scrubbing
 
     def _scrub(self, text: str) -> str:
-        key = self._key.get()
-        return text.replace(key, _REDACTED) if key and key in text else text
+        return self._redact.text(text)
 
     def _scrub_bytes(self, data: bytes) -> bytes:
-        kb = self._key.get_bytes()
-        return data.replace(kb, _REDACTED.encode()) if kb and kb in data else data
+        return self._redact.raw(data)
+
+    def scrub(self, value: Any) -> Any:
+        """``value`` (a string, or JSON-like data) with every echo of the API key replaced:
+        plain, JSON-escaped, URL-encoded or base64 (:class:`~kakugo_stages.redact.Redactor`)."""
+        return self._redact.value(value)
 
     # ---- requests
 
@@ -680,30 +726,43 @@ class TeacherClient:
         Returns every parsable HTTP-200 answer, including ``finish_reason != "stop"``:
         check :attr:`ChatResult.ok`. Raises :class:`TeacherError` when retries are spent
         or the server refuses the request (4xx other than 408/409/429).
+
+        With a cache, the request's answers are looked up attempt by attempt: a rejected
+        answer is skipped (its tokens still count, see :class:`TeacherUsage`), the first
+        one that is not is replayed, and when there is none the request is sent as the
+        next attempt, whose key (and so its seed) is its own.
         """
         temperature = self.temperature if temperature is None else temperature
         top_p = self.top_p if top_p is None else top_p
-        key = request_key(
-            {
-                "messages": messages,
-                "temperature": float(temperature),
-                "top_p": float(top_p),
-                "max_tokens": int(max_tokens),
-                "sample_index": int(sample_index),
-                "response_format": response_format,
-            }
-        )
+        request: dict[str, Any] = {
+            "messages": messages,
+            "temperature": float(temperature),
+            "top_p": float(top_p),
+            "max_tokens": int(max_tokens),
+            "sample_index": int(sample_index),
+            "response_format": response_format,
+        }
+        key, attempt = request_key(request), 0
         usage = self.usage
         usage.requests += 1
         if self.cache is not None:
-            result = await self._replay(key)
-            if result is not None:
-                usage.cached += 1
-                usage.cached_prompt_tokens += result.prompt_tokens
-                usage.cached_completion_tokens += result.completion_tokens
-                if not result.ok:
-                    self._count_failure(_finish_label(result.finish_reason))
-                return result
+            while True:
+                entry = await asyncio.to_thread(self.cache.get_entry, key)
+                if entry is None:
+                    break
+                result = self._replayable(key, attempt, entry)
+                if result is _DAMAGED:
+                    break  # not an answer: ask again in its place
+                self._book(key, entry)
+                if isinstance(result, ChatResult):
+                    usage.cached += 1
+                    usage.cached_prompt_tokens += result.prompt_tokens
+                    usage.cached_completion_tokens += result.completion_tokens
+                    return result
+                attempt += 1
+                key = request_key({**request, "attempt": attempt})
+            if attempt:
+                usage.resent += 1
         body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
@@ -715,34 +774,104 @@ class TeacherClient:
             # OpenAI-style structured output; vLLM constrains decoding to the schema.
             body["response_format"] = response_format
         if self.seed is not None:
+            # From the attempt's key: an answer sent again gets a seed of its own, or a
+            # server that honours seeds would give the same rejected answer again.
             body["seed"] = _derive_seed(self.seed, key)
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        result = await self._send(key, data)
-        usage.prompt_tokens += result.prompt_tokens
-        usage.completion_tokens += result.completion_tokens
+        paid = _Paid()
+        try:
+            result = await self._send(key, data, paid)
+        except TeacherError as exc:
+            self._book_sent(key, paid)
+            if paid and self.cache is not None:
+                # Unusable answers that were paid for: kept for the ledger, never replayed.
+                entry = CacheEntry(None, attempt, self.owner, paid.usage(), rejected=exc.reason)
+                await asyncio.to_thread(self.cache.put_entry, key, entry)
+            raise
+        if self.cache is not None:
+            result = dataclasses.replace(result, key=key, attempt=attempt)
+        paid.add(result.prompt_tokens, result.completion_tokens)
+        self._book_sent(key, paid)
         if not result.ok:
             self._count_failure(_finish_label(result.finish_reason))
         if self.cache is not None:
             # Stored before returning: once the caller has the answer, a crash must not
-            # make the rerun pay for it again. "length" answers were paid for too.
-            await asyncio.to_thread(self.cache.put, key, result.raw)
+            # make the rerun pay for it again, and its tokens are in the ledger. A
+            # "length" answer was paid for too; it is stored rejected, so a rerun sends
+            # the request again instead of replaying it.
+            entry = CacheEntry(
+                result.raw,
+                attempt,
+                self.owner,
+                paid.usage(),
+                rejected=None if result.ok else rejected_reason(result),
+            )
+            await asyncio.to_thread(self.cache.put_entry, key, entry)
         return result
 
-    async def _replay(self, key: str) -> ChatResult | None:
-        assert self.cache is not None
-        raw = await asyncio.to_thread(self.cache.get, key)
-        if raw is None:
-            return None
+    async def reject(self, result: ChatResult, reason: str) -> None:
+        """Mark the cache entry of ``result`` rejected (e.g. its answer did not parse): it
+        stays, for audit and for the ledger, but is never replayed; a rerun sends the
+        request again as its next attempt. Without a cache, nothing to do."""
+        if self.cache is None or result.key is None:
+            return
+        await asyncio.to_thread(self._mark_rejected, result, reason)
+
+    def _mark_rejected(self, result: ChatResult, reason: str) -> None:
+        assert self.cache is not None and result.key is not None
+        entry = self.cache.get_entry(result.key)
+        if entry is None or entry.response is None:  # its write failed: write it now
+            usage = {
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+            }
+            entry = CacheEntry(result.raw, result.attempt, self.owner, usage)
+        if entry.rejected != reason:
+            entry.rejected = reason
+            self.cache.put_entry(result.key, entry)
+
+    def _replayable(self, key: str, attempt: int, entry: CacheEntry) -> ChatResult | object:
+        """The answer to replay, :data:`_DAMAGED` for an entry that holds no answer, or
+        :data:`_REJECTED` for an answer that must not be replayed."""
+        if entry.rejected is not None:
+            return _REJECTED
+        if entry.response is None:
+            return _DAMAGED
         try:
-            return parse_response(raw, cached=True)
+            # Scrubbed again: an entry written before escaped echoes were caught.
+            result = parse_response(
+                self._redact.value(entry.response), cached=True, key=key, attempt=attempt
+            )
         except _Unparsable:
             log.warning("teacher cache entry %s has no answer; asking again", key[:12])
-            return None
+            return _DAMAGED
+        # A cut-off answer stored before rejected answers were marked is not replayed.
+        return result if result.ok else _REJECTED
+
+    def _book(self, key: str, entry: CacheEntry) -> None:
+        # The ledger: an answer found in the cache counts once per client, as paid when
+        # this client's owner paid for it (a killed or failed earlier run of the shard;
+        # entries from before the ledger have no owner), else only as replayed.
+        if key in self._booked:
+            return
+        self._booked.add(key)
+        if entry.owner is None or entry.owner == self.owner:
+            self.usage.prompt_tokens += entry.prompt_tokens
+            self.usage.completion_tokens += entry.completion_tokens
+
+    def _book_sent(self, key: str, paid: _Paid) -> None:
+        if self.cache is not None:  # only entries met in the cache can be met twice
+            self._booked.add(key)
+        usage = self.usage
+        usage.prompt_tokens += paid.prompt_tokens
+        usage.completion_tokens += paid.completion_tokens
+        usage.sent_prompt_tokens += paid.prompt_tokens
+        usage.sent_completion_tokens += paid.completion_tokens
 
     def _count_failure(self, reason: str) -> None:
         self.usage.failures[reason] = self.usage.failures.get(reason, 0) + 1
 
-    async def _send(self, key: str, data: bytes) -> ChatResult:
+    async def _send(self, key: str, data: bytes, paid: _Paid) -> ChatResult:
         headers = self._headers()
         attempts = 0
         while True:
@@ -753,7 +882,7 @@ class TeacherClient:
                     self.max_in_flight = self.in_flight
                 self.usage.http_requests += 1
                 try:
-                    outcome = await self._attempt(data, headers)
+                    outcome = await self._attempt(data, headers, paid)
                 finally:
                     self.in_flight -= 1
             if isinstance(outcome, ChatResult):
@@ -791,6 +920,7 @@ class TeacherClient:
             attempts=attempts,
             raw=failure.raw,
             status=failure.status,
+            key=key,
         )
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -803,13 +933,18 @@ class TeacherClient:
             delay = max(delay, retry_after * (1 + 0.1 * self._rng.random()))
         return min(delay, self.backoff_max)
 
-    async def _attempt(self, data: bytes, headers: dict[str, str]) -> ChatResult | _Failure:
+    async def _attempt(
+        self, data: bytes, headers: dict[str, str], paid: _Paid
+    ) -> ChatResult | _Failure:
         try:
             resp = await self._transport.post(self._url, data, headers)
         except _TransportTimeout as e:
             return _Failure("timeout", True, f"no answer within {self.timeout:g}s ({e})")
         except _TransportDropped as e:
             return _Failure("connection", True, f"connection failed ({e})")
+        # The key's plain bytes go first, so a body that does not parse is kept without
+        # them; parsed values are scrubbed again, since parsing turns an escaped echo
+        # ("sk-\/…", "\u0073k-…") back into the key.
         body = self._scrub_bytes(resp.body)
         if 200 <= resp.status < 300:
             try:
@@ -820,7 +955,7 @@ class TeacherClient:
                     True,
                     f"unparsable JSON body ({e})",
                     resp.status,
-                    raw=body[:_RAW_CHARS].decode("utf-8", "replace"),
+                    raw=self._text(body),
                 )
             if not isinstance(raw, dict):
                 return _Failure(
@@ -828,14 +963,17 @@ class TeacherClient:
                     True,
                     "JSON body is not an object",
                     resp.status,
-                    raw=body[:_RAW_CHARS].decode("utf-8", "replace"),
+                    raw=self._text(body),
                 )
+            raw = self._redact.value(raw)
             try:
                 return parse_response(raw)
             except _Unparsable as e:
+                # An answer without choices may still have been billed.
+                paid.add_usage(raw.get("usage"))
                 return _Failure(e.reason, True, str(e), resp.status, raw=raw)
         retryable = resp.status in _RETRYABLE_4XX or resp.status >= 500
-        raw_err, detail = _error_body(body)
+        raw_err, detail = _error_body(body, self._redact)
         return _Failure(
             _status_label(resp.status),
             retryable,
@@ -845,19 +983,59 @@ class TeacherClient:
             retry_after=_parse_retry_after(resp.retry_after, resp.retry_after_ms),
         )
 
+    def _text(self, body: bytes) -> str:
+        # Scrubbed whole, then cut: a cut first could leave part of an escaped key.
+        return self._scrub(body.decode("utf-8", "replace"))[:_RAW_CHARS]
 
-def _error_body(body: bytes) -> tuple[dict[str, Any] | str | None, str]:
-    """The error body (JSON object or truncated text) and a one-line detail for messages."""
+
+#: Outcomes of looking at a cache entry (TeacherClient._replayable).
+_DAMAGED = object()
+_REJECTED = object()
+
+
+def rejected_reason(result: ChatResult) -> str:
+    """The rejection label of an answer that did not finish with "stop"."""
+    return f"finish_{result.finish_reason or 'none'}"
+
+
+@dataclass
+class _Paid:
+    """Tokens paid for one request: its answer and any unusable answers before it."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.prompt_tokens or self.completion_tokens)
+
+    def add(self, prompt: int, completion: int) -> None:
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+
+    def add_usage(self, usage: Any) -> None:
+        if isinstance(usage, Mapping):
+            self.add(_as_int(usage.get("prompt_tokens")), _as_int(usage.get("completion_tokens")))
+
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+
+def _error_body(body: bytes, redact: Redactor) -> tuple[dict[str, Any] | str | None, str]:
+    """The error body (JSON object or truncated text) and a one-line detail for messages,
+    both scrubbed of the key."""
     if not body:
         return None, "empty body"
     try:
         raw = json.loads(body)
     except ValueError:
-        text = body[:_RAW_CHARS].decode("utf-8", "replace")
+        text = redact.text(body.decode("utf-8", "replace"))[:_RAW_CHARS]
         return text, " ".join(text.split())[:_DETAIL_CHARS]
+    raw = redact.value(raw)
     detail: Any = raw
     if isinstance(raw, dict):
         err = raw.get("error", raw)
         detail = err.get("message", err) if isinstance(err, dict) else err
     text = detail if isinstance(detail, str) else json.dumps(detail, ensure_ascii=False)
+    # json.dumps of a scrubbed value may escape it again; the text is scrubbed as it is.
+    text = redact.text(text)
     return (raw if isinstance(raw, dict) else text), " ".join(text.split())[:_DETAIL_CHARS]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import stat
 import time
 import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -26,10 +29,12 @@ from kakugo_stages.store import (
     StoreError,
     StoreURIError,
     completed_key,
+    open_run_store,
     open_store,
     shard_key,
     stats_key,
 )
+from tests.helpers.full_disk import DISK_FULL_STEPS, FullDisk, full_disk
 from tests.helpers.s3_server import (
     FAKE_ACCESS_KEY,
     FAKE_SECRET_KEY,
@@ -231,6 +236,59 @@ def test_interrupted_open_write(store: ArtifactStore, earlier: bytes | None) -> 
     no_leftovers(store, key, earlier)
 
 
+WRITES = {
+    "bytes": lambda store, key: store.write_bytes(key, b"new" * 10_000),
+    "jsonl": lambda store, key: store.write_jsonl(key, [{"a": "Ẹ kú"}] * 1000),
+    "parquet": lambda store, key: store.write_parquet(key, [{"a": "Ẹ kú"}] * 1000),
+    "json": lambda store, key: store.write_json(key, {"a": 1}),
+}
+
+
+@pytest.mark.parametrize("earlier", [None, b"old"], ids=["new-key", "overwrite"])
+@pytest.mark.parametrize("how", sorted(WRITES))
+@pytest.mark.parametrize("step", DISK_FULL_STEPS)
+def test_disk_full_names_the_path_and_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, how: str, earlier: bytes | None
+) -> None:
+    store = open_store(str(tmp_path / "root"))
+    key = f"topics/shard-00000.{how}"
+    if earlier is not None:
+        store.write_bytes(key, earlier)
+    files = full_disk(monkeypatch, step)
+    with pytest.raises(StoreError) as info:
+        WRITES[how](store, key)
+    monkeypatch.undo()
+    message = str(info.value)
+    assert f"cannot write {store.local_path(key)}: No space left on device" in message
+    assert "[ENOSPC] (the disk is full)" in message
+    no_leftovers(store, key, earlier)
+    assert all(f._f.closed for f in files), "every descriptor is closed"
+
+
+def test_disk_full_in_upload_and_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = open_store(str(tmp_path / "root"))
+    src = tmp_path / "weights.bin"
+    src.write_bytes(b"\0" * 100_000)
+    full_disk(monkeypatch, "write")
+    with pytest.raises(StoreError, match=r"cannot write .*model\.bin: No space left"):
+        store.upload_file(src, "model/model.bin")
+    monkeypatch.undo()
+    assert temp_files_on_disk(store) == [] and not store.exists("model/model.bin")
+    store.upload_file(src, "model/model.bin")
+    real_open = Path.open
+
+    def full(self: Path, mode: str = "r", *args: Any, **kw: Any) -> Any:
+        f = real_open(self, mode, *args, **kw)
+        return FullDisk(f, "write") if "w" in mode else f
+
+    monkeypatch.setattr(Path, "open", full)
+    dest = tmp_path / "local" / "model.bin"
+    with pytest.raises(StoreError, match=f"cannot write {dest}: No space left"):
+        store.download_file("model/model.bin", dest)
+    monkeypatch.undo()
+    assert list((tmp_path / "local").iterdir()) == []
+
+
 def test_s3_interrupted_multipart_upload_leaves_no_object(s3_env: str, bucket: str) -> None:
     store = open_store(
         f"s3://{bucket}/p",
@@ -417,8 +475,9 @@ def test_open_store_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_en
     s3 = open_store("s3://bucket-x/p")
     assert isinstance(s3, S3Store)
     assert s3.client.meta.endpoint_url == s3_env  # from AWS_ENDPOINT_URL_S3
-    # Botocore's own retries: 10 retries (11 attempts), adaptive.
-    assert s3.client.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 11}
+    # Botocore's own retries, capped (5 attempts), adaptive; bounded waits.
+    assert s3.client.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 5}
+    assert (s3.client.meta.config.connect_timeout, s3.client.meta.config.read_timeout) == (5, 30)
     explicit = open_store("s3://bucket-x/p", endpoint_url="http://127.0.0.1:1", region="eu-west-1")
     assert explicit.client.meta.endpoint_url == "http://127.0.0.1:1"
     assert explicit.client.meta.region_name == "eu-west-1"
@@ -451,6 +510,110 @@ def test_unreachable_endpoint_raises_store_error_quickly(monkeypatch: pytest.Mon
         assert "s3://bucket-x/p" in str(info.value)
         assert FAKE_SECRET_KEY not in str(info.value)
     assert time.monotonic() - start < 5
+
+
+@contextlib.contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """A port that accepts connections (the kernel completes them) and never answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["refused", "silent"])
+def test_endpoint_that_does_not_answer_fails_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Bounded by the connect/read timeouts and the capped attempts (set small here with
+    the environment knobs), then a StoreError naming the endpoint and the bounds."""
+    set_fake_aws_env(monkeypatch, None)
+    monkeypatch.setenv("KAKUGO_S3_CONNECT_TIMEOUT", "1")
+    monkeypatch.setenv("KAKUGO_S3_READ_TIMEOUT", "0.5")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    with contextlib.ExitStack() as stack:
+        if kind == "silent":
+            endpoint = stack.enter_context(silent_endpoint())
+        else:
+            endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        store = open_store("s3://bucket-x/p", endpoint_url=endpoint)
+        config = store.client.meta.config
+        assert (config.connect_timeout, config.read_timeout) == (1, 0.5)
+        calls = [
+            lambda: store.read_bytes("k"),
+            lambda: store.write_jsonl("rows.jsonl", [{"a": 1}]),
+            lambda: store.exists("k"),
+        ]
+        if kind == "refused":  # fast: every call
+            calls += [lambda: store.write_bytes("k", b"1"), lambda: store.list()]
+        for call in calls:
+            with pytest.raises(StoreError) as info:
+                call()
+            message = str(info.value)
+            assert not isinstance(info.value, ArtifactNotFound)
+            assert f"S3 endpoint {endpoint} did not answer for s3://bucket-x/p" in message
+            assert "gave up after 2 attempt(s), connect timeout 1s, read timeout 0.5s" in message
+            assert "storage.s3.endpointUrl" in message
+            assert FAKE_SECRET_KEY not in message
+            if kind == "silent":
+                assert "Read timeout" in message
+
+
+def test_s3_timeouts_from_the_environment_must_be_numbers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_fake_aws_env(monkeypatch, None)
+    monkeypatch.setenv("KAKUGO_S3_READ_TIMEOUT", "soon")
+    with pytest.raises(StoreError, match="KAKUGO_S3_READ_TIMEOUT='soon' is not a number"):
+        open_store("s3://bucket-x/p", endpoint_url="http://127.0.0.1:1")
+
+
+def run_on_s3(endpoint: str | None, uri: str = "s3://bucket-x/runs", region: str = "eu-west-3"):
+    from kakugo_stages.manifest import parse_object
+    from kakugo_stages.resolved import run_spec
+
+    storage: dict = {"uri": uri}
+    if endpoint is not None:
+        storage["s3"] = {"endpointUrl": endpoint, "region": region}
+    obj = {
+        "apiVersion": "kakugo.io/v1alpha1",
+        "kind": "LanguageModel",
+        "metadata": {"name": "yo", "namespace": "team"},
+        "spec": {
+            "language": "Yoruba",
+            "teacher": {"endpoint": {"url": "http://127.0.0.1:1/v1", "model": "m"}},
+            "storage": storage,
+        },
+    }
+    return run_spec(parse_object(obj))
+
+
+def test_run_store_uses_the_spec_endpoint(
+    s3_env: str, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """storage.s3.endpointUrl and region decide where a run's store is, over the
+    environment (which the operator fills from the same spec for Jobs)."""
+    from kakugo_stages.training.config import TrainConfig
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # dead
+    run = run_on_s3(s3_env, f"s3://{bucket}/runs")
+    store = open_run_store(run)
+    assert store.client.meta.endpoint_url == s3_env
+    assert store.client.meta.region_name == "eu-west-3"
+    assert store.url() == f"s3://{bucket}/runs/team/yo"
+    store.write_text("spec.yaml", "x")
+    assert open_store(f"s3://{bucket}/runs/team/yo", endpoint_url=s3_env).read_text(
+        "spec.yaml"
+    ) == ("x")
+    # Without storage.s3 the environment decides, as before.
+    assert open_run_store(run_on_s3(None)).client.meta.endpoint_url.startswith("http://127.0.0.1:")
+    # The training worker opens the store itself, from its config.
+    config = TrainConfig.from_run(
+        run, model_path="m", tokenizer_path="t", chat_template="", scratch_dir="/tmp/x"
+    )
+    assert (config.storage_endpoint_url, config.storage_region) == (s3_env, "eu-west-3")
+    assert TrainConfig.from_json(config.to_json()) == config
 
 
 def test_s3_errors_name_uri_never_credentials(s3_env: str) -> None:

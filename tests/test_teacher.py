@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import email.utils
 import json
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from kakugo_stages.redact import Redactor
 from kakugo_stages.request_cache import RequestCache, request_key
 from kakugo_stages.spec import SamplingSpec, TeacherEndpoint, TeacherSettings
 from kakugo_stages.store import open_store
@@ -24,6 +26,7 @@ from kakugo_stages.teacher import (
     _parse_retry_after,
     split_reasoning,
 )
+from tests.helpers.key_echoes import all_text, chat_body, leaks, wire_forms
 from tests.helpers.teacher_server import Fault, FaultPlan, TeacherServer, chat_response, harmony
 
 pytestmark = pytest.mark.timeout(60)
@@ -343,7 +346,7 @@ def test_cache_replays_without_requests(server: TeacherServer, tmp_path: Path) -
     server.faults = FaultPlan(at={3: "length"})
 
     async def go(**kw: Any) -> tuple[list[ChatResult], TeacherClient]:
-        async with client(server.url, cache=RequestCache(store)) as c:
+        async with client(server.url, cache=RequestCache(store), seed=5) as c:
             rs = await asyncio.gather(
                 *(c.chat(msgs(f"q{i}"), max_tokens=16, **kw) for i in range(6))
             )
@@ -351,26 +354,137 @@ def test_cache_replays_without_requests(server: TeacherServer, tmp_path: Path) -
 
     first, c1 = run(go())
     assert server.count == 6 and not any(r.cached for r in first)
+    assert c1.usage.failures == {"length": 1}
+    [cut] = [r for r in first if not r.ok]
     second, c2 = run(go())
-    assert server.count == 6, "the rerun replays from the cache"
-    assert all(r.cached for r in second)
-    assert [dataclasses.replace(r, cached=False) for r in second] == first
-    assert c2.usage.cached == 6 and c2.usage.http_requests == 0
-    assert (c2.usage.prompt_tokens, c2.usage.completion_tokens) == (0, 0)
-    assert c2.usage.cached_prompt_tokens == c1.usage.prompt_tokens > 0
-    assert c2.usage.cached_completion_tokens == c1.usage.completion_tokens > 0
-    # The paid-for "length" answer is replayed too, and still counts as a failure.
-    assert c1.usage.failures == c2.usage.failures == {"length": 1}
+    # The five answers that finished are replayed; the cut-off one is sent again, as a
+    # new request (its next attempt: another key, another seed).
+    assert server.count == 7
+    assert [r.cached for r in second] == [r.ok for r in first]
+    assert all(r.ok for r in second)
+    assert [dataclasses.replace(r, cached=False) for r in second if r.cached] == [
+        r for r in first if r.ok
+    ]
+    resent = next(r for r in second if not r.cached)
+    assert (resent.attempt, resent.content) == (1, f"Q{first.index(cut)}")
+    # Arrival 3 was cut off (the fault plan); arrival 6 is the same request sent again.
+    assert server.requests[6]["messages"] == server.requests[3]["messages"]
+    assert server.requests[6]["seed"] != server.requests[3]["seed"]
+    assert (c2.usage.cached, c2.usage.resent, c2.usage.http_requests) == (5, 1, 1)
+    assert c2.usage.failures == {}
+    # Tokens: replays are not sent, but the ledger counts every answer paid for, once.
+    assert c2.usage.sent_prompt_tokens == resent.prompt_tokens > 0
+    assert c2.usage.prompt_tokens == c1.usage.prompt_tokens + resent.prompt_tokens
+    assert c2.usage.completion_tokens == c1.usage.completion_tokens + resent.completion_tokens
+    assert c2.usage.cached_prompt_tokens == c1.usage.prompt_tokens - cut.prompt_tokens
 
-    third, _ = run(go(sample_index=1))
-    assert server.count == 12, "another sample index is another request"
-    assert not any(r.cached for r in third)
+    third, c3 = run(go())
+    assert server.count == 7 and all(r.cached for r in third)
+    assert (c3.usage.prompt_tokens, c3.usage.sent_prompt_tokens) == (c2.usage.prompt_tokens, 0)
+
+    fourth, _ = run(go(sample_index=1))
+    assert server.count == 13, "another sample index is another request"
+    assert not any(r.cached for r in fourth)
 
     files = sorted(
         p.relative_to(store.local_path()).as_posix() for p in store.local_path().rglob("*.json")
     )
-    assert len(files) == 12
+    assert len(files) == 13
     assert all(f == f"{f.split('/')[1][:2]}/{f.split('/')[1]}" for f in files)
+    # The cut-off answer is kept, marked rejected, with what it cost.
+    entry = RequestCache(store).get_entry(cut.key)
+    assert entry is not None and entry.rejected == "finish_length"
+    assert entry.prompt_tokens == cut.prompt_tokens and entry.response == cut.raw
+
+
+def test_rejected_answers_are_sent_again_attempt_by_attempt(
+    server: TeacherServer, tmp_path: Path
+) -> None:
+    """An answer the caller rejects (e.g. it did not parse) is kept, marked, and never
+    replayed: the next client sends the request as attempt 1, then 2; every answer of the
+    chain stays in the ledger."""
+    cache = RequestCache(open_store(str(tmp_path)))
+
+    async def ask(reject: str | None = None, owner: int = 0) -> tuple[ChatResult, TeacherClient]:
+        async with client(server.url, cache=cache, seed=1, owner=owner) as c:
+            r = await c.chat(msgs("a list, please"), max_tokens=16)
+            if reject:
+                await c.reject(r, reject)
+        return r, c
+
+    first, c1 = run(ask(reject="bad_json"))
+    second, c2 = run(ask(reject="bad_json"))
+    third, c3 = run(ask())
+    fourth, c4 = run(ask())
+    assert [r.attempt for r in (first, second, third, fourth)] == [0, 1, 2, 2]
+    assert [r.cached for r in (first, second, third, fourth)] == [False, False, False, True]
+    assert server.count == 3
+    seeds = [body["seed"] for body in server.requests]
+    assert len(set(seeds)) == 3, "each attempt is a new request, with a seed of its own"
+    assert (c2.usage.resent, c3.usage.resent, c4.usage.resent) == (1, 1, 0)
+    tokens = first.prompt_tokens
+    assert [c.usage.prompt_tokens for c in (c1, c2, c3, c4)] == [
+        tokens,
+        2 * tokens,
+        3 * tokens,
+        3 * tokens,
+    ]
+    assert [c.usage.sent_prompt_tokens for c in (c1, c2, c3, c4)] == [tokens] * 3 + [0]
+    entries = [cache.get_entry(r.key) for r in (first, second, third)]
+    assert [(e.attempt, e.rejected, e.owner) for e in entries if e] == [
+        (0, "bad_json", 0),
+        (1, "bad_json", 0),
+        (2, None, 0),
+    ]
+    # Another owner (another shard asking the same thing) replays it, but did not pay.
+    other, c5 = run(ask(owner=1))
+    assert other.cached and (c5.usage.prompt_tokens, c5.usage.cached_prompt_tokens) == (
+        0,
+        tokens,
+    )
+    # The keys: attempt 0 is the plain request key, later ones add the attempt.
+    base = {
+        "messages": msgs("a list, please"),
+        "temperature": 1,
+        "top_p": 1,
+        "max_tokens": 16,
+        "sample_index": 0,
+    }
+    assert first.key == request_key(base) == request_key({**base, "attempt": 0})
+    assert second.key == request_key({**base, "attempt": 1}) != first.key
+
+
+def test_entries_written_before_the_ledger(server: TeacherServer, tmp_path: Path) -> None:
+    """A cache of bare responses (before attempts and the ledger): finished answers are
+    replayed and counted as paid, cut-off ones are sent again."""
+    cache = RequestCache(open_store(str(tmp_path)))
+
+    def key(text: str) -> str:
+        return request_key(
+            {
+                "messages": msgs(text),
+                "temperature": 1,
+                "top_p": 1,
+                "max_tokens": 16,
+                "sample_index": 0,
+            }
+        )
+
+    old = {"ok": "stop", "cut": "length"}
+    for text, finish in old.items():
+        (tmp_path / key(text)[:2]).mkdir(exist_ok=True)
+        body = chat_response(f"old {text}", finish_reason=finish, prompt_tokens=10)
+        (tmp_path / key(text)[:2] / f"{key(text)}.json").write_text(json.dumps(body))
+
+    async def go() -> tuple[list[ChatResult], TeacherClient]:
+        async with client(server.url, cache=cache, owner=3) as c:
+            return [await c.chat(msgs(t), max_tokens=16) for t in old], c
+
+    (ok, cut), c = run(go())
+    assert ok.cached and ok.content == "old ok"
+    assert not cut.cached and cut.attempt == 1 and cut.content.startswith("echo")
+    assert server.count == 1
+    assert c.usage.prompt_tokens == 10 + 10 + cut.prompt_tokens
 
 
 def test_cache_layout_and_corrupt_entries(tmp_path: Path) -> None:
@@ -486,6 +600,99 @@ def test_api_key_is_sent_but_never_leaks(
     for text in seen:
         assert SECRET not in text
     assert "Bearer" not in " ".join(rec.getMessage() for rec in caplog.records)
+
+
+# A key with the characters that encoders escape: "/" (JSON's "\/"), "+" and "=".
+SLASHED = "sk-kakugo/test+SECRET=4f1d9c2b7a/x"
+
+
+@pytest.mark.parametrize("form", sorted(wire_forms(SLASHED)))
+def test_redactor_finds_every_echo_of_the_key(form: str) -> None:
+    redact = Redactor(SLASHED)
+    wire = wire_forms(SLASHED)[form]
+    # As stored after parsing (the JSON escapes undone), and as raw text.
+    parsed = json.loads(f'"{wire}"')
+    for text in (f"key: {parsed}!", f"key: {wire}!", json.dumps({"k": parsed})):
+        out = redact.text(text)
+        assert "***" in out and leaks(out, SLASHED) == [], (form, out)
+    assert redact.value({parsed: [parsed, 1, None]}) == {
+        redact.text(parsed): [redact.text(parsed), 1, None]
+    }
+
+
+def test_redactor_leaves_other_text_alone() -> None:
+    redact = Redactor(SLASHED)
+    texts = [
+        "Ẹ kú àárọ̀! 100% \\/ &amp; a+b=c, sk-kakugo/test",
+        base64.b64encode(b"another secret altogether").decode(),
+        "",
+    ]
+    for text in texts:
+        assert redact.text(text) == text
+    assert Redactor(None).text(SLASHED) == SLASHED and not Redactor("")
+    assert repr(redact) == "Redactor(***)" and SLASHED not in repr(redact)
+
+
+def test_escaped_key_echoes_are_scrubbed_everywhere(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """A gateway echoes the key back in every form, in answers and in error bodies: no
+    stored file, result, error or log line holds it, whatever decoding is applied."""
+    monkeypatch.setenv(KEY_ENV, SLASHED)
+    caplog.set_level(logging.DEBUG)
+    forms = wire_forms(SLASHED)
+
+    def gateway(index: int, body: dict[str, Any], nth: int) -> Fault | None:
+        kind, _, form = body["messages"][-1]["content"].partition(" ")
+        wire = forms.get(form, "")
+        if kind == "answer":
+            return Fault("raw", body=chat_body(f"ok {wire}", f"I was sent {wire}"))
+        if kind == "cut":
+            return Fault("raw", body=chat_body(f"cut {wire}", wire, finish_reason="length"))
+        if kind == "forbidden":
+            error = '{"error":{"message":"key ' + wire + ' is not allowed","key":"' + wire + '"}}'
+            return Fault("raw", status=403, body=error.encode())
+        if kind == "gateway":  # a proxy's plain-text page
+            return Fault("raw", status=502, body=f"upstream refused Bearer {wire}".encode())
+        if kind == "broken":  # a 200 whose JSON is cut off, echo included
+            return Fault("raw", body=chat_body(wire, wire)[:-20])
+        return None
+
+    with TeacherServer(api_key=SLASHED, faults=FaultPlan(when=gateway)) as srv:
+        cache = RequestCache(open_store(str(tmp_path)))
+        c = TeacherClient(
+            srv.url, "m", cache=cache, max_retries=1, backoff_base=0.01, backoff_max=0.02
+        )
+        results: list[ChatResult] = []
+        errors: list[TeacherError] = []
+
+        async def go() -> None:
+            async with c:
+                for form in forms:
+                    for kind in ("answer", "cut", "forbidden", "gateway", "broken"):
+                        try:
+                            results.append(await c.chat(msgs(f"{kind} {form}"), max_tokens=8))
+                        except TeacherError as e:
+                            errors.append(e)
+
+        run(go())
+        assert set(srv.authorizations) == {f"Bearer {SLASHED}"}, "the key was sent"
+
+    assert len(results) == 2 * len(forms) and len(errors) == 3 * len(forms)
+    assert {e.reason for e in errors} == {"http_403", "http_502", "bad_json"}
+    assert all("***" in r.content and "***" in (r.reasoning or "") for r in results), results
+    seen = [repr(c), str(c.__dict__), json.dumps(c.usage.as_dict())]
+    for e in errors:
+        seen += [str(e), repr(e), all_text(e.raw)]
+    for r in results:
+        seen += [repr(r), r.content, r.reasoning or "", all_text(r.raw)]
+    seen += [rec.getMessage() for rec in caplog.records]
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) == 2 * len(forms)
+    seen += [p.read_text(encoding="utf-8") for p in files]
+    assert caplog.records
+    for text in seen:
+        assert leaks(text, SLASHED) == [], text
 
 
 def test_wrong_key_is_a_non_retryable_401(monkeypatch: pytest.MonkeyPatch) -> None:

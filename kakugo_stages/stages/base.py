@@ -6,9 +6,12 @@ in a Job, in `kakugo run` and in tests:
 - a completed shard (marker present) is skipped; a shard writes its rows, rejects, raw
   teacher log and stats, and its completion marker last;
 - teacher requests go through one `TeacherClient` per shard whose cache lives in
-  `<stage>/_cache/`, so a rerun replays finished requests instead of paying again;
+  `<stage>/_cache/`, so a rerun replays the answers that were used instead of paying
+  again, and sends again the requests whose answers were rejected (cut off, unparsable);
 - every teacher request ends as exactly one of "ok" or "rejected by reason", so
   kept + rejected = requested always holds and is visible in the stats;
+- the teacher tokens in the stats are those paid for the shard's requests over all its
+  runs, killed ones included (the request cache is the ledger);
 - a shard whose failure rate passes `data.maxFailureRate` keeps its outputs for audit
   but gets no marker, and the stage fails with a message saying what failed and why;
 - the stage summary goes to the termination log for the operator.
@@ -44,8 +47,8 @@ from kakugo_stages.graph import StageDecl
 from kakugo_stages.parsing import ParseError
 from kakugo_stages.request_cache import RequestCache
 from kakugo_stages.resolved import RunSpec
-from kakugo_stages.store import ArtifactStore, StageOutput
-from kakugo_stages.teacher import ChatResult, TeacherClient, TeacherError
+from kakugo_stages.store import ArtifactNotFound, ArtifactStore, StageOutput, StoreError
+from kakugo_stages.teacher import ChatResult, TeacherClient, TeacherError, rejected_reason
 
 log = logging.getLogger("kakugo.stages")
 
@@ -165,9 +168,34 @@ class ShardContext:
     def drop(self, reason: str, count: int = 1) -> None:
         self.stats.dropped[reason] += count
 
-    def _reject(self, item: str, reason: str, messages: Any, answer: Any) -> None:
+    def _scrub(self, record: dict[str, Any]) -> dict[str, Any]:
+        # The client scrubs what it returns; this also covers what a stage passes in.
+        return self.teacher.scrub(record) if self.teacher is not None else record
+
+    def _reject(
+        self,
+        item: str,
+        reason: str,
+        messages: Any,
+        answer: Any,
+        key: str | None = None,
+        attempt: int = 0,
+    ) -> None:
         self.stats.rejected[reason] += 1
-        self.rejects.append({"id": item, "reason": reason, "messages": messages, "answer": answer})
+        self.rejects.append(
+            self._scrub(
+                {
+                    "id": item,
+                    "reason": reason,
+                    "messages": messages,
+                    "answer": answer,
+                    # The cache entry of the answer (it is kept, marked rejected) and when.
+                    "key": key,
+                    "attempt": attempt,
+                    "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+            )
+        )
 
     async def ask(
         self,
@@ -202,23 +230,26 @@ class ShardContext:
             )
         except TeacherError as exc:
             self._log_raw(item, messages, None, exc.reason)
-            self._reject(item, exc.reason, messages, exc.raw)
+            self._reject(item, exc.reason, messages, exc.raw, exc.key)
             return None
         finally:
             if self._on_request:
                 self._on_request()
         if not result.ok:
-            reason = f"finish_{result.finish_reason or 'none'}"
+            # The client stored the answer rejected already: a rerun sends it again.
+            reason = rejected_reason(result)
             self._log_raw(item, messages, result, reason)
-            self._reject(item, reason, messages, result.content)
+            self._reject(item, reason, messages, result.content, result.key, result.attempt)
             return None
         parsed: Any = result.content
         if parse is not None:
             try:
                 parsed = parse(result.content)
             except ParseError as exc:
+                # Not replayed on a rerun: the request is sent again instead.
+                await self.teacher.reject(result, exc.reason)
                 self._log_raw(item, messages, result, exc.reason)
-                self._reject(item, exc.reason, messages, result.content)
+                self._reject(item, exc.reason, messages, result.content, result.key, result.attempt)
                 return None
         self._log_raw(item, messages, result, "ok")
         self.stats.requests_ok += 1
@@ -227,15 +258,18 @@ class ShardContext:
     def _log_raw(self, item: str, messages: Any, result: ChatResult | None, outcome: str) -> None:
         # Raw input and output beside the rows, for audit and re-parsing.
         self.raw.append(
-            {
-                "id": item,
-                "outcome": outcome,
-                "messages": messages,
-                "content": result.content if result else None,
-                "reasoning": result.reasoning if result else None,
-                "finish_reason": result.finish_reason if result else None,
-                "cached": result.cached if result else False,
-            }
+            self._scrub(
+                {
+                    "id": item,
+                    "outcome": outcome,
+                    "messages": messages,
+                    "content": result.content if result else None,
+                    "reasoning": result.reasoning if result else None,
+                    "finish_reason": result.finish_reason if result else None,
+                    "cached": result.cached if result else False,
+                    "attempt": result.attempt if result else None,
+                }
+            )
         )
 
 
@@ -410,15 +444,24 @@ async def run_shard(
     if out.is_complete(shard):
         return out.read_stats(shard) or {}
     started = time.monotonic()
+    failed: StageFailed | None = None
     skipped = stage.skip_reason()
     if skipped is not None:
         ctx = ShardContext(stage, shard, None, on_request)
         ctx.stats.extra["stage_skipped"] = skipped
     else:
         teacher = (teacher_factory or _make_teacher)(stage, shard) if stage.uses_teacher else None
+        if teacher is not None:
+            # The shard pays for the answers its client receives: their cache entries say
+            # so, and a rerun of the shard counts them again as its own (the ledger).
+            teacher.owner = shard
         ctx = ShardContext(stage, shard, teacher, on_request)
         try:
             await stage.run_shard(ctx)
+        except StageFailed as exc:
+            # A stage that gives up (e.g. a list that never parsed) still leaves its
+            # rejects, raw log and stats for audit, without a marker.
+            failed = exc
         finally:
             if teacher is not None:
                 ctx.stats.teacher = teacher.usage.as_dict()
@@ -429,10 +472,12 @@ async def run_shard(
         ctx.stats.rows_out = len(ctx.rows)
         out.write_rows(shard, ctx.rows)
     if stage.uses_teacher:
-        stage.store.write_jsonl(f"{stage.name}/_rejects/{shard:05d}.jsonl", ctx.rejects)
+        _append_rejects(stage, shard, ctx.rejects)
         stage.store.write_jsonl(f"{stage.name}/_raw/{shard:05d}.jsonl", ctx.raw)
     stats = ctx.stats.as_dict()
     out.write_stats(shard, stats)
+    if failed is not None:
+        raise failed
     limit = stage.run.spec.data.max_failure_rate
     if ctx.stats.failure_rate > limit:
         reasons = ", ".join(f"{k}: {v}" for k, v in ctx.stats.rejected.most_common(5))
@@ -440,11 +485,36 @@ async def run_shard(
             f"stage {stage.name} shard {shard}: {ctx.stats.failures} of {ctx.stats.requests} "
             f"teacher requests failed ({ctx.stats.failure_rate:.1%}), above "
             f"data.maxFailureRate {limit:.1%} ({reasons}). Rejected answers are in "
-            f"{stage.store.url(f'{stage.name}/_rejects/{shard:05d}.jsonl')}. A rerun replays "
-            "the finished requests and retries the failed ones."
+            f"{stage.store.url(rejects_key(stage.name, shard))}. A rerun replays "
+            "the answers that were used and sends the failed requests again."
         )
     out.mark_complete(shard)
     return stats
+
+
+def rejects_key(stage: str, shard: int) -> str:
+    """The rejects file of a shard: every rejected answer of every run of the shard."""
+    return f"{stage}/_rejects/{shard:05d}.jsonl"
+
+
+def _append_rejects(stage: Stage, shard: int, rejects: list[dict[str, Any]]) -> None:
+    """Add this run's rejects to the shard's file (a rerun sends rejected requests again,
+    so earlier rejects would otherwise be lost). Rewritten whole: stores have no append,
+    and a rejects file is small."""
+    key = rejects_key(stage.name, shard)
+    earlier: list[dict[str, Any]] = []
+    try:
+        data = stage.store.read_bytes(key)
+    except ArtifactNotFound:
+        data = b""
+    for number, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            earlier.append(json.loads(line))
+        except ValueError:
+            log.warning("%s line %d is not JSON; dropped", stage.store.url(key), number)
+    stage.store.write_jsonl(key, [*earlier, *rejects])
 
 
 def run_stage(
@@ -473,6 +543,36 @@ def run_stage(
     bad = [s for s in wanted if not 0 <= s < total]
     if bad:
         raise StageFailed(f"stage {stage.name} has {total} shard(s); no shard {bad[0]}")
+    try:
+        summary, failure = _run_stage(
+            stage, wanted, total, teacher_factory, progress, reset, parallel, stop, position
+        )
+    except StoreError as exc:
+        # The store failed (a full disk, an endpoint that does not answer): say so without
+        # reading it again, which would fail (or wait) the same way.
+        error = {"stage": stage.name, "shards": total, "error": str(exc)[:1000]}
+        write_termination_message(error, termination_log)
+        raise
+    message = summary.as_dict()
+    if failure is not None:
+        message["error"] = str(failure)[:1000]
+    write_termination_message(message, termination_log)
+    if failure is not None:
+        raise failure
+    return summary
+
+
+def _run_stage(
+    stage: Stage,
+    wanted: list[int],
+    total: int,
+    teacher_factory: Callable[[Stage, int], TeacherClient] | None,
+    progress: bool,
+    reset: bool,
+    parallel: int,
+    stop: threading.Event | None,
+    position: int | None,
+) -> tuple[StageSummary, StageFailed | None]:
     if reset:
         stage.reset = True
         stage.reset_shared()
@@ -503,13 +603,7 @@ def run_stage(
         stats=stage.output.all_stats(),
         extra_keys=stage.summary_keys,
     )
-    message = summary.as_dict()
-    if failure is not None:
-        message["error"] = str(failure)[:1000]
-    write_termination_message(message, termination_log)
-    if failure is not None:
-        raise failure
-    return summary
+    return summary, failure
 
 
 #: How often a running stage looks at its stop event (seconds).

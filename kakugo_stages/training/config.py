@@ -64,6 +64,10 @@ class TrainConfig:
     seed: int
     #: Stop after this many optimizer steps (benchmarks, smoke runs); -1 = the full epochs.
     max_steps: int = -1
+    #: The run store's S3 endpoint and region (`storage.s3`), so the worker process uses
+    #: the storage the spec names, as the stage itself does.
+    storage_endpoint_url: str | None = None
+    storage_region: str | None = None
 
     @classmethod
     def from_run(
@@ -81,6 +85,7 @@ class TrainConfig:
         gpus = spec.resources.for_stage("train").gpus or 0
         # One process per GPU on cuda; a CPU run is one process (tests use gloo).
         nproc = max(1, gpus) if t.device == "cuda" else 1
+        s3 = spec.storage.s3 if spec.storage is not None else None
         return cls(
             run_uri=run.run_uri,
             run_name=run.name,
@@ -116,6 +121,8 @@ class TrainConfig:
             log_every_steps=t.log_every_steps,
             seed=t.seed,
             max_steps=max_steps,
+            storage_endpoint_url=s3.endpoint_url if s3 is not None else None,
+            storage_region=s3.region if s3 is not None else None,
         )
 
     def replace(self, **changes: Any) -> TrainConfig:

@@ -150,7 +150,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     from transformers.trainer_callback import PrinterCallback
 
     started = time.monotonic()
-    store = open_store(config.run_uri)
+    store = open_store(
+        config.run_uri, endpoint_url=config.storage_endpoint_url, region=config.storage_region
+    )
     scratch = Path(config.scratch_dir)
     precision = resolve_precision(config.precision, config.device)
     impl = resolve_attn_implementation(config.attn_implementation, config.device)

@@ -69,6 +69,7 @@ FAULT_KINDS = (
     "bad_json",  # HTTP 200 with a truncated JSON body
     "no_choices",  # HTTP 200 with "choices": []
     "drop",  # close the connection without answering
+    "raw",  # send Fault.body verbatim with Fault.status (default 200): gateways' odd bytes
 )
 
 Responder = Callable[[dict[str, Any]], Any]
@@ -80,7 +81,8 @@ class Fault:
 
     ``retry_after`` is sent verbatim (seconds or an HTTP-date) with 429 (and with 503 or
     ``http`` when not "0"); ``sleep`` is how long ``timeout`` stalls; ``status`` is the
-    status of an ``http`` fault; ``message`` replaces the error body's message.
+    status of an ``http`` or ``raw`` fault; ``message`` replaces the error body's message;
+    ``body`` is what a ``raw`` fault sends, byte for byte (e.g. JSON with escaped slashes).
     """
 
     kind: str
@@ -88,6 +90,7 @@ class Fault:
     sleep: float | None = None
     status: int | None = None
     message: str | None = None
+    body: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -436,6 +439,9 @@ class TeacherServer:
         self.authorizations: list[str | None] = []
         #: (arrival index, fault kind) of every injected fault.
         self.injected: list[tuple[int, str]] = []
+        #: Tokens of every answer sent with a usage field (what a provider would bill).
+        self.served_prompt_tokens = 0
+        self.served_completion_tokens = 0
         self.count = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -520,6 +526,7 @@ class TeacherServer:
         self.requests.clear()
         self.authorizations.clear()
         self.injected.clear()
+        self.served_prompt_tokens = self.served_completion_tokens = 0
         self.count = 0
         self.max_in_flight = self.in_flight
 
@@ -603,10 +610,16 @@ class TeacherServer:
             if fault is not None:
                 self.injected.append((index, fault.kind))
                 return await self._inject(fault, body, conn)
-            conn._write(200, json.dumps(_complete(result, body), ensure_ascii=False).encode())
+            self._answer(conn, _complete(result, body))
             return True
         finally:
             self.in_flight -= 1
+
+    def _answer(self, conn: _Connection, resp: dict[str, Any]) -> None:
+        usage = resp.get("usage") or {}
+        self.served_prompt_tokens += int(usage.get("prompt_tokens") or 0)
+        self.served_completion_tokens += int(usage.get("completion_tokens") or 0)
+        conn._write(200, json.dumps(resp, ensure_ascii=False).encode())
 
     async def _inject(self, fault: Fault, body: dict[str, Any], conn: _Connection) -> bool:
         kind = fault.kind
@@ -623,7 +636,7 @@ class TeacherServer:
             conn._write(429, _error(message, "rate_limit_error", 429), headers=headers)
         elif kind == "timeout":
             await asyncio.sleep(self.timeout_sleep if fault.sleep is None else fault.sleep)
-            conn._write(200, json.dumps(_complete(echo_responder(body), body)).encode())
+            self._answer(conn, _complete(echo_responder(body), body))
         elif kind == "length":
             result = self.responder(body)
             if inspect.isawaitable(result):
@@ -633,7 +646,7 @@ class TeacherServer:
             msg = resp["choices"][0]["message"]
             if isinstance(msg.get("content"), str):
                 msg["content"] = msg["content"][: max(1, len(msg["content"]) // 2)]
-            conn._write(200, json.dumps(resp, ensure_ascii=False).encode())
+            self._answer(conn, resp)
         elif kind == "bad_json":
             conn._write(200, b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "mess')
         elif kind == "no_choices":
@@ -652,6 +665,8 @@ class TeacherServer:
             if conn.transport is not None:
                 conn.transport.abort()
             return False
+        elif kind == "raw":
+            conn._write(fault.status or 200, fault.body or b"")
         return True
 
 
