@@ -29,7 +29,13 @@ from kakugo_stages.graph import (
     ready,
     upstream,
 )
-from kakugo_stages.manifest import ManifestError, fleet_members, merge_patch, validate_spec
+from kakugo_stages.manifest import (
+    ManifestError,
+    fleet_members,
+    merge_patch,
+    name_errors,
+    validate_spec,
+)
 from kakugo_stages.resolved import RunSpec, run_uri
 from kakugo_stages.spec import TeacherSpec
 
@@ -194,6 +200,7 @@ __all__ = [
     "is_local_model",
     "local_model_path",
     "merge_patch",
+    "name_errors",
     "ready",
     "run_uri",
     "served_model_name",

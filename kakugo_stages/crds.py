@@ -22,11 +22,18 @@ from pydantic import BaseModel
 from kakugo_stages.spec import (
     API_GROUP,
     API_VERSION,
+    DNS_1035_LABEL,
+    DNS_LABEL,
     LanguageFleetSpec,
     LanguageModelSpec,
     TeacherSpec,
 )
-from kakugo_stages.status import LanguageFleetStatus, LanguageModelStatus, TeacherStatus
+from kakugo_stages.status import (
+    KOPF_FIELD,
+    LanguageFleetStatus,
+    LanguageModelStatus,
+    TeacherStatus,
+)
 
 # Keys of JSON Schema that a structural schema keeps as they are.
 _KEEP = {
@@ -42,6 +49,8 @@ _KEEP = {
     "maxLength",
     "minItems",
     "maxItems",
+    "minProperties",
+    "maxProperties",
     "required",
     "nullable",
     "x-kubernetes-int-or-string",
@@ -136,6 +145,8 @@ def to_structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         "maxLength",
         "minItems",
         "maxItems",
+        "minProperties",
+        "maxProperties",
     ):
         if key in node:
             out[key] = node[key]
@@ -192,12 +203,36 @@ def _conditions_as_maps(node: dict[str, Any]) -> dict[str, Any]:
 
 def status_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The structural schema of a status model (`kakugo_stages/status.py`). Fields the
-    model lacks are pruned by the API server, so the model is the whole truth."""
+    model lacks are pruned by the API server, so the model is the whole truth, but for
+    `status.kopf`: Kopf's own state (its diff-base and handler progress), which the API
+    server must keep as Kopf writes it."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     schema = _strip_defaults(to_structural(raw, raw.get("$defs", {})))
     schema.pop("required", None)
     schema["description"] = "Written by the operator only, through the status subresource."
+    schema["properties"][KOPF_FIELD] = {
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+        "description": "Kopf's own state (the last handled spec's essence, handler "
+        "progress), written by Kopf; the operator's code never writes it.",
+    }
     return _conditions_as_maps(schema)
+
+
+def metadata_schema(name_pattern: str, what: str) -> dict[str, Any]:
+    """`metadata`, with the rule of its `name` (the only fields of metadata a CRD may
+    restrict): the operator names owned objects after it."""
+    return {
+        "type": "object",
+        "properties": {
+            "name": {
+                "type": "string",
+                "pattern": name_pattern,
+                "maxLength": 63,
+                "description": what,
+            }
+        },
+    }
 
 
 _READY = '.status.conditions[?(@.type=="Ready")].status'
@@ -212,6 +247,7 @@ def _crd(
     status: dict[str, Any],
     columns: list[dict[str, Any]],
     description: str,
+    metadata: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -246,7 +282,7 @@ def _crd(
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
+                                "metadata": metadata,
                                 "spec": spec,
                                 "status": status,
                             },
@@ -289,6 +325,11 @@ def language_model_crd() -> dict[str, Any]:
         columns,
         "One language, one pipeline: synthetic data from a teacher, a fine-tuned student, "
         "and its evaluation against the base model.",
+        metadata_schema(
+            DNS_LABEL,
+            "A DNS label: it names the run's Jobs, ConfigMap and labels (and, with "
+            "teacher.serve, the Teacher <name>-teacher, which must start with a letter).",
+        ),
     )
 
 
@@ -309,6 +350,9 @@ def teacher_crd() -> dict[str, Any]:
         status,
         columns,
         "A vLLM OpenAI-compatible server shared by LanguageModels; scales to zero when idle.",
+        metadata_schema(
+            DNS_1035_LABEL, "A DNS-1035 label (starts with a letter): its Service takes it."
+        ),
     )
 
 
@@ -336,6 +380,7 @@ def language_fleet_crd() -> dict[str, Any]:
         status,
         columns,
         "Many languages from one manifest: one LanguageModel per language, from a template.",
+        metadata_schema(DNS_LABEL, "A DNS label: its members carry it as a label value."),
     )
 
 

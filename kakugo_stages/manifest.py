@@ -2,6 +2,11 @@
 
 A validation error always names the field path as the user wrote it (camelCase, from
 `spec`), what was given, and what is allowed; unknown fields get a "did you mean".
+
+The YAML is read as the API server's clients read it, so that `kakugo validate` and
+`kubectl apply` agree: a duplicate key is an error (YAML would silently keep the last one),
+`1e-5` is a number (as in YAML 1.2 and kubectl), and a file that is not UTF-8, nests too
+deeply or expands too far through aliases is one error line, not a traceback.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,9 @@ from pydantic import BaseModel, ValidationError
 from kakugo_stages.spec import (
     API_GROUP,
     API_VERSION,
+    DNS_1035_LABEL,
     DNS_LABEL,
+    PATTERN_MEANINGS,
     LanguageFleetSpec,
     LanguageModelSpec,
     TeacherSpec,
@@ -136,13 +143,22 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
     if kind == "literal_error":
         return f"got {_show(given)}; allowed: {ctx.get('expected')}"
     if kind == "string_pattern_mismatch":
-        return f"got {_show(given)}; must match {ctx.get('pattern')}"
+        pattern = str(ctx.get("pattern"))
+        return f"got {_show(given)}; must match {PATTERN_MEANINGS.get(pattern, pattern)}"
+    if kind == "string_too_long" and isinstance(given, str):
+        return f"got {len(given)} characters; at most {ctx.get('max_length')} are allowed"
+    if kind == "too_long" and isinstance(given, Sized):
+        unit = "entries" if isinstance(given, Mapping) else "items"
+        return f"got {len(given)} {unit}; at most {ctx.get('max_length')} are allowed"
     if kind in ("too_short", "too_long"):
         return f"got {_show(given)}; {err['msg'].lower()}"
     if kind == "value_error":
         return str(ctx.get("error") or err["msg"]).removeprefix("Value error, ")
     # Type errors: name the expected type and what came.
-    return f"got {_show(given)} ({type(given).__name__}); {err['msg'].lower()}"
+    message = f"got {_show(given)} ({type(given).__name__}); {err['msg'].lower()}"
+    if isinstance(given, bool) and kind == "string_type":
+        message += " (YAML reads yes, no, on, off, true and false as booleans: quote it)"
+    return message
 
 
 def field_errors(
@@ -193,14 +209,8 @@ def parse_object(obj: Any, source: str = "manifest") -> Manifest:
         errors.append(FieldError("kind", f"got {_show(kind)}; allowed: {', '.join(KINDS)}"))
     meta = obj.get("metadata") or {}
     name = meta.get("name") if isinstance(meta, Mapping) else None
-    if not isinstance(name, str) or not _is_dns_label(name):
-        errors.append(
-            FieldError(
-                "metadata.name",
-                f"got {_show(name)}; must be a DNS label "
-                "(lowercase letters, digits, '-', at most 63 characters)",
-            )
-        )
+    name_problems = name_errors(kind if isinstance(kind, str) else "", name)
+    errors.extend(name_problems)
     unknown = sorted(set(obj) - {"apiVersion", "kind", "metadata", "spec", "status"})
     errors.extend(FieldError(k, "unknown top-level field") for k in unknown)
     if "spec" not in obj:
@@ -210,6 +220,9 @@ def parse_object(obj: Any, source: str = "manifest") -> Manifest:
             spec = validate_spec(kind, obj["spec"], source)
         except ManifestError as exc:
             errors.extend(exc.errors)
+        else:
+            if not name_problems:  # the rules of a name that depend on the spec
+                errors.extend(name_errors(kind, name, spec))
     if errors:
         raise ManifestError(source, errors)
     # Checked above: a known kind and a DNS-label name.
@@ -223,18 +236,168 @@ def parse_object(obj: Any, source: str = "manifest") -> Manifest:
     )
 
 
-def _is_dns_label(name: str) -> bool:
-    return len(name) <= 63 and re.fullmatch(DNS_LABEL, name) is not None
+def _is_label(name: str, pattern: str) -> bool:
+    return len(name) <= 63 and re.fullmatch(pattern, name) is not None
+
+
+def served_teacher_problem(name: str) -> str | None:
+    """Why a LanguageModel of this name cannot serve its own teacher (None: it can).
+
+    With teacher.serve the operator creates a Teacher named `<name>-teacher` (shortened with
+    a hash past 63 characters), and a Teacher's Service takes its name: a DNS-1035 label,
+    which must start with a letter."""
+    if re.match(r"^[a-z]", name):
+        return None
+    return (
+        f"got {name!r}; with teacher.serve the operator creates a Teacher named "
+        f"'{name}-teacher', whose Service name must start with a letter (a DNS-1035 label): "
+        "give the LanguageModel a name that starts with a letter"
+    )
+
+
+def name_errors(kind: str, name: Any, spec: Any = None) -> list[FieldError]:
+    """What is wrong with an object's `metadata.name` (a Kubernetes name is more than a
+    string: the operator names owned objects after it). With `spec` (the validated spec),
+    also the rules that depend on it."""
+    if kind == "Teacher":
+        if not isinstance(name, str) or not _is_label(name, DNS_1035_LABEL):
+            return [
+                FieldError(
+                    "metadata.name",
+                    f"got {_show(name)}; a Teacher's Service takes its name, so it must be "
+                    + PATTERN_MEANINGS[DNS_1035_LABEL],
+                )
+            ]
+        return []
+    if not isinstance(name, str) or not _is_label(name, DNS_LABEL):
+        return [
+            FieldError("metadata.name", f"got {_show(name)}; must be {PATTERN_MEANINGS[DNS_LABEL]}")
+        ]
+    serves = isinstance(spec, LanguageModelSpec) and spec.teacher.serve is not None
+    if serves and (problem := served_teacher_problem(name)):
+        return [FieldError("metadata.name", problem)]
+    return []
+
+
+#: Deepest nesting of a document (the deepest spec field is a handful of levels down).
+MAX_DEPTH = 100
+#: Most nodes of a document, aliases counted each time they are used: a few aliases can
+#: otherwise stand for a document too large to build ("billion laughs").
+MAX_NODES = 200_000
+
+
+class _Refused(yaml.YAMLError):
+    """A document that is valid YAML but not a manifest we read."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path, self.message = path, message
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, bounded in depth (the composer recurses per level)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise _Refused("(yaml)", f"line {line}: nested more than {MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+# YAML 1.1 wants a dot in a float ("1.0e-5"); YAML 1.2 and kubectl also read 1e-5 and 2E3.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def _audit(node: yaml.Node, path: str, sizes: dict[int, int]) -> int:
+    """Refuse duplicate keys; returns the node count under `node`, aliases expanded."""
+    if id(node) in sizes:  # an alias of a node already seen
+        return sizes[id(node)]
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, yaml.Node] = {}
+        for key, value in node.value:
+            here = path
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                here = f"{path}.{key.value}" if path else str(key.value)
+                if key.value in first:
+                    raise _Refused(
+                        here,
+                        f"duplicate key {key.value!r} (line {first[key.value].start_mark.line + 1} "
+                        f"and line {key.start_mark.line + 1}): YAML would silently keep only the "
+                        "last one; remove one of them",
+                    )
+                first[key.value] = key
+            size += _audit(key, here, sizes) + _audit(value, here, sizes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            size += _audit(item, f"{path}[{i}]", sizes)
+    sizes[id(node)] = size
+    if size > MAX_NODES:
+        raise _Refused(
+            "(yaml)",
+            f"line {node.start_mark.line + 1}: more than {MAX_NODES} values once its aliases "
+            "are expanded",
+        )
+    return size
+
+
+def parse_documents(text: str, source: str = "manifest") -> list[Any]:
+    """All YAML documents of a text (empty documents skipped), read strictly."""
+    loader = _Loader(text)
+    docs: list[Any] = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            _audit(node, "", {})
+            doc = loader.construct_document(node)
+            if doc is not None:
+                docs.append(doc)
+    except _Refused as exc:
+        raise ManifestError(source, [FieldError(exc.path, exc.message)]) from None
+    except yaml.YAMLError as exc:
+        problem = FieldError("(yaml)", str(exc).replace("\n", " "))
+        raise ManifestError(source, [problem]) from None
+    except RecursionError:
+        problem = FieldError("(yaml)", "nested too deeply to read")
+        raise ManifestError(source, [problem]) from None
+    finally:
+        loader.dispose()
+    return docs
 
 
 def load_documents(path: str | Path) -> list[Any]:
     """All YAML documents of a file (empty documents skipped)."""
-    text = Path(path).read_text(encoding="utf-8")
+    source = str(path)
     try:
-        return [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        problem = FieldError("(yaml)", str(exc).replace("\n", " "))
-        raise ManifestError(str(path), [problem]) from None
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        problem = FieldError("(file)", f"cannot read it: {exc.strerror or exc}")
+        raise ManifestError(source, [problem]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        problem = FieldError(
+            "(file)",
+            f"not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line} is not valid UTF-8; "
+            "save the manifest as UTF-8",
+        )
+        raise ManifestError(source, [problem]) from None
+    return parse_documents(text, source)
 
 
 def load_manifests(path: str | Path) -> list[Manifest]:
@@ -320,7 +483,12 @@ def fleet_members(fleet: LanguageFleetSpec) -> list[FleetMember]:
         seen[name] = i
         try:
             spec = validate_spec("LanguageModel", body, source)
-            members.append(FleetMember(i, entry.language, name, spec, None))
         except ManifestError as exc:
             members.append(FleetMember(i, entry.language, name, None, exc))
+            continue
+        if spec.teacher.serve is not None and (problem := served_teacher_problem(name)):
+            err = ManifestError(source, [FieldError(f"spec.languages[{i}].name", problem)])
+            members.append(FleetMember(i, entry.language, name, None, err))
+            continue
+        members.append(FleetMember(i, entry.language, name, spec, None))
     return members

@@ -56,6 +56,9 @@ def _bounds(info: FieldInfo) -> str:
             value = getattr(meta, attr, None)
             if value is not None:
                 parts.append(f"{sym} {value}")
+        if getattr(meta, "max_length", None) is not None:
+            unit = "items" if _type_name(info.annotation).startswith(("list", "map")) else "chars"
+            parts.append(f"≤ {meta.max_length} {unit}")
         if getattr(meta, "pattern", None):
             parts.append("pattern")
     return ", ".join(parts)

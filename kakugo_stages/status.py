@@ -12,6 +12,11 @@ and every field has a default, so an empty or partial status parses.
 
 Serialize with `dump()`: camelCase, JSON types, no None values (an absent key, not a
 null, is what a reader of `kubectl get -o yaml` expects).
+
+One key of every status is not modelled: `status.kopf` (`KOPF_FIELD`), where Kopf keeps
+its own state (the diff-base and handler progress; see `handlers.configure`). The CRDs
+keep it as Kopf writes it; the models ignore it on read, never write it, and the
+operator's status writes leave it alone (`operator_status`).
 """
 
 from __future__ import annotations
@@ -284,6 +289,16 @@ class LanguageFleetStatus(StatusModel):
     stalled_languages: list[StalledLanguage] = Field(default_factory=list)
     invalid_languages: list[InvalidLanguage] = Field(default_factory=list)
     member_status: list[MemberRow] = Field(default_factory=list)
+
+
+#: Where Kopf keeps its state in every kind's status (not a field of the models).
+KOPF_FIELD = "kopf"
+
+
+def operator_status(raw: Any) -> dict[str, Any]:
+    """A status as the operator's own writes see it: without Kopf's state, so that a merge
+    patch computed from it never touches (nor nulls) `status.kopf`."""
+    return {k: v for k, v in dict(raw or {}).items() if k != KOPF_FIELD}
 
 
 STATUS_MODELS: dict[str, type[StatusModel]] = {

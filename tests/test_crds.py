@@ -1,6 +1,7 @@
 """CRDs: generated from the models, structural, and as strict as the schema language allows."""
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from openapi_schema_validator import OAS30Validator
 
 from kakugo_stages.crds import all_crds, render
 from kakugo_stages.manifest import load_documents
-from kakugo_stages.spec import LanguageModelSpec, TeacherSpec
+from kakugo_stages.spec import LABEL_KEY_LENGTH, LanguageModelSpec, TeacherSpec
 
 HERE = Path(__file__).parent
 BROKEN = HERE / "manifests" / "broken"
@@ -31,6 +32,20 @@ CROSS_FIELD = {
     "bad-metadata",
     "bad-kind",
     "yaml-syntax",
+    "served-teacher-name",
+}
+# Faults the API server never sees (the YAML text, its bytes: kubectl sends JSON) or that
+# no pattern states (a file URI's path once percent-decoded): `kakugo validate` reports
+# them, and the operator reports the last one as Stalled/InvalidSpec.
+CLI_ONLY = {"duplicate-key", "not-utf8", "deep-nesting", "storage-encoded-dotdot"}
+# Refused by the API server's JSON decoding (an integer beyond int64 becomes a float, which
+# is no integer to it), not by a schema keyword; Python's validator takes it as an integer.
+# tests/e2e/test_negative.py shows the real API server refusing it.
+DECODING = {"int-beyond-int64"}
+PLURALS = {
+    "LanguageModel": "languagemodels",
+    "Teacher": "teachers",
+    "LanguageFleet": "languagefleets",
 }
 
 
@@ -133,19 +148,16 @@ def test_crd_defaults_equal_model_defaults(plural: str, model: type, minimal: di
     assert defaulted == _drop_nones(expected)
 
 
-def _validator(plural: str) -> OAS30Validator:
-    return OAS30Validator(_schema(plural)["properties"]["spec"])
-
-
 @pytest.mark.parametrize(
     "path",
-    sorted(p for p in BROKEN.glob("*.yaml") if p.stem not in CROSS_FIELD),
+    sorted(p for p in BROKEN.glob("*.yaml") if p.stem not in CROSS_FIELD | CLI_ONLY | DECODING),
     ids=lambda p: p.stem,
 )
 def test_crd_rejects_what_the_models_reject(path: Path) -> None:
     (doc,) = load_documents(path)
-    plural = {"LanguageModel": "languagemodels", "LanguageFleet": "languagefleets"}[doc["kind"]]
-    errors = list(_validator(plural).iter_errors(doc["spec"]))
+    plural = PLURALS[doc["kind"]]
+    # The whole object: metadata.name has its rules too.
+    errors = list(OAS30Validator(_schema(plural)).iter_errors(doc))
     if path.stem == "unknown-field":
         # Structural schemas prune unknown fields instead of failing (kubectl --validate=strict
         # rejects them on servers with field validation); pruning must remove them.
@@ -155,16 +167,114 @@ def test_crd_rejects_what_the_models_reject(path: Path) -> None:
     assert errors, f"CRD schema accepts {path.name}"
 
 
+def test_broken_manifests_are_classified() -> None:
+    """Every name in the sets above is a broken manifest (no stale exemption)."""
+    stems = {p.stem for p in BROKEN.glob("*.yaml")}
+    assert stems >= (CROSS_FIELD | CLI_ONLY | DECODING)
+    assert not CROSS_FIELD & CLI_ONLY and not DECODING & (CROSS_FIELD | CLI_ONLY)
+
+
 def test_crd_accepts_valid_examples(repo: Path) -> None:
     for path in sorted((repo / "examples").glob("*.yaml")):
         for doc in load_documents(path):
-            plural = {
-                "LanguageModel": "languagemodels",
-                "Teacher": "teachers",
-                "LanguageFleet": "languagefleets",
-            }[doc["kind"]]
-            errors = [e.message for e in _validator(plural).iter_errors(doc["spec"])]
+            errors = [
+                e.message for e in OAS30Validator(_schema(PLURALS[doc["kind"]])).iter_errors(doc)
+            ]
             assert not errors, f"{path.name}: {errors}"
+
+
+@pytest.mark.parametrize(
+    ("plural", "good", "bad"),
+    [
+        ("teachers", ["gpt-oss", "t", "a" * 63], ["70b", "gpt.oss", "Gpt", "a" * 64, "-a"]),
+        ("languagemodels", ["yoruba", "2yoruba"], ["yor.ub", "Yoruba", "a" * 64, "a_b"]),
+        ("languagefleets", ["africa", "fleet-1"], ["africa.west", "a" * 64]),
+    ],
+)
+def test_metadata_name_rules(plural: str, good: list[str], bad: list[str]) -> None:
+    """The API server applies the names' rules too (a Teacher's Service takes its name, a
+    DNS-1035 label; a LanguageModel's name goes into label values and Job names)."""
+    schema = _schema(plural)["properties"]["metadata"]
+    validator = OAS30Validator(schema)
+    assert [n for n in good if list(validator.iter_errors({"name": n}))] == []
+    assert [n for n in bad if not list(validator.iter_errors({"name": n}))] == []
+
+
+@pytest.mark.parametrize("plural", ["languagemodels", "teachers", "languagefleets"])
+def test_status_schema_keeps_kopf_state(plural: str) -> None:
+    """Kopf keeps its state in status.kopf: a pruned field would wedge its patches."""
+    kopf = _schema(plural)["properties"]["status"]["properties"]["kopf"]
+    assert kopf["type"] == "object" and kopf["x-kubernetes-preserve-unknown-fields"] is True
+
+
+def _unbounded(node: dict[str, Any], path: str = "") -> list[str]:
+    """Paths with no size bound: strings without maxLength (an enum bounds them; a
+    pattern does not), arrays without maxItems, maps without maxProperties."""
+    if node.get("x-kubernetes-int-or-string") or "enum" in node:
+        return []
+    kind = node.get("type")
+    out = []
+    if kind == "string" and "maxLength" not in node:
+        out.append(path)
+    if kind == "array":
+        if "maxItems" not in node:
+            out.append(path)
+        out += _unbounded(node["items"], f"{path}[]")
+    if kind == "object":
+        for key, child in (node.get("properties") or {}).items():
+            out += _unbounded(child, f"{path}.{key}")
+        if "properties" not in node and "maxProperties" not in node:
+            out.append(path)
+        if isinstance(node.get("additionalProperties"), dict):
+            out += _unbounded(node["additionalProperties"], f"{path}{{}}")
+    return out
+
+
+@pytest.mark.parametrize("plural", ["languagemodels", "teachers", "languagefleets"])
+def test_free_text_is_bounded(plural: str) -> None:
+    assert _unbounded(_schema(plural)["properties"]["spec"], "spec") == []
+
+
+def _largest(node: dict[str, Any]) -> int:
+    """An upper bound of the JSON length (characters) of a value the schema admits: every
+    string at its maxLength, every list and map full. A map's keys have no bound in a
+    structural schema; the models bound them (label keys: LABEL_KEY_LENGTH)."""
+    if node.get("x-kubernetes-int-or-string"):
+        return 32
+    if "enum" in node:
+        return max(len(json.dumps(e)) for e in node["enum"])
+    kind = node["type"]
+    if kind == "string":
+        return 2 + node["maxLength"]
+    if kind in ("integer", "number"):
+        return 24  # -9223372036854775808, or a float's 17 digits with sign and exponent
+    if kind == "boolean":
+        return 5
+    if kind == "array":
+        return 2 + node["maxItems"] * (_largest(node["items"]) + 1)
+    if "properties" in node:
+        return 2 + sum(len(k) + 4 + _largest(v) for k, v in node["properties"].items())
+    value = _largest(node["additionalProperties"])
+    return 2 + node["maxProperties"] * (LABEL_KEY_LENGTH + 4 + value)
+
+
+KIB = 1024
+ETCD_LIMIT = 1536 * KIB  # etcd's default request limit: the largest object it stores
+ANNOTATIONS_LIMIT = 256 * KIB  # all annotations of an object (kubectl's last-applied copy)
+
+
+@pytest.mark.parametrize("plural", ["languagemodels", "teachers"])
+def test_largest_spec_stays_far_below_the_limits(plural: str) -> None:
+    """The largest spec the CRD admits fits with room to spare: below 160 KiB as JSON, so
+    kubectl's last-applied copy of it fits the annotations' 256 KiB; and even were every
+    character of it a 6-byte JSON escape, the object with a status stays under etcd's
+    limit. (Kopf's own state no longer holds the spec at all: kakugo_operator.kopf_state.)
+    A fleet's per-language overrides are bounded in keys only; each member they make is a
+    LanguageModel bounded like this."""
+    largest = _largest(_schema(plural)["properties"]["spec"])
+    print(f"\n{plural}: largest spec {largest / KIB:.0f} KiB")
+    assert largest < 160 * KIB < ANNOTATIONS_LIMIT
+    assert 6 * largest < ETCD_LIMIT - 256 * KIB  # room for metadata and status
 
 
 def test_crd_yaml_is_loadable(repo: Path) -> None:

@@ -17,6 +17,24 @@ from kakugo_stages.status import Condition, ConditionStatus
 #: What kstatus reads, in this order, on every kind.
 KSTATUS_TYPES = ("Ready", "Reconciling", "Stalled")
 MESSAGE_LIMIT = 1024
+#: The API server refused a change to an owned object, and would refuse it again.
+REFUSED = "OwnedObjectRefused"
+#: A call to the API server failed in a way that may pass (a server error, throttling).
+API_ERROR = "APIError"
+
+
+def refusal_wants(error: str, permanent: bool) -> list[Want]:
+    """The kstatus conditions of an object whose owned object the API server refused to
+    create, change or delete (`k8s.Refused`): a refusal that would come again stalls it
+    until something changes; one that may pass keeps it reconciling. Other conditions are
+    left as they were."""
+    if permanent:
+        return [
+            Want("Ready", False, REFUSED, error),
+            Want("Reconciling", False, REFUSED),
+            Want("Stalled", True, REFUSED, error),
+        ]
+    return [Want("Ready", False, API_ERROR, error), Want("Reconciling", True, API_ERROR, error)]
 
 
 @dataclass(frozen=True)

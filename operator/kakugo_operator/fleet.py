@@ -44,7 +44,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from kakugo_operator import naming
-from kakugo_operator.conditions import Want, conditions, transition_events
+from kakugo_operator.conditions import (
+    API_ERROR,
+    Want,
+    conditions,
+    refusal_wants,
+    transition_events,
+)
 from kakugo_operator.diff import is_subset, merge_diff
 from kakugo_operator.reconcile import gpu_stages, read_status
 from kakugo_stages.contract import (
@@ -289,6 +295,27 @@ def _invalid_spec(
         update={"conditions": conds, "observed_generation": generation, "phase": "Stalled"},
     )
     return FleetPlan(status=status, events=_events(prev.conditions, conds))
+
+
+def refused(
+    status: dict[str, Any], error: str, permanent: bool, generation: int, now: datetime
+) -> FleetPlan:
+    """The status when the API server refused to create, change or delete a member
+    (`k8s.Refused`): the last status, its conditions carrying the API server's message,
+    and a Warning Event."""
+    prev = read_fleet_status(status)
+    conds = conditions(
+        prev.conditions, refusal_wants(error, permanent), now, generation, keep_others=True
+    )
+    update: dict[str, Any] = {"conditions": conds}
+    if permanent:
+        update.update(phase="Stalled", observed_generation=generation)
+    events = transition_events(
+        prev.conditions,
+        conds,
+        lambda c: (c.is_true and c.type in ("Stalled", "Degraded")) or c.reason == API_ERROR,
+    )
+    return FleetPlan(status=prev.model_copy(deep=True, update=update), events=events)
 
 
 # ------------------------------------------------------------------ members

@@ -27,13 +27,15 @@ from typing import Any
 import kopf
 
 from kakugo_operator import fleet as fleet_mod
-from kakugo_operator import k8s, metrics, naming
+from kakugo_operator import k8s, kopf_state, metrics, naming
 from kakugo_operator import settings as settings_mod
 from kakugo_operator.diff import merge_diff
 from kakugo_operator.observe import iso
-from kakugo_operator.reconcile import Observed, decide, read_status, with_log_tail
+from kakugo_operator.reconcile import Observed, decide, read_status, refused, with_log_tail
 from kakugo_operator.teacher import decide_teacher
+from kakugo_operator.teacher import refused as teacher_refused
 from kakugo_stages.contract import TEACHER_STAGES, delete_run_artifacts, run_uri
+from kakugo_stages.status import operator_status
 
 #: Set by Argo CD's retry action (gitops/argocd): failed stages get a fresh retry budget.
 RETRY_ANNOTATION = "kakugo.io/retry"
@@ -87,10 +89,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.kakugo = OperatorState(loaded)
     metrics.reset()
     settings.persistence.finalizer = "kakugo.io/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kakugo.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="kakugo.io", key="last-handled-configuration"
-    )
+    # In status.kopf, without the spec: an annotation cannot hold a large spec's copy.
+    kopf_state.configure(settings)
     # Our Events are explicit (kopf.event); do not turn every log line into one.
     settings.posting.level = logging.WARNING
     # No cluster-wide CRD and namespace scanning: the chart's namespaced RBAC forbids it,
@@ -294,6 +294,31 @@ def _post(body: kopf.Body, events: list[tuple[str, str, str]]) -> None:
         kopf.event(body, type=kind, reason=reason, message=message[:1024])
 
 
+def refusal_delay(refusals: int, settings: settings_mod.OperatorSettings) -> float:
+    """How long a daemon waits after its n-th refusal in a row (a change of the object or
+    of what it owns wakes it sooner)."""
+    return min(5.0 * 2 ** max(refusals - 1, 0), max(settings.resync_seconds, 5.0))
+
+
+async def report_refusal(
+    plural: str,
+    namespace: str,
+    name: str,
+    body: kopf.Body,
+    written: dict[str, Any],
+    plan: Any,
+    logger: kopf.Logger,
+) -> dict[str, Any]:
+    """Write the status and post the Events of a refusal (`k8s.Refused`); returns the
+    status now written."""
+    try:
+        written = await write_status(plural, namespace, name, written, plan.status.dump())
+        _post(body, plan.events)
+    except Exception as exc:
+        logger.warning("could not report it in the status of %s/%s: %r", namespace, name, exc)
+    return written
+
+
 async def write_status(
     plural: str, namespace: str, name: str, written: dict[str, Any], wanted: dict[str, Any]
 ) -> dict[str, Any]:
@@ -353,7 +378,8 @@ async def languagemodel(
     namespace = namespaced(namespace)
     st = state(memo)
     key = ("lm", namespace, name)
-    written: dict[str, Any] = dict(body.get("status") or {})
+    written: dict[str, Any] = operator_status(body.get("status"))
+    refusals = 0
     while not stopped:
         st.wakeups[key].clear()
         if body.get("metadata", {}).get("deletionTimestamp"):
@@ -388,6 +414,16 @@ async def languagemodel(
             )
             if plan.finished:  # accounted for: drop the ghosts of finished attempts
                 st.ghosts.pop((namespace, name), None)
+            refusals = 0
+        except k8s.Refused as exc:  # said in status and an Event, then decided again
+            logger.warning("reconciliation of %s/%s refused: %s", namespace, name, exc)
+            report = refused(obs, str(exc), exc.permanent)
+            written = await report_refusal(
+                "languagemodels", namespace, name, body, written, report, logger
+            )
+            refusals += 1
+            await _sleep(st, key, stopped, refusal_delay(refusals, st.settings))
+            continue
         except Exception as exc:  # a failed API call: log, back off, decide again
             logger.warning("reconciliation of %s/%s failed: %r", namespace, name, exc)
             await _sleep(st, key, stopped, 5.0)
@@ -481,7 +517,8 @@ async def teacher(
     namespace = namespaced(namespace)
     st = state(memo)
     key = ("teacher", namespace, name)
-    written: dict[str, Any] = dict(body.get("status") or {})
+    written: dict[str, Any] = operator_status(body.get("status"))
+    refusals = 0
     while not stopped:
         st.wakeups[key].clear()
         if body.get("metadata", {}).get("deletionTimestamp"):
@@ -520,6 +557,17 @@ async def teacher(
             metrics.observe_teacher(
                 namespace, name, plan.status.phase == "Ready", len(plan.status.clients)
             )
+            refusals = 0
+        except k8s.Refused as exc:  # e.g. its Service: said in status and an Event
+            logger.warning("reconciliation of Teacher %s/%s refused: %s", namespace, name, exc)
+            generation = int(body.get("metadata", {}).get("generation") or 1)
+            report = teacher_refused(written, str(exc), exc.permanent, now(), generation)
+            written = await report_refusal(
+                "teachers", namespace, name, body, written, report, logger
+            )
+            refusals += 1
+            await _sleep(st, key, stopped, refusal_delay(refusals, st.settings))
+            continue
         except Exception as exc:
             logger.warning("reconciliation of Teacher %s/%s failed: %r", namespace, name, exc)
             await _sleep(st, key, stopped, 5.0)
@@ -553,7 +601,8 @@ async def languagefleet(
     namespace = namespaced(namespace)
     st = state(memo)
     key = ("fleet", namespace, name)
-    written: dict[str, Any] = dict(body.get("status") or {})
+    written: dict[str, Any] = operator_status(body.get("status"))
+    refusals = 0
     ledger = fleet_mod.AdmissionLedger()
     while not stopped:
         st.wakeups[key].clear()
@@ -593,6 +642,19 @@ async def languagefleet(
                 "languagefleets", namespace, name, written, plan.status.dump()
             )
             _post(body, plan.events)
+            refusals = 0
+        except k8s.Refused as exc:  # a member refused: said in status and an Event
+            logger.warning(
+                "reconciliation of LanguageFleet %s/%s refused: %s", namespace, name, exc
+            )
+            generation = int(meta.get("generation") or 1)
+            report = fleet_mod.refused(written, str(exc), exc.permanent, generation, now())
+            written = await report_refusal(
+                "languagefleets", namespace, name, body, written, report, logger
+            )
+            refusals += 1
+            await _sleep(st, key, stopped, refusal_delay(refusals, st.settings))
+            continue
         except Exception as exc:
             logger.warning("reconciliation of LanguageFleet %s/%s failed: %r", namespace, name, exc)
             await _sleep(st, key, stopped, 5.0)

@@ -2,13 +2,14 @@
 
 The official client is synchronous; calls run in threads so the operator's event loop
 never blocks. A 409 on create means the object is already there: it is read back and
-adopted, never treated as a failure (deterministic names make that safe).
+adopted, never treated as a failure (deterministic names make that safe). Any other
+error of a create, patch or delete is a `Refused` naming the object, the verb and the API
+server's own message, which the daemons put in the object's status and Events.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import threading
@@ -89,6 +90,48 @@ class NotFound(Exception):
     pass
 
 
+#: Kinds by plural, for messages.
+KINDS = {
+    "configmaps": "ConfigMap",
+    "deployments": "Deployment",
+    "jobs": "Job",
+    "languagefleets": "LanguageFleet",
+    "languagemodels": "LanguageModel",
+    "pods": "Pod",
+    "services": "Service",
+    "teachers": "Teacher",
+}
+
+
+class Refused(Exception):
+    """The API server refused to create, change or delete an object."""
+
+    def __init__(self, verb: str, what: str, exc: ApiException):
+        self.status = int(exc.status or 0)
+        self.reason = str(exc.reason or "")
+        try:
+            body = json.loads(exc.body or "{}")
+        except (TypeError, ValueError):
+            body = {}
+        detail = body.get("message") if isinstance(body, dict) else None
+        self.message = str(detail or exc.body or exc.reason or "no message")
+        if isinstance(body, dict) and body.get("reason"):
+            self.reason = str(body["reason"])
+        super().__init__(f"{verb} {what}: {self.status} {self.reason}: {self.message}")
+
+    @property
+    def permanent(self) -> bool:
+        """The request itself is refused (invalid, forbidden, too large): sent again as
+        it is, it is refused again. Server errors and throttling may pass."""
+        return 400 <= self.status < 500 and self.status not in (408, 429)
+
+
+def _what(plural: str, namespace: str | None, name: str, sub: str | None = None) -> str:
+    kind = KINDS.get(plural, plural)
+    where = f"{namespace}/{name}" if namespace else name
+    return f"{sub} of {kind} {where}" if sub else f"{kind} {where}"
+
+
 async def call(method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
     try:
         return await asyncio.to_thread(_call, method, path, body, **kwargs)
@@ -107,7 +150,8 @@ async def create(obj: dict[str, Any]) -> dict[str, Any]:
         return await call("POST", path, obj)
     except ApiException as exc:
         if exc.status != 409:
-            raise
+            what = f"{obj['kind']} {meta.get('namespace')}/{meta['name']}"
+            raise Refused("create", what, exc) from exc
         return await call("GET", f"{path}/{meta['name']}")
 
 
@@ -135,15 +179,21 @@ async def merge_patch(
         )
     except NotFound:
         return None
+    except ApiException as exc:
+        raise Refused("patch", _what(plural, namespace, name, sub), exc) from exc
 
 
 async def delete(api_version: str, plural: str, namespace: str, name: str) -> None:
-    with contextlib.suppress(NotFound):
+    try:
         await call(
             "DELETE",
             api_path(api_version, plural, namespace, name),
             {"propagationPolicy": "Background"},
         )
+    except NotFound:
+        pass
+    except ApiException as exc:
+        raise Refused("delete", _what(plural, namespace, name), exc) from exc
 
 
 async def pod_log_tail(namespace: str, pod: str, lines: int) -> str:

@@ -30,7 +30,14 @@ from pydantic import ValidationError
 
 from kakugo_operator import builders, naming
 from kakugo_operator import stage_machine as sm
-from kakugo_operator.conditions import Want, conditions, transition_events
+from kakugo_operator.conditions import (
+    API_ERROR,
+    REFUSED,
+    Want,
+    conditions,
+    refusal_wants,
+    transition_events,
+)
 from kakugo_operator.diff import digest, is_subset, merge_diff
 from kakugo_operator.settings import OperatorSettings
 from kakugo_stages.contract import (
@@ -42,6 +49,7 @@ from kakugo_stages.contract import (
     decl,
     dollars,
     fingerprints,
+    name_errors,
     ready,
     token_cost,
     validate_spec,
@@ -60,7 +68,7 @@ from kakugo_stages.status import (
 )
 
 CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Suspended")
-STALL_REASONS = ("InvalidSpec", "StageFailed", "BudgetExceeded", "SpecChangeRefused")
+STALL_REASONS = ("InvalidSpec", "StageFailed", "BudgetExceeded", "SpecChangeRefused", REFUSED)
 #: On a served Teacher: the hash of the spec the LanguageModel wants it to have.
 SPEC_HASH_ANNOTATION = "kakugo.io/spec-hash"
 INDEX_GRACE_SECONDS = sm.INDEX_GRACE_SECONDS
@@ -164,6 +172,8 @@ def parse_spec(obs: Observed, settings: OperatorSettings) -> LanguageModelSpec |
         spec = validate_spec("LanguageModel", obs.spec, f"{obs.namespace}/{obs.name}")
     except ManifestError as exc:
         return "; ".join(str(e) for e in exc.errors)
+    if problems := name_errors("LanguageModel", obs.name, spec):
+        return "; ".join(str(e) for e in problems)
     if spec.storage is None and not settings.storage_uri:
         return (
             "spec.storage.uri: required; the operator has no default storage "
@@ -452,7 +462,7 @@ def events_for(prev: list[Condition], new: list[Condition]) -> list[tuple[str, s
         new,
         lambda c: (
             (c.type == "Stalled" and c.is_true)
-            or c.reason in ("Retrying", "Disrupted", "Failed", *STALL_REASONS)
+            or c.reason in ("Retrying", "Disrupted", "Failed", API_ERROR, *STALL_REASONS)
         ),
         STALL_REASONS,
     )
@@ -477,6 +487,21 @@ def stalled_only(obs: Observed, prev: LanguageModelStatus, reason: str, message:
         deep=True,
         update={"conditions": conds, "observed_generation": obs.generation, "phase": "Stalled"},
     )
+    return Plan(status=status, events=events_for(prev.conditions, conds))
+
+
+def refused(obs: Observed, error: str, permanent: bool) -> Plan:
+    """The status when the API server refused what a plan needed (a Job, the spec
+    ConfigMap, the served Teacher; `k8s.Refused`): the last status, its conditions saying
+    so with the API server's message, and a Warning Event, instead of a silent retry.
+    Nothing else moves: the next reconciliation decides again from the same world."""
+    prev = read_status(obs.status)
+    if permanent:
+        return stalled_only(obs, prev, REFUSED, error)
+    conds = conditions(
+        prev.conditions, refusal_wants(error, False), obs.now, obs.generation, keep_others=True
+    )
+    status = prev.model_copy(deep=True, update={"conditions": conds})
     return Plan(status=status, events=events_for(prev.conditions, conds))
 
 

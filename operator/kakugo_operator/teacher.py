@@ -16,13 +16,21 @@ from typing import Any
 from pydantic import ValidationError
 
 from kakugo_operator import naming
-from kakugo_operator.conditions import Want, conditions, transition_events
+from kakugo_operator.conditions import (
+    API_ERROR,
+    REFUSED,
+    Want,
+    conditions,
+    refusal_wants,
+    transition_events,
+)
 from kakugo_operator.diff import digest, is_subset, merge_diff
 from kakugo_operator.observe import iso, parse_time
 from kakugo_operator.settings import OperatorSettings
 from kakugo_stages.contract import (
     VLLM_MODULE,
     ManifestError,
+    name_errors,
     served_model_name,
     validate_spec,
     vllm_args,
@@ -231,7 +239,46 @@ def wanted_replicas(clients: list[str], idle: float, idle_for: float) -> int:
 
 def _events(prev: list[Condition], new: list[Condition]) -> list[tuple[str, str, str]]:
     return transition_events(
-        prev, new, lambda c: c.type == "Stalled" and c.is_true, ("InvalidSpec",)
+        prev,
+        new,
+        lambda c: (c.type == "Stalled" and c.is_true) or c.reason == API_ERROR,
+        ("InvalidSpec", REFUSED),
+    )
+
+
+def _stalled(
+    prev: TeacherStatus, reason: str, message: str, now: datetime, generation: int
+) -> TeacherPlan:
+    conds = conditions(
+        prev.conditions,
+        [
+            Want("Ready", False, reason, message),
+            Want("Reconciling", False, reason),
+            Want("Stalled", True, reason, message),
+        ],
+        now,
+        generation,
+    )
+    new = prev.model_copy(
+        update={"phase": "Stalled", "observed_generation": generation, "conditions": conds}
+    )
+    return TeacherPlan(new, events=_events(prev.conditions, conds))
+
+
+def refused(
+    status: dict[str, Any], error: str, permanent: bool, now: datetime, generation: int
+) -> TeacherPlan:
+    """The status when the API server refused the Teacher's Deployment or Service (a
+    create or a patch; `k8s.Refused`): the last status, its conditions carrying the API
+    server's message, and a Warning Event, rather than `Starting` forever."""
+    prev = read_status(status)
+    if permanent:
+        return _stalled(prev, REFUSED, error, now, generation)
+    conds = conditions(
+        prev.conditions, refusal_wants(error, False), now, generation, keep_others=True
+    )
+    return TeacherPlan(
+        prev.model_copy(update={"conditions": conds}), events=_events(prev.conditions, conds)
     )
 
 
@@ -254,20 +301,10 @@ def decide_teacher(
         spec = validate_spec("Teacher", raw_spec, f"{namespace}/{name}")
     except ManifestError as exc:
         msg = "; ".join(str(e) for e in exc.errors)
-        conds = conditions(
-            prev.conditions,
-            [
-                Want("Ready", False, "InvalidSpec", msg),
-                Want("Reconciling", False, "InvalidSpec"),
-                Want("Stalled", True, "InvalidSpec", msg),
-            ],
-            now,
-            generation,
-        )
-        new = prev.model_copy(
-            update={"phase": "Stalled", "observed_generation": generation, "conditions": conds}
-        )
-        return TeacherPlan(new, events=_events(prev.conditions, conds))
+        return _stalled(prev, "InvalidSpec", msg, now, generation)
+    if problems := name_errors("Teacher", name):  # its Service could never be created
+        msg = "; ".join(str(e) for e in problems)
+        return _stalled(prev, "InvalidSpec", msg, now, generation)
     plan = TeacherPlan(prev)
     idle = settings.teacher_idle_seconds
     idle = float(spec.idle_seconds) if idle is None else idle
