@@ -1,4 +1,5 @@
-"""Operator settings: images, default storage, GPU prices, retries, teacher idling.
+"""Operator settings: images, default storage, GPU prices, retries, teacher idling, the
+admission webhook.
 
 Read from a YAML file (`KAKUGO_OPERATOR_SETTINGS`, the Helm chart mounts one) and then
 from `KAKUGO_*` environment variables, which win. Everything has a working default, so
@@ -54,6 +55,7 @@ ENV_KEYS = {
     "KAKUGO_WEBHOOK_HOSTS": "webhookHosts",
     "KAKUGO_WEBHOOK_CONFIGURATION": "webhookConfiguration",
     "KAKUGO_WEBHOOK_CERT_DIR": "webhookCertDir",
+    "KAKUGO_WEBHOOK_CHECK_SECONDS": "webhookCheckSeconds",
     "KAKUGO_ADMISSION_TRUSTED_USERS": "admissionTrustedUsers",
     "KAKUGO_ALLOWED_IMAGES": "allowedImages",
     "KAKUGO_ALLOWED_EXTRA_ARGS": "allowedExtraArgs",
