@@ -194,7 +194,24 @@ def test_a_user_cannot_send_a_secret_she_cannot_read(
     # bob may read the Secret: the same LanguageModel and fleet get in.
     done = bob.create(language_model("allowed"))
     assert done.returncode == 0, done.stderr
-    assert bob.create(fleet, "--dry-run=server").returncode == 0
+    done = bob.create(fleet)
+    assert done.returncode == 0, done.stderr
+    try:
+        # The operator's own writes pass: it creates the member (its ServiceAccount may not
+        # read the Secret; the fleet was checked for bob) and patches it when the template
+        # changes.
+        member = wait_for(lambda: get_lm(kube, "ewe-latn"), 60, "the fleet's member")
+        assert member["spec"]["teacher"]["endpoint"]["apiKeySecretRef"]["name"] == SECRET
+        patch = '{"spec": {"template": {"data": {"seed": 7}}}}'
+        done = bob.kubectl("patch", "languagefleet", "attack-fleet", "--type=merge", "-p", patch)
+        assert done.returncode == 0, done.stderr
+
+        def seed() -> Any:
+            return ((get_lm(kube, "ewe-latn") or {}).get("spec") or {}).get("data", {}).get("seed")
+
+        wait_for(lambda: seed() == 7, 60, "the member patched by the operator")
+    finally:
+        _delete(cluster, "languagefleet", "attack-fleet")
     try:
         # alice may not take bob's object over: any spec change is checked again, with
         # every reference (a new URL would send bob's Secret to her server) ...
