@@ -118,7 +118,7 @@ class OperatorSettings(BaseModel):
     webhook_address: str = "0.0.0.0"
     #: Names (DNS names or IP addresses) by which the API server reaches the webhook: the
     #: subject alternative names of the operator's own serving certificate.
-    webhook_hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
+    webhook_hosts: tuple[str, ...] = Field(default=("localhost", "127.0.0.1"), min_length=1)
     #: A folder with tls.crt and tls.key (cert-manager's Secret): served, and reloaded when
     #: they change. Unset: the operator makes its own CA and serving certificate.
     webhook_cert_dir: str | None = None

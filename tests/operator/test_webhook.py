@@ -123,7 +123,30 @@ def test_uses_of_a_fleet_name_the_template_or_the_override() -> None:
     ]
 
 
-# ------------------------------------------------------------------ allowlists
+# ------------------------------------------------------------------ settings and allowlists
+
+
+def test_webhook_settings_from_the_environment() -> None:
+    from kakugo_operator import settings as settings_mod
+
+    loaded = settings_mod.load(
+        {
+            "KAKUGO_WEBHOOK_PORT": "0",
+            "KAKUGO_ALLOWED_IMAGES": "registry.example/vllm/*, other/image:1",
+            "KAKUGO_ALLOWED_EXTRA_ARGS": "--enable-prefix-caching",
+            "KAKUGO_ADMISSION_TRUSTED_USERS": "system:serviceaccount:ops:kakugo",
+            "KAKUGO_WEBHOOK_CONFIGURATION": "",
+        }
+    )
+    assert loaded.webhook_port == 0
+    assert loaded.allowed_images == ("registry.example/vllm/*", "other/image:1")
+    assert loaded.allowed_extra_args == ("--enable-prefix-caching",)
+    assert loaded.admission_trusted_users == ("system:serviceaccount:ops:kakugo",)
+    assert loaded.webhook_configuration is None
+    with pytest.raises(settings_mod.SettingsError, match="webhookHosts"):
+        settings_mod.from_mapping({"webhookHosts": []})
+    with pytest.raises(settings_mod.SettingsError, match="webhookCertLifetimeSeconds"):
+        settings_mod.from_mapping({"webhookCertLifetimeSeconds": 1})
 
 
 def test_images_allowlist() -> None:
@@ -554,10 +577,18 @@ def test_the_operator_serves_the_webhook(cluster: Api, webhook_env: int) -> None
 
     op = Operator().start()
     try:
-        # Not ready while the configuration's caBundle is not its CA (no configuration yet).
-        wait_for(lambda: readyz().text == "waiting for: webhook\n", what="waiting")
-        health = httpx.get(op.liveness).json()["kakugo"]["webhook"]
-        assert health == {"serving": True, "ready": False, "caBundle": "stale"}
+
+        def health() -> Any:
+            try:
+                return httpx.get(op.liveness).json()["kakugo"]["webhook"]
+            except (httpx.HTTPError, ValueError, KeyError):  # not up yet
+                return None
+
+        # Serving, but not ready while the configuration's caBundle is not its CA (there is
+        # no configuration yet). Kopf keeps a probe's result for 10 s.
+        stale = {"serving": True, "ready": False, "caBundle": "stale"}
+        wait_for(lambda: health() == stale, timeout=60, what="the webhook serving")
+        assert readyz().text == "waiting for: webhook\n"
         cluster.http.post(
             CONFIGURATIONS,
             json={
