@@ -57,6 +57,15 @@ CUSTOM: dict[str, Any] = {
     },
     "teacher": {"idleSeconds": 300},
     "rbac": {"clusterWide": True},
+    "webhook": {
+        "port": 9444,
+        "failurePolicy": "Ignore",
+        "timeoutSeconds": 5,
+        "certManager": {"enabled": True, "duration": "720h", "renewBefore": "240h"},
+        "checkSeconds": 10,
+        "allowedImages": ["registry.example/vllm/*"],
+        "allowedExtraArgs": ["--enable-prefix-caching"],
+    },
     "serviceAccount": {"name": "kakugo-sa", "annotations": {"example.com/role": "x"}},
     "operator": {
         "resyncSeconds": 60,
@@ -167,7 +176,7 @@ def test_default_deployment(default_objects: list[dict[str, Any]]) -> None:
     assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"metrics": 9090, "health": 8080}
+    assert ports == {"metrics": 9090, "health": 8080, "webhook": 9443}
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True and sc["runAsNonRoot"] is True
@@ -204,6 +213,19 @@ def test_settings_are_what_the_operator_reads(
     assert default.metrics_port == 9090 and default.retry_budget == 3
     assert default.storage_uri is None and default.teacher_idle_seconds is None
     assert default.liveness_endpoint == "http://0.0.0.0:8080/healthz"
+    # The webhook: its own certificate for the Service's names, the caBundle of the
+    # release's configuration, the operator's ServiceAccount trusted, nothing else allowed.
+    assert default.webhook_port == 9443 and default.webhook_cert_dir is None
+    assert default.webhook_configuration == f"kakugo-{NS}"
+    assert default.webhook_hosts == (
+        f"kakugo-webhook.{NS}.svc",
+        "kakugo-webhook",
+        f"kakugo-webhook.{NS}",
+        f"kakugo-webhook.{NS}.svc.cluster.local",
+    )
+    assert default.webhook_cert_lifetime_seconds == 30 * 86400
+    assert default.admission_trusted_users == (f"system:serviceaccount:{NS}:kakugo",)
+    assert default.allowed_images == () and default.allowed_extra_args == ()
     custom = _settings(custom_objects, tmp_path)
     assert custom.images["trainer"] == "registry.example/kakugo-trainer:1.2.3"
     assert custom.gpu_prices[("NVIDIA-L4", "spot")] == Decimal("0.40")
@@ -216,6 +238,12 @@ def test_settings_are_what_the_operator_reads(
     assert custom.teacher_idle_seconds == 300 and custom.resync_seconds == 60
     assert custom.metrics_port == 9191
     assert custom.liveness_endpoint == "http://0.0.0.0:8081/healthz"
+    assert custom.webhook_port == 9444 and custom.webhook_check_seconds == 10
+    assert custom.webhook_cert_dir == "/etc/kakugo-webhook-tls"
+    assert custom.webhook_configuration is None  # cert-manager's injector owns the caBundle
+    assert custom.admission_trusted_users == (f"system:serviceaccount:{NS}:kakugo-sa",)
+    assert custom.allowed_images == ("registry.example/vllm/*",)
+    assert custom.allowed_extra_args == ("--enable-prefix-caching",)
 
 
 def _cli_argv(args: list[str], monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -253,9 +281,27 @@ def _rules(obj: dict[str, Any]) -> list[dict[str, Any]]:
     return obj["rules"]
 
 
+def _webhook_rules(name: str) -> list[dict[str, Any]]:
+    return [{**rule, "resourceNames": [name]} for rule in RULES["webhookConfiguration"]]
+
+
 def test_rbac_namespaced_by_default(default_objects: list[dict[str, Any]]) -> None:
-    assert not by_kind(default_objects, "ClusterRole")
-    assert not by_kind(default_objects, "ClusterRoleBinding")
+    # Cluster-wide: only get and patch of the release's own webhook configuration.
+    cluster_role = one(default_objects, "ClusterRole")
+    assert cluster_role["metadata"]["name"] == f"kakugo-{NS}-webhook"
+    assert _rules(cluster_role) == _webhook_rules(f"kakugo-{NS}")
+    assert RULES["webhookConfiguration"] == [
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["validatingwebhookconfigurations"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    cluster_binding = one(default_objects, "ClusterRoleBinding")
+    assert cluster_binding["roleRef"]["name"] == f"kakugo-{NS}-webhook"
+    assert cluster_binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "kakugo", "namespace": NS}
+    ]
     role = one(default_objects, "Role")
     assert role["metadata"]["namespace"] == NS
     assert _rules(role) == RULES["namespaced"]
@@ -284,12 +330,20 @@ def test_rbac_in_each_watched_namespace(tmp_path: Path) -> None:
     ]
 
 
-def test_rbac_cluster_wide(custom_objects: list[dict[str, Any]]) -> None:
+def test_rbac_cluster_wide(custom_objects: list[dict[str, Any]], tmp_path: Path) -> None:
     assert not by_kind(custom_objects, "Role") and not by_kind(custom_objects, "RoleBinding")
+    # With cert-manager the operator needs no right on the webhook configuration.
     role = one(custom_objects, "ClusterRole")
     assert _rules(role) == RULES["namespaced"] + RULES["clusterWideOnly"]
     binding = one(custom_objects, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kakugo-sa", "namespace": NS}]
+    # Cluster-wide with the operator's own certificate: both ClusterRoles.
+    objects = helm_template({"rbac": {"clusterWide": True}}, namespace=NS, tmp=tmp_path)
+    roles = {r["metadata"]["name"]: _rules(r) for r in by_kind(objects, "ClusterRole")}
+    assert roles == {
+        "kakugo": RULES["namespaced"] + RULES["clusterWideOnly"],
+        f"kakugo-{NS}-webhook": _webhook_rules(f"kakugo-{NS}"),
+    }
 
 
 def _kopf_resources(source: str) -> dict[str, set[tuple[str, str]]]:
@@ -356,6 +410,8 @@ def test_rbac_is_exactly_what_the_operator_code_uses() -> None:
     }
     for key, verbs in writes.items():
         expected.setdefault(key, set()).update(verbs)
+    # The admission webhook (webhook.py): one LocalSubjectAccessReview per question.
+    expected[("authorization.k8s.io", "localsubjectaccessreviews")] = {"create"}
     assert granted == expected, (
         "files/rbac/operator-rules.yaml differs from what the operator uses: "
         f"granted-only {sorted(set(granted.items()) - set(expected.items()))}, "
@@ -382,10 +438,24 @@ def test_rbac_is_exactly_what_the_operator_code_uses() -> None:
         )
     )
     assert kinds <= {"ConfigMap", "Job", "Deployment", "Service", "Teacher", "LanguageModel"}, kinds
+    # The webhook's calls: the reviews (POST) and its configuration's caBundle (GET, PATCH
+    # of webhookConfiguration's one resource), nothing else.
+    hook = (ops / "webhook.py").read_text()
+    assert set(re.findall(r"k8s\.(\w+)\(", hook)) == {"call", "api_path"}
+    assert re.findall(r'k8s\.call\(\s*"(\w+)"', hook) == ["POST", "GET", "PATCH"]
+    assert re.findall(r'k8s\.api_path\([^,]+,\s*"(\w+)"', hook) == [
+        "localsubjectaccessreviews",
+        "validatingwebhookconfigurations",
+    ]
+    (rule,) = RULES["webhookConfiguration"]
+    assert (rule["resources"], set(rule["verbs"])) == (
+        ["validatingwebhookconfigurations"],
+        {"get", "patch"},
+    )
 
 
 def test_metrics_service_and_monitor(default_objects: list, custom_objects: list) -> None:
-    svc = one(default_objects, "Service")
+    svc = one(default_objects, "Service", "kakugo-metrics")
     assert svc["spec"]["ports"] == [
         {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
     ]
@@ -396,7 +466,7 @@ def test_metrics_service_and_monitor(default_objects: list, custom_objects: list
     assert not by_kind(default_objects, "ServiceMonitor")
     assert not by_kind(default_objects, "PrometheusRule")
     sm = one(custom_objects, "ServiceMonitor")
-    svc = one(custom_objects, "Service")
+    svc = one(custom_objects, "Service", "kakugo-op-metrics")
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
     assert sm["spec"]["endpoints"][0]["honorLabels"] is True  # the objects' namespace label
@@ -447,6 +517,10 @@ def test_rendered_objects_are_valid(
             # Prometheus Operator kinds: not in the Kubernetes schemas; shape checked above.
             assert obj["kind"] in ("ServiceMonitor", "PrometheusRule")
             continue
+        if obj["apiVersion"].startswith("cert-manager.io/"):
+            # cert-manager kinds: shape checked in test_webhook_with_cert_manager.
+            assert obj["kind"] in ("Certificate", "Issuer")
+            continue
         kubernetes_validate.validate(obj, "1.30", strict=True)
 
 
@@ -460,6 +534,11 @@ def test_rendered_objects_are_valid(
         {"images": {"stages": {"repository": ""}}},
         {"crds": {"install": "yes"}},
         {"metrics": {"prometheusRule": {"stuckStageAfter": "soon"}}},
+        {"webhook": {"failurePolicy": "Sometimes"}},
+        {"webhook": {"url": "http://127.0.0.1:9443"}},
+        {"webhook": {"timeoutSeconds": 31}},
+        {"webhook": {"allowedExtraArgs": ["trust-remote-code"]}},
+        {"webhook": {"certManager": {"issuerRef": {"kind": "Secret", "name": "x"}}}},
     ],
 )
 def test_values_schema_rejects_bad_values(bad: dict[str, Any], tmp_path: Path) -> None:
@@ -487,3 +566,112 @@ def test_notes_render(tmp_path: Path) -> None:
     notes = out.split("NOTES:", 1)[1]
     assert "kubectl -n langs apply -f yoruba.yaml" in notes
     assert "status.cost.dollars" in notes and "rollout status deployment/kakugo" in notes
+
+
+# ------------------------------------------------------------------ the admission webhook
+
+
+def _webhook_handlers() -> dict[str, Any]:
+    """What handlers.py registers with @kopf.on.validate: plurals, ids, operations."""
+    from kakugo_operator import webhook
+
+    source = (REPO / "operator/kakugo_operator/handlers.py").read_text()
+    plurals = {p for _, p in _kopf_resources(source).get("kopf.on.validate", set())}
+    return {"plurals": plurals, "path": webhook.PATH, "operations": list(webhook.OPERATIONS)}
+
+
+def test_webhook_configuration(default_objects: list[dict[str, Any]]) -> None:
+    """The chart's configuration calls exactly what the operator serves."""
+    served = _webhook_handlers()
+    assert served["plurals"] == {"languagemodels", "teachers", "languagefleets"}
+    config = one(default_objects, "ValidatingWebhookConfiguration")
+    assert config["metadata"]["name"] == f"kakugo-{NS}"
+    assert "annotations" not in config["metadata"]  # the operator writes the caBundle
+    (hook,) = config["webhooks"]
+    assert hook["name"] == "validate.kakugo.io"
+    assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
+    assert hook["timeoutSeconds"] == 10 and hook["admissionReviewVersions"][0] == "v1"
+    assert hook["clientConfig"] == {
+        "service": {"name": "kakugo-webhook", "namespace": NS, "port": 443, "path": served["path"]}
+    }
+    (rule,) = hook["rules"]
+    assert rule["apiGroups"] == ["kakugo.io"] and rule["scope"] == "Namespaced"
+    assert set(rule["resources"]) == served["plurals"]  # no subresources: status is free
+    assert rule["operations"] == served["operations"] == ["CREATE", "UPDATE"]  # no DELETE
+    # Namespaced mode: only the watched namespaces, where the operator may ask reviews.
+    assert hook["namespaceSelector"] == {
+        "matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [NS]}
+        ]
+    }
+    svc = one(default_objects, "Service", "kakugo-webhook")
+    assert svc["spec"]["ports"] == [
+        {"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}
+    ]
+    deploy = one(default_objects, "Deployment")
+    assert (
+        svc["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert not by_kind(default_objects, "Certificate")
+
+
+def test_webhook_url_and_watched_namespaces(tmp_path: Path) -> None:
+    objects = helm_template(
+        {
+            "webhook": {"url": "https://127.0.0.1:9555/", "failurePolicy": "Ignore"},
+            "watch": {"namespaces": ["team-a", "team-b"]},
+        },
+        namespace=NS,
+        tmp=tmp_path,
+    )
+    (hook,) = one(objects, "ValidatingWebhookConfiguration")["webhooks"]
+    assert hook["clientConfig"] == {"url": "https://127.0.0.1:9555/validate"}
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == ["team-a", "team-b"]
+    settings = _settings(objects, tmp_path)
+    assert settings.webhook_hosts[-1] == "127.0.0.1"  # the URL's host is in the certificate
+
+
+def test_webhook_with_cert_manager(custom_objects: list[dict[str, Any]], tmp_path: Path) -> None:
+    config = one(custom_objects, "ValidatingWebhookConfiguration")
+    assert config["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": f"{NS}/kakugo-op-webhook"
+    }
+    (hook,) = config["webhooks"]
+    assert hook["failurePolicy"] == "Ignore" and hook["timeoutSeconds"] == 5
+    assert "namespaceSelector" not in hook  # cluster-wide: every namespace
+    cert = one(custom_objects, "Certificate", "kakugo-op-webhook")
+    assert cert["spec"]["secretName"] == "kakugo-op-webhook-tls"
+    assert cert["spec"]["dnsNames"][0] == f"kakugo-op-webhook.{NS}.svc"
+    assert cert["spec"]["issuerRef"] == {"kind": "Issuer", "name": "kakugo-op-webhook-ca"}
+    assert (cert["spec"]["duration"], cert["spec"]["renewBefore"]) == ("720h", "240h")
+    ca = one(custom_objects, "Certificate", "kakugo-op-webhook-ca")
+    assert ca["spec"]["isCA"] is True
+    assert one(custom_objects, "Issuer", "kakugo-op-webhook-ca")["spec"] == {
+        "ca": {"secretName": "kakugo-op-webhook-ca"}
+    }
+    pod = one(custom_objects, "Deployment")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["webhook-tls"]["mountPath"] == "/etc/kakugo-webhook-tls"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["webhook-tls"]["secret"]["secretName"] == "kakugo-op-webhook-tls"
+    assert {p["name"]: p["containerPort"] for p in c["ports"]}["webhook"] == 9444
+    # An issuer of one's own: no CA of the chart's.
+    objects = helm_template(
+        {
+            "webhook": {
+                "certManager": {
+                    "enabled": True,
+                    "issuerRef": {"kind": "ClusterIssuer", "name": "corp-ca"},
+                }
+            }
+        },
+        namespace=NS,
+        tmp=tmp_path,
+    )
+    assert [c["metadata"]["name"] for c in by_kind(objects, "Certificate")] == ["kakugo-webhook"]
+    assert not by_kind(objects, "Issuer")
+    cert = one(objects, "Certificate")
+    assert cert["spec"]["issuerRef"] == {"kind": "ClusterIssuer", "name": "corp-ca"}
+    assert not by_kind(objects, "ClusterRole")  # no caBundle to write, no cluster right

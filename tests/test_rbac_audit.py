@@ -22,6 +22,7 @@ from tests.operator.operator_helpers import (  # noqa: E402
     Operator,
     fail_job,
     finish_pod,
+    free_port,
     job,
     language_model,
     lm_status,
@@ -31,6 +32,8 @@ from tests.operator.operator_helpers import (  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 RULES = yaml.safe_load((REPO / "helm/kakugo/files/rbac/operator-rules.yaml").read_text())
+WEBHOOK_CONFIGURATION = "kakugo-audit"
+CONFIGURATIONS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 #: Reads that only happen when a create answers 409 (adopt): granted, rarely exercised.
 ADOPT_READS = {
     ("batch", "jobs", "get"),
@@ -102,6 +105,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str, d
 
     monkeypatch.setattr(Emulator, "_handle", _handle)
     kubeconfig = Path(tempfile.mkdtemp(prefix="kakugo-audit-")) / "config"
+    webhook_port = free_port()
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
     for key, value in {
@@ -111,15 +115,33 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str, d
         "KAKUGO_TEACHER_IDLE_SECONDS": "1",
         "KAKUGO_METRICS_PORT": "0",
         "KAKUGO_STORAGE_URI": "s3://default-bucket/runs",
+        "KAKUGO_WEBHOOK_PORT": str(webhook_port),
+        "KAKUGO_WEBHOOK_CONFIGURATION": WEBHOOK_CONFIGURATION,
     }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("KAKUGO_OPERATOR_SETTINGS", raising=False)
     with EmulatorThread() as emu:
         emu.kubeconfig(kubeconfig)
         api = Api(emu.url)
+        # The chart's webhook configuration, whose caBundle the operator keeps current.
+        api.http.post(
+            CONFIGURATIONS,
+            json={
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingWebhookConfiguration",
+                "metadata": {"name": WEBHOOK_CONFIGURATION},
+                "webhooks": [
+                    {
+                        "name": "validate.kakugo.io",
+                        "clientConfig": {"url": f"https://127.0.0.1:{webhook_port}/validate"},
+                    }
+                ],
+            },
+        ).raise_for_status()
         op = Operator().start()
         try:
             _exercise(api)
+            _exercise_webhook(api, webhook_port)
         finally:
             op.stop()
     yield seen
@@ -200,10 +222,37 @@ def _exercise(api: Api) -> None:
     wait_for(lambda: api.get("LanguageModel", NS, "yoruba") is None, what="deleted")
 
 
+def _exercise_webhook(api: Api, port: int) -> None:
+    """The webhook keeps its configuration's caBundle and asks a review per Secret."""
+    import httpx
+
+    def ca_bundle() -> Any:
+        config = api.http.get(f"{CONFIGURATIONS}/{WEBHOOK_CONFIGURATION}").json()
+        return config["webhooks"][0]["clientConfig"].get("caBundle")
+
+    wait_for(ca_bundle, what="the caBundle written")
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "audit",
+            "kind": {"group": "kakugo.io", "version": "v1alpha1", "kind": "LanguageModel"},
+            "resource": {"group": "kakugo.io", "version": "v1alpha1", "resource": "languagemodels"},
+            "operation": "CREATE",
+            "namespace": NS,
+            "name": "audit",
+            "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
+            "object": language_model("audit"),
+        },
+    }
+    answer = httpx.post(f"https://127.0.0.1:{port}/validate", json=review, verify=False)
+    assert answer.json()["response"]["allowed"] is False  # alice may read no Secret
+
+
 def test_every_request_is_allowed_and_every_rule_is_used(
     recorded: list[tuple[str, str, dict]],
 ) -> None:
-    rules = RULES["namespaced"] + RULES["clusterWideOnly"]
+    rules = RULES["namespaced"] + RULES["clusterWideOnly"] + RULES["webhookConfiguration"]
     used: set[tuple[str, str, str]] = set()
     denied = []
     for method, path, params in recorded:

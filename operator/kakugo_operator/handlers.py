@@ -27,7 +27,7 @@ from typing import Any
 import kopf
 
 from kakugo_operator import fleet as fleet_mod
-from kakugo_operator import k8s, kopf_state, metrics, naming
+from kakugo_operator import k8s, kopf_state, metrics, naming, webhook
 from kakugo_operator import settings as settings_mod
 from kakugo_operator.diff import merge_diff
 from kakugo_operator.observe import iso
@@ -59,6 +59,8 @@ class OperatorState:
     ghosts: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(
         default_factory=lambda: defaultdict(dict)
     )
+    #: The admission webhook's state (serving, caBundle), for the probes.
+    webhook: webhook.WebhookState = field(default_factory=webhook.WebhookState)
 
     def wake(self, kind: str, namespace: str | None, name: str | None) -> None:
         if namespace and name:
@@ -99,6 +101,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.execution.max_workers = 32
     settings.watching.server_timeout = 300
     k8s.configure()
+    # The admission webhook (webhook.py): our own server; the chart owns the
+    # ValidatingWebhookConfiguration, so Kopf does not manage one.
+    settings.admission.managed = None
+    if loaded.webhook_port:
+        try:
+            settings.admission.server = webhook.WebhookServer(loaded, memo.kakugo.webhook)
+        except Exception as exc:  # e.g. unreadable certificate files
+            raise kopf.PermanentError(f"admission webhook: {exc}") from None
+        metrics.GATES["webhook"] = memo.kakugo.webhook.ready
+    else:
+        settings.admission.server = webhook.NoWebhookServer()
+        metrics.GATES.pop("webhook", None)
     if loaded.metrics_port:
         with contextlib.suppress(OSError):  # a second operator in one process (tests)
             metrics.start(loaded.metrics_port)
@@ -692,6 +706,48 @@ async def languagefleet_deleted(
         logger.info("deleted member %s with its artifacts", child_name)
 
 
+# ------------------------------------------------------------------ admission webhook
+
+
+@kopf.on.validate(
+    GROUP, VERSION, "languagemodels", id=webhook.HANDLER_ID, operations=webhook.OPERATIONS
+)
+@kopf.on.validate(GROUP, VERSION, "teachers", id=webhook.HANDLER_ID, operations=webhook.OPERATIONS)
+@kopf.on.validate(
+    GROUP, VERSION, "languagefleets", id=webhook.HANDLER_ID, operations=webhook.OPERATIONS
+)
+async def validate(
+    resource: kopf.Resource,
+    namespace: str | None,
+    userinfo: kopf.UserInfo,
+    memo: kopf.Memo,
+    **kwargs: Any,
+) -> None:
+    """Valid, and nothing its author may not use herself (webhook.review)."""
+    old, new = kwargs.get("old"), kwargs.get("new")
+    await webhook.review(
+        plural=resource.plural,
+        operation=kwargs.get("operation"),
+        namespace=namespace,
+        old=dict(old) if old is not None else None,
+        new=dict(new) if new is not None else None,
+        userinfo=dict(userinfo),
+        settings=state(memo).settings,
+    )
+
+
 @kopf.on.probe(id="kakugo")
-def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
-    return {"languagemodels": sum(1 for k in state(memo).wakeups if k[0] == "lm")}
+async def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    st = state(memo)
+    out: dict[str, Any] = {"languagemodels": sum(1 for k in st.wakeups if k[0] == "lm")}
+    if st.settings.webhook_port:
+        hook = st.webhook
+        # Liveness: once the webhook listens, it must keep answering TLS handshakes.
+        if hook.serving and not await webhook.alive(hook):
+            raise kopf.PermanentError("the admission webhook does not answer")
+        out["webhook"] = {
+            "serving": hook.serving,
+            "ready": hook.ready.is_set(),
+            "caBundle": {None: "not managed", True: "current", False: "stale"}[hook.ca_current],
+        }
+    return out

@@ -127,6 +127,9 @@ def reason_label(reason: str) -> str:
 
 #: Set once the operator has started and its indexes are filled (readiness).
 READY = threading.Event()
+#: More readiness conditions by name (the admission webhook): /readyz answers 200 only
+#: when READY and every gate are set.
+GATES: dict[str, threading.Event] = {}
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -140,11 +143,16 @@ def _app() -> Any:
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "/")
         if path == "/readyz":
-            ok = READY.is_set()
+            waiting = [name for name, gate in list(GATES.items()) if not gate.is_set()]
+            ok = READY.is_set() and not waiting
             start_response(
                 "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")]
             )
-            return [b"ready\n" if ok else b"starting\n"]
+            if ok:
+                return [b"ready\n"]
+            return [
+                ("waiting for: " + ", ".join(waiting) + "\n" if waiting else "starting\n").encode()
+            ]
         if path == "/livez":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]

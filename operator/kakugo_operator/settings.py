@@ -1,4 +1,5 @@
-"""Operator settings: images, default storage, GPU prices, retries, teacher idling.
+"""Operator settings: images, default storage, GPU prices, retries, teacher idling, the
+admission webhook.
 
 Read from a YAML file (`KAKUGO_OPERATOR_SETTINGS`, the Helm chart mounts one) and then
 from `KAKUGO_*` environment variables, which win. Everything has a working default, so
@@ -50,7 +51,24 @@ ENV_KEYS = {
     "KAKUGO_SPEC_CHANGES": "specChanges",
     "KAKUGO_DEFAULT_GPU_PRODUCT": "defaultGpuProduct",
     "KAKUGO_NAMESPACES": "namespaces",
+    "KAKUGO_WEBHOOK_PORT": "webhookPort",
+    "KAKUGO_WEBHOOK_HOSTS": "webhookHosts",
+    "KAKUGO_WEBHOOK_CONFIGURATION": "webhookConfiguration",
+    "KAKUGO_WEBHOOK_CERT_DIR": "webhookCertDir",
+    "KAKUGO_WEBHOOK_CHECK_SECONDS": "webhookCheckSeconds",
+    "KAKUGO_ADMISSION_TRUSTED_USERS": "admissionTrustedUsers",
+    "KAKUGO_ALLOWED_IMAGES": "allowedImages",
+    "KAKUGO_ALLOWED_EXTRA_ARGS": "allowedExtraArgs",
 }
+
+#: Settings that are lists; a `KAKUGO_*` variable gives them comma-separated.
+LIST_KEYS = (
+    "namespaces",
+    "webhook_hosts",
+    "admission_trusted_users",
+    "allowed_images",
+    "allowed_extra_args",
+)
 
 
 class SettingsError(ValueError):
@@ -93,6 +111,37 @@ class OperatorSettings(BaseModel):
     #: Lines of a failed Pod's log quoted in Stalled messages and Events.
     log_tail_lines: int = Field(default=20, ge=0)
 
+    # The admission webhook (webhook.py, admission.py; README "Trust model").
+    #: HTTPS port of the validating admission webhook; 0: no webhook server (tests of the
+    #: reconciliation only; the chart always serves it).
+    webhook_port: int = Field(default=9443, ge=0, le=65535)
+    webhook_address: str = "0.0.0.0"
+    #: Names (DNS names or IP addresses) by which the API server reaches the webhook: the
+    #: subject alternative names of the operator's own serving certificate.
+    webhook_hosts: tuple[str, ...] = Field(default=("localhost", "127.0.0.1"), min_length=1)
+    #: A folder with tls.crt and tls.key (cert-manager's Secret): served, and reloaded when
+    #: they change. Unset: the operator makes its own CA and serving certificate.
+    webhook_cert_dir: str | None = None
+    #: The ValidatingWebhookConfiguration whose caBundle the operator keeps equal to its
+    #: own CA (only without webhook_cert_dir; cert-manager's CA injector does it then).
+    webhook_configuration: str | None = None
+    #: Lifetime of the operator's own serving certificate; renewed at two thirds of it
+    #: (the CA stays, so the caBundle does not change).
+    webhook_cert_lifetime_seconds: float = Field(default=30 * 86400.0, ge=10)
+    #: How often the webhook checks its caBundle, its certificate files and its renewal.
+    webhook_check_seconds: float = Field(default=30.0, gt=0)
+    #: Users whose writes skip the permission checks (validation still runs): the
+    #: operator's own ServiceAccount, which writes fleet members and served Teachers
+    #: from objects the webhook already checked for their authors.
+    admission_trusted_users: tuple[str, ...] = ()
+    #: Images a spec may name (Teacher.spec.image, teacher.serve.image) for users who may
+    #: not create Pods, beside `images` (always allowed). An entry ending in `*` is a
+    #: prefix: `registry.example/vllm/*`.
+    allowed_images: tuple[str, ...] = ()
+    #: vLLM arguments (flag names, e.g. --enable-prefix-caching) a spec's extraArgs may
+    #: use for users who may not create Pods; default none.
+    allowed_extra_args: tuple[str, ...] = ()
+
     @field_validator("images")
     @classmethod
     def _known_kinds(cls, value: dict[str, str]) -> dict[str, str]:
@@ -103,12 +152,17 @@ class OperatorSettings(BaseModel):
             )
         return {**DEFAULT_IMAGES, **value}
 
-    @field_validator("namespaces", mode="before")
+    @field_validator(*LIST_KEYS, mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):  # KAKUGO_NAMESPACES=a,b
             return tuple(n.strip() for n in value.split(",") if n.strip())
         return tuple(value or ())
+
+    @field_validator("webhook_cert_dir", "webhook_configuration", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return value or None
 
     def image_for(self, stage: str) -> str:
         """The image of the stage's declared kind (images/: the data stages share one)."""

@@ -44,13 +44,21 @@ def helm_template(cluster: Cluster, *sets: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
 
+#: The operator's own webhook certificate lives this long in the suite (renewed at two
+#: thirds), so that renewals happen while the other tests run and test_webhook sees one.
+WEBHOOK_CERT_SECONDS = 45
+
+
 class OperatorProcess:
-    """`kakugo operator` as the chart's Deployment runs it, but as a local process."""
+    """`kakugo operator` as the chart's Deployment runs it, but as a local process. Its
+    admission webhook listens on loopback; the chart's ValidatingWebhookConfiguration
+    (applied here, with `webhook.url`) sends the API server there."""
 
     def __init__(self, cluster: Cluster, folder: Path) -> None:
         self.cluster = cluster
         self.folder = folder
         self.health_port, self.metrics_port = free_port(), free_port()
+        self.webhook_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = folder / "operator.log"
 
@@ -63,6 +71,11 @@ class OperatorProcess:
             "stages.backoffBaseSeconds=1",
             "stages.backoffMaxSeconds=2",
             "operator.resyncSeconds=5",
+            # The webhook on loopback, checked often, with short-lived certificates.
+            f"webhook.url=https://127.0.0.1:{self.webhook_port}",
+            f"webhook.port={self.webhook_port}",
+            "webhook.checkSeconds=1",
+            f"webhook.certificateLifetimeSeconds={WEBHOOK_CERT_SECONDS}",
         )
         self.rbac = [
             d
@@ -71,9 +84,25 @@ class OperatorProcess:
             in ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
         ]
         kinds = sorted(d["kind"] for d in self.rbac)
-        assert kinds == ["Role", "RoleBinding", "ServiceAccount"], kinds
+        # Namespaced mode: the one cluster-wide rule is the webhook configuration's caBundle.
+        assert kinds == [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "ServiceAccount",
+        ], kinds
         (self.folder / "rbac.yaml").write_text(yaml.safe_dump_all(self.rbac))
         self.cluster.kubectl("apply", "-f", str(self.folder / "rbac.yaml"))
+        # The webhook configuration, as the chart renders it. Kubernetes 1.20 does not label
+        # namespaces with their name yet (1.21+ does): label NS for the namespaceSelector.
+        self.cluster.kubectl(
+            "label", "namespace", NS, f"kubernetes.io/metadata.name={NS}", "--overwrite"
+        )
+        (self.webhook_config,) = [d for d in docs if d["kind"] == "ValidatingWebhookConfiguration"]
+        self.webhook_name = self.webhook_config["metadata"]["name"]
+        (self.folder / "webhook.yaml").write_text(yaml.safe_dump(self.webhook_config))
+        self.cluster.kubectl("apply", "-f", str(self.folder / "webhook.yaml"))
         (settings_cm,) = [
             d
             for d in docs
@@ -109,6 +138,22 @@ class OperatorProcess:
         )
 
     def start(self) -> None:
+        """Start the process and wait until it is healthy and its webhook ready."""
+        self.spawn()
+
+        def healthy() -> bool:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"the operator exited:\n{self.log_tail()}")
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
+            ) as r:
+                return r.status == 200
+
+        wait_until(healthy, 60, "the operator's /healthz")
+        self.wait_ready()
+
+    def spawn(self) -> None:
+        """Start `kakugo operator` without waiting for it."""
         # This checkout's code, also where another copy of the project is installed in the
         # virtualenv (a git worktree): the `kakugo` script imports from PYTHONPATH first.
         code = os.pathsep.join(
@@ -142,15 +187,23 @@ class OperatorProcess:
             start_new_session=True,
         )
 
-        def healthy() -> bool:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"the operator exited:\n{self.log_tail()}")
+    def ready(self) -> bool:
+        """/readyz: started, and the webhook answers with a CA the configuration holds."""
+        try:
             with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
+                f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=2
             ) as r:
                 return r.status == 200
+        except OSError:
+            return False
 
-        wait_until(healthy, 60, "the operator's /healthz")
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"the operator exited:\n{self.log_tail()}")
+            return self.ready()
+
+        wait_until(ready, timeout, "the operator's /readyz (its admission webhook)")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

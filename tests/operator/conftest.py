@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.operator.k8s_emulator import Api, EmulatorThread
-from tests.operator.operator_helpers import METRICS_PORT, Operator
+from tests.operator.operator_helpers import METRICS_PORT, Operator, free_port
 
 # The kubernetes client reads KUBECONFIG once, at import: one path for the whole session,
 # rewritten for each test's emulator.
@@ -45,6 +45,9 @@ def operator_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         "KAKUGO_RESYNC_SECONDS": "1",
         "KAKUGO_TEACHER_IDLE_SECONDS": "1",
         "KAKUGO_METRICS_PORT": str(METRICS_PORT),
+        # The admission webhook listens on its own port in every test (nothing calls it
+        # unless a test does: the emulator has no admission chain).
+        "KAKUGO_WEBHOOK_PORT": str(free_port()),
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import httpx
 import kmock
 import yaml
@@ -32,9 +33,14 @@ class Emulator(kmock.KubernetesEmulator):
 
     _rv = itertools.count(1)
     logs: dict[tuple[str, str], str] = {}  # noqa: RUF012 - (namespace, pod) -> log text
+    #: What LocalSubjectAccessReviews answer: user -> allowed (verb, resource, name) triples
+    #: (name None: any name). Everything else is refused.
+    permissions: dict[str, set[tuple[str, str, str | None]]] = {}  # noqa: RUF012
     by_agent: dict[str, int] = {}  # noqa: RUF012 - requests per client (User-Agent product)
 
     async def _handle(self, request: rendering.Request) -> Any:
+        if str(request.url.path).endswith("/localsubjectaccessreviews"):
+            return aiohttp.web.json_response(self._review(request))
         # KMock keeps every request and re-filters the whole history on each new one
         # (quadratic); nothing here asserts on that history, so keep only the current one.
         del self._requests[:-1]
@@ -82,6 +88,21 @@ class Emulator(kmock.KubernetesEmulator):
                         int((current or {}).get("metadata", {}).get("generation") or 1) + 1
                     )
         return await super()._handle(request)
+
+    @staticmethod
+    def _review(request: rendering.Request) -> dict[str, Any]:
+        """A LocalSubjectAccessReview, answered from `Emulator.permissions`."""
+        review = dict(request.data) if isinstance(request.data, dict) else {}
+        spec = review.get("spec") or {}
+        attrs = spec.get("resourceAttributes") or {}
+        granted = Emulator.permissions.get(spec.get("user") or "", set())
+        verb, resource = attrs.get("verb"), attrs.get("resource")
+        allowed = (verb, resource, None) in granted or (
+            verb,
+            resource,
+            attrs.get("name"),
+        ) in granted
+        return {**review, "status": {"allowed": allowed}}
 
     # KMock finds an object by scanning all of them (O(N) per request); with hundreds of
     # objects (the benchmark) that, not the operator, would be measured. Look up by key.

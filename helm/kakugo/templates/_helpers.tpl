@@ -88,6 +88,48 @@ resyncSeconds: {{ .Values.operator.resyncSeconds }}
 metricsPort: {{ .Values.metrics.port }}
 livenessEndpoint: {{ printf "http://0.0.0.0:%d/healthz" (int .Values.operator.healthPort) | quote }}
 logTailLines: {{ .Values.stages.logTailLines }}
+webhookPort: {{ .Values.webhook.port }}
+webhookHosts: {{ include "kakugo.webhookHosts" . }}
+{{- if .Values.webhook.certManager.enabled }}
+webhookCertDir: {{ include "kakugo.webhookCertDir" . | quote }}
+{{- else }}
+webhookConfiguration: {{ include "kakugo.webhookConfiguration" . | quote }}
+webhookCertLifetimeSeconds: {{ .Values.webhook.certificateLifetimeSeconds | int }}
+{{- end }}
+webhookCheckSeconds: {{ .Values.webhook.checkSeconds }}
+admissionTrustedUsers:
+  - {{ printf "system:serviceaccount:%s:%s" .Release.Namespace (include "kakugo.serviceAccountName" .) | quote }}
+allowedImages: {{ toJson .Values.webhook.allowedImages }}
+allowedExtraArgs: {{ toJson .Values.webhook.allowedExtraArgs }}
+{{- end -}}
+
+{{/* The admission webhook: its configuration (cluster-scoped: one per release and
+namespace), its Service, the names its certificate is for. */}}
+{{- define "kakugo.webhookConfiguration" -}}
+{{- printf "%s-%s" (include "kakugo.fullname" .) .Release.Namespace | trunc 253 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kakugo.webhookService" -}}
+{{- printf "%s-webhook" (include "kakugo.fullname" . | trunc 55 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "kakugo.webhookCertDir" -}}
+/etc/kakugo-webhook-tls
+{{- end -}}
+
+{{- define "kakugo.webhookServiceHosts" -}}
+{{- $svc := include "kakugo.webhookService" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- toJson (list (printf "%s.%s.svc" $svc $ns) $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns)) -}}
+{{- end -}}
+
+{{/* The names of the operator's own certificate: the Service's, and webhook.url's host. */}}
+{{- define "kakugo.webhookHosts" -}}
+{{- $hosts := include "kakugo.webhookServiceHosts" . | fromJsonArray -}}
+{{- with .Values.webhook.url -}}
+{{- $hosts = append $hosts (regexReplaceAll ":[0-9]+$" (urlParse .).host "" | trimPrefix "[" | trimSuffix "]") -}}
+{{- end -}}
+{{- toJson $hosts -}}
 {{- end -}}
 
 {{/* RBAC rules of the operator, from files/rbac/operator-rules.yaml. */}}
@@ -99,4 +141,15 @@ logTailLines: {{ .Values.stages.logTailLines }}
 {{- define "kakugo.clusterRules" -}}
 {{- $rules := .Files.Get "files/rbac/operator-rules.yaml" | fromYaml -}}
 {{- toYaml (concat $rules.namespaced $rules.clusterWideOnly) -}}
+{{- end -}}
+
+{{/* The webhook configuration's rules, narrowed to this release's configuration. */}}
+{{- define "kakugo.webhookRules" -}}
+{{- $rules := .Files.Get "files/rbac/operator-rules.yaml" | fromYaml -}}
+{{- $name := include "kakugo.webhookConfiguration" . -}}
+{{- $out := list -}}
+{{- range $rules.webhookConfiguration -}}
+{{- $out = append $out (merge (dict "resourceNames" (list $name)) .) -}}
+{{- end -}}
+{{- toYaml $out -}}
 {{- end -}}
