@@ -248,7 +248,13 @@ def test_teacher_spec_change_rolls_out(cluster: Api, operator: Operator) -> None
     wait_for(lambda: cluster.get("Service", NS, "gpt-oss-120b"))
     assert arg(deploy, "--max-num-seqs") == "128"
     assert deploy["metadata"]["annotations"]["kakugo.io/template-hash"]
-    replicas = deploy["spec"]["replicas"]
+    # No client and idleSeconds 1: idle scaling takes it to zero first, so that the
+    # rollout below is seen not to put a replica back (it would race the scaler otherwise).
+    wait_for(
+        lambda: cluster.get("Deployment", NS, "gpt-oss-120b")["spec"]["replicas"] == 0,
+        what="scaled to zero while idle",
+    )
+    replicas = 0
     cluster.patch(
         "Teacher",
         NS,
