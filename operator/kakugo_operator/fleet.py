@@ -81,7 +81,7 @@ SPEC_HASH_ANNOTATION = "kakugo.io/fleet-spec-hash"
 #: Member phases, as LanguageModels report them (a member not created yet is Pending).
 PHASES = ("Pending", "Queued", "Running", "Suspended", "Succeeded", "Stalled")
 #: States of a GPU stage that mean "it holds a GPU (or will again, on retry)".
-HOLDING_STATES = ("Running", "Retrying")
+HOLDING_STATES = ("Running", "Queued", "Retrying")
 #: Gates that do not make a member wait for a GPU (it would not start if admitted).
 NOT_WAITING = ("Suspended", "Budget")
 
