@@ -95,7 +95,7 @@ def deployment(
     pods.harden(
         pod_spec,
         container,
-        shm_size=res.shm_size or pods.TEACHER_SHM,
+        shm_size=res.shm_size or (pods.TEACHER_SHM if spec.device == "cuda" else "1Gi"),
         scratch_size=res.scratch_size or pods.TEACHER_SCRATCH,
     )
     selector = dict(res.node_selector or {})
