@@ -469,6 +469,13 @@ async def set_kueue_active(namespace: str, job: dict[str, Any], active: bool) ->
         )
         if found is None:
             continue  # this version is not served
+        # Kueue's label, or (an older Kueue) its owner reference: the Workload of this Job.
+        found = [
+            w
+            for w in found
+            if (w["metadata"].get("labels") or {}).get(KUEUE_JOB_UID_LABEL) == uid
+            or any(o.get("uid") == uid for o in w["metadata"].get("ownerReferences") or [])
+        ]
         if not found:
             return  # Kueue has not made it yet
         for workload in found:
