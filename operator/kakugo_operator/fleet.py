@@ -228,8 +228,9 @@ def holds_gpu(status: LanguageModelStatus, gstages: tuple[str, ...]) -> bool:
 
 def wants_gpu(status: LanguageModelStatus, gstages: tuple[str, ...]) -> bool:
     """A GPU stage of it could start now but for a gate that admission, time or a slot
-    will open (not suspend, not the budget); or it says it is Queued."""
-    if status.phase == "Queued":
+    will open (not suspend, not the budget); or it says it is Queued for the fleet (not
+    because Kueue holds its Jobs: those hold what they hold)."""
+    if status.phase == "Queued" and not any(e.state == "Queued" for e in status.stages):
         return True
     return any(
         e.name in gstages and e.waiting_for not in (None, *NOT_WAITING) for e in status.stages

@@ -27,6 +27,43 @@ SETTINGS = settings.OperatorSettings(storage_uri="s3://b/runs")
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 
 
+def test_the_restricted_check_sees_what_the_standard_forbids() -> None:
+    """Without the operator's hardening a stage Pod is not restricted (what checkov found in
+    every Job before): the check is not vacuous."""
+    bare = {
+        "metadata": {
+            "annotations": {"container.apparmor.security.beta.kubernetes.io/c": "unconfined"}
+        },
+        "spec": {
+            "hostNetwork": True,
+            "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
+            "securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]},
+            "containers": [
+                {
+                    "name": "c",
+                    "securityContext": {"privileged": True, "capabilities": {"add": ["SYS_ADMIN"]}},
+                    "ports": [{"containerPort": 80, "hostPort": 80}],
+                }
+            ],
+        },
+    }
+    found = " | ".join(restricted_violations(bare))
+    for what in (
+        "spec.hostNetwork",
+        "annotation",
+        "volume h",
+        "sysctl",
+        "c: privileged",
+        "allowPrivilegeEscalation",
+        "capabilities not dropped",
+        "capabilities added",
+        "runAsNonRoot",
+        "seccomp None",
+        "hostPort",
+    ):
+        assert what in found, what
+
+
 def pod_templates(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     return [
         (f"{o['kind']} {o['metadata']['name']}", o["spec"]["template"])
