@@ -58,8 +58,9 @@ $(VLLM_VENV)/.installed:
 	$(VLLM_VENV)/bin/pip uninstall --yes --quiet torchvision torchaudio torchcodec
 	touch $@
 
-## helm, kubectl, promtool/prometheus and lupa for the chart, alert and dashboard tests
-## (binaries cached in $(KAKUGO_CACHE)/bin, never in the repository).
+## helm, kubectl, promtool/prometheus, lupa and checkov for the chart, alert, dashboard and
+## policy tests (tests/test_checkov.py: checkov over the chart and `kakugo render` of every
+## example); binaries cached in $(KAKUGO_CACHE)/bin, checkov in its own virtualenv there.
 test-tools: setup
 	VENV=$(VENV) bash scripts/install_test_tools.sh
 

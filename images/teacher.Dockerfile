@@ -5,20 +5,21 @@
 # Build from the repository root:
 #   docker build -f images/teacher.Dockerfile -t ghcr.io/kakugo/kakugo-teacher:0.1.0 .
 # Pin by digest in production: --build-arg VLLM_IMAGE=vllm/vllm-openai:v0.32.0@sha256:...
-# Runs as UID 10001; writable paths: /tmp, /dev/shm and $HOME/.cache (model download,
-# torch.compile and Triton caches), so the root filesystem can be read-only with emptyDirs.
+# Runs as UID 10001 (the user the operator's Pods run as, with runAsNonRoot); writable
+# paths: /tmp, /dev/shm and $HOME (model download, torch.compile and Triton caches), which
+# the operator mounts from the Pod's scratch volume: the root filesystem is read-only.
 ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
 
 FROM ${VLLM_IMAGE}
 USER root
-RUN (getent group 10001 || groupadd --gid 10001 vllm) \
- && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/vllm vllm \
+RUN (getent group 10001 || groupadd --gid 10001 kakugo) \
+ && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/kakugo kakugo \
  && (command -v python >/dev/null || ln -s "$(command -v python3)" /usr/local/bin/python)
-ENV HOME=/home/vllm HF_HOME=/home/vllm/.cache/huggingface \
-    VLLM_CACHE_ROOT=/home/vllm/.cache/vllm TRITON_CACHE_DIR=/home/vllm/.cache/triton \
+ENV HOME=/home/kakugo HF_HOME=/home/kakugo/.cache/huggingface \
+    VLLM_CACHE_ROOT=/home/kakugo/.cache/vllm TRITON_CACHE_DIR=/home/kakugo/.cache/triton \
     VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 PYTHONUNBUFFERED=1
 USER 10001:10001
-WORKDIR /home/vllm
+WORKDIR /home/kakugo
 EXPOSE 8000
 ENTRYPOINT ["python", "-m", "vllm.entrypoints.openai.api_server"]
 CMD ["--help"]

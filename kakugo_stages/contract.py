@@ -32,6 +32,7 @@ from kakugo_stages.graph import (
 from kakugo_stages.manifest import (
     ManifestError,
     fleet_members,
+    load_documents,
     merge_patch,
     name_errors,
     validate_spec,
@@ -198,6 +199,7 @@ __all__ = [
     "fingerprints",
     "fleet_members",
     "is_local_model",
+    "load_documents",
     "local_model_path",
     "merge_patch",
     "name_errors",

@@ -94,7 +94,9 @@ def to_structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         if len(branches) != 1:
             raise ValueError(f"cannot express a union in a structural schema: {node}")
         merged = _deref(dict(branches[0]), defs)
-        for key in ("description", "default"):
+        # Keywords beside the anyOf (a field's json_schema_extra: e.g. maxItems 0 on a field
+        # the operator owns) apply to the value.
+        for key in ("description", "default", "enum", "maxItems", "maxProperties", "maxLength"):
             if key in node:
                 merged[key] = node[key]
         node = merged

@@ -12,6 +12,7 @@ snake_case in Python and camelCase in YAML, as Kubernetes users expect.
 from __future__ import annotations
 
 import re
+import typing
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from typing import Annotated, Any, Literal
@@ -246,6 +247,714 @@ class Toleration(SpecModel):
     toleration_seconds: Int | None = Field(default=None, ge=0)
 
 
+# --------------------------------------------------------------------------- Pods
+# What a spec may add to the Pods the operator builds (stage Pods: `resources.podTemplates`;
+# a Teacher's Pod: `podTemplate`), in Kubernetes' own shape: metadata labels and
+# annotations; spec affinity, tolerations, nodeSelector, volumes, imagePullSecrets,
+# serviceAccountName, securityContext (strengthening only); the operator's container's
+# image, env and volumeMounts. Typed and bounded like the rest of the spec, so the API
+# server refuses what the models refuse. What the operator owns (command and args, the
+# spec and storage volumes, GPU and memory requests, anything that would weaken the
+# restricted Pod Security Standard the Pods meet) is declared here too, so that setting it
+# is refused naming the field rather than silently dropped. The operator merges a template
+# over the Pod it builds (`merge_pod_templates`). Bounds are small: a LanguageModel's spec
+# must stay far below the API server's limits (tests/test_crds.py adds up the largest).
+
+#: The operator's container in a stage Pod and in a Teacher's Pod.
+STAGE_CONTAINER = "stage"
+TEACHER_CONTAINER = "vllm"
+#: The non-root user and group every Pod runs as (the images' USER, images/*.Dockerfile).
+POD_USER = 10001
+#: Writable paths of the Pods (their root filesystem is read-only): the scratch volume, and
+#: on it HOME (caches: Hugging Face, Triton, torch extensions, vLLM) and /tmp.
+SCRATCH_DIR = "/scratch"
+HOME_DIR = "/home/kakugo"
+TMP_DIR = "/tmp"
+SHM_DIR = "/dev/shm"
+#: Volumes the operator adds (a template may not name its own volumes so).
+OWNED_VOLUMES = ("spec", "storage", "scratch", "shm")
+#: Mount paths the operator uses: a template's volumeMounts may not take them (paths under
+#: HOME and SCRATCH_DIR are fine: e.g. a PVC with a model cache at HOME/.cache/huggingface).
+OWNED_MOUNTS = ("/", "/etc/kakugo", SCRATCH_DIR, HOME_DIR, TMP_DIR, SHM_DIR, "/dev/termination-log")
+#: Environment variables the operator sets and a template may not set: the stage's world
+#: (contract.py), the writable paths, and the credentials it passes from Secrets.
+OWNED_ENV = (
+    "KAKUGO_STAGE",
+    "KAKUGO_RUN_URI",
+    "KAKUGO_TERMINATION_LOG",
+    "KAKUGO_TEACHER_URL",
+    "KAKUGO_TEACHER_MODEL",
+    "KAKUGO_SCRATCH_DIR",
+    "JOB_COMPLETION_INDEX",
+    "HOME",
+    "TMPDIR",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_DEFAULT_REGION",
+)
+#: Labels the operator, the Job controller and Kueue set on Pods.
+OWNED_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by",
+    "job-name",
+    "controller-uid",
+)
+OWNED_LABEL_PREFIXES = ("kakugo.io/", "batch.kubernetes.io/", "kueue.x-k8s.io/")
+#: Annotations that would weaken a Pod (AppArmor and the old seccomp annotations: the
+#: restricted standard forbids `unconfined`) or that the operator writes.
+REFUSED_ANNOTATION_PREFIXES = (
+    "kakugo.io/",
+    "container.apparmor.security.beta.kubernetes.io/",
+    "seccomp.security.alpha.kubernetes.io/",
+    "container.seccomp.security.alpha.kubernetes.io/",
+)
+
+POD_LABELS = 4
+POD_ANNOTATIONS = 4
+ANNOTATION_VALUE_LENGTH = 256
+POD_SELECTOR_ENTRIES = 2
+POD_TOLERATIONS = 2
+POD_VOLUMES = 3
+POD_MOUNTS = 3
+POD_ENV = 6
+ENV_VALUE_LENGTH = 256
+PULL_SECRETS = 2
+AFFINITY_TERMS = 2
+IMAGE_LENGTH = 512
+AFFINITY_EXPRESSIONS = 2
+AFFINITY_VALUES = 4
+STAGE_POD_TEMPLATES = 2
+SUPPLEMENTAL_GROUPS = 4
+MOUNT_PATH_LENGTH = 256
+
+LabelKey = Annotated[str, Field(min_length=1, max_length=LABEL_KEY_LENGTH)]
+LabelValue = Annotated[
+    str,
+    Field(max_length=LABEL_VALUE_LENGTH, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"),
+]
+Quantity = Annotated[str, Field(pattern=QUANTITY, max_length=32)]
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+RELATIVE_PATH = rf"^{_SEGMENT}(/{_SEGMENT})*$"
+
+
+#: The CRD schemas of fields the operator owns: any value but the empty one is refused.
+_OWNED_SCHEMAS: dict[str, dict[str, Any]] = {
+    "list": {"type": "array", "maxItems": 0, "items": {"type": "string", "maxLength": 0}},
+    "map": {"type": "object", "maxProperties": 0},
+    "text": {"type": "string", "maxLength": 0},
+    "false": {"type": "boolean", "enum": [False]},
+}
+OwnedList = Annotated[Any, WithJsonSchema(_OWNED_SCHEMAS["list"])]
+OwnedMap = Annotated[Any, WithJsonSchema(_OWNED_SCHEMAS["map"])]
+OwnedText = Annotated[Any, WithJsonSchema(_OWNED_SCHEMAS["text"])]
+OwnedFalse = Annotated[Any, WithJsonSchema(_OWNED_SCHEMAS["false"])]
+
+
+def owned(why: str, alias: str | None = None) -> Any:
+    """A field the operator owns: declared, so that the CRD names it and refuses a value
+    (the `Owned*` types: only [], {}, "" or false get in) and the models refuse it naming
+    the field and `why` (`_Owned`)."""
+    return Field(default=None, alias=alias, description=f"Owned by the operator: {why}.")
+
+
+class _Owned(SpecModel):
+    """A model whose `owned(...)` fields are refused when set."""
+
+    @model_validator(mode="after")
+    def _refuse_owned(self) -> _Owned:
+        for name, info in type(self).model_fields.items():
+            if (info.description or "").startswith("Owned by the operator") and getattr(
+                self, name
+            ) not in (None, False, [], {}, ""):
+                why = str(info.description)
+                raise ValueError(f"{info.alias or name}: {why[0].lower()}{why[1:]}")
+        return self
+
+
+class PodMetadata(SpecModel):
+    """Labels and annotations added to the Pods."""
+
+    labels: dict[LabelKey, LabelValue] | None = Field(
+        default=None, max_length=POD_LABELS, description="Pod labels."
+    )
+    annotations: (
+        dict[LabelKey, Annotated[str, Field(max_length=ANNOTATION_VALUE_LENGTH)]] | None
+    ) = Field(default=None, max_length=POD_ANNOTATIONS, description="Pod annotations.")
+
+    @field_validator("labels")
+    @classmethod
+    def _not_owned_labels(cls, labels: dict[str, str] | None) -> dict[str, str] | None:
+        for key in labels or {}:
+            if key in OWNED_LABELS or key.startswith(OWNED_LABEL_PREFIXES):
+                raise ValueError(
+                    f"label {key!r} is set by the operator, the Job controller or Kueue "
+                    "(queues: resources.<stage>.queueName); it cannot be overridden"
+                )
+        return labels
+
+    @field_validator("annotations")
+    @classmethod
+    def _not_weakening(cls, annotations: dict[str, str] | None) -> dict[str, str] | None:
+        for key in annotations or {}:
+            if key.startswith(REFUSED_ANNOTATION_PREFIXES):
+                raise ValueError(
+                    f"annotation {key!r} is refused: it is the operator's, or it would weaken "
+                    "the Pod's AppArmor or seccomp profile (the Pods meet the restricted Pod "
+                    "Security Standard)"
+                )
+        return annotations
+
+
+class SecretRefName(SpecModel):
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=NAME_LENGTH)
+
+
+class KeyRef(SpecModel):
+    """A key of a Secret or ConfigMap in the same namespace."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=NAME_LENGTH)
+    key: str = Field(min_length=1, max_length=NAME_LENGTH, pattern=r"^[-._a-zA-Z0-9]+$")
+    optional: bool | None = None
+
+
+class FieldRef(SpecModel):
+    field_path: str = Field(
+        min_length=1, max_length=128, description="e.g. metadata.name, spec.nodeName."
+    )
+    api_version: str | None = Field(default=None, max_length=16)
+
+
+class EnvVarSource(SpecModel):
+    """A value from a Secret's key or from a field of the Pod (no ConfigMap keys: mount the
+    ConfigMap as a volume, or write the value)."""
+
+    secret_key_ref: KeyRef | None = Field(
+        default=None, description="A Secret's key (its author must be allowed to get it)."
+    )
+    field_ref: FieldRef | None = Field(default=None, description="e.g. metadata.name.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        if (self.secret_key_ref is None) == (self.field_ref is None):
+            raise ValueError("secretKeyRef: set exactly one of secretKeyRef or fieldRef")
+        return self
+
+
+class EnvVar(SpecModel):
+    name: str = Field(pattern=ENV_NAME, max_length=LABEL_VALUE_LENGTH)
+    value: str | None = Field(default=None, max_length=ENV_VALUE_LENGTH)
+    value_from: EnvVarSource | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _not_owned(cls, name: str) -> str:
+        if name in OWNED_ENV:
+            raise ValueError(
+                f"got {name!r}: set by the operator (the stage's environment, its writable "
+                "paths, credentials from the Secrets the spec names); it cannot be overridden"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _value_or_source(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError("valueFrom: set value or valueFrom, not both")
+        return self
+
+
+class VolumeMount(SpecModel):
+    name: str = Field(
+        pattern=DNS_LABEL, max_length=LABEL_VALUE_LENGTH, description="A volume of the template."
+    )
+    mount_path: str = Field(pattern=rf"^{ABSOLUTE_PATH}$", max_length=MOUNT_PATH_LENGTH)
+    sub_path: str | None = Field(default=None, pattern=RELATIVE_PATH, max_length=MOUNT_PATH_LENGTH)
+    read_only: bool | None = None
+
+    @field_validator("mount_path")
+    @classmethod
+    def _not_owned(cls, path: str) -> str:
+        clean = path.rstrip("/") or "/"
+        if clean in OWNED_MOUNTS or clean.startswith(("/etc/kakugo/", "/dev/")):
+            raise ValueError(
+                f"got {path!r}: the operator mounts the spec, the scratch volume, HOME, /tmp "
+                f"and /dev/shm ({', '.join(OWNED_MOUNTS[1:])}); mount elsewhere (paths under "
+                f"{HOME_DIR} and {SCRATCH_DIR} are fine)"
+            )
+        return path
+
+
+class ConfigMapVolume(SpecModel):
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=NAME_LENGTH)
+    default_mode: Int | None = Field(default=None, ge=0, le=0o777)
+    optional: bool | None = None
+
+
+class SecretVolume(SpecModel):
+    secret_name: str = Field(pattern=DNS_SUBDOMAIN, max_length=NAME_LENGTH)
+    default_mode: Int | None = Field(default=None, ge=0, le=0o777)
+    optional: bool | None = None
+
+
+class EmptyDirVolume(SpecModel):
+    medium: Literal["", "Memory"] | None = None
+    size_limit: Quantity | None = None
+
+
+class ClaimVolume(SpecModel):
+    claim_name: str = Field(pattern=DNS_SUBDOMAIN, max_length=NAME_LENGTH)
+    read_only: bool | None = None
+
+
+class StorageRequest(SpecModel):
+    storage: Quantity
+
+
+class ClaimResources(SpecModel):
+    requests: StorageRequest
+
+
+class ClaimSpec(SpecModel):
+    access_modes: list[
+        Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany", "ReadOnlyMany"]
+    ] = Field(default=["ReadWriteOnce"], min_length=1, max_length=2)
+    storage_class_name: str | None = Field(
+        default=None, pattern=DNS_SUBDOMAIN, max_length=NAME_LENGTH
+    )
+    resources: ClaimResources
+
+
+class ClaimTemplate(SpecModel):
+    spec: ClaimSpec
+
+
+class EphemeralVolume(SpecModel):
+    """A PVC made for each Pod from a template (a generic ephemeral volume)."""
+
+    volume_claim_template: ClaimTemplate
+
+
+class Volume(SpecModel):
+    """A volume of the restricted standard's kinds (no hostPath)."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=LABEL_VALUE_LENGTH)
+    config_map: ConfigMapVolume | None = None
+    secret: SecretVolume | None = None
+    empty_dir: EmptyDirVolume | None = None
+    persistent_volume_claim: ClaimVolume | None = None
+    ephemeral: EphemeralVolume | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _not_owned(cls, name: str) -> str:
+        if name in OWNED_VOLUMES:
+            raise ValueError(f"got {name!r}: the operator's volumes are {', '.join(OWNED_VOLUMES)}")
+        return name
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Volume:
+        kinds = ("config_map", "secret", "empty_dir", "persistent_volume_claim", "ephemeral")
+        if sum(getattr(self, k) is not None for k in kinds) != 1:
+            raise ValueError(
+                "set exactly one of configMap, secret, emptyDir, persistentVolumeClaim or ephemeral"
+            )
+        return self
+
+
+class NodeSelectorRequirement(SpecModel):
+    key: str = Field(min_length=1, max_length=LABEL_KEY_LENGTH)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    values: list[Annotated[str, Field(max_length=LABEL_VALUE_LENGTH)]] | None = Field(
+        default=None, max_length=AFFINITY_VALUES
+    )
+
+
+class NodeSelectorTerm(SpecModel):
+    match_expressions: list[NodeSelectorRequirement] = Field(
+        min_length=1, max_length=AFFINITY_EXPRESSIONS
+    )
+
+
+class NodeSelectorTerms(SpecModel):
+    node_selector_terms: list[NodeSelectorTerm] = Field(min_length=1, max_length=AFFINITY_TERMS)
+
+
+class PreferredNodeTerm(SpecModel):
+    weight: Int = Field(ge=1, le=100)
+    preference: NodeSelectorTerm
+
+
+class NodeAffinity(SpecModel):
+    required_during_scheduling_ignored_during_execution: NodeSelectorTerms | None = None
+    preferred_during_scheduling_ignored_during_execution: list[PreferredNodeTerm] | None = Field(
+        default=None, max_length=1
+    )
+
+
+class LabelSelector(SpecModel):
+    match_labels: dict[LabelKey, LabelValue] = Field(min_length=1, max_length=AFFINITY_EXPRESSIONS)
+
+
+class PodAffinityTerm(SpecModel):
+    label_selector: LabelSelector
+    topology_key: str = Field(min_length=1, max_length=LABEL_KEY_LENGTH)
+
+
+class WeightedPodAffinityTerm(SpecModel):
+    weight: Int = Field(ge=1, le=100)
+    pod_affinity_term: PodAffinityTerm
+
+
+class PodAntiAffinity(SpecModel):
+    required_during_scheduling_ignored_during_execution: list[PodAffinityTerm] | None = Field(
+        default=None, max_length=1
+    )
+    preferred_during_scheduling_ignored_during_execution: list[WeightedPodAffinityTerm] | None = (
+        Field(default=None, max_length=1)
+    )
+
+
+class Affinity(SpecModel):
+    """Node affinity, and pod anti-affinity by labels (no pod affinity: its terms are large
+    and the stages need none)."""
+
+    node_affinity: NodeAffinity | None = None
+    pod_anti_affinity: PodAntiAffinity | None = None
+
+
+class SeccompProfile(SpecModel):
+    type: Literal["RuntimeDefault", "Localhost"] = "RuntimeDefault"
+    localhost_profile: str | None = Field(default=None, max_length=ID_LENGTH)
+
+
+class PodSecurity(_Owned):
+    """Only what keeps the Pod restricted: another non-root user, groups, the seccomp
+    profile of the node."""
+
+    run_as_user: Int | None = Field(default=None, ge=1, le=2**31 - 1, description="Not 0.")
+    run_as_group: Int | None = Field(default=None, ge=1, le=2**31 - 1, description="Not 0.")
+    fs_group: Int | None = Field(default=None, ge=0, le=2**31 - 1)
+    fs_group_change_policy: Literal["OnRootMismatch", "Always"] | None = None
+    supplemental_groups: list[Annotated[Int, Field(ge=0, le=2**31 - 1)]] | None = Field(
+        default=None, max_length=SUPPLEMENTAL_GROUPS
+    )
+    seccomp_profile: SeccompProfile | None = None
+    run_as_non_root: bool | None = Field(
+        default=None,
+        description="The Pods always run as non-root: true is the only value.",
+        json_schema_extra={"enum": [True]},
+    )
+    sysctls: OwnedList = owned("sysctls are not allowed by the restricted Pod Security Standard")
+
+    @field_validator("run_as_non_root")
+    @classmethod
+    def _non_root(cls, value: bool | None) -> bool | None:
+        if value is False:
+            raise ValueError(
+                "got false; the Pods always run as non-root (restricted Pod Security "
+                "Standard): set another non-root user with runAsUser"
+            )
+        return value
+
+
+class StageContainer(_Owned):
+    """The operator's container: its image, extra env and mounts."""
+
+    name: Literal["stage", "vllm"] | None = Field(
+        default=None,
+        description="The operator's container: stage (a stage Pod) or vllm (the served "
+        "Teacher); may be left out.",
+    )
+    image: str | None = Field(
+        default=None,
+        max_length=IMAGE_LENGTH,
+        description="Another image for this stage (needs permission to create Pods, or the "
+        "operator's allowedImages).",
+    )
+    env: list[EnvVar] | None = Field(
+        default=None, max_length=POD_ENV, description="Merged by name."
+    )
+    volume_mounts: list[VolumeMount] | None = Field(
+        default=None, max_length=POD_MOUNTS, description="Mounts of the template's volumes."
+    )
+    command: OwnedList = owned("the stage's command line (kakugo stage ...)")
+    args: OwnedList = owned("the stage's command line (kakugo stage ...)")
+    resources: OwnedMap = owned(
+        "CPU, memory and GPU requests come from resources.<stage> (cpu, memory, gpus)"
+    )
+    security_context: OwnedMap = owned(
+        "the container runs restricted (non-root, no privilege escalation, no capabilities, "
+        "read-only root filesystem); set another user with spec.securityContext.runAsUser"
+    )
+
+
+class TeacherContainer(StageContainer):
+    """The operator's container (named `vllm`): its extra env and mounts."""
+
+    name: Literal["vllm"] | None = Field(
+        default=None, description="The server container (vllm); may be left out."
+    )
+    image: OwnedText = owned("the server image is the Teacher's spec.image")
+    command: OwnedList = owned("the vLLM server command (extra arguments: extraArgs)")
+    args: OwnedList = owned("the vLLM server command (extra arguments: extraArgs)")
+    resources: OwnedMap = owned(
+        "CPU, memory and GPU requests come from the Teacher's gpus and resources"
+    )
+
+
+class PodSpecTemplate(_Owned):
+    """Pod fields added to (or, for single values, set over) what the operator builds."""
+
+    service_account_name: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=NAME_LENGTH,
+        description="ServiceAccount of the Pods (needs permission to create Pods).",
+    )
+    automount_service_account_token: bool | None = Field(
+        default=None, description="Default false: the stages never call the Kubernetes API."
+    )
+    image_pull_secrets: list[SecretRefName] | None = Field(
+        default=None, max_length=PULL_SECRETS, description="Secrets the author may get."
+    )
+    node_selector: dict[LabelKey, Annotated[str, Field(max_length=LABEL_VALUE_LENGTH)]] | None = (
+        Field(default=None, max_length=POD_SELECTOR_ENTRIES, description="Merged over resources'.")
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None, max_length=POD_TOLERATIONS, description="Added to resources'."
+    )
+    affinity: Affinity | None = None
+    runtime_class_name: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=NAME_LENGTH,
+        description="RuntimeClass (needs permission to create Pods).",
+    )
+    termination_grace_period_seconds: Int | None = Field(default=None, ge=0, le=86400)
+    security_context: PodSecurity | None = None
+    volumes: list[Volume] | None = Field(
+        default=None,
+        max_length=POD_VOLUMES,
+        description="Extra volumes (need permission to create Pods; Secrets and PVCs they "
+        "name, permission to get them).",
+    )
+    init_containers: OwnedList = owned("no other containers run in the operator's Pods")
+    host_network: OwnedFalse = owned(
+        "host namespaces are not allowed by the restricted Pod Security Standard"
+    )
+    host_pid: OwnedFalse = owned(
+        "host namespaces are not allowed by the restricted Pod Security Standard", alias="hostPID"
+    )
+    host_ipc: OwnedFalse = owned(
+        "host namespaces are not allowed by the restricted Pod Security Standard", alias="hostIPC"
+    )
+
+
+class StagePodSpec(PodSpecTemplate):
+    containers: list[StageContainer] | None = Field(
+        default=None,
+        max_length=1,
+        description="The stage container (name stage) only: no sidecars.",
+    )
+
+
+class TeacherPodSpec(PodSpecTemplate):
+    containers: list[TeacherContainer] | None = Field(
+        default=None,
+        max_length=1,
+        description="The server container (name vllm) only: no sidecars.",
+    )
+
+
+StageName = Literal[
+    "topics",
+    "scenarios",
+    "contexts",
+    "revise",
+    "respond",
+    "translate",
+    "filter",
+    "train",
+    "evaluate",
+]
+if set(typing.get_args(StageName)) != set(STAGES):  # pragma: no cover - a new stage
+    raise RuntimeError("spec.StageName must list every stage of kakugo_stages.graph")
+#: What a LanguageModel's pod template may apply to: its stages, and its served Teacher.
+SERVED_TEACHER = "teacher"
+PodTarget = Literal[
+    "topics",
+    "scenarios",
+    "contexts",
+    "revise",
+    "respond",
+    "translate",
+    "filter",
+    "train",
+    "evaluate",
+    "teacher",
+]
+
+
+class StagePodTemplate(SpecModel):
+    """Merged over the Pods of what `stages` names (every stage when unset; the served
+    Teacher, teacher.serve, only when it lists `teacher`); later entries over earlier ones."""
+
+    stages: list[PodTarget] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=len(STAGES) + 1,
+        description="The stages it applies to (default: every stage), and `teacher` for the "
+        "served Teacher's Pod.",
+    )
+    metadata: PodMetadata | None = Field(default=None, description="Labels and annotations.")
+    spec: StagePodSpec | None = Field(default=None, description="Pod and container fields.")
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stages(cls, stages: list[str] | None) -> list[str] | None:
+        if stages is not None and len(set(stages)) != len(stages):
+            raise ValueError(f"stages must not repeat: {stages}")
+        return stages
+
+    def applies_to(self, target: str) -> bool:
+        if self.stages is None:
+            return target != SERVED_TEACHER
+        return target in self.stages
+
+    @model_validator(mode="after")
+    def _containers_fit(self) -> StagePodTemplate:
+        targets = set(self.stages or STAGES)
+        for container in (self.spec.containers if self.spec else None) or []:
+            if container.name == STAGE_CONTAINER and SERVED_TEACHER in targets:
+                raise ValueError(
+                    "spec: containers[0].name stage is no container of the served Teacher's "
+                    "Pod (vllm): leave the name out"
+                )
+            if container.name == TEACHER_CONTAINER and targets - {SERVED_TEACHER}:
+                raise ValueError(
+                    "spec: containers[0].name vllm is the served Teacher's container; a stage "
+                    "Pod's is stage: leave the name out"
+                )
+            if container.image is not None and SERVED_TEACHER in targets:
+                raise ValueError(
+                    "spec: containers[0].image: the served Teacher's image is teacher.serve.image"
+                )
+        return self
+
+
+class TeacherPodTemplate(SpecModel):
+    """Merged over the vLLM server's Pod."""
+
+    metadata: PodMetadata | None = Field(default=None, description="Labels and annotations.")
+    spec: TeacherPodSpec | None = Field(default=None, description="Pod and container fields.")
+
+
+#: Lists merged by a key (an entry replaces the one with the same key, others are added);
+#: containers are merged field by field. Tolerations and other lists: see merge_pod_templates.
+_MERGE_KEYS = {
+    "env": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "imagePullSecrets": "name",
+    "containers": "name",
+}
+
+
+def merge_pod_templates(base: Any, top: Any, key: str = "") -> Any:
+    """`top` over `base`, both Pod templates (or Pods) as camelCase mappings: maps merge,
+    keyed lists (`_MERGE_KEYS`) merge by key, tolerations add up (without repeats), other
+    values and lists are replaced."""
+    if isinstance(base, dict) and isinstance(top, dict):
+        out = dict(base)
+        for k, v in top.items():
+            out[k] = merge_pod_templates(base[k], v, k) if k in base else v
+        return out
+    if isinstance(base, list) and isinstance(top, list):
+        if key == "tolerations":
+            return base + [t for t in top if t not in base]
+        if key in _MERGE_KEYS:
+            field = _MERGE_KEYS[key]
+            out_list = list(base)
+            for item in top:
+                at = next(
+                    (i for i, b in enumerate(out_list) if b.get(field) == item.get(field)), None
+                )
+                if at is None:
+                    out_list.append(item)
+                elif key == "containers":
+                    out_list[at] = merge_pod_templates(out_list[at], item)
+                else:
+                    out_list[at] = item
+            return out_list
+    return top
+
+
+def template_dict(template: Any) -> dict[str, Any]:
+    """A template as the mapping the operator merges (camelCase, no unset fields)."""
+    if not isinstance(template, BaseModel):
+        return {}
+    data = template.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data.pop("stages", None)
+    return data
+
+
+def mount_problems(template: dict[str, Any]) -> list[str]:
+    """Mounts that name no volume of the (merged) template."""
+    spec = template.get("spec") or {}
+    volumes = {v["name"] for v in spec.get("volumes") or []}
+    problems = []
+    for container in spec.get("containers") or []:
+        for i, mount in enumerate(container.get("volumeMounts") or []):
+            if mount["name"] not in volumes:
+                problems.append(
+                    f"volumeMounts[{i}].name: got {mount['name']!r}; no volume of that name in "
+                    f"the template's spec.volumes ({', '.join(sorted(volumes)) or 'none'})"
+                )
+    return problems
+
+
+class ScratchSpec(SpecModel):
+    """Where the stage Pods' scratch volume comes from (downloads, checkpoints, HOME and
+    /tmp). Default: an emptyDir of resources.<stage>.scratchSize."""
+
+    storage_class_name: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=NAME_LENGTH,
+        description="A PVC of scratchSize per Pod from this StorageClass (a generic ephemeral "
+        "volume, deleted with the Pod; needs permission to create PVCs).",
+    )
+    claim_name: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=NAME_LENGTH,
+        description="An existing PVC (ReadWriteMany when stages run Pods in parallel); each "
+        "Pod uses the subfolder named after it.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ScratchSpec:
+        if (self.storage_class_name is None) == (self.claim_name is None):
+            raise ValueError("claimName: set storageClassName or claimName (one of them)")
+        return self
+
+
+class HuggingFaceSpec(SpecModel):
+    """Access to the Hugging Face Hub for the stages (gated datasets such as FLORES+,
+    gated models)."""
+
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key with a Hugging Face token, given to every stage Pod as HF_TOKEN "
+        "(secretKeyRef: never in the spec or a ConfigMap).",
+    )
+
+
 class StageResources(SpecModel):
     """Where and how big a stage's Pods are. Unset fields inherit from `resources.default`."""
 
@@ -299,14 +1008,52 @@ class StageResources(SpecModel):
     parallelism: Int | None = Field(
         default=None, ge=1, description="Shards of this stage that run at once (Job parallelism)."
     )
+    # Pod sizing beyond CPU and memory (the Pods block above).
+    shm_size: Quantity | None = Field(
+        default=None,
+        description="Size of a memory-backed /dev/shm (NCCL, DataLoader workers, vLLM); it "
+        "counts against the memory limit. Unset: the runtime's 64Mi. Default: train 16Gi, "
+        "evaluate 8Gi, a Teacher 16Gi.",
+    )
+    scratch_size: Quantity | None = Field(
+        default=None,
+        description="Size of the scratch volume (downloads, checkpoints, caches, /tmp): an "
+        "emptyDir's sizeLimit, or the PVC's request (resources.scratch). Default: 20Gi; train "
+        "200Gi, evaluate 100Gi, a Teacher 200Gi.",
+    )
+    active_deadline_seconds: Int | None = Field(
+        default=None,
+        ge=60,
+        le=30 * 86400,
+        description="A stage attempt running longer fails with DeadlineExceeded (and is "
+        "retried like any failure); time suspended or queued in Kueue does not count. "
+        "Default: 24h; filter 6h, train 48h. Not used by a Teacher.",
+    )
 
 
 # Built-in per-stage resources, applied under `resources.default` and the stage's own entry.
 _STAGE_RESOURCE_DEFAULTS: dict[str, StageResources] = {
-    "train": StageResources(gpus=1, cpu="8", memory="64Gi"),
-    "evaluate": StageResources(gpus=1, cpu="4", memory="32Gi"),
+    "filter": StageResources(active_deadline_seconds=6 * 3600),
+    "train": StageResources(
+        gpus=1,
+        cpu="8",
+        memory="64Gi",
+        shm_size="16Gi",
+        scratch_size="200Gi",
+        active_deadline_seconds=48 * 3600,
+    ),
+    "evaluate": StageResources(
+        gpus=1, cpu="4", memory="32Gi", shm_size="8Gi", scratch_size="100Gi"
+    ),
 }
-_BASE_RESOURCES = StageResources(gpus=0, cpu="1", memory="2Gi", parallelism=4)
+_BASE_RESOURCES = StageResources(
+    gpus=0,
+    cpu="1",
+    memory="2Gi",
+    parallelism=4,
+    scratch_size="20Gi",
+    active_deadline_seconds=24 * 3600,
+)
 
 
 class ResourcesSpec(SpecModel):
@@ -332,6 +1079,47 @@ class ResourcesSpec(SpecModel):
     evaluate: StageResources | None = Field(
         default=None, description="Default: 1 GPU, 4 CPU, 32Gi."
     )
+    pod_templates: list[StagePodTemplate] | None = Field(
+        default=None,
+        max_length=STAGE_POD_TEMPLATES,
+        description="Pod templates merged over the stage Pods the operator builds, in "
+        "Kubernetes' shape (metadata; spec: affinity, tolerations, nodeSelector, volumes, "
+        "imagePullSecrets, serviceAccountName, securityContext, containers[stage]: image, "
+        "env, volumeMounts). Each applies to its `stages` (default all), later over earlier.",
+    )
+    scratch: ScratchSpec | None = Field(
+        default=None,
+        description="The scratch volume of every stage Pod from a StorageClass or a PVC "
+        "(default: an emptyDir of scratchSize).",
+    )
+
+    @field_validator("pod_templates")
+    @classmethod
+    def _mounts_have_volumes(
+        cls, templates: list[StagePodTemplate] | None
+    ) -> list[StagePodTemplate] | None:
+        for target in typing.get_args(PodTarget):
+            merged: dict[str, Any] = {}
+            for t in templates or []:
+                if t.applies_to(target):
+                    merged = merge_pod_templates(merged, template_dict(t))
+            if problems := mount_problems(merged):
+                what = "the served Teacher" if target == SERVED_TEACHER else f"stage {target}"
+                raise ValueError(f"{what}: " + "; ".join(problems))
+        return templates
+
+    def pod_template_for(self, target: str) -> dict[str, Any]:
+        """The merged pod template of a stage, or of the served Teacher (`teacher`), as a
+        camelCase mapping ({} when none applies). Its container is the Pod's own: the
+        operator's (`stage`, or `vllm` for the Teacher)."""
+        merged: dict[str, Any] = {}
+        for t in self.pod_templates or []:
+            if t.applies_to(target):
+                merged = merge_pod_templates(merged, template_dict(t))
+        name = TEACHER_CONTAINER if target == SERVED_TEACHER else STAGE_CONTAINER
+        for container in (merged.get("spec") or {}).get("containers") or []:
+            container["name"] = name
+        return merged
 
     def for_stage(self, stage: str) -> StageResources:
         """The stage's resources: built-in base < stage built-in < `default` < stage entry."""
@@ -405,6 +1193,18 @@ class TeacherSpec(SpecModel):
     resources: StageResources = Field(
         default=StageResources(), description="Pod placement (nodeSelector, tolerations, ...)."
     )
+    pod_template: TeacherPodTemplate | None = Field(
+        default=None,
+        description="Pod template merged over the server's Pod (as resources.podTemplates "
+        "of a LanguageModel; the container is vllm).",
+    )
+
+    @field_validator("pod_template")
+    @classmethod
+    def _mounts_have_volumes(cls, template: TeacherPodTemplate | None) -> TeacherPodTemplate | None:
+        if problems := mount_problems(template_dict(template)):
+            raise ValueError("; ".join(problems))
+        return template
 
     @model_validator(mode="after")
     def _gpus_fit_parallelism(self) -> TeacherSpec:
@@ -421,6 +1221,23 @@ class TeacherSpec(SpecModel):
         return self
 
 
+class ServedTeacherSpec(TeacherSpec):
+    """A Teacher served for one LanguageModel (teacher.serve): a Teacher's fields; its Pod
+    takes the LanguageModel's resources.podTemplates that list `teacher`."""
+
+    pod_template: OwnedMap = owned(
+        "a served Teacher's Pod takes the LanguageModel's resources.podTemplates whose stages "
+        "list teacher"
+    )
+
+    @model_validator(mode="after")
+    def _no_pod_template(self) -> ServedTeacherSpec:
+        if self.pod_template not in (None, {}):
+            why = str(type(self).model_fields["pod_template"].description)
+            raise ValueError(f"podTemplate: {why[0].lower()}{why[1:]}")
+        return self
+
+
 class SamplingSpec(SpecModel):
     temperature: float = Field(default=1.0, ge=0, le=2, description="Teacher temperature.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Teacher nucleus sampling.")
@@ -431,7 +1248,7 @@ class TeacherSettings(SpecModel):
 
     ref: TeacherRef | None = Field(default=None, description="Use a shared Teacher resource.")
     endpoint: TeacherEndpoint | None = Field(default=None, description="Use a running server.")
-    serve: TeacherSpec | None = Field(
+    serve: ServedTeacherSpec | None = Field(
         default=None,
         description="Serve a teacher for this LanguageModel only (the operator creates an owned "
         "Teacher; `kakugo run` starts a local vLLM server).",
@@ -964,7 +1781,14 @@ class LanguageModelSpec(SpecModel):
     )
     resources: ResourcesSpec = Field(default=ResourcesSpec(), description="Per-stage Pods.")
     budget: BudgetSpec = Field(default=BudgetSpec(), description="Spending limit.")
-    suspend: bool = Field(default=False, description="Stop running Jobs; resume when false.")
+    suspend: bool = Field(
+        default=False,
+        description="Stop running Jobs; resume when false (a Job on a Kueue queue is "
+        "stopped through its Workload).",
+    )
+    hugging_face: HuggingFaceSpec | None = Field(
+        default=None, description="Hugging Face Hub access for the stages."
+    )
 
     @field_validator("language")
     @classmethod
@@ -984,6 +1808,26 @@ class LanguageModelSpec(SpecModel):
                 "resources.evaluate.gpus: is 0 but evaluation.device is cuda; give the evaluate "
                 "stage at least 1 GPU, or set evaluation.device: cpu"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _pod_templates_fit(self) -> LanguageModelSpec:
+        api_key = self.teacher.endpoint.api_key_env if self.teacher.endpoint else None
+        pvc = self.storage.pvc.mount_path.rstrip("/") if self.storage and self.storage.pvc else None
+        for i, template in enumerate(self.resources.pod_templates or []):
+            for container in (template.spec.containers if template.spec else None) or []:
+                for var in container.env or []:
+                    if var.name == api_key:
+                        raise ValueError(
+                            f"resources.podTemplates: [{i}] env {var.name!r} is the teacher API "
+                            "key the operator sets (teacher.endpoint.apiKeyEnv)"
+                        )
+                for mount in container.volume_mounts or []:
+                    if pvc and mount.mount_path.rstrip("/") == pvc:
+                        raise ValueError(
+                            f"resources.podTemplates: [{i}] mountPath {mount.mount_path!r} is "
+                            "where the operator mounts storage.pvc"
+                        )
         return self
 
     @cached_property

@@ -34,7 +34,7 @@ Dollars = Annotated[str, Field(pattern=r"^-?[0-9]+(\.[0-9]+)?$")]
 ConditionStatus = Literal["True", "False", "Unknown"]
 #: A stage's state machine: Pending -> Running -> Succeeded, or -> Retrying -> Running ...,
 #: or -> Failed when the retry budget is spent.
-StageState = Literal["Pending", "Running", "Retrying", "Succeeded", "Failed"]
+StageState = Literal["Pending", "Running", "Queued", "Retrying", "Succeeded", "Failed"]
 #: Why a stage whose inputs are complete has not started (the first gate that holds it).
 Gate = Literal["Backoff", "Suspended", "Budget", "GPUQuota", "Teacher", "Concurrency"]
 AttemptOutcome = Literal["Succeeded", "Failed", "Disrupted"]

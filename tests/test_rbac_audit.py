@@ -166,6 +166,29 @@ def _exercise(api: Api) -> None:
     )
     api.patch("LanguageModel", NS, "hausa", {"spec": {"suspend": False, "data": {"seed": 7}}})
     job(api, "hausa-topics-2")
+    # A Job on a Kueue queue, suspended through its Workload (Kueue plays no part here: the
+    # test makes the Workload Kueue would make).
+    queued = language_model("twi", language="Twi")
+    queued["spec"]["resources"]["topics"]["queueName"] = "cpu-queue"
+    api.create(queued)
+    twi = job(api, "twi-topics-1")
+    api.create(
+        {
+            "apiVersion": "kueue.x-k8s.io/v1beta1",
+            "kind": "Workload",
+            "metadata": {
+                "name": "job-twi-topics-1-x",
+                "namespace": NS,
+                "labels": {"kueue.x-k8s.io/job-uid": twi["metadata"]["uid"]},
+            },
+            "spec": {"active": True},
+        }
+    )
+    api.patch("LanguageModel", NS, "twi", {"spec": {"suspend": True}})
+    wait_for(
+        lambda: api.get("Workload", NS, "job-twi-topics-1-x")["spec"]["active"] is False,
+        what="the Workload deactivated",
+    )
     # A served teacher: Teacher, Deployment, Service; scaled to zero when idle.
     api.create(
         language_model(

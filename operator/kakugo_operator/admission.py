@@ -33,7 +33,10 @@ KINDS = {
     "languagefleets": "LanguageFleet",
 }
 
-What = Literal["secret", "pvc", "image", "args"]
+#: secret/pvc: `get` it; image/args: the allowlist or `create pods`; pods: `create pods`
+#: (what only a Pod's author could choose: volumes, a ServiceAccount, a RuntimeClass);
+#: claims: `create persistentvolumeclaims` (the operator's Pods would make PVCs).
+What = Literal["secret", "pvc", "image", "args", "pods", "claims"]
 
 #: Where a Teacher spec (and so `teacher.serve` of a LanguageModel) names something the
 #: operator uses for its author: (path to the field, key of the name inside it, what).
@@ -48,6 +51,9 @@ LANGUAGE_MODEL_FIELDS: tuple[tuple[tuple[str, ...], str | None, What], ...] = (
     *((("teacher", "serve", *path), key, what) for path, key, what in SERVER_FIELDS),
     (("storage", "s3", "credentialsSecretRef"), None, "secret"),
     (("storage", "pvc", "claimName"), None, "pvc"),
+    (("huggingFace", "tokenSecretRef"), "name", "secret"),
+    (("resources", "scratch", "claimName"), None, "pvc"),
+    (("resources", "scratch", "storageClassName"), None, "claims"),
 )
 
 
@@ -79,6 +85,7 @@ class Question:
 
 
 CREATE_PODS = Question("create", "pods")
+CREATE_CLAIMS = Question("create", "persistentvolumeclaims")
 
 
 @dataclass(frozen=True)
@@ -193,18 +200,62 @@ def _walk(
             yield Use(where, what, value)
 
 
+def _items(value: Any) -> list[tuple[int, Any]]:
+    return list(enumerate(value)) if isinstance(value, list) else []
+
+
+def template_uses(template: Any, prefix: str) -> Iterator[Use]:
+    """What a pod template (`resources.podTemplates[i]`, a Teacher's `podTemplate`) makes
+    the operator's Pods use: volumes, a ServiceAccount and a RuntimeClass (only a Pod's
+    author could choose them), the Secrets and PVCs they name, pull Secrets, Secret keys in
+    env, another image."""
+    spec = _at(template, ("spec",))
+    if not isinstance(spec, Mapping):
+        return
+    where = f"{prefix}.spec"
+    for key in ("serviceAccountName", "runtimeClassName"):
+        if isinstance(spec.get(key), str) and spec[key]:
+            yield Use(f"{where}.{key}", "pods", spec[key])
+    for i, volume in _items(spec.get("volumes")):
+        at = f"{where}.volumes[{i}]"
+        yield Use(at, "pods", str(_at(volume, ("name",)) or ""))
+        if secret := _at(volume, ("secret", "secretName")):
+            yield Use(f"{at}.secret.secretName", "secret", str(secret))
+        if claim := _at(volume, ("persistentVolumeClaim", "claimName")):
+            yield Use(f"{at}.persistentVolumeClaim.claimName", "pvc", str(claim))
+        if _at(volume, ("ephemeral",)) is not None:
+            yield Use(f"{at}.ephemeral", "claims", str(_at(volume, ("name",)) or ""))
+    for i, ref in _items(spec.get("imagePullSecrets")):
+        if name := _at(ref, ("name",)):
+            yield Use(f"{where}.imagePullSecrets[{i}].name", "secret", str(name))
+    for j, container in _items(spec.get("containers")):
+        at = f"{where}.containers[{j}]"
+        if isinstance(image := _at(container, ("image",)), str) and image:
+            yield Use(f"{at}.image", "image", image)
+        for k, var in _items(_at(container, ("env",))):
+            if name := _at(var, ("valueFrom", "secretKeyRef", "name")):
+                yield Use(f"{at}.env[{k}].valueFrom.secretKeyRef", "secret", str(name))
+
+
+def _language_model_uses(spec: Any, prefix: str) -> Iterator[Use]:
+    yield from _walk(spec, LANGUAGE_MODEL_FIELDS, prefix)
+    for i, template in _items(_at(spec, ("resources", "podTemplates"))):
+        yield from template_uses(template, f"{prefix}.resources.podTemplates[{i}]")
+
+
 def uses(kind: str, spec: Any) -> list[Use]:
     """Everything the object makes the operator use for its author, where it is written.
     A fleet's members are made of its template and their overrides (merge patches), so
     every value of a member is written in one of them: both are walked."""
     if kind == "LanguageModel":
-        return list(_walk(spec, LANGUAGE_MODEL_FIELDS, "spec"))
+        return list(_language_model_uses(spec, "spec"))
     if kind == "Teacher":
-        return list(_walk(spec, SERVER_FIELDS, "spec"))
-    out = list(_walk(_at(spec, ("template",)), LANGUAGE_MODEL_FIELDS, "spec.template"))
+        out = list(_walk(spec, SERVER_FIELDS, "spec"))
+        return out + list(template_uses(_at(spec, ("podTemplate",)), "spec.podTemplate"))
+    out = list(_language_model_uses(_at(spec, ("template",)), "spec.template"))
     for i, entry in enumerate(_at(spec, ("languages",)) or []):
         overrides = _at(entry, ("overrides",))
-        out += _walk(overrides, LANGUAGE_MODEL_FIELDS, f"spec.languages[{i}].overrides")
+        out += _language_model_uses(overrides, f"spec.languages[{i}].overrides")
     return out
 
 
@@ -217,8 +268,12 @@ def questions(found: Sequence[Use], allow: Allowlist) -> list[Question]:
             out.append(Question("get", "secrets", str(use.value)))
         elif use.what == "pvc":
             out.append(Question("get", "persistentvolumeclaims", str(use.value)))
-        elif (use.what == "image" and not allow.image_allowed(str(use.value))) or (
-            use.what == "args" and allow.refused_args(use.value)
+        elif use.what == "claims":
+            out.append(CREATE_CLAIMS)
+        elif (
+            use.what == "pods"
+            or (use.what == "image" and not allow.image_allowed(str(use.value)))
+            or (use.what == "args" and allow.refused_args(use.value))
         ):
             out.append(CREATE_PODS)
     return list(dict.fromkeys(out))
@@ -270,8 +325,21 @@ def problems(
                     f'"{use.value}"): the stage Pods would mount it for you, so you must be '
                     "allowed to read it yourself"
                 )
+        elif use.what == "claims":
+            if not answers.get(CREATE_CLAIMS, False):
+                out.append(
+                    f"{use.field}: {cannot(user, CREATE_CLAIMS, namespace)}: the operator's "
+                    "Pods would make PersistentVolumeClaims for you, so you must be allowed "
+                    "to create them yourself"
+                )
         elif answers.get(CREATE_PODS, False):
             continue
+        elif use.what == "pods":
+            out.append(
+                f"{use.field}: {cannot(user, CREATE_PODS, namespace)}: only users who may "
+                "create Pods may give the operator's Pods volumes, a ServiceAccount or a "
+                "RuntimeClass"
+            )
         elif use.what == "image" and not allow.image_allowed(str(use.value)):
             out.append(
                 f'{use.field}: image "{use.value}" is not allowed (operator setting '

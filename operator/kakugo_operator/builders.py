@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kakugo_operator import naming
+from kakugo_operator import naming, pods
 from kakugo_operator.settings import OperatorSettings
 from kakugo_stages.contract import (
     DEFAULT_TERMINATION_LOG,
@@ -26,6 +26,7 @@ from kakugo_stages.contract import (
     decl,
     stage_command,
 )
+from kakugo_stages.spec import STAGE_CONTAINER
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,12 @@ def _env(run: RunSpec, stage: str, teacher: TeacherEnv) -> tuple[list[dict], lis
             env.append({"name": TEACHER_URL_ENV, "value": teacher.url})
             if teacher.model:
                 env.append({"name": TEACHER_MODEL_ENV, "value": teacher.model})
+    hf = run.spec.hugging_face
+    if hf is not None and hf.token_secret_ref is not None:
+        ref = hf.token_secret_ref
+        env.append(
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        )
     storage = run.spec.storage
     if storage is not None and storage.s3 is not None:
         if storage.s3.credentials_secret_ref:
@@ -97,7 +104,10 @@ def job(
     reset: bool = False,
     suspend: bool = False,
 ) -> dict[str, Any]:
-    """The Job of one attempt of one stage (owner references are added by kopf.adopt)."""
+    """The Job of one attempt of one stage (owner references are added by kopf.adopt).
+
+    A Job on a Kueue queue (`queueName`) is created suspended: Kueue admits it by resuming
+    it, and preempts it by suspending it again; the operator never resumes it."""
     res = run.spec.resources.for_stage(stage)
     labels = naming.stage_labels(run.name, run.language.code, stage, attempt)
     job_labels = dict(labels)
@@ -130,7 +140,7 @@ def job(
         )
         mounts.append({"name": "storage", "mountPath": storage.pvc.mount_path})
     container: dict[str, Any] = {
-        "name": "stage",
+        "name": STAGE_CONTAINER,
         "image": settings.image_for(stage),
         "imagePullPolicy": settings.image_pull_policy,
         "command": command,
@@ -158,13 +168,17 @@ def job(
         pod_spec["priorityClassName"] = res.priority_class_name
     if settings.service_account:
         pod_spec["serviceAccountName"] = settings.service_account
-    n = shards(run, stage)
-    job_spec: dict[str, Any] = {
-        "backoffLimit": 0,
-        "completions": n,
-        "parallelism": min(n, res.parallelism or 1),
-        "completionMode": "Indexed" if decl(stage).sharded else "NonIndexed",
-        "template": {
+    # Restricted, with its scratch volume and /dev/shm (pods.py).
+    pods.harden(
+        pod_spec,
+        container,
+        shm_size=res.shm_size,
+        scratch_size=res.scratch_size,
+        scratch=run.spec.resources.scratch,
+        labels=labels,
+    )
+    template = pods.apply_template(
+        {
             "metadata": {
                 "labels": labels,
                 # Read back by the cost accounting (the node may lack the labels).
@@ -175,8 +189,23 @@ def job(
             },
             "spec": pod_spec,
         },
+        run.spec.resources.pod_template_for(stage),
+        STAGE_CONTAINER,
+    )
+    n = shards(run, stage)
+    job_spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "completions": n,
+        "parallelism": min(n, res.parallelism or 1),
+        "completionMode": "Indexed" if decl(stage).sharded else "NonIndexed",
+        "template": template,
     }
-    if suspend:
+    if res.active_deadline_seconds:
+        # Counts from the Job's start, again after each resume (Kueue, spec.suspend).
+        job_spec["activeDeadlineSeconds"] = res.active_deadline_seconds
+    if settings.job_ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = settings.job_ttl_seconds_after_finished
+    if suspend or res.queue_name:
         job_spec["suspend"] = True
     return {
         "apiVersion": "batch/v1",

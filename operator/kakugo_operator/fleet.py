@@ -81,7 +81,7 @@ SPEC_HASH_ANNOTATION = "kakugo.io/fleet-spec-hash"
 #: Member phases, as LanguageModels report them (a member not created yet is Pending).
 PHASES = ("Pending", "Queued", "Running", "Suspended", "Succeeded", "Stalled")
 #: States of a GPU stage that mean "it holds a GPU (or will again, on retry)".
-HOLDING_STATES = ("Running", "Retrying")
+HOLDING_STATES = ("Running", "Queued", "Retrying")
 #: Gates that do not make a member wait for a GPU (it would not start if admitted).
 NOT_WAITING = ("Suspended", "Budget")
 
@@ -228,8 +228,9 @@ def holds_gpu(status: LanguageModelStatus, gstages: tuple[str, ...]) -> bool:
 
 def wants_gpu(status: LanguageModelStatus, gstages: tuple[str, ...]) -> bool:
     """A GPU stage of it could start now but for a gate that admission, time or a slot
-    will open (not suspend, not the budget); or it says it is Queued."""
-    if status.phase == "Queued":
+    will open (not suspend, not the budget); or it says it is Queued for the fleet (not
+    because Kueue holds its Jobs: those hold what they hold)."""
+    if status.phase == "Queued" and not any(e.state == "Queued" for e in status.stages):
         return True
     return any(
         e.name in gstages and e.waiting_for not in (None, *NOT_WAITING) for e in status.stages

@@ -29,6 +29,7 @@ import kopf
 from kakugo_operator import fleet as fleet_mod
 from kakugo_operator import k8s, kopf_state, metrics, naming, webhook
 from kakugo_operator import settings as settings_mod
+from kakugo_operator import stage_machine as sm
 from kakugo_operator.diff import merge_diff
 from kakugo_operator.observe import iso
 from kakugo_operator.reconcile import Observed, decide, read_status, refused, with_log_tail
@@ -183,7 +184,9 @@ def needs_teacher(raw_status: dict[str, Any]) -> bool:
         return status.phase != "Stalled"
     return any(
         e.name in TEACHER_STAGES
-        and (e.state in ("Running", "Retrying") or e.waiting_for not in (None, *IDLE_GATES))
+        and (
+            e.state in ("Running", "Queued", "Retrying") or e.waiting_for not in (None, *IDLE_GATES)
+        )
         for e in status.stages
     )
 
@@ -418,7 +421,7 @@ async def languagemodel(
         )
         plan = decide(obs, st.settings)
         try:
-            await execute_lm_plan(plan, body, namespace, st)
+            await execute_lm_plan(plan, body, namespace, st, obs.jobs)
             written = await write_status(
                 "languagemodels", namespace, name, written, plan.status.dump()
             )
@@ -445,7 +448,62 @@ async def languagemodel(
         await _sleep(st, key, stopped, plan.requeue_after or st.settings.resync_seconds)
 
 
-async def execute_lm_plan(plan: Any, body: kopf.Body, namespace: str, st: OperatorState) -> None:
+#: Kueue's Workload API, newest first (v1beta1 is deprecated but served by every release).
+KUEUE_WORKLOADS = ("kueue.x-k8s.io/v1beta2", "kueue.x-k8s.io/v1beta1")
+#: Kueue's label on a Workload: the uid of the Job it stands for.
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+
+
+async def set_kueue_active(namespace: str, job: dict[str, Any], active: bool) -> None:
+    """Stop (or let run again) a Job on a Kueue queue the way Kueue stops one: its
+    Workload's `spec.active` (false: Kueue evicts it, suspends the Job and does not queue
+    it again). Kueue owns such a Job's `spec.suspend` and would resume an admitted Job the
+    operator suspended. Once done, the Job carries `kakugo.io/kueue-active`, which is how the
+    decision knows. A Job whose Workload Kueue has not made yet is tried again on the next
+    reconciliation; without Kueue's API nobody resumes the (suspended) Job anyway."""
+    uid = job["metadata"].get("uid", "")
+    name = job["metadata"]["name"]
+    for api_version in KUEUE_WORKLOADS:
+        found = await k8s.list_objects(
+            api_version, "workloads", namespace, label_selector=f"{KUEUE_JOB_UID_LABEL}={uid}"
+        )
+        if found is None:
+            continue  # this version is not served
+        # Kueue's label, or (an older Kueue) its owner reference: the Workload of this Job.
+        found = [
+            w
+            for w in found
+            if (w["metadata"].get("labels") or {}).get(KUEUE_JOB_UID_LABEL) == uid
+            or any(o.get("uid") == uid for o in w["metadata"].get("ownerReferences") or [])
+        ]
+        if not found:
+            return  # Kueue has not made it yet
+        for workload in found:
+            await k8s.merge_patch(
+                api_version,
+                "workloads",
+                namespace,
+                workload["metadata"]["name"],
+                {"spec": {"active": active}},
+            )
+        break
+    value = "true" if active else "false"
+    await k8s.merge_patch(
+        "batch/v1",
+        "jobs",
+        namespace,
+        name,
+        {"metadata": {"annotations": {sm.KUEUE_ACTIVE_ANNOTATION: value}}},
+    )
+
+
+async def execute_lm_plan(
+    plan: Any,
+    body: kopf.Body,
+    namespace: str,
+    st: OperatorState,
+    jobs: list[dict[str, Any]] | None = None,
+) -> None:
     if plan.apply_config_map is not None:
         cm = plan.apply_config_map
         kopf.adopt(cm, owner=body)
@@ -468,6 +526,10 @@ async def execute_lm_plan(plan: Any, body: kopf.Body, namespace: str, st: Operat
         await k8s.merge_patch(
             "batch/v1", "jobs", namespace, job_name, {"spec": {"suspend": suspend}}
         )
+    for job_name, active in plan.kueue_active.items():
+        job = next((j for j in jobs or [] if j["metadata"]["name"] == job_name), None)
+        if job is not None:
+            await set_kueue_active(namespace, job, active)
     for obj in plan.create:
         kopf.adopt(obj, owner=body)
         await k8s.create(obj)

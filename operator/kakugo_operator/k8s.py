@@ -162,6 +162,18 @@ async def get(api_version: str, plural: str, namespace: str, name: str) -> dict[
         return None
 
 
+async def list_objects(
+    api_version: str, plural: str, namespace: str, label_selector: str | None = None
+) -> list[dict[str, Any]] | None:
+    """The objects of a kind in a namespace; None when the API server has no such kind."""
+    query = [("labelSelector", label_selector)] if label_selector else []
+    try:
+        result = await call("GET", api_path(api_version, plural, namespace), query=query)
+    except NotFound:
+        return None
+    return list((result or {}).get("items") or [])
+
+
 async def merge_patch(
     api_version: str,
     plural: str,

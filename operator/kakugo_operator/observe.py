@@ -129,8 +129,30 @@ class Failure:
     pod: str | None = None
 
 
-def classify_failure(pods: list[dict[str, Any]]) -> Failure:
-    """Why a failed Job failed. A Job with no Pods left was disrupted (deleted Pods)."""
+#: A Job's Failed condition when it ran longer than its activeDeadlineSeconds.
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+
+
+def deadline_failure(job: dict[str, Any] | None) -> Failure | None:
+    """The Job ran past its activeDeadlineSeconds: a failure of the stage (it took too
+    long), never a disruption, although the Job controller deleted its Pods."""
+    cond = _condition(job or {}, "Failed") or _condition(job or {}, "FailureTarget") or {}
+    if cond.get("reason") != DEADLINE_EXCEEDED:
+        return None
+    seconds = ((job or {}).get("spec") or {}).get("activeDeadlineSeconds")
+    limit = f" ({seconds}s, resources.<stage>.activeDeadlineSeconds)" if seconds else ""
+    return Failure(
+        False,
+        DEADLINE_EXCEEDED,
+        f"the attempt ran longer than its deadline{limit}; its Pods were stopped",
+    )
+
+
+def classify_failure(pods: list[dict[str, Any]], job: dict[str, Any] | None = None) -> Failure:
+    """Why a failed Job failed: its deadline (the Job's condition), else from its Pods. A
+    Job with no Pods left was disrupted (deleted Pods)."""
+    if (deadline := deadline_failure(job)) is not None:
+        return deadline
     if not pods:
         return Failure(True, "PodDeleted", "the Job's Pods were deleted before they finished")
     broken = [

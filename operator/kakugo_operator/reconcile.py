@@ -54,7 +54,7 @@ from kakugo_stages.contract import (
     token_cost,
     validate_spec,
 )
-from kakugo_stages.spec import LanguageModelSpec
+from kakugo_stages.spec import SERVED_TEACHER, LanguageModelSpec
 from kakugo_stages.status import (
     Condition,
     Cost,
@@ -109,6 +109,9 @@ class Plan:
     teacher_patch: dict[str, Any] | None = None
     delete_jobs: list[str] = field(default_factory=list)
     suspend_jobs: dict[str, bool] = field(default_factory=dict)  # job -> spec.suspend
+    #: Jobs on a Kueue queue -> whether their Workload should be active (spec.suspend of the
+    #: LanguageModel, through Kueue: Kueue owns those Jobs' spec.suspend).
+    kueue_active: dict[str, bool] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # type, reason, message
     requeue_after: float | None = None
     #: stage -> a failed Pod whose log tail the failure message wants
@@ -208,7 +211,7 @@ def reset_moved(
     for stage in STAGES:
         entry = entries[stage]
         if stage in moved:
-            if entry.job and entry.state == "Running":
+            if entry.job and entry.state in sm.ACTIVE:
                 stop.append(entry.job)
             entry = entry.model_copy(
                 update={
@@ -272,12 +275,17 @@ def served_teacher(lm_name: str, namespace: str, serve: dict[str, Any]) -> dict[
     }
 
 
-def served_teacher_actions(obs: Observed) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(create, merge patch) that keep the served Teacher at `spec.teacher.serve`: created
-    when missing (deleted too), patched when the wanted spec's hash or values differ."""
+def served_teacher_actions(
+    obs: Observed, pod_template: dict[str, Any] | None = None
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(create, merge patch) that keep the served Teacher at `spec.teacher.serve`, with the
+    LanguageModel's pod templates for `teacher` as its `podTemplate`: created when missing
+    (deleted too), patched when the wanted spec's hash or values differ."""
     serve = (obs.spec.get("teacher") or {}).get("serve")
     if serve is None:
         return None, None
+    if pod_template:
+        serve = {**serve, "podTemplate": pod_template}
     want = served_teacher(obs.name, obs.namespace, serve)
     have = obs.teacher
     if have is None:
@@ -363,7 +371,8 @@ def summarize(
     budget_spent: str | None = None,
 ) -> Summary:
     done = all(entries[s].state == "Succeeded" for s in STAGES)
-    running = [s for s in STAGES if entries[s].state == "Running"]
+    running = [s for s in STAGES if entries[s].state in sm.ACTIVE]
+    queued = [s for s in running if entries[s].state == "Queued"]
     failed = [s for s in STAGES if entries[s].state == "Failed"]
     over_budget = [s for s, h in holds.items() if h.gate == "Budget"]
     stall: tuple[str, str] | None = None
@@ -387,10 +396,17 @@ def summarize(
             "Suspended",
             "spec.suspend is true" + (f"; {len(running)} Job(s) suspended" if running else ""),
         )
+    elif running and len(queued) == len(running):
+        reconciling = (True, "Queued", "; ".join(entries[s].message for s in queued))
     elif running:
-        jobs = ", ".join(entries[s].job or s for s in running)
-        reason = f"{running[0].capitalize()}Running" if len(running) == 1 else "StagesRunning"
+        jobs = ", ".join(entries[s].job or s for s in running if s not in queued)
+        now_running = [s for s in running if s not in queued]
+        reason = (
+            f"{now_running[0].capitalize()}Running" if len(now_running) == 1 else "StagesRunning"
+        )
         message = f"Job(s) {jobs} running"
+        if queued:
+            message += "; held by Kueue: " + ", ".join(entries[s].job or s for s in queued)
         if holds:
             message += "; waiting: " + ", ".join(f"{s} ({h.reason})" for s, h in holds.items())
         reconciling = (True, reason, message)
@@ -410,6 +426,8 @@ def summarize(
         phase = "Suspended"
     elif not running and any(h.gate == "GPUQuota" for h in holds.values()):
         phase = "Queued"
+    elif running and len(queued) == len(running):
+        phase = "Queued"  # every Job held by Kueue
     elif any(entries[s].attempt for s in STAGES):
         phase = "Running"
     else:
@@ -555,7 +573,7 @@ def advance_all(
     the steps' effects go into the plan."""
     for stage in STAGES:
         entries[stage] = sm.adopt(stage, entries[stage], world, obs.name, obs.now)
-        if entries[stage].state != "Running":
+        if entries[stage].state not in sm.ACTIVE:
             continue
         seen = sm.observe(stage, entries[stage], world, obs.now)
         step = sm.advance(stage, entries[stage], seen, spec.suspend, settings, obs.now)
@@ -563,6 +581,8 @@ def advance_all(
         plan.requeue(step.requeue)
         if step.suspend is not None and step.entry.job:
             plan.suspend_jobs[step.entry.job] = step.suspend
+        if step.kueue_active is not None and step.entry.job:
+            plan.kueue_active[step.entry.job] = step.kueue_active
         if step.finished:
             plan.finished.append(step.finished)
         if step.completed_seconds is not None:
@@ -603,10 +623,10 @@ def schedule(
     holds it; returns the holds (stage -> gate), also written to each entry's waitingFor."""
     holds: dict[str, sm.Hold] = {}
     done = [s for s in STAGES if entries[s].state == "Succeeded"]
-    running = sum(1 for s in STAGES if entries[s].state == "Running")
+    running = sum(1 for s in STAGES if entries[s].state in sm.ACTIVE)
     for stage in ready(done):
         entry = entries[stage]
-        if entry.state in ("Running", "Failed"):
+        if entry.state in (*sm.ACTIVE, "Failed"):
             continue
         hold = sm.gate(stage, entry, gates, running, now)
         if hold is not None:
@@ -666,7 +686,9 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     retry_request, plan.events = honour_retry(entries, obs.retry_request, prev.retry_request)
     if prev.spec_fingerprint != run.fingerprint():
         plan.apply_config_map = builders.config_map(run)
-    teacher_create, plan.teacher_patch = served_teacher_actions(obs)
+    teacher_create, plan.teacher_patch = served_teacher_actions(
+        obs, spec.resources.pod_template_for(SERVED_TEACHER)
+    )
     if teacher_create is not None:
         plan.create.append(teacher_create)
 
@@ -695,7 +717,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
             stages_done=n_done,
             stages_total=len(STAGES),
             percent=round(100 * n_done / len(STAGES)),
-            stages=[s for s in STAGES if entries[s].state == "Running"],
+            stages=[s for s in STAGES if entries[s].state in sm.ACTIVE],
             waiting={s: h.gate for s, h in holds.items()},
         ),
         cost=cost_status,

@@ -59,6 +59,7 @@ ENV_KEYS = {
     "KAKUGO_ADMISSION_TRUSTED_USERS": "admissionTrustedUsers",
     "KAKUGO_ALLOWED_IMAGES": "allowedImages",
     "KAKUGO_ALLOWED_EXTRA_ARGS": "allowedExtraArgs",
+    "KAKUGO_JOB_TTL_SECONDS_AFTER_FINISHED": "jobTtlSecondsAfterFinished",
 }
 
 #: Settings that are lists; a `KAKUGO_*` variable gives them comma-separated.
@@ -110,6 +111,10 @@ class OperatorSettings(BaseModel):
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
     #: Lines of a failed Pod's log quoted in Stalled messages and Events.
     log_tail_lines: int = Field(default=20, ge=0)
+    #: Finished stage Jobs (and their Pods) are deleted this long after they finish
+    #: (ttlSecondsAfterFinished); None keeps them until their LanguageModel goes. The
+    #: operator records an attempt when it sees it finish, long before.
+    job_ttl_seconds_after_finished: int | None = Field(default=7 * 86400, ge=0)
 
     # The admission webhook (webhook.py, admission.py; README "Trust model").
     #: HTTPS port of the validating admission webhook; 0: no webhook server (tests of the

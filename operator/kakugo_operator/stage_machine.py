@@ -7,7 +7,10 @@
 
 States: Pending -> Running -> Succeeded; Running -> Retrying (a failure with retry budget
 left, after a backoff; or a disruption, at once and for free) -> Running; Running ->
-Failed when the budget is spent. `reconcile.decide` runs these over the stage graph.
+Failed when the budget is spent. Running <-> Queued while Kueue holds the Job of a stage on
+a queue (suspended until admitted, suspended again when preempted): Kueue owns such a
+Job's `spec.suspend`, so the operator never resumes it, and suspends it through its Kueue
+Workload (`spec.active`). `reconcile.decide` runs these over the stage graph.
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ from kakugo_stages.status import Attempt, Gate, ShardProgress, StageCounts, Stag
 INDEX_GRACE_SECONDS = 30.0
 #: Finished attempts kept in status.
 ATTEMPTS_KEPT = 10
+#: States of a stage whose Job exists and has not finished.
+ACTIVE = ("Running", "Queued")
+#: On a Job on a Kueue queue: whether the operator last set its Workload active
+#: ("false" while the LanguageModel is suspended; absent: active, as Kueue creates it).
+KUEUE_ACTIVE_ANNOTATION = "kakugo.io/kueue-active"
 
 #: The Reconciling/Ready reason of each gate.
 GATE_REASONS: dict[str, str] = {
@@ -98,8 +106,10 @@ class Step:
     completed_seconds: float | None = None
     #: A Pod whose log tail the failure message wants.
     log_pod: str | None = None
-    #: Patch the running Job's spec.suspend to this.
+    #: Patch the running Job's spec.suspend to this (Jobs on no Kueue queue).
     suspend: bool | None = None
+    #: Set the Kueue Workload of the running Job active (True) or not (a queued Job).
+    kueue_active: bool | None = None
     requeue: float | None = None
 
 
@@ -210,24 +220,53 @@ def advance(
     return _failed(stage, entry, seen, record, counts, settings, now)
 
 
+def queue_of(job: dict[str, Any]) -> str | None:
+    """The Kueue LocalQueue of a Job (its queue-name label), if any."""
+    return labels(job).get(naming.QUEUE_LABEL) or None
+
+
 def _running(
     stage: str, entry: StageStatus, seen: Seen, suspended: bool, settings: OperatorSettings
 ) -> Step:
     job = seen.job or {}
     counts = _counts(stage, seen.pods)
     js, spec = job.get("status") or {}, job.get("spec") or {}
-    entry = entry.model_copy(
-        update={
-            "counts": counts if counts.dump() else entry.counts,
-            "shards": ShardProgress(
-                done=js.get("succeeded") or 0,
-                total=spec.get("completions") or 1,
-                active=js.get("active") or 0,
-            ),
-        }
-    )
-    suspend = suspended if bool(spec.get("suspend")) != suspended else None
-    return Step(entry, suspend=suspend, requeue=settings.resync_seconds)
+    update: dict[str, Any] = {
+        "counts": counts if counts.dump() else entry.counts,
+        "shards": ShardProgress(
+            done=js.get("succeeded") or 0,
+            total=spec.get("completions") or 1,
+            active=js.get("active") or 0,
+        ),
+    }
+    queue = queue_of(job)
+    if queue is None:
+        suspend = suspended if bool(spec.get("suspend")) != suspended else None
+        entry = entry.model_copy(update={**update, "state": "Running"})
+        return Step(entry, suspend=suspend, requeue=settings.resync_seconds)
+    # Kueue owns this Job's spec.suspend: it resumes the Job when it admits it and suspends
+    # it when it preempts it. The LanguageModel's suspend goes through the Workload.
+    active = (job.get("metadata") or {}).get("annotations", {}).get(KUEUE_ACTIVE_ANNOTATION)
+    kueue_active = None if (active != "false") != suspended else not suspended
+    if spec.get("suspend"):
+        update["state"] = "Queued"
+        if suspended:
+            update["message"] = (
+                f"Job {entry.job} is stopped: spec.suspend (its Kueue Workload is inactive)"
+            )
+        elif seen.pods:
+            update["message"] = (
+                f"Job {entry.job} was preempted by Kueue; waiting for LocalQueue {queue} to "
+                "admit it again"
+            )
+        else:
+            update["message"] = f"Job {entry.job} waits for Kueue to admit it (LocalQueue {queue})"
+    else:
+        update["state"] = "Running"
+        if entry.state == "Queued":
+            update["message"] = f"Job {entry.job} admitted by Kueue (LocalQueue {queue})"
+    entry = entry.model_copy(update=update)
+    return Step(entry, kueue_active=kueue_active, requeue=settings.resync_seconds)
 
 
 def _succeeded(
@@ -263,7 +302,7 @@ def _failed(
     settings: OperatorSettings,
     now: datetime,
 ) -> Step:
-    failure = classify_failure(list(seen.pods))
+    failure = classify_failure(list(seen.pods), seen.job)
     outcome = "Disrupted" if failure.disrupted else "Failed"
     attempt = Attempt.model_validate({**record, "outcome": outcome, "reason": failure.reason})
     finished = {
@@ -387,6 +426,6 @@ def running_usage(
     stage: str, entry: StageStatus, world: World, now: datetime, settings: OperatorSettings
 ) -> tuple[float, Decimal]:
     """(GPU-seconds, dollars) of the attempt that runs now, if any."""
-    if entry.state != "Running":
+    if entry.state not in ACTIVE:
         return 0.0, Decimal(0)
     return gpu_usage(world.attempt_pods(stage, entry.attempt), now, settings)

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kakugo_operator import naming
+from kakugo_operator import naming, pods
 from kakugo_operator.conditions import (
     API_ERROR,
     REFUSED,
@@ -35,7 +35,7 @@ from kakugo_stages.contract import (
     validate_spec,
     vllm_args,
 )
-from kakugo_stages.spec import TeacherSpec
+from kakugo_stages.spec import TEACHER_CONTAINER, TeacherSpec, template_dict
 from kakugo_stages.status import Condition, TeacherStatus
 
 
@@ -69,7 +69,7 @@ def deployment(
     if spec.device == "cpu":
         env.append({"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"})
     container: dict[str, Any] = {
-        "name": "vllm",
+        "name": TEACHER_CONTAINER,
         "image": spec.image or settings.images["teacher"],
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", VLLM_MODULE],
@@ -88,12 +88,16 @@ def deployment(
             "periodSeconds": 10,
             "failureThreshold": 180,
         },
-        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
     }
-    pod_spec: dict[str, Any] = {
-        "containers": [container],
-        "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory"}}],
-    }
+    pod_spec: dict[str, Any] = {"containers": [container]}
+    # Restricted, with a scratch volume for HOME (model download, caches) and /tmp, and a
+    # memory-backed /dev/shm for tensor parallelism (pods.py).
+    pods.harden(
+        pod_spec,
+        container,
+        shm_size=res.shm_size or (pods.TEACHER_SHM if spec.device == "cuda" else "1Gi"),
+        scratch_size=res.scratch_size or pods.TEACHER_SCRATCH,
+    )
     selector = dict(res.node_selector or {})
     if res.gpu_type:
         selector[naming.GPU_PRODUCT_LABEL] = res.gpu_type
@@ -108,6 +112,11 @@ def deployment(
     meta_labels = dict(labels)
     if res.queue_name:
         meta_labels[naming.QUEUE_LABEL] = res.queue_name
+    template = pods.apply_template(
+        {"metadata": {"labels": labels}, "spec": pod_spec},
+        template_dict(spec.pod_template),
+        TEACHER_CONTAINER,
+    )
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -115,7 +124,7 @@ def deployment(
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {naming.TEACHER_LABEL: naming.label_value(name)}},
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            "template": template,
         },
     }
 

@@ -389,6 +389,7 @@ class FakeKubelet:
             base = host[mount["name"]]
             if mount.get("subPath"):
                 base = base / mount["subPath"]
+                base.mkdir(parents=True, exist_ok=True)  # as the kubelet makes it
             paths[mount["mountPath"].rstrip("/")] = str(base)
         return paths
 

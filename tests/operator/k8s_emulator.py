@@ -149,8 +149,20 @@ class Emulator(kmock.KubernetesEmulator):
         return result
 
 
+#: Kueue's Workload (v1beta1), for the tests that play Kueue (tests/operator/test_kueue.py).
+KUEUE_WORKLOADS = "kueue.x-k8s.io/v1beta1/workloads"
+
+
 def load_resources(emu: Emulator) -> None:
     emu.resources.load_bundled()
+    emu.resources[KUEUE_WORKLOADS] = {
+        "kind": "Workload",
+        "singular": "workload",
+        "namespaced": True,
+        "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+        "shortnames": [],
+        "subresources": ["status"],
+    }
     for path in sorted((REPO / "crds").glob("*.yaml")):
         crd = yaml.safe_load(path.read_text())
         spec = crd["spec"]
@@ -233,6 +245,7 @@ PLURALS = {
     "ConfigMap": ("v1", "configmaps"),
     "Deployment": ("apps/v1", "deployments"),
     "Service": ("v1", "services"),
+    "Workload": ("kueue.x-k8s.io/v1beta1", "workloads"),
 }
 
 

@@ -88,7 +88,6 @@ def language_model(name: str = "yoruba", **spec: Any) -> dict[str, Any]:
                 "parallelism": 2,
                 "cpu": "2",
                 "memory": "4Gi",
-                "queueName": "cpu-queue",
                 "priorityClassName": "batch-low",
                 "nodeSelector": {"pool": "cpu"},
                 "tolerations": [

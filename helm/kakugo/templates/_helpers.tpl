@@ -88,6 +88,7 @@ resyncSeconds: {{ .Values.operator.resyncSeconds }}
 metricsPort: {{ .Values.metrics.port }}
 livenessEndpoint: {{ printf "http://0.0.0.0:%d/healthz" (int .Values.operator.healthPort) | quote }}
 logTailLines: {{ .Values.stages.logTailLines }}
+jobTtlSecondsAfterFinished: {{ if kindIs "invalid" .Values.stages.ttlSecondsAfterFinished }}null{{ else }}{{ .Values.stages.ttlSecondsAfterFinished | int }}{{ end }}
 webhookPort: {{ .Values.webhook.port }}
 webhookHosts: {{ include "kakugo.webhookHosts" . }}
 {{- if .Values.webhook.certManager.enabled }}
