@@ -405,6 +405,8 @@ def test_rbac_is_exactly_what_the_operator_code_uses() -> None:
         ("batch", "jobs"): {"create", "get", "patch", "delete"},
         ("apps", "deployments"): {"create", "get", "patch"},
         ("", "services"): {"create", "get", "patch"},  # a Teacher spec change rolls out
+        ("networking.k8s.io", "networkpolicies"): {"create", "get", "patch"},
+        ("", "persistentvolumeclaims"): {"create", "get"},  # model caches: never patched
         ("", "pods/log"): {"get"},
         ("", "events"): {"create"},  # kopf.event
     }
@@ -412,6 +414,13 @@ def test_rbac_is_exactly_what_the_operator_code_uses() -> None:
         expected.setdefault(key, set()).update(verbs)
     # The admission webhook (webhook.py): one LocalSubjectAccessReview per question.
     expected[("authorization.k8s.io", "localsubjectaccessreviews")] = {"create"}
+    # Owner references with blockOwnerDeletion (kopf.adopt, kopf.append_owner_reference)
+    # on what the daemons of each owner kind create: OwnerReferencesPermissionEnforcement
+    # wants `update` on the owner's finalizers (tests/e2e proves it on a real API server).
+    sources = "".join((ops / f).read_text() for f in ("handlers.py",))
+    assert "kopf.adopt(" in sources and "kopf.append_owner_reference(" in sources
+    for group, plural in kopf.get("kopf.daemon", set()):
+        expected[(group, f"{plural}/finalizers")] = {"update"}
     assert granted == expected, (
         "files/rbac/operator-rules.yaml differs from what the operator uses: "
         f"granted-only {sorted(set(granted.items()) - set(expected.items()))}, "
@@ -437,7 +446,16 @@ def test_rbac_is_exactly_what_the_operator_code_uses() -> None:
             ),
         )
     )
-    assert kinds <= {"ConfigMap", "Job", "Deployment", "Service", "Teacher", "LanguageModel"}, kinds
+    assert kinds <= {
+        "ConfigMap",
+        "Job",
+        "Deployment",
+        "Service",
+        "NetworkPolicy",
+        "PersistentVolumeClaim",
+        "Teacher",
+        "LanguageModel",
+    }, kinds
     # The webhook's calls: the reviews (POST) and its configuration's caBundle (GET, PATCH
     # of webhookConfiguration's one resource), nothing else.
     hook = (ops / "webhook.py").read_text()

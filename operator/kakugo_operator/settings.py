@@ -59,6 +59,7 @@ ENV_KEYS = {
     "KAKUGO_ADMISSION_TRUSTED_USERS": "admissionTrustedUsers",
     "KAKUGO_ALLOWED_IMAGES": "allowedImages",
     "KAKUGO_ALLOWED_EXTRA_ARGS": "allowedExtraArgs",
+    "KAKUGO_TEACHER_NETWORK_POLICY": "teacherNetworkPolicy",
 }
 
 #: Settings that are lists; a `KAKUGO_*` variable gives them comma-separated.
@@ -110,6 +111,13 @@ class OperatorSettings(BaseModel):
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
     #: Lines of a failed Pod's log quoted in Stalled messages and Events.
     log_tail_lines: int = Field(default=20, ge=0)
+    #: Give every Teacher a NetworkPolicy (owned by it) that admits only the teacher
+    #: stages' Pods of its namespace, and `teacher_ingress_from`, to its server's port.
+    teacher_network_policy: bool = True
+    #: More NetworkPolicy peers (`from` entries: podSelector, namespaceSelector, ipBlock)
+    #: admitted to Teachers, e.g. the Prometheus that scrapes vLLM's /metrics (on the same
+    #: port as the API, which the API key guards).
+    teacher_ingress_from: tuple[dict[str, Any], ...] = ()
 
     # The admission webhook (webhook.py, admission.py; README "Trust model").
     #: HTTPS port of the validating admission webhook; 0: no webhook server (tests of the

@@ -233,6 +233,9 @@ PLURALS = {
     "ConfigMap": ("v1", "configmaps"),
     "Deployment": ("apps/v1", "deployments"),
     "Service": ("v1", "services"),
+    "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
+    "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
+    "LanguageFleet": ("kakugo.io/v1alpha1", "languagefleets"),
 }
 
 
