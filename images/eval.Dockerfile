@@ -12,6 +12,9 @@ ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 FROM ${CUDA_DEVEL_IMAGE} AS build
 ARG VLLM_VERSION=0.32.0
 ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+# The Ubuntu packages come from the release of the CUDA base image, which is pinned;
+# exact package versions would break the build at Ubuntu's next security update.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-dev build-essential git \
  && rm -rf /var/lib/apt/lists/*
@@ -29,6 +32,9 @@ RUN grep -v -E '^(torch|transformers|tokenizers|numpy)==' /tmp/constraints.txt >
 
 FROM ${CUDA_RUNTIME_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
+# The Ubuntu packages come from the release of the CUDA base image, which is pinned;
+# exact package versions would break the build at Ubuntu's next security update.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 libpython3.12 \
  && rm -rf /var/lib/apt/lists/* \

@@ -11,6 +11,8 @@
 ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
 
 FROM ${VLLM_IMAGE}
+# root only to add the user below; the image runs as the numeric 10001:10001.
+# hadolint ignore=DL3066
 USER root
 RUN (getent group 10001 || groupadd --gid 10001 kakugo) \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/kakugo kakugo \

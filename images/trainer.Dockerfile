@@ -20,6 +20,9 @@ ARG FLASH_ATTN_VERSION=""
 ARG TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0;10.0"
 ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST}
+# The Ubuntu packages come from the release of the CUDA base image, which is pinned;
+# exact package versions would break the build at Ubuntu's next security update.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-dev build-essential ninja-build git \
  && rm -rf /var/lib/apt/lists/*
@@ -41,6 +44,9 @@ RUN grep -v -E '^(torch|deepspeed)==' /tmp/constraints.txt > /tmp/pins.txt \
 
 FROM ${CUDA_RUNTIME_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
+# The Ubuntu packages come from the release of the CUDA base image, which is pinned;
+# exact package versions would break the build at Ubuntu's next security update.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 libpython3.12 \
  && rm -rf /var/lib/apt/lists/* \

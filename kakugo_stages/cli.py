@@ -238,6 +238,16 @@ def reference(update: Path | None, check: bool) -> None:
 )
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
 @click.option(
+    "--progress-every",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    envvar="KAKUGO_PROGRESS_EVERY",
+    metavar="SECONDS",
+    help="Without a progress bar (no TTY, as in a Job's Pod): write a progress line to "
+    "stderr this often (requests done/issued, failures, rate, ETA, shards); 0: none.",
+)
+@click.option(
     "--reset",
     is_flag=True,
     help="Redo the shards this run covers although they are marked complete (the operator "
@@ -250,6 +260,7 @@ def stage(
     shards: int | None,
     storage: str | None,
     progress: bool | None,
+    progress_every: float,
     reset: bool,
 ) -> None:
     """Run one stage of the pipeline, e.g. `kakugo stage topics --spec yoruba.yaml`.
@@ -275,7 +286,13 @@ def stage(
                 f"{runner.num_shards()} shard(s)"
             )
         show = sys.stderr.isatty() if progress is None else progress
-        summary = run_stage(runner, None if shard is None else [shard], progress=show, reset=reset)
+        summary = run_stage(
+            runner,
+            None if shard is None else [shard],
+            progress=show,
+            reset=reset,
+            progress_every=progress_every or None,
+        )
     except (StageFailed, StoreError) as exc:
         _fail(f"error: {exc}")
     click.echo(json.dumps(summary.as_dict(), ensure_ascii=False))

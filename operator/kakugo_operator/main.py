@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 HANDLERS_MODULE = "kakugo_operator.handlers"
+#: Kopf's log formats (`kopf run --log-format`).
+LOG_FORMATS = ("plain", "full", "json")
 
 
 def kopf_args(argv: Sequence[str] = ()) -> list[str]:
@@ -16,7 +18,9 @@ def kopf_args(argv: Sequence[str] = ()) -> list[str]:
     Options: `--namespace NS` (repeatable; default: all namespaces, `-A`), `--standalone`
     (no peering; the default when there is no `--peering`), `--peering NAME`,
     `--liveness URL` (default from settings: http://0.0.0.0:8080/healthz; `none` turns it
-    off), `--verbose`/`--debug`/`--quiet`. Anything after `--` goes to kopf as is.
+    off), `--verbose`/`--debug`/`--quiet`, `--log-format plain|full|json` (Kopf's: json
+    writes one JSON object per line, with the object's namespace and name; the chart's
+    default). Anything after `--` goes to kopf as is.
     """
     from kakugo_operator import settings as settings_mod
 
@@ -49,6 +53,13 @@ def kopf_args(argv: Sequence[str] = ()) -> list[str]:
             liveness = next(it)
         elif arg in ("--verbose", "--debug", "--quiet"):
             flags.append(arg)
+        elif arg == "--log-format" or arg.startswith("--log-format="):
+            value = arg.split("=", 1)[1] if "=" in arg else next(it, "")
+            if value.lower() not in LOG_FORMATS:
+                raise SystemExit(
+                    f"kakugo operator: --log-format {value!r}: one of {', '.join(LOG_FORMATS)}"
+                )
+            flags.append(f"--log-format={value.lower()}")
         else:
             raise SystemExit(f"kakugo operator: unknown option {arg!r}")
     out = ["run", "--module", HANDLERS_MODULE, *flags]

@@ -2,6 +2,8 @@
 
 Per-object series (cost, evaluation scores) are removed when the object is deleted; the
 other labels come from closed sets (stages, phases, outcomes, a capped set of reasons).
+The registry also holds the standard process and platform collectors (process_*,
+python_info), as the default registry of prometheus_client would.
 """
 
 from __future__ import annotations
@@ -13,12 +15,26 @@ from collections import Counter
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, make_wsgi_app
+from kubernetes.client.rest import ApiException
+from prometheus_client import (
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    make_wsgi_app,
+)
 from prometheus_client import Counter as PCounter
+from urllib3.exceptions import HTTPError as TransportError
 
+from kakugo_operator.k8s import Refused
+from kakugo_operator.observe import parse_time
 from kakugo_stages.contract import STAGES
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...; python_info.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
 PHASES = ("Pending", "Queued", "Running", "Suspended", "Succeeded", "Stalled")
 #: Rejection reasons are free text in the stages: keep a closed, small set of label values.
 KNOWN_REASONS = (
@@ -103,12 +119,47 @@ TEACHER_READY = Gauge(
     ["namespace", "teacher"],
     registry=REGISTRY,
 )
+LAST_PROGRESS = Gauge(
+    "kakugo_languagemodel_last_progress_timestamp_seconds",
+    "While a LanguageModel is Running: when one of its stages last started or finished "
+    "(Unix time). The stuck-stage alert compares it with time().",
+    ["namespace", "languagemodel"],
+    registry=REGISTRY,
+)
+#: Kinds and reasons of reconcile errors (closed sets: bounded labels).
+ERROR_KINDS = ("LanguageModel", "Teacher", "LanguageFleet")
+ERROR_REASONS = ("refused", "api_unavailable", "api_error", "transport", "internal")
+RECONCILE_ERRORS = PCounter(
+    "kakugo_reconcile_errors_total",
+    "Reconciliations that failed, by kind and reason: refused (the API server refused a "
+    "write: invalid, forbidden), api_unavailable (it answered 5xx or 429), api_error "
+    "(another API error), transport (no answer), internal (a bug in the operator).",
+    ["kind", "reason"],
+    registry=REGISTRY,
+)
 TEACHER_CLIENTS = Gauge(
     "kakugo_teacher_clients",
     "LanguageModels that need a Teacher now (in a teacher stage).",
     ["namespace", "teacher"],
     registry=REGISTRY,
 )
+
+
+def error_reason(exc: BaseException) -> str:
+    """The bounded reason label of a failed reconciliation (ERROR_REASONS)."""
+    if isinstance(exc, Refused):
+        return "refused" if exc.permanent else "api_unavailable"
+    if isinstance(exc, ApiException):
+        status = int(exc.status or 0)
+        return "api_unavailable" if status >= 500 or status in (408, 429) else "api_error"
+    if isinstance(exc, TransportError | OSError | TimeoutError):
+        return "transport"
+    return "internal"
+
+
+def reconcile_error(kind: str, exc: BaseException) -> None:
+    RECONCILE_ERRORS.labels(kind, error_reason(exc)).inc()
+
 
 # Labels seen per object, so that they can be removed on deletion.
 _scores: dict[tuple[str, str], set[tuple[str, str]]] = {}
@@ -167,6 +218,9 @@ def start(port: int, host: str = "0.0.0.0") -> WSGIServer:
     threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
     for phase in PHASES:
         LANGUAGEMODELS.labels(phase).set(0)
+    for kind in ERROR_KINDS:  # zeros, so that rates and alerts see the series from the start
+        for reason in ERROR_REASONS:
+            RECONCILE_ERRORS.labels(kind, reason)
     return server
 
 
@@ -206,6 +260,12 @@ def observe_plan(
     cost = (status.get("cost") or {}).get("dollars")
     if cost is not None:
         COST.labels(namespace, name).set(float(cost))
+    last = last_progress(status) if phase == "Running" else None
+    if last is not None:
+        LAST_PROGRESS.labels(namespace, name).set(last)
+    else:
+        with contextlib.suppress(KeyError):
+            LAST_PROGRESS.remove(namespace, name)
     for stage, seconds in completed:
         if stage in STAGES:
             STAGE_DURATION.labels(stage).observe(seconds)
@@ -237,6 +297,17 @@ def observe_plan(
                 seen.add((task, model))
 
 
+def last_progress(status: dict[str, Any]) -> float | None:
+    """The latest time a stage was created, started or finished (Unix seconds), or None."""
+    times = [
+        parse_time(stage.get(key))
+        for stage in status.get("stages") or []
+        for key in ("createdAt", "startedAt", "finishedAt")
+    ]
+    stamps = [t.timestamp() for t in times if t is not None]
+    return max(stamps) if stamps else None
+
+
 def reset() -> None:
     """Forget the phases counted so far: a (re)started operator counts its objects anew as
     its daemons observe them (several operator runs in one process, as in tests)."""
@@ -254,6 +325,8 @@ def forget(namespace: str, name: str) -> None:
         COST.remove(namespace, name)
     with contextlib.suppress(KeyError):
         BUDGET.remove(namespace, name)
+    with contextlib.suppress(KeyError):
+        LAST_PROGRESS.remove(namespace, name)
     if key in _languages:
         with contextlib.suppress(KeyError):
             PROGRESS.remove(namespace, name, _languages.pop(key))

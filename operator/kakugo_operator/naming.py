@@ -44,6 +44,11 @@ def served_teacher_name(lm: str) -> str:
     return dns_name(lm, "teacher")
 
 
+def model_cache_name(teacher: str) -> str:
+    """The model cache PVC the operator creates for a Teacher (a DNS subdomain)."""
+    return dns_name(teacher, "model-cache", limit=253)
+
+
 def label_value(value: str) -> str:
     """A valid label value (≤63, alphanumeric ends)."""
     value = re.sub(r"[^A-Za-z0-9._-]+", "-", value)[:63]

@@ -125,11 +125,18 @@ def harden(
     if shm_size:
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}})
         mounts.append({"name": "shm", "mountPath": SHM_DIR})
+    # What the caller set wins (a Teacher's model cache puts HF_HOME on its PVC): with two
+    # entries of one name Kubernetes would take the last.
+    taken = {e["name"] for e in env}
     env += [
-        {"name": "HOME", "value": HOME_DIR},
-        {"name": "TMPDIR", "value": TMP_DIR},
-        {"name": "KAKUGO_SCRATCH_DIR", "value": SCRATCH_DIR},
-        *({"name": k, "value": v} for k, v in CACHE_ENV.items()),
+        e
+        for e in (
+            {"name": "HOME", "value": HOME_DIR},
+            {"name": "TMPDIR", "value": TMP_DIR},
+            {"name": "KAKUGO_SCRATCH_DIR", "value": SCRATCH_DIR},
+            *({"name": k, "value": v} for k, v in CACHE_ENV.items()),
+        )
+        if e["name"] not in taken
     ]
 
 

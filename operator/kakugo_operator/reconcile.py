@@ -54,7 +54,7 @@ from kakugo_stages.contract import (
     token_cost,
     validate_spec,
 )
-from kakugo_stages.spec import SERVED_TEACHER, LanguageModelSpec
+from kakugo_stages.spec import SERVED_TEACHER, LanguageModelSpec, SecretKeyRef
 from kakugo_stages.status import (
     Condition,
     Cost,
@@ -164,9 +164,22 @@ def teacher_env(
     )
     url = status.get("url")
     name = teacher["metadata"]["name"]
+    env = builders.TeacherEnv(url, status.get("model"), teacher_api_key(spec, teacher))
     if ready_ and url:
-        return True, builders.TeacherEnv(url, status.get("model")), ""
-    return False, builders.TeacherEnv(url, status.get("model")), f"Teacher {name} is not Ready"
+        return True, env, ""
+    return False, env, f"Teacher {name} is not Ready"
+
+
+def teacher_api_key(spec: LanguageModelSpec, teacher: dict[str, Any]) -> SecretKeyRef | None:
+    """The Secret key of the API key the Teacher's server requires: `teacher.serve`'s for
+    a served Teacher (the spec the webhook checked), else the referenced Teacher's."""
+    if spec.teacher.serve is not None:
+        return spec.teacher.serve.api_key_secret_ref
+    raw = (teacher.get("spec") or {}).get("apiKeySecretRef")
+    try:
+        return SecretKeyRef.model_validate(raw) if raw is not None else None
+    except ValidationError:  # the Teacher's own status says it is invalid
+        return None
 
 
 def parse_spec(obs: Observed, settings: OperatorSettings) -> LanguageModelSpec | str:

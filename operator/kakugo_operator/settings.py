@@ -60,6 +60,7 @@ ENV_KEYS = {
     "KAKUGO_ALLOWED_IMAGES": "allowedImages",
     "KAKUGO_ALLOWED_EXTRA_ARGS": "allowedExtraArgs",
     "KAKUGO_JOB_TTL_SECONDS_AFTER_FINISHED": "jobTtlSecondsAfterFinished",
+    "KAKUGO_TEACHER_NETWORK_POLICY": "teacherNetworkPolicy",
 }
 
 #: Settings that are lists; a `KAKUGO_*` variable gives them comma-separated.
@@ -115,6 +116,13 @@ class OperatorSettings(BaseModel):
     #: (ttlSecondsAfterFinished); None keeps them until their LanguageModel goes. The
     #: operator records an attempt when it sees it finish, long before.
     job_ttl_seconds_after_finished: int | None = Field(default=7 * 86400, ge=0)
+    #: Give every Teacher a NetworkPolicy (owned by it) that admits only the teacher
+    #: stages' Pods of its namespace, and `teacher_ingress_from`, to its server's port.
+    teacher_network_policy: bool = True
+    #: More NetworkPolicy peers (`from` entries: podSelector, namespaceSelector, ipBlock)
+    #: admitted to Teachers, e.g. the Prometheus that scrapes vLLM's /metrics (on the same
+    #: port as the API, which the API key guards).
+    teacher_ingress_from: tuple[dict[str, Any], ...] = ()
 
     # The admission webhook (webhook.py, admission.py; README "Trust model").
     #: HTTPS port of the validating admission webhook; 0: no webhook server (tests of the

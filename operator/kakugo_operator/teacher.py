@@ -1,10 +1,12 @@
 """The Teacher: a vLLM OpenAI server (Deployment + Service), scaled to zero when idle.
 
 `decide_teacher` is pure, like the LanguageModel decision: (spec, Deployment, Service,
-clients, status, now) -> objects to create, replicas, rollouts and status. The Deployment
-and the Service are kept at their desired state by a hash of it in an annotation
-(`kakugo.io/template-hash`): missing ones are created, ones whose hash differs are patched
-(a Teacher spec change rolls out); the replicas belong to idle scaling.
+NetworkPolicy, model cache PVC, clients, status, now) -> objects to create, replicas,
+rollouts and status. The Deployment, the Service and the NetworkPolicy are kept at their
+desired state by a hash of it in an annotation (`kakugo.io/template-hash`): missing ones
+are created, ones whose hash differs are patched (a Teacher spec change rolls out); the
+replicas belong to idle scaling. The model cache PVC is only created when missing (a
+claim's spec is immutable but for its size).
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from kakugo_operator.diff import digest, is_subset, merge_diff
 from kakugo_operator.observe import iso, parse_time
 from kakugo_operator.settings import OperatorSettings
 from kakugo_stages.contract import (
+    MODEL_CACHE_ENV,
+    MODEL_CACHE_MOUNT,
+    TEACHER_STAGES,
+    VLLM_API_KEY_ENV,
     VLLM_MODULE,
     ManifestError,
     name_errors,
@@ -35,7 +41,12 @@ from kakugo_stages.contract import (
     validate_spec,
     vllm_args,
 )
-from kakugo_stages.spec import TEACHER_CONTAINER, TeacherSpec, template_dict
+from kakugo_stages.spec import (
+    TEACHER_CONTAINER,
+    TEACHER_RESOURCE_DEFAULTS,
+    TeacherSpec,
+    template_dict,
+)
 from kakugo_stages.status import Condition, TeacherStatus
 
 
@@ -47,10 +58,8 @@ def deployment(
     res = spec.resources
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
-    if res.cpu:
-        requests["cpu"] = res.cpu
-    if res.memory:
-        requests["memory"] = limits["memory"] = res.memory
+    requests["cpu"], memory = server_cpu_memory(spec)
+    requests["memory"] = limits["memory"] = memory
     if spec.device == "cuda" and spec.gpus:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(spec.gpus)
     env: list[dict[str, Any]] = []
@@ -68,6 +77,7 @@ def deployment(
         )
     if spec.device == "cpu":
         env.append({"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"})
+    env += server_env(spec)
     container: dict[str, Any] = {
         "name": TEACHER_CONTAINER,
         "image": spec.image or settings.images["teacher"],
@@ -109,6 +119,7 @@ def deployment(
         ]
     if res.priority_class_name:
         pod_spec["priorityClassName"] = res.priority_class_name
+    mount_model_cache(name, spec, pod_spec, container)
     meta_labels = dict(labels)
     if res.queue_name:
         meta_labels[naming.QUEUE_LABEL] = res.queue_name
@@ -117,7 +128,7 @@ def deployment(
         template_dict(spec.pod_template),
         TEACHER_CONTAINER,
     )
-    return {
+    deploy: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace, "labels": meta_labels},
@@ -127,6 +138,131 @@ def deployment(
             "template": template,
         },
     }
+    if spec.model_cache is not None:
+        # The cache volume is usually ReadWriteOnce: the old Pod must let go of it before
+        # the new one (maybe on another node) can mount it, so no rolling surge.
+        deploy["spec"]["strategy"] = {"type": "Recreate"}
+    return deploy
+
+
+# ------------------------------------------------------------------ issue 18: the server's
+# platform: CPU and memory, the API key, the model cache, the NetworkPolicy.
+
+
+def server_cpu_memory(spec: TeacherSpec) -> tuple[str, str]:
+    """CPU and memory requests of the server (memory is also its limit): the spec's, else
+    the defaults for its device (`TEACHER_RESOURCE_DEFAULTS`, sized for gpt-oss-120b)."""
+    defaults = TEACHER_RESOURCE_DEFAULTS[spec.device]
+    return spec.resources.cpu or defaults["cpu"], spec.resources.memory or defaults["memory"]
+
+
+def server_env(spec: TeacherSpec) -> list[dict[str, Any]]:
+    """The API key (from its Secret: never a value in the Pod spec) and the cache paths."""
+    env: list[dict[str, Any]] = []
+    if (ref := spec.api_key_secret_ref) is not None:
+        env.append(
+            {
+                "name": VLLM_API_KEY_ENV,
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
+    if spec.model_cache is not None:
+        env += [{"name": k, "value": v} for k, v in MODEL_CACHE_ENV.items()]
+    return env
+
+
+def model_cache_claim(name: str, spec: TeacherSpec) -> str | None:
+    """The PVC of the Teacher's model cache: the spec's, or the one the operator makes."""
+    if spec.model_cache is None:
+        return None
+    return spec.model_cache.claim_name or naming.model_cache_name(name)
+
+
+def mount_model_cache(
+    name: str, spec: TeacherSpec, pod_spec: dict[str, Any], container: dict[str, Any]
+) -> None:
+    if (claim := model_cache_claim(name, spec)) is None:
+        return
+    pod_spec.setdefault("volumes", []).append(
+        {"name": "model-cache", "persistentVolumeClaim": {"claimName": claim}}
+    )
+    container.setdefault("volumeMounts", []).append(
+        {"name": "model-cache", "mountPath": MODEL_CACHE_MOUNT}
+    )
+
+
+def model_cache_pvc(name: str, namespace: str, spec: TeacherSpec) -> dict[str, Any] | None:
+    """The PVC the operator creates for `modelCache` without a claimName, else None."""
+    cache = spec.model_cache
+    if cache is None or cache.claim_name is not None:
+        return None
+    pvc_spec: dict[str, Any] = {
+        "accessModes": [cache.access_mode],
+        "resources": {"requests": {"storage": cache.size}},
+    }
+    if cache.storage_class_name:
+        pvc_spec["storageClassName"] = cache.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": naming.model_cache_name(name),
+            "namespace": namespace,
+            "labels": naming.teacher_labels(name),
+        },
+        "spec": pvc_spec,
+    }
+
+
+def network_policy(
+    name: str, namespace: str, spec: TeacherSpec, settings: OperatorSettings
+) -> dict[str, Any] | None:
+    """Only the teacher stages' Pods of the namespace (and the peers of the setting
+    `teacherIngressFrom`, e.g. Prometheus) may reach the server's port."""
+    if not settings.teacher_network_policy:
+        return None
+    stage_pods = {
+        "podSelector": {
+            "matchLabels": {"app.kubernetes.io/managed-by": naming.MANAGED_BY},
+            "matchExpressions": [
+                {"key": naming.STAGE_LABEL, "operator": "In", "values": list(TEACHER_STAGES)}
+            ],
+        }
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": namespace, "labels": naming.teacher_labels(name)},
+        "spec": {
+            "podSelector": {"matchLabels": {naming.TEACHER_LABEL: naming.label_value(name)}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [stage_pods, *(dict(p) for p in settings.teacher_ingress_from)],
+                    "ports": [{"protocol": "TCP", "port": spec.port}],
+                }
+            ],
+        },
+    }
+
+
+def desired_network_policy(
+    name: str, namespace: str, spec: TeacherSpec, settings: OperatorSettings
+) -> dict[str, Any] | None:
+    policy = network_policy(name, namespace, spec, settings)
+    if policy is None:
+        return None
+    return with_hash(policy, {"labels": policy["metadata"]["labels"], "spec": policy["spec"]})
+
+
+def network_policy_patch(have: dict[str, Any], want: dict[str, Any]) -> dict[str, Any] | None:
+    """A merge patch of the whole policy spec (its lists are replaced), or None when its
+    hash is current."""
+    if _hash_of(have) == _hash_of(want):
+        return None
+    if is_subset(want["spec"], have.get("spec")) and _labels_hold(have, want):
+        return _stamp(want)
+    return {**_stamp(want), "spec": want["spec"]}
 
 
 def service(name: str, namespace: str, spec: TeacherSpec) -> dict[str, Any]:
@@ -169,14 +305,14 @@ def desired_deployment(
 ) -> dict[str, Any]:
     """The Deployment, hashed over everything but its replicas (idle scaling owns them)."""
     deploy = deployment(name, namespace, spec, settings, replicas)
-    return with_hash(
-        deploy,
-        {
-            "labels": deploy["metadata"]["labels"],
-            "template": deploy["spec"]["template"],
-            "selector": deploy["spec"]["selector"],
-        },
-    )
+    hashed = {
+        "labels": deploy["metadata"]["labels"],
+        "template": deploy["spec"]["template"],
+        "selector": deploy["spec"]["selector"],
+    }
+    if "strategy" in deploy["spec"]:  # only then: the hashes of older Deployments hold
+        hashed["strategy"] = deploy["spec"]["strategy"]
+    return with_hash(deploy, hashed)
 
 
 def desired_service(name: str, namespace: str, spec: TeacherSpec) -> dict[str, Any]:
@@ -205,9 +341,28 @@ def deployment_patch(have: dict[str, Any], want: dict[str, Any]) -> dict[str, An
     if _hash_of(have) == _hash_of(want):
         return None
     template = (have.get("spec") or {}).get("template")
-    if is_subset(want["spec"]["template"], template) and _labels_hold(have, want):
+    strategy = _strategy_patch(have, want)
+    if (
+        is_subset(want["spec"]["template"], template)
+        and _labels_hold(have, want)
+        and strategy is None
+    ):
         return _stamp(want)
-    return {**_stamp(want), "spec": {"template": merge_diff(template, want["spec"]["template"])}}
+    spec: dict[str, Any] = {"template": merge_diff(template, want["spec"]["template"])}
+    if strategy is not None:
+        spec["strategy"] = strategy
+    return {**_stamp(want), "spec": spec}
+
+
+def _strategy_patch(have: dict[str, Any], want: dict[str, Any]) -> dict[str, Any] | None:
+    """The strategy change a patch must carry (Recreate with a model cache), or None."""
+    wanted = (want["spec"].get("strategy") or {}).get("type", "RollingUpdate")
+    current = (((have.get("spec") or {}).get("strategy")) or {}).get("type", "RollingUpdate")
+    if wanted == current:
+        return None
+    if wanted == "Recreate":  # Recreate takes no rollingUpdate parameters
+        return {"type": "Recreate", "rollingUpdate": None}
+    return {"type": wanted}
 
 
 def service_patch(have: dict[str, Any], want: dict[str, Any]) -> dict[str, Any] | None:
@@ -230,6 +385,7 @@ class TeacherPlan:
     replicas: int | None = None  # patch the Deployment to this many replicas
     patch_deployment: dict[str, Any] | None = None  # roll a spec change out
     patch_service: dict[str, Any] | None = None
+    patch_network_policy: dict[str, Any] | None = None
     events: list[tuple[str, str, str]] = field(default_factory=list)
     requeue_after: float | None = None
 
@@ -302,9 +458,12 @@ def decide_teacher(
     settings: OperatorSettings,
     generation: int = 1,
     service_obj: dict[str, Any] | None = None,
+    policy_obj: dict[str, Any] | None = None,
+    cache_obj: dict[str, Any] | None = None,
 ) -> TeacherPlan:
-    """The Teacher's plan. `deploy`, `service_obj`: its Deployment and Service as the API
-    shows them (None: missing, so created)."""
+    """The Teacher's plan. `deploy`, `service_obj`, `policy_obj`, `cache_obj`: its
+    Deployment, Service, NetworkPolicy and model cache PVC as the API shows them (None:
+    missing, so created when wanted)."""
     prev = read_status(status)
     try:
         spec = validate_spec("Teacher", raw_spec, f"{namespace}/{name}")
@@ -346,6 +505,15 @@ def decide_teacher(
         plan.create.append(want_service)
     else:
         plan.patch_service = service_patch(service_obj, want_service)
+    want_policy = desired_network_policy(name, namespace, spec, settings)
+    if want_policy is not None and policy_obj is None:
+        plan.create.append(want_policy)
+    elif want_policy is not None and policy_obj is not None:
+        plan.patch_network_policy = network_policy_patch(policy_obj, want_policy)
+    want_cache = model_cache_pvc(name, namespace, spec)
+    if want_cache is not None and cache_obj is None:
+        # Before the Deployment: its Pod waits for the claim otherwise.
+        plan.create.insert(0, want_cache)
     if want and not clients and idle > 0:
         plan.requeue_after = max(idle - idle_for, 0.5)
     ready_replicas = int(((deploy or {}).get("status") or {}).get("readyReplicas") or 0)

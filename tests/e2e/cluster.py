@@ -1,5 +1,6 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver (RBAC on) and
-kube-controller-manager (garbage collector, namespace and job controllers).
+kube-controller-manager (garbage collector, namespace, job and ClusterRole aggregation
+controllers).
 
 The binaries come from `scripts/build_kube.sh` (kube 1.20.2 built from Debian's source
 package, cached in ${KAKUGO_CACHE:-~/.cache/kakugo}/kube-1.20.2/bin); kubectl and helm from
@@ -11,6 +12,8 @@ API gives real ServiceAccount tokens (the operator runs with one). There is no s
 and no kubelet: the tests' `FakeKubelet` (kubelet.py) runs Pods as local processes.
 The `ServiceAccount` admission plugin is off, because without the serviceaccount and token
 controllers no namespace has a `default` ServiceAccount with a token Secret.
+`OwnerReferencesPermissionEnforcement` is on, as OpenShift has it: an owner reference with
+blockOwnerDeletion needs `update` on the owner's finalizers (the chart's RBAC has it).
 """
 
 from __future__ import annotations
@@ -211,6 +214,8 @@ class Cluster:
                 "10.96.0.0/24",
                 "--disable-admission-plugins",
                 "ServiceAccount",
+                "--enable-admission-plugins",
+                "OwnerReferencesPermissionEnforcement",
                 "--allow-privileged=false",
                 "--profiling=false",
                 "--v",
@@ -239,7 +244,9 @@ class Cluster:
                 "--kubeconfig",
                 str(self.admin_kubeconfig),
                 "--controllers",
-                "garbagecollector,namespace,job",
+                # clusterrole-aggregation: the chart's aggregate-to-* ClusterRoles reach
+                # Kubernetes' admin, edit and view roles.
+                "garbagecollector,namespace,job,clusterrole-aggregation",
                 "--leader-elect=false",
                 "--port",
                 "0",

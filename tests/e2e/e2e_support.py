@@ -84,14 +84,19 @@ class OperatorProcess:
             in ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
         ]
         kinds = sorted(d["kind"] for d in self.rbac)
-        # Namespaced mode: the one cluster-wide rule is the webhook configuration's caBundle.
+        # Namespaced mode: the one cluster-wide rule is the webhook configuration's caBundle;
+        # the other ClusterRoles are for people (aggregated into admin, edit and view).
         assert kinds == [
+            "ClusterRole",
+            "ClusterRole",
             "ClusterRole",
             "ClusterRoleBinding",
             "Role",
             "RoleBinding",
             "ServiceAccount",
         ], kinds
+        (binding,) = [d for d in self.rbac if d["kind"] == "ClusterRoleBinding"]
+        assert binding["roleRef"]["name"].endswith("-webhook")
         (self.folder / "rbac.yaml").write_text(yaml.safe_dump_all(self.rbac))
         self.cluster.kubectl("apply", "-f", str(self.folder / "rbac.yaml"))
         # The webhook configuration, as the chart renders it. Kubernetes 1.20 does not label

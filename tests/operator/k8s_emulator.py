@@ -246,6 +246,9 @@ PLURALS = {
     "Deployment": ("apps/v1", "deployments"),
     "Service": ("v1", "services"),
     "Workload": ("kueue.x-k8s.io/v1beta1", "workloads"),
+    "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
+    "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
+    "LanguageFleet": ("kakugo.io/v1alpha1", "languagefleets"),
 }
 
 

@@ -499,8 +499,8 @@ def test_invalid_spec_names_the_field() -> None:
 def test_teacher_scales_to_zero_after_idle() -> None:
     spec = {"model": "m", "device": "cpu", "gpus": 0, "idleSeconds": 60}
     plan = decide_teacher("t", "ns", spec, {}, None, ["lm"], NOW, SETTINGS)
-    assert [o["kind"] for o in plan.create] == ["Deployment", "Service"]
-    deploy, svc = plan.create
+    assert [o["kind"] for o in plan.create] == ["Deployment", "Service", "NetworkPolicy"]
+    deploy, svc, policy = plan.create
     busy = decide_teacher(
         "t",
         "ns",
@@ -511,6 +511,7 @@ def test_teacher_scales_to_zero_after_idle() -> None:
         NOW + timedelta(seconds=30),
         SETTINGS,
         service_obj=svc,
+        policy_obj=policy,
     )
     assert busy.replicas is None and busy.requeue_after == 30 and busy.create == []
     idle = decide_teacher(
@@ -530,15 +531,32 @@ def test_teacher_scales_to_zero_after_idle() -> None:
 
 def test_teacher_spec_change_rolls_out() -> None:
     spec = {"model": "m", "device": "cpu", "gpus": 0}
-    deploy, svc = decide_teacher("t", "ns", spec, {}, None, ["lm"], NOW, SETTINGS).create
+    deploy, svc, policy = decide_teacher("t", "ns", spec, {}, None, ["lm"], NOW, SETTINGS).create
     deploy = {**deploy, "spec": {**deploy["spec"], "replicas": 1}, "status": {"readyReplicas": 1}}
-    same = decide_teacher("t", "ns", spec, {}, deploy, ["lm"], NOW, SETTINGS, service_obj=svc)
+    same = decide_teacher(
+        "t", "ns", spec, {}, deploy, ["lm"], NOW, SETTINGS, service_obj=svc, policy_obj=policy
+    )
     assert (same.patch_deployment, same.patch_service, same.create) == (None, None, [])
+    assert same.patch_network_policy is None
     assert same.status.phase == "Ready"
     changed = {**spec, "maxNumSeqs": 7, "port": 8080, "resources": {"nodeSelector": {"a": "b"}}}
     plan = decide_teacher(
-        "t", "ns", changed, {}, deploy, ["lm"], NOW, SETTINGS, generation=2, service_obj=svc
+        "t",
+        "ns",
+        changed,
+        {},
+        deploy,
+        ["lm"],
+        NOW,
+        SETTINGS,
+        generation=2,
+        service_obj=svc,
+        policy_obj=policy,
     )
+    # The NetworkPolicy follows the port.
+    assert plan.patch_network_policy["spec"]["ingress"][0]["ports"] == [
+        {"protocol": "TCP", "port": 8080}
+    ]
     template = plan.patch_deployment["spec"]["template"]
     args = template["spec"]["containers"][0]["args"]
     assert args[args.index("--max-num-seqs") + 1] == "7"
@@ -548,7 +566,7 @@ def test_teacher_spec_change_rolls_out() -> None:
     assert plan.status.phase == "Starting"  # the old Pods are not the new spec
     assert ("Normal", "RollingOut") in [e[:2] for e in plan.events]
     # A missing Service (deleted by hand) is created again.
-    again = decide_teacher("t", "ns", spec, {}, deploy, ["lm"], NOW, SETTINGS)
+    again = decide_teacher("t", "ns", spec, {}, deploy, ["lm"], NOW, SETTINGS, policy_obj=policy)
     assert [o["kind"] for o in again.create] == ["Service"]
     # Made by an older operator (no hash), with the API server's defaults: only stamped.
     old = copy.deepcopy(deploy)
@@ -556,7 +574,9 @@ def test_teacher_spec_change_rolls_out() -> None:
     container = old["spec"]["template"]["spec"]["containers"][0]
     container["terminationMessagePath"] = "/dev/termination-log"
     old["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
-    stamped = decide_teacher("t", "ns", spec, {}, old, ["lm"], NOW, SETTINGS, service_obj=svc)
+    stamped = decide_teacher(
+        "t", "ns", spec, {}, old, ["lm"], NOW, SETTINGS, service_obj=svc, policy_obj=policy
+    )
     assert stamped.patch_deployment == {
         "metadata": {
             "labels": deploy["metadata"]["labels"],

@@ -102,6 +102,20 @@ admissionTrustedUsers:
   - {{ printf "system:serviceaccount:%s:%s" .Release.Namespace (include "kakugo.serviceAccountName" .) | quote }}
 allowedImages: {{ toJson .Values.webhook.allowedImages }}
 allowedExtraArgs: {{ toJson .Values.webhook.allowedExtraArgs }}
+teacherNetworkPolicy: {{ .Values.teacher.networkPolicy.enabled }}
+teacherIngressFrom: {{ toJson .Values.teacher.networkPolicy.ingressFrom }}
+{{- end -}}
+
+{{/* A Prometheus duration (1h30m, 12h, 2d) in seconds, for comparisons with time(). */}}
+{{- define "kakugo.durationSeconds" -}}
+{{- $units := dict "s" 1 "m" 60 "h" 3600 "d" 86400 "w" 604800 -}}
+{{- $total := 0 -}}
+{{- range regexFindAll "[0-9]+[smhdw]" . -1 -}}
+{{- $n := regexFind "[0-9]+" . | int -}}
+{{- $unit := regexFind "[smhdw]$" . -}}
+{{- $total = add $total (mul $n (get $units $unit)) -}}
+{{- end -}}
+{{- $total -}}
 {{- end -}}
 
 {{/* The admission webhook: its configuration (cluster-scoped: one per release and
