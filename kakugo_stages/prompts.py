@@ -80,12 +80,13 @@ def topic_prompts(topic: str, low: int, high: int, language: str) -> Messages:
         if low == high
         else f"Write from {low} up to {high} prompts (you choose how many)"
     )
+    count = str(high) if low == high else f"{low} to {high}"
     return _writer(
         language,
         f"""
 {many} in {language}, related to "{topic}", that a user would ask an AI assistant.
 
-{_json_tail("prompts", f"a list of {low}-{high} strings written in {language}")}
+{_json_tail("prompts", f"a list of {count} strings written in {language}")}
 """,
     )
 

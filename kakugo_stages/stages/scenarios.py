@@ -5,9 +5,8 @@ those specific to the language's speakers) are required: each is retried with a 
 sample until it parses. Every broad scenario expands to detailed ones (the general
 branch's without reference to the language, the specific branch's for its speakers),
 and every scenario, broad and detailed, gets `promptsPerScenario` prompts in the
-language. Broad scenarios are split across shards;
-each shard asks for the same broad lists, which the request cache answers after the
-first.
+language. Broad scenarios are split across shards; each shard asks for the same broad
+lists, which the request cache answers after the first.
 """
 
 from __future__ import annotations
