@@ -146,7 +146,8 @@ def bench_config(args: argparse.Namespace, out: Path, cuda: bool) -> TrainConfig
         cutoff_len=args.cutoff,
         packing=True,
         per_device_batch_size=1,
-        gradient_accumulation_steps=1,
+        global_batch_size=1,  # throughput per pass: one sequence per optimizer step
+        eval_every_fraction=0.0,
         gradient_checkpointing=True,
         attn_implementation=args.attn,
         deepspeed_stage=args.zero,

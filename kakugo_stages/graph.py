@@ -24,8 +24,13 @@ ImageKind = Literal["stages", "trainer", "eval"]
 
 #: Spec paths every stage's output depends on: moving them means starting over.
 COMMON_READS: tuple[str, ...] = ("language", "storage.uri", "storage.pvc", "data.seed")
-#: What a teacher stage's requests depend on besides its own section.
-TEACHER_READS: tuple[str, ...] = ("teacher.sampling",)
+#: What a teacher stage's requests depend on besides its own section: the sampling
+#: parameters and the other request fields (reasoning effort, the answer schema).
+TEACHER_READS: tuple[str, ...] = (
+    "teacher.sampling",
+    "teacher.reasoningEffort",
+    "teacher.structuredOutput",
+)
 
 
 @dataclass(frozen=True)
@@ -119,10 +124,17 @@ GRAPH: tuple[StageDecl, ...] = (
         reads=("data.filter", "data.mix", "student", "training.cutoffLen"),
         produces=_artifacts(dataset="dataset"),
     ),
+    # train writes the mix's thinking toggle into the model card.
     StageDecl(
         "train",
         inputs=("filter",),
-        reads=("student", "training"),
+        reads=(
+            "student",
+            "training",
+            "data.mix.reasoning",
+            "data.mix.thinkSystemPrompt",
+            "data.mix.conciseSystemPrompt",
+        ),
         image="trainer",
         produces=_artifacts(model="model"),
         summary=(

@@ -8,6 +8,7 @@ goes into stats and the rejects file.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from typing import Any
@@ -112,12 +113,23 @@ def parse_messages(text: str, key: str = "messages") -> list[Any]:
         try:
             value = _loads(candidate)
         except json.JSONDecodeError:
-            continue
+            value = _python_literal(candidate)
+            if value is None:
+                continue
         if isinstance(value, dict):
             value = value.get(key)
         if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
             return value
     raise ParseError("bad_json", text[:80])
+
+
+def _python_literal(candidate: str) -> Any:
+    """A Python literal (`[{'role': 'user', ...}]`), which a teacher shown a printed list
+    may answer with, as the authors' translation prompt invites; None if it is not one."""
+    try:
+        return ast.literal_eval(candidate)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
 
 
 def _candidates_with_lists(text: str) -> list[str]:

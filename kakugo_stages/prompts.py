@@ -1,5 +1,12 @@
 """Instructions sent to the teacher, written for Kakugo.
 
+Each template carries the meaning of the corresponding instruction in the authors'
+released scripts (`Peter-Devine/kakugo`, gen/ and translate/), in our own words;
+`docs/recipe.md` lists every one beside theirs. As there, list and prompt requests come
+with a system prompt: the topic namer, the scenario namer, the prompt writer (the
+recipe's main lever on the register of the prompts: a {language}-speaking user, casual
+and natural), the reviser, the responder and the translator.
+
 Every prompt-generation request asks for exactly one JSON object in a fenced ```json
 block, with a fixed key, so `parsing.py` can read it. Instructions are in English (the
 teacher follows English instructions best); the text it writes for users is in the
@@ -13,8 +20,11 @@ import json
 Messages = list[dict[str, str]]
 
 
-def _user(text: str) -> Messages:
-    return [{"role": "user", "content": text.strip()}]
+def _chat(system: str, user: str) -> Messages:
+    return [
+        {"role": "system", "content": system.strip()},
+        {"role": "user", "content": user.strip()},
+    ]
 
 
 def _json_tail(key: str, kind: str) -> str:
@@ -24,165 +34,205 @@ def _json_tail(key: str, kind: str) -> str:
     )
 
 
+# --------------------------------------------------------------------------- prompt writer
+
+#: The system prompt of every request that writes user prompts (topics, scenarios,
+#: contexts): who the teacher plays, and the register of what it writes.
+PROMPT_WRITER_SYSTEM = """\
+You write prompts in {language} for an AI assistant, as a {language}-speaking user of
+that assistant would write them. Write natural {language}: casual and relaxed, the way
+people who speak {language} really talk to an assistant, with colloquial, informal
+{language} wherever it suits, and as simply as you can. Make the prompts varied,
+practical and realistic, and never address the assistant itself."""
+
+
+def _writer(language: str, user: str) -> Messages:
+    return _chat(PROMPT_WRITER_SYSTEM.replace("{language}", language), user)
+
+
 # --------------------------------------------------------------------------- topics
 
+TOPIC_NAMER_SYSTEM = """\
+You come up with topics. Keep every topic name as short as you can, and never use
+asterisks (*) anywhere in your answer."""
 
-def macro_topics(seed: str, count: int, language: str, specific: bool) -> Messages:
-    focus = (
-        f"Every subject must matter to people who speak {language}: their places, lives, "
-        "history and concerns."
-        if specific
-        else "Cover the area broadly, from everyday matters to specialist ones."
-    )
-    return _user(
+
+def topic_list(subject: str, count: int, language: str, specific: bool) -> Messages:
+    """Topics covering a subject: seeds -> macro-topics and macro-topics -> topics alike.
+    The language-specific branch asks for topics that matter to the language's speakers."""
+    focus = f"\n\nChoose topics that matter to people who speak {language}." if specific else ""
+    return _chat(
+        TOPIC_NAMER_SYSTEM,
         f"""
-We are collecting subjects that people might ask an AI assistant about.
-Broad area: "{seed}".
-List {count} distinct, fairly general sub-areas of this area. {focus}
-Keep each one short (a few words), in English, and do not repeat yourself.
+Write {count} topics covering the main aspects of "{subject}": things, people, places,
+objects, concepts, themes or anything else that belongs to it. The topics should be
+diverse, comprehensive and concise, written in simple English.{focus}
+
 {_json_tail("topics", f"a list of {count} strings")}
-"""
+""",
     )
 
 
-def topics(macro_topic: str, seed: str, count: int, language: str, specific: bool) -> Messages:
-    focus = (
-        f"Choose topics that are relevant to {language} speakers in particular."
-        if specific
-        else "Choose topics of general interest."
+def topic_prompts(topic: str, low: int, high: int, language: str) -> Messages:
+    """`low` to `high` prompts about a topic; the teacher decides how many."""
+    many = (
+        f"Write {high} prompts"
+        if low == high
+        else f"Write from {low} up to {high} prompts (you choose how many)"
     )
-    return _user(
+    count = str(high) if low == high else f"{low} to {high}"
+    return _writer(
+        language,
         f"""
-Within the area "{seed}", take the sub-area "{macro_topic}".
-Name {count} specific topics inside it that a user could ask about. {focus}
-Keep each topic short, in English, and make them clearly different from one another.
-{_json_tail("topics", f"a list of {count} strings")}
-"""
-    )
+{many} in {language}, related to "{topic}", that a user would ask an AI assistant.
 
-
-def topic_prompts(topic: str, count: int, language: str) -> Messages:
-    return _user(
-        f"""
-Write {count} different requests that a real user could send to an AI assistant about
-the topic "{topic}". Write them in {language} only, as a fluent native speaker would:
-questions, tasks or requests for advice, of varied length and difficulty. Each request
-must stand on its own and must not mention these instructions.
 {_json_tail("prompts", f"a list of {count} strings written in {language}")}
-"""
+""",
     )
 
 
 # --------------------------------------------------------------------------- scenarios
 
+SCENARIO_NAMER_SYSTEM = """\
+You come up with scenarios of AI assistant use. Keep every scenario name as short as you
+can."""
+
+
+def _scenario_rules(language: str, specific: bool) -> str:
+    rules = (
+        "Never use asterisks (*) anywhere in your answer.\n\n"
+        "Keep the scenarios general and concise rather than detailed. They should be "
+        "diverse, realistic, practical and comprehensive, and written in English."
+    )
+    if specific:
+        rules += (
+            f"\n\nThink of the situations in which a {language} speaker would use an AI "
+            f"assistant: the scenarios should be specific to users who speak {language}."
+        )
+    return rules
+
 
 def broad_scenarios(count: int, language: str, specific: bool) -> Messages:
-    focus = (
-        f"Think of situations typical of the lives of {language} speakers: their work, "
-        "communities, traditions, institutions and surroundings."
-        if specific
-        else "Cover work, study, home, health, money, travel, creativity, technology and more."
-    )
-    return _user(
+    return _chat(
+        SCENARIO_NAMER_SYSTEM,
         f"""
-List {count} broad kinds of situation in which someone would turn to an AI assistant
-for help (for example "planning a family celebration"). {focus}
-Each entry is a short phrase in English; no two entries may overlap much.
+Write the {count} most popular scenarios in which people use an AI chatbot.
+
+{_scenario_rules(language, specific)}
+
 {_json_tail("scenarios", f"a list of {count} strings")}
-"""
+""",
     )
 
 
-def detailed_scenarios(broad: str, count: int, language: str) -> Messages:
-    return _user(
+def detailed_scenarios(broad: str, count: int, language: str, specific: bool) -> Messages:
+    """Specific scenarios of one broad one; language-agnostic unless `specific` (the
+    broad scenario came from the language-specific list)."""
+    return _chat(
+        SCENARIO_NAMER_SYSTEM,
         f"""
-Take this broad situation in which a {language} speaker uses an AI assistant: "{broad}".
-Describe {count} concrete, specific versions of it: who the user is, what they need and
-why. One or two sentences each, in English, all clearly different.
+Write {count} specific, practical scenarios in which people would use an AI assistant
+when they use it for this task: "{broad}".
+
+{_scenario_rules(language, specific)}
+
 {_json_tail("scenarios", f"a list of {count} strings")}
-"""
+""",
     )
 
 
 def scenario_prompts(scenario: str, count: int, language: str) -> Messages:
-    return _user(
+    return _writer(
+        language,
         f"""
-Situation: {scenario}
-Write {count} messages that the user in this situation might send to an AI assistant.
-Write them in {language} only, naturally, as a native speaker writes; vary their length,
-tone and what they ask for. Do not refer to the situation description itself.
+Write {count} prompts in {language} that a user would ask an AI chatbot while using it in
+this scenario: "{scenario}".
+
 {_json_tail("prompts", f"a list of {count} strings written in {language}")}
-"""
+""",
     )
 
 
 # --------------------------------------------------------------------------- contexts
 
+#: What a context prompt asks the assistant to do with the text ("... to <verb> the
+#: text"), by task type.
 CONTEXT_TASKS = {
-    "translate": "ask for a translation of part or all of the text into another language",
-    "summarize": "ask for a summary of the text, in a given length or form",
-    "improve": "ask for the text to be improved, corrected, or rewritten in another style",
-    "classify": "ask for the text to be classified, labelled or analysed (topic, tone, genre)",
-    "question_answering": "ask a question that the text answers or helps to answer",
+    "translate": "translate",
+    "summarize": "summarize",
+    "improve": "improve",
+    "classify": "classify",
+    "question_answering": "answer a question about",
 }
 
 
 def context_prompts(document: str, task: str, count: int, language: str) -> Messages:
-    return _user(
+    return _writer(
+        language,
         f"""
-Below is a text in {language}. A user will paste it into a chat with an AI assistant and
-add a request about it. Write {count} such requests, in {language} only. Each request
-should {CONTEXT_TASKS[task]}. Do not copy the text into the request: the text is
-attached separately.
+Write {count} prompts in {language} about the following text:
 
-Text:
 \"\"\"
 {document}
 \"\"\"
+
+Write the prompts in natural {language}; each should ask the AI assistant to
+{CONTEXT_TASKS[task]} the text.
+
 {_json_tail("prompts", f"a list of {count} strings written in {language}")}
-"""
+""",
     )
 
 
 # --------------------------------------------------------------------------- revision
 
-REVISION_STYLES = (
-    "make it sound more natural, as a native speaker would actually write it",
-    "add some background or personal context that explains why the user asks",
-    "ask for the answer in a particular format (a list, a table, a letter, steps...)",
-    "ask for a particular length or style of answer",
-    "add one or two related follow-up questions to the same message",
-)
+REVISER_SYSTEM = """\
+You rewrite prompts written in {language} to make them better. Use any of these changes,
+alone or combined:
+- more natural, casual {language}, as a {language} speaker would really say it to a
+  helpful assistant;
+- added context: why the request matters, background it needs, or other plausible
+  detail;
+- another format or style: what the answer should or should not do, a length for it (one
+  phrase, a number of words, ...), or a format it must take;
+- a longer prompt, where it asks for elaboration on a subject or discussion of a point;
+- further related questions, statements or instructions."""
+
+REVISER_CONTEXT_RULE = """
+
+The prompt comes with a context text. Never write any of that text in your answer:
+rewrite only the prompt, and let the rewritten prompt still refer to the text."""
 
 
-def revise_prompt(prompt: str, style: str, language: str, has_document: bool) -> Messages:
-    doc_rule = (
-        " The user's message comes with an attached text; do not repeat or quote that "
-        "text in the rewritten message."
-        if has_document
-        else ""
-    )
-    return _user(
+def revise_prompt(prompt: str, language: str, document: str | None = None) -> Messages:
+    """The reviser sees a context prompt's document, and must keep referring to it
+    without repeating it."""
+    system = REVISER_SYSTEM.replace("{language}", language)
+    shown = f'Prompt:\n"""\n{prompt}\n"""'
+    if document is not None:
+        system += REVISER_CONTEXT_RULE
+        shown = f'Context text:\n"""\n{document}\n"""\n\n{shown}'
+    return _chat(
+        system,
         f"""
-Here is a message a user wrote to an AI assistant, in {language}:
-\"\"\"
-{prompt}
-\"\"\"
-Rewrite it so that it is a better, more realistic request: {style}. Keep it in
-{language}, keep what the user wants, and keep it self-contained.{doc_rule}
-{_json_tail("improved_prompt", f"the rewritten message, a string in {language}")}
-"""
+{shown}
+
+{_json_tail("improved_prompt", f"the improved prompt, a string written in {language}")}
+""",
     )
 
 
 # --------------------------------------------------------------------------- responses
 
 RESPONSE_SYSTEM_PROMPT = """\
-You are a helpful assistant answering a user who writes in {language}. Answer in fluent,
-natural {language}, the way an educated native speaker writes. Make sure what you say is
-correct. Keep formatting light: plain paragraphs, and lists only where they really help.
-Do not write web addresses; if the user needs a source, tell them how to find it.
-Prefer short answers that fully address the request."""
+You are a helpful chat assistant, fluent in {language}. Answer in {language} as a native
+speaker would, in words any {language} speaker fully understands, unless the user asks
+for something else. Say only what is correct, and follow the user's instructions
+correctly and completely. Use as little formatting as you can (no elaborate lists,
+emphasis or Markdown) unless the user wants it. Do not write URLs, which could be made
+up: if asked for one, say you cannot give links and suggest how to find it, such as what
+to search for. Keep the tone simple and conversational, and the answer as short as it can
+be while still answering the user."""
 
 
 def response_messages(
@@ -195,28 +245,30 @@ def response_messages(
 
 # --------------------------------------------------------------------------- translation
 
+TRANSLATOR_SYSTEM = """\
+You translate from English into {language}. You are given a conversation in English
+between a user and an assistant, as a list of messages (objects with a role and a
+content). Give back its {language} translation as the same list of messages, in the same
+format: keep the keys and the structure unchanged. Your answer holds that list and
+nothing else."""
+
 
 def translate_conversation(messages: list[dict[str, str]], language: str) -> Messages:
     conversation = json.dumps(messages, ensure_ascii=False, indent=1)
     shape = _json_tail(
         "messages",
-        "a list with one object per message, in the same order, each with exactly the keys "
+        "the translated list: one object per message, in the same order, each with the keys "
         '"role" (unchanged) and "content" (translated)',
     )
-    return _user(
+    return _chat(
+        TRANSLATOR_SYSTEM.replace("{language}", language),
         f"""
-Translate the conversation below, between a user and an AI assistant, from English into
-{language}. Translate every message completely and faithfully, as a fluent native speaker
-of {language} would write it. Keep the formatting (line breaks, lists, markdown) and keep
-code, numbers and proper names as they are. Do not answer the user, do not merge or
-split messages, and add nothing of your own.
-{shape}
-
-Conversation:
 ```json
 {conversation}
 ```
-"""
+
+{shape}
+""",
     )
 
 
@@ -224,14 +276,14 @@ Conversation:
 # JSON schemas of the answers above, for servers with structured output.
 
 
-def list_schema(key: str, count: int) -> dict:
+def list_schema(key: str, count: int, minimum: int = 1) -> dict:
     return {
         "type": "object",
         "properties": {
             key: {
                 "type": "array",
                 "items": {"type": "string", "minLength": 1},
-                "minItems": 1,
+                "minItems": minimum,
                 "maxItems": count,
             }
         },

@@ -57,9 +57,10 @@ log = logging.getLogger("kakugo.teacher.cache")
 #: The fields a request key is computed over (DESIGN.md: messages + sampling + sample index).
 KEY_FIELDS = ("messages", "temperature", "top_p", "max_tokens", "sample_index")
 #: Part of the key only when set, so keys of requests without them never change:
-#: constraints on the answer that change it like a sampling parameter does, and the
-#: attempt number of a request whose earlier answers were rejected (0 is never written).
-OPTIONAL_KEY_FIELDS = ("response_format", "attempt")
+#: constraints on the answer that change it like a sampling parameter does (the answer
+#: schema, a gpt-oss reasoning effort), and the attempt number of a request whose earlier
+#: answers were rejected (0 is never written).
+OPTIONAL_KEY_FIELDS = ("response_format", "reasoning_effort", "attempt")
 
 #: Marks an entry written with the ledger fields (an older entry is the bare response).
 ENTRY_FORMAT = 2

@@ -5,14 +5,12 @@ every sample is seeded (recipe mistake 6)."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from itertools import islice
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from kakugo_stages.store import open_store
 
-SHUFFLE_BUFFER = 10_000
 _ROW_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
@@ -53,47 +51,67 @@ def _read(store: Any, key: str) -> Iterator[dict[str, Any]]:
         yield from data if isinstance(data, list) else [data]
 
 
-def shuffled_records(
+def sample_records(
     *,
     path: str | None,
     dataset: str,
     config: str | None,
     split: str,
     seed: int,
+    k: int,
     where: tuple[str, str] | None = None,
-) -> tuple[Iterator[dict[str, Any]], int | None]:
-    """Records of a corpus in a seeded random order, and the corpus size when known.
+) -> tuple[list[dict[str, Any]], int]:
+    """A uniform random sample of `k` records of a corpus (all of them when it has fewer),
+    in a seeded random order, and the number of records it holds.
 
-    A mirror `path` is read whole and shuffled (mirrors are samples already); a hub
-    dataset is streamed through a shuffle buffer and its size is unknown (None).
-    `where=(field, value)` keeps only records whose field equals value.
+    `where=(field, value)` keeps only records whose field equals value; the count is of
+    those. A mirror `path` (files read in name order) and a hub dataset (streamed with
+    `datasets`, never downloaded whole) are read the same way: once, through a reservoir
+    of `k` records (Algorithm R), so every record has the same chance whatever its place
+    in the stream. The cost: the whole split goes over the wire once (time and network in
+    proportion to the corpus; memory only for the `k` records kept). A shuffle buffer
+    would stop early, but draws only from the first part of a stream.
     """
-    if path:
-        rows = [row for store, key in _files(path) for row in _read(store, key)]
-        if where:
-            rows = [r for r in rows if r.get(where[0]) == where[1]]
-        random.Random(seed).shuffle(rows)
-        return iter(rows), len(rows)
-    return _stream(dataset, config, split, seed, where), None
+    records = _iter_files(path) if path else _stream(dataset, config, split)
+    if where:
+        field, value = where
+        records = (r for r in records if r.get(field) == value)
+    rng = random.Random(seed)
+    sample, seen = reservoir(records, k, rng)
+    rng.shuffle(sample)
+    return sample, seen
 
 
-def _stream(
-    dataset: str, config: str | None, split: str, seed: int, where: tuple[str, str] | None
-) -> Iterator[dict[str, Any]]:
+def reservoir(
+    records: Iterable[dict[str, Any]], k: int, rng: random.Random
+) -> tuple[list[dict[str, Any]], int]:
+    """Algorithm R: `k` records drawn uniformly without replacement from a stream of unknown
+    length (in stream order until shuffled), and how many records the stream held."""
+    sample: list[dict[str, Any]] = []
+    seen = 0
+    for record in records:
+        if seen < k:
+            sample.append(record)
+        else:
+            j = rng.randrange(seen + 1)
+            if j < k:
+                sample[j] = record
+        seen += 1
+    return sample, seen
+
+
+def _iter_files(path: str) -> Iterator[dict[str, Any]]:
+    for store, key in _files(path):
+        yield from _read(store, key)
+
+
+def _stream(dataset: str, config: str | None, split: str) -> Iterator[dict[str, Any]]:
     try:
         from datasets import load_dataset
 
-        stream = load_dataset(dataset, config, split=split, streaming=True)
-        if where:
-            field, value = where
-            stream = stream.filter(lambda r: r.get(field) == value)
-        yield from stream.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER)
+        yield from load_dataset(dataset, config, split=split, streaming=True)
     except Exception as exc:  # datasets raises many types, also lazily: wrap at the boundary
         raise SourceError(
             f"cannot stream {dataset} (config {config}, split {split}): {exc}. Offline or "
             "air-gapped? Point the source's `path` at a local or s3:// mirror."
         ) from exc
-
-
-def take(records: Iterator[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    return list(islice(records, n))

@@ -1343,6 +1343,12 @@ class TeacherSettings(SpecModel):
         "schema with the server's structured output (response_format json_schema). Off in "
         "the recipe; small teachers need it.",
     )
+    reasoning_effort: Literal["low", "medium", "high"] | None = Field(
+        default=None,
+        description="Reasoning effort of a gpt-oss teacher, sent with every request as "
+        "reasoning_effort (vLLM's OpenAI server reads it from the chat request) and part of "
+        "its cache key. Unset: the server's default (medium for gpt-oss), as in the recipe.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> TeacherSettings:
@@ -1393,14 +1399,14 @@ GENERAL_SEED_TOPICS = [
     "humanities",
 ]
 LANGUAGE_SEED_TOPICS = [
-    "places where {language} is spoken",
+    "{language}-speaking places",
     "{language}-speaking people",
     "{language} culture",
     "the {language} language",
-    "the history of {language} speakers",
-    "{language}-speaking society",
-    "daily life of {language} speakers",
-    "health of {language} speakers",
+    "{language} history",
+    "{language} society",
+    "{language} daily life",
+    "{language} health",
 ]
 
 
@@ -1485,7 +1491,8 @@ class CorpusSource(SpecModel):
 
 
 class TaskWeights(SpecModel):
-    """Relative weights of context task types (question answering is half by default)."""
+    """Relative weights of context task types (question answering is half by default);
+    the types are dealt to the documents in turn, in these proportions."""
 
     translate: float = Field(default=1, ge=0)
     summarize: float = Field(default=1, ge=0)
@@ -1515,7 +1522,16 @@ class ContextsConfig(SpecModel):
         ge=0,
         description="Keep one prompt per document when the corpus has more documents than this.",
     )
-    task_weights: TaskWeights = Field(default=TaskWeights())
+    max_prompts: Int = Field(
+        default=10_000,
+        ge=0,
+        description="Most context prompts kept in all (a seeded choice among them): a small "
+        "corpus keeps every prompt of every document, up to this many.",
+    )
+    task_weights: TaskWeights = Field(
+        default=TaskWeights(),
+        description="Task types are dealt to the documents in turn, in these proportions.",
+    )
     max_tokens: Int = Field(default=2048, ge=16)
 
 
@@ -1553,9 +1569,15 @@ class InstructionSource(SpecModel):
 class TranslateConfig(SpecModel):
     shards: Int = Field(default=8, ge=1, le=1024)
     source: InstructionSource = Field(default=InstructionSource())
-    samples: Int = Field(default=15_000, ge=0, description="Conversations sampled.")
+    samples: Int = Field(
+        default=15_000,
+        ge=0,
+        description="Conversations sampled; those over maxSourceTokens are then dropped.",
+    )
     max_source_tokens: Int = Field(
-        default=2048, ge=16, description="Longest conversation kept, in teacher tokens."
+        default=2048,
+        ge=16,
+        description="Longest conversation kept, in teacher tokens of its printed message list.",
     )
     teacher_tokenizer: str | None = Field(
         default="openai/gpt-oss-120b",
@@ -1588,11 +1610,14 @@ class FilterConfig(SpecModel):
         return self
 
 
+#: The thinking toggle: generated rows with the teacher's reasoning start with the first,
+#: every other row with the second; a user of the model picks one to switch thinking on
+#: or off (the model card shows how).
 THINK_SYSTEM_PROMPT = (
-    "Before you answer, reason about the request step by step inside <think> and </think>. "
-    "Then give your answer after the closing tag."
+    "Think about your reply before you give it, and put that thinking between the "
+    "delimiters <think> and </think>."
 )
-CONCISE_SYSTEM_PROMPT = "Answer helpfully and keep your answer concise."
+CONCISE_SYSTEM_PROMPT = "Keep your replies concise."
 
 
 class MixConfig(SpecModel):
@@ -1609,10 +1634,16 @@ class MixConfig(SpecModel):
         default=0.02, ge=0, lt=0.5, description="Share of rows held out for validation."
     )
     think_system_prompt: str = Field(
-        default=THINK_SYSTEM_PROMPT, min_length=1, max_length=PROMPT_LENGTH
+        default=THINK_SYSTEM_PROMPT,
+        min_length=1,
+        max_length=PROMPT_LENGTH,
+        description="System prompt of rows with a <think> block: switches thinking on.",
     )
     concise_system_prompt: str = Field(
-        default=CONCISE_SYSTEM_PROMPT, min_length=1, max_length=PROMPT_LENGTH
+        default=CONCISE_SYSTEM_PROMPT,
+        min_length=1,
+        max_length=PROMPT_LENGTH,
+        description="System prompt of every other row: switches thinking off.",
     )
 
     @field_validator("sources")
@@ -1661,8 +1692,24 @@ class TrainingSpec(SpecModel):
     )
     cutoff_len: Int = Field(default=8000, ge=64, description="Longest training sequence, tokens.")
     packing: bool = Field(default=True, description="Pack examples into cutoffLen sequences.")
-    per_device_batch_size: Int = Field(default=1, ge=1, le=1024)
-    gradient_accumulation_steps: Int = Field(default=1, ge=1, le=4096)
+    per_device_batch_size: Int = Field(
+        default=1, ge=1, le=1024, description="Sequences per GPU (process) in one pass."
+    )
+    global_batch_size: Int = Field(
+        default=8,
+        ge=1,
+        le=65536,
+        description="Sequences per optimizer step over all GPUs (the recipe: 8 GPUs x 1). "
+        "Reached by gradient accumulation whatever the GPU count: globalBatchSize / "
+        "(perDeviceBatchSize x resources.train.gpus) passes per step, a whole number.",
+    )
+    eval_every_fraction: float = Field(
+        default=0.2,
+        ge=0,
+        lt=1,
+        description="Evaluate on the validation split every this fraction of the run's steps "
+        "(the recipe: every fifth), and at the end; 0: only at the end.",
+    )
     gradient_checkpointing: bool = True
     attn_implementation: Literal[
         "auto", "flash_attention_2", "flash_attention_3", "flex_attention", "sdpa", "eager"
@@ -1897,6 +1944,20 @@ class LanguageModelSpec(SpecModel):
                             f"resources.podTemplates: [{i}] mountPath {mount.mount_path!r} is "
                             "where the operator mounts storage.pvc"
                         )
+        return self
+
+    @model_validator(mode="after")
+    def _global_batch_divides(self) -> LanguageModelSpec:
+        t = self.training
+        gpus = self.resources.for_stage("train").gpus or 0
+        processes = max(1, gpus) if t.device == "cuda" else 1
+        per_pass = t.per_device_batch_size * processes
+        if t.global_batch_size % per_pass:
+            raise ValueError(
+                f"training.globalBatchSize: got {t.global_batch_size}; it is reached by "
+                "gradient accumulation, so it must be a multiple of perDeviceBatchSize x "
+                f"resources.train.gpus ({t.per_device_batch_size} x {processes} = {per_pass})"
+            )
         return self
 
     @cached_property

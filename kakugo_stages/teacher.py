@@ -720,6 +720,7 @@ class TeacherClient:
         top_p: float | None = None,
         sample_index: int = 0,
         response_format: dict[str, Any] | None = None,
+        reasoning_effort: str | None = None,
     ) -> ChatResult:
         """Send one chat request (or replay it from the cache) and return the answer.
 
@@ -742,6 +743,10 @@ class TeacherClient:
             "sample_index": int(sample_index),
             "response_format": response_format,
         }
+        if reasoning_effort is not None:
+            # Part of the request (another effort is another answer); absent when unset,
+            # so the keys of requests without it are those of earlier runs.
+            request["reasoning_effort"] = reasoning_effort
         key, attempt = request_key(request), 0
         usage = self.usage
         usage.requests += 1
@@ -773,6 +778,9 @@ class TeacherClient:
         if response_format is not None:
             # OpenAI-style structured output; vLLM constrains decoding to the schema.
             body["response_format"] = response_format
+        if reasoning_effort is not None:
+            # gpt-oss's low/medium/high, a top-level field of vLLM's chat request.
+            body["reasoning_effort"] = reasoning_effort
         if self.seed is not None:
             # From the attempt's key: an answer sent again gets a seed of its own, or a
             # server that honours seeds would give the same rejected answer again.

@@ -434,7 +434,9 @@ def test_failure_rate_threshold_fails_the_stage(tmp_path: Path, tokenizer_dir: P
 def test_broad_scenarios_are_retried_until_they_parse(tmp_path, tokenizer_dir) -> None:
     def broken_first_broad(body: dict[str, Any]) -> Any:
         text = body["messages"][-1]["content"]
-        first_try = body.get("seed") is not None and len(seen) < 2 and "broad kinds" in text
+        first_try = (
+            body.get("seed") is not None and len(seen) < 2 and "most popular scenarios" in text
+        )
         if first_try:
             seen.append(1)
             return "sorry, I cannot produce JSON today"

@@ -117,6 +117,8 @@ def make_run(
             "checkpointEverySteps": 3,
             "logEverySteps": 1,
             "gradientCheckpointing": True,
+            # One sequence per step keeps these runs' step counts small and exact.
+            "globalBatchSize": 1,
             **training,
         },
     }
@@ -272,12 +274,17 @@ def test_recipe_defaults_reach_the_trainer(tmp_path: Path, model_dir: Path) -> N
         chat_template="x",
         scratch_dir=str(tmp_path),
     )
-    args = training_arguments(config, "fp32", tmp_path / "out")
+    args = training_arguments(config, "fp32", tmp_path / "out", evaluate=True)
     assert (args.learning_rate, args.num_train_epochs, args.per_device_train_batch_size) == (
         1e-5,
         1.0,
         1,
     )
+    # The authors' 8 sequences per step (8 GPUs x 1): on one process, by accumulation.
+    assert config.global_batch_size == 8 and args.gradient_accumulation_steps == 8
+    # Validation every fifth of the run, as the authors evaluate.
+    assert args.eval_strategy == "steps" and args.eval_steps == 0.2
+    assert training_arguments(config, "fp32", tmp_path / "o2").eval_strategy == "no"
     assert args.lr_scheduler_type == "cosine" and args.warmup_steps == 0.05
     assert args.activation_checkpointing and config.cutoff_len == 8000 and config.packing
     assert TrainConfig.from_json(config.to_json()) == config
@@ -286,17 +293,29 @@ def test_recipe_defaults_reach_the_trainer(tmp_path: Path, model_dir: Path) -> N
 def test_multi_gpu_runs_under_torchrun_with_the_spec_gpu_count(
     tmp_path: Path, model_dir: Path
 ) -> None:
-    run = make_run(tmp_path, model_dir, gpus=4, device="cuda")
+    run = make_run(tmp_path, model_dir, gpus=4, device="cuda", globalBatchSize=8)
     config = TrainConfig.from_run(
         run, model_path="m", tokenizer_path="m", chat_template="x", scratch_dir=str(tmp_path)
     )
-    assert config.nproc == 4 and config.global_batch_size == 4
+    # The global batch stays 8 whatever the GPU count: 4 GPUs accumulate 2 passes.
+    assert config.nproc == 4 and config.global_batch_size == 8
+    assert config.gradient_accumulation_steps == 2
+    assert config.replace(nproc=8).gradient_accumulation_steps == 1
+    with pytest.raises(ValueError, match="not a multiple"):
+        config.replace(nproc=3).gradient_accumulation_steps  # noqa: B018
     cmd = worker_command(Path("c.json"), Path("r.json"), config.nproc)
     assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m"]
     assert cmd[6:] == ["kakugo_stages.training.worker", "c.json", "r.json"]
     assert "RANK" not in worker_env(4, {}) and worker_env(1, {})["WORLD_SIZE"] == "1"
     single = worker_command(Path("c.json"), Path("r.json"), 1)
     assert single[1:3] == ["-m", "kakugo_stages.training.worker"]
+
+
+def test_a_global_batch_the_gpus_cannot_share_is_refused(tmp_path: Path, model_dir) -> None:
+    from kakugo_stages.manifest import ManifestError
+
+    with pytest.raises(ManifestError, match=r"training.globalBatchSize.*multiple"):
+        make_run(tmp_path, model_dir, gpus=3, device="cuda", globalBatchSize=8)
 
 
 def test_evaluation_section_is_replaced_in_place() -> None:
@@ -368,7 +387,7 @@ def test_zero3_training_changes_weights_and_writes_the_model(
     # Two gloo processes under torchrun: the multi-GPU path (ZeRO-3 shards on two ranks,
     # rank 0 alone writing to the store) without GPUs.
     monkeypatch.setenv("KAKUGO_TRAIN_CPU_PROCESSES", "2")
-    run = make_run(tmp_path, model_dir, learningRate=1e-3, deepspeedStage=3)
+    run = make_run(tmp_path, model_dir, learningRate=1e-3, deepspeedStage=3, globalBatchSize=2)
     store = open_store(run.run_uri)
     summary = run_stage(get_stage("train")(run, store))
     stats = StageOutput(store, "train").read_stats(0)
@@ -396,6 +415,14 @@ def test_zero3_training_changes_weights_and_writes_the_model(
     assert len(changed) > len(before) // 2
     card = (model / "README.md").read_text()
     assert card.startswith("---\nbase_model: ") and EVAL_START in card
+    # Thinking on and off: the card shows both system prompts of the mix.
+    mix = run.spec.data.mix
+    assert f"thinking on: `{mix.think_system_prompt}`" in card
+    assert f"thinking off: `{mix.concise_system_prompt}`" in card
+    # Validation loss every fifth of the run, then at the end.
+    history = stats["eval_loss_history"]
+    assert len(history) >= 2 and history[-1][0] == stats["steps"]
+    assert "validation loss by step" in card
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model)

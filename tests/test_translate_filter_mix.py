@@ -74,12 +74,16 @@ def translate_spec(url: str, tmp: Path, tok: Path, **data: Any) -> RunSpec:
 
 def test_translate_samples_maps_roles_and_caps_length(tmp_path, tokenizer_dir) -> None:
     with TeacherServer(scripted_teacher) as srv:
-        run = translate_spec(srv.url, tmp_path, tokenizer_dir)
+        run = translate_spec(srv.url, tmp_path, tokenizer_dir, samples=20)
         out = run_all(run, ("translate",))
     store = open_store(run.run_uri)
     meta = store.read_json("translate/_sources.json")
     sources = store.read_jsonl("translate/_sources.jsonl")
-    assert meta["conversations"] == len(sources) == 12
+    # As the authors do: sample, then drop the over-long (one of the 20 English records),
+    # rather than sampling on until `samples` fit.
+    assert meta["available"] == meta["sampled"] == 20
+    assert meta["dropped"] == {"bad_roles": 0, "too_long": 1}
+    assert meta["conversations"] == len(sources) == 19
     # The teacher's tokenizer cannot be loaded offline: the student's measured instead.
     assert meta["length_tokenizer"].endswith("(student fallback)")
     langs = {
@@ -93,8 +97,17 @@ def test_translate_samples_maps_roles_and_caps_length(tmp_path, tokenizer_dir) -
         assert conv["messages"][0]["role"] == "user"
         assert all(m["role"] in ("user", "assistant") for m in conv["messages"])
     rows = list(get_stage("translate")(run, store).output.iter_all_rows())
-    assert len(rows) == 12 and out["translate"].as_dict()["requests"] == 12
+    assert len(rows) == 19 and out["translate"].as_dict()["requests"] == 19
     assert all(len(r["messages"]) == len(r["original"]) for r in rows)
+
+
+def test_translate_drops_over_long_samples_without_drawing_more(tmp_path, tokenizer_dir) -> None:
+    run = translate_spec("http://127.0.0.1:9/v1", tmp_path, tokenizer_dir, maxSourceTokens=170)
+    conversations = get_stage("translate")(run, open_store(run.run_uri)).conversations()
+    meta = open_store(run.run_uri).read_json("translate/_sources.json")
+    assert meta["sampled"] == 12 and meta["dropped"]["too_long"] > 0
+    assert len(conversations) == 12 - meta["dropped"]["too_long"] - meta["dropped"]["bad_roles"]
+    assert conversations and all(c["source_tokens"] <= 170 for c in conversations)
 
 
 def test_translate_sample_is_seeded(tmp_path, tokenizer_dir) -> None:
@@ -855,7 +868,8 @@ def test_pipeline_to_dataset_and_the_trainer_sees_the_system_prompt(
     from transformers import AutoTokenizer
 
     with TeacherServer(scripted_teacher) as srv:
-        run = translate_spec(srv.url, tmp_path, tokenizer_dir)
+        # All 20 English conversations are sampled; the over-long one is dropped.
+        run = translate_spec(srv.url, tmp_path, tokenizer_dir, samples=20)
         run = with_data(run, mix={"validationFraction": 0.1})
         run_all(run, ("topics", "scenarios", "contexts", "revise", "respond", "translate"))
         store = open_store(run.run_uri)
@@ -867,18 +881,18 @@ def test_pipeline_to_dataset_and_the_trainer_sees_the_system_prompt(
     # The fixture's one conversation with an <image> tag is the only row the filter drops.
     assert [(e["source"], e["reason"]) for e in excluded] == [("translated", "media_tag")]
     assert "<image>" in json.dumps(excluded[0]["row"]["original"])
-    assert len(ds["train"]) + len(ds["validation"]) == stats["rows_out"] == 53 + 11
+    assert len(ds["train"]) + len(ds["validation"]) == stats["rows_out"] == 53 + 18
     assert stats["kept_by_source"] == {
         "topics": 30,
         "scenarios": 18,
         "contexts": 5,
-        "translated": 11,
+        "translated": 18,
     }
     assert stats["dropped"] == {"media_tag": 1}
     card = store.read_text("dataset/README.md")
     for text in (
         "Yoruba (yor_Latn)",
-        "| translated | 11 | 1 |",
+        "| translated | 18 | 1 |",
         "| media_tag | 1 |",
         "CC BY-SA 4.0",
         "ODC-By",

@@ -231,6 +231,7 @@ class ShardContext:
                 top_p=settings.sampling.top_p,
                 sample_index=sample_index,
                 response_format=response_format,
+                reasoning_effort=settings.reasoning_effort,
             )
         except TeacherError as exc:
             self._log_raw(item, messages, None, exc.reason)

@@ -1,11 +1,14 @@
 """`contexts`: prompts about documents written in the language.
 
-Up to `maxDocuments` documents are sampled (seeded) from FineWeb-2 for the language, or
-from a mirror path, and cut to their first `maxDocumentTokens` student tokens. Each gets
-a task type drawn by `taskWeights` (question answering is half by default) and
-`promptsPerDocument` prompts are asked for; one of them is kept when the corpus holds
-more than `keepOneAbove` documents, all of them otherwise. The document travels with the
-prompt: the respond stage prepends it.
+Up to `maxDocuments` documents are sampled uniformly (seeded, reservoir sampling over
+the whole stream) from FineWeb-2 for the language, or from a mirror path, and cut to
+their first `maxDocumentTokens` student tokens. Task types are dealt out in turn by
+`taskWeights` (translate, summarize, improve, classify, then question answering four
+times: half are QA, as the authors' cycle has it), and `promptsPerDocument` prompts are
+asked for each document; one of them is kept when the corpus holds more than
+`keepOneAbove` documents, all of them otherwise, and at most `maxPrompts` in all (a
+seeded choice among the prompt slots, made once from the sample so that every shard
+agrees). The document travels with the prompt: the respond stage prepends it.
 
 The sampled documents are written once to `contexts/_documents.jsonl`, so every shard
 (and every rerun) works from the same sample without reading the corpus again.
@@ -14,12 +17,13 @@ The sampled documents are written once to `contexts/_documents.jsonl`, so every 
 from __future__ import annotations
 
 import asyncio
+import random
 from functools import partial
 from typing import Any
 
 from kakugo_stages import prompts
 from kakugo_stages.parsing import parse_string_list
-from kakugo_stages.sources import SourceError, shuffled_records, take
+from kakugo_stages.sources import SourceError, sample_records
 from kakugo_stages.stages import register
 from kakugo_stages.stages.base import ShardContext, Stage, StageFailed
 from kakugo_stages.tokenization import (
@@ -55,16 +59,14 @@ class ContextsStage(Stage):
                 "data.contexts.source.config, or data.contexts.source.path to a mirror of "
                 "documents in the language, or drop contexts from data.mix.sources"
             )
-        records, size = shuffled_records(
+        return sample_records(
             path=src.path,
             dataset=src.dataset,
             config=config,
             split=src.split,
             seed=self.run.spec.data.seed,
+            k=cfg.max_documents,
         )
-        # Reading one past keepOneAbove tells whether the corpus is larger than it.
-        seen = take(records, max(cfg.max_documents, cfg.keep_one_above + 1))
-        return seen[: cfg.max_documents], size if size is not None else len(seen)
 
     def documents(self) -> tuple[list[dict[str, Any]], int]:
         """The sampled, cut documents and the corpus size seen; computed once per run."""
@@ -97,21 +99,33 @@ class ContextsStage(Stage):
         )
         return docs, corpus_size
 
-    def _task(self, ctx: ShardContext, doc_id: str) -> str:
-        weights = self.config.task_weights.model_dump()
-        names = list(prompts.CONTEXT_TASKS)
-        return ctx.rng(doc_id, "task").choices(names, weights=[weights[n] for n in names])[0]
+    def plan(
+        self, docs: list[dict[str, Any]], keep_one: bool
+    ) -> tuple[dict[str, str], set[tuple[str, int]]]:
+        """Each document's task type, and the prompt slots that may be kept: (doc_id, n)
+        for the n-th prompt of a document (slot 0 only when one is kept per document),
+        at most `maxPrompts` of them. Computed from the whole sample, so shards agree."""
+        cfg = self.config
+        dealt = deal_tasks(cfg.task_weights.model_dump(), len(docs))
+        tasks = {d["doc_id"]: task for d, task in zip(docs, dealt, strict=True)}
+        per_doc = 1 if keep_one else cfg.prompts_per_document
+        slots = [(d["doc_id"], n) for d in docs for n in range(per_doc)]
+        if len(slots) > cfg.max_prompts:
+            rng = random.Random(f"{self.run.spec.data.seed}:contexts:max-prompts")
+            slots = rng.sample(slots, cfg.max_prompts)
+        return tasks, set(slots)
 
     async def run_shard(self, ctx: ShardContext) -> None:
         cfg, lang = self.config, self.language
         docs, corpus_size = self.documents()
         mine = self.mine(docs, ctx.shard)
         keep_one = corpus_size > cfg.keep_one_above
+        tasks, slots = self.plan(docs, keep_one)
         ctx.stats.rows_in = len(mine)
         ctx.stats.extra.update(corpus_size=corpus_size, keep_one=keep_one)
 
         async def prompts_for(doc: dict[str, Any]) -> None:
-            task = self._task(ctx, doc["doc_id"])
+            task = tasks[doc["doc_id"]]
             k = cfg.prompts_per_document
             answer = await ctx.ask(
                 doc["doc_id"],
@@ -127,6 +141,9 @@ class ContextsStage(Stage):
             if keep_one:
                 ctx.drop("extra_context_prompt", len(found) - 1)
             for n, prompt in enumerate(chosen):
+                if (doc["doc_id"], n) not in slots:
+                    ctx.drop("over_max_prompts")
+                    continue
                 ctx.keep(
                     {
                         "id": f"contexts-{doc['doc_id']}-{n}",
@@ -139,3 +156,21 @@ class ContextsStage(Stage):
 
         await asyncio.gather(*(prompts_for(d) for d in mine))
         ctx.rows.sort(key=lambda r: r["id"])
+
+
+def deal_tasks(weights: dict[str, float], n: int) -> list[str]:
+    """`n` task types dealt in turn by weight (smooth weighted round robin): every prefix
+    holds each type in proportion to its weight, as closely as whole counts allow. With
+    the recipe's weights (1, 1, 1, 1, 4) every 8 documents get each of the four tasks once
+    and question answering four times, as the authors' cycle does."""
+    names = [t for t in prompts.CONTEXT_TASKS if weights.get(t, 0) > 0]
+    total = sum(weights[t] for t in names)
+    credit = dict.fromkeys(names, 0.0)
+    out = []
+    for _ in range(n):
+        for t in names:
+            credit[t] += weights[t]
+        best = max(names, key=lambda t: credit[t])  # ties: the first in CONTEXT_TASKS
+        credit[best] -= total
+        out.append(best)
+    return out

@@ -1,7 +1,9 @@
-"""`respond`: the teacher answers every (revised) prompt in the language, with a system
-prompt asking for fluent, correct, lightly formatted, short answers without URLs. The
-reasoning trace is kept: it becomes the student's <think> block. Only answers that
-finished with "stop" and are not empty become rows; the rest are rejected and counted.
+"""`respond`: the teacher answers every (revised) prompt in the language, with the
+recipe's system prompt (fluent, native, correct; instructions followed fully; the
+language unless the user asks otherwise; minimal formatting unless asked; no URLs; a
+simple, conversational tone; as short as possible). The reasoning trace is kept: it
+becomes the student's <think> block. Only answers that finished with "stop" and are not
+empty become rows; the rest are rejected and counted.
 """
 
 from __future__ import annotations

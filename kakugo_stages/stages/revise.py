@@ -1,7 +1,9 @@
 """`revise`: the teacher rewrites a seeded share (`data.revise.fraction`, half by default)
-of all generated prompts to be more natural, add context, ask for a format, length or
-style, or add related questions. A rewrite of a context prompt must not repeat its
-document.
+of each generation method's prompts (an exact share, as the authors' per-file sample
+is), free to apply any of five changes, together or alone: more natural and casual
+language, added context, another format, style or length limit, a longer prompt where it
+asks for elaboration, related questions. For a context prompt the reviser sees the
+document and must keep referring to it without repeating it.
 
 Every prompt leaves this stage: revised, or as it was. A failed revision request is
 counted as rejected (and its raw answer kept) but never loses the prompt.
@@ -10,6 +12,7 @@ counted as rejected (and its raw answer kept) but never loses the prompt.
 from __future__ import annotations
 
 import asyncio
+import random
 from functools import partial
 from typing import Any
 
@@ -43,27 +46,37 @@ class ReviseStage(Stage):
     def skip_reason(self) -> str | None:
         return generation_skip_reason(self)
 
+    def chosen(self, rows: list[dict[str, Any]]) -> set[str]:
+        """The ids of the prompts to revise: `fraction` of each source's prompts, drawn
+        (seeded) from the whole input, so every shard agrees."""
+        out: set[str] = set()
+        for source in GENERATED:
+            ids = [r["id"] for r in rows if r.get("source") == source]
+            rng = random.Random(f"{self.run.spec.data.seed}:revise:{source}")
+            out.update(rng.sample(ids, round(len(ids) * self.config.fraction)))
+        return out
+
     async def run_shard(self, ctx: ShardContext) -> None:
         cfg, lang = self.config, self.language
-        rows = self.mine(generated_rows(self), ctx.shard)
+        every = generated_rows(self)
+        chosen = self.chosen(every)
+        rows = self.mine(every, ctx.shard)
         ctx.stats.rows_in = len(rows)
 
         async def revise(row: dict[str, Any]) -> dict[str, Any]:
             out = {**row, "original_prompt": row["prompt"], "revised": False}
-            rng = ctx.rng(row["id"])
-            if rng.random() >= cfg.fraction:
+            if row["id"] not in chosen:
                 return out
-            style = rng.choice(prompts.REVISION_STYLES)
             answer = await ctx.ask(
                 row["id"],
-                prompts.revise_prompt(row["prompt"], style, lang, "document" in row),
+                prompts.revise_prompt(row["prompt"], lang, row.get("document")),
                 max_tokens=cfg.max_tokens,
                 parse=partial(parse_string, key="improved_prompt"),
                 schema=prompts.string_schema("improved_prompt"),
             )
             if answer is None:  # rejected and counted by ctx.ask; the prompt stays
                 return out
-            return {**out, "prompt": answer[1], "revised": True, "revision_style": style}
+            return {**out, "prompt": answer[1], "revised": True}
 
         for row in await asyncio.gather(*(revise(r) for r in rows)):
             ctx.keep(row)

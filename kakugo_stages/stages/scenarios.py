@@ -1,11 +1,12 @@
 """`scenarios`: scenario-based prompts.
 
-Two lists of broad scenarios of assistant use (general, and specific to the language's
-speakers) are required: each is retried with a new sample until it parses. Every broad
-scenario expands to detailed ones, and every scenario, broad and detailed, gets
-`promptsPerScenario` prompts in the language. Broad scenarios are split across shards;
-each shard asks for the same broad lists, which the request cache answers after the
-first.
+Two lists of broad scenarios of assistant use (the most popular uses of a chatbot, and
+those specific to the language's speakers) are required: each is retried with a new
+sample until it parses. Every broad scenario expands to detailed ones (the general
+branch's without reference to the language, the specific branch's for its speakers),
+and every scenario, broad and detailed, gets `promptsPerScenario` prompts in the
+language. Broad scenarios are split across shards; each shard asks for the same broad
+lists, which the request cache answers after the first.
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ class ScenariosStage(Stage):
                 return []
             answer = await ctx.ask(
                 bid,
-                prompts.detailed_scenarios(text, cfg.detailed_per_broad, lang),
+                prompts.detailed_scenarios(
+                    text, cfg.detailed_per_broad, lang, specific=bid.startswith("l")
+                ),
                 max_tokens=cfg.max_tokens,
                 parse=partial(parse_string_list, key="scenarios", expected=cfg.detailed_per_broad),
                 schema=prompts.list_schema("scenarios", cfg.detailed_per_broad),

@@ -1,11 +1,14 @@
 """`translate`: English instruction data translated whole by the teacher.
 
-`samples` English conversations are drawn (seeded) from Infinity-Instruct (`7M_core`,
-rows whose `langdetect` is `en`), or from a mirror path; roles are mapped human -> user,
-gpt -> assistant (system turns are dropped, other roles drop the conversation), and only
-conversations of at most `maxSourceTokens` teacher-tokenizer tokens are kept. When the
-teacher's tokenizer cannot be loaded (offline), the student's measures instead, and the
-stats say so. The sample is written once to `translate/_sources.jsonl`.
+`samples` English conversations are drawn uniformly (seeded, reservoir sampling over the
+whole stream) from Infinity-Instruct (`7M_core`, rows whose `langdetect` is `en`), or
+from a mirror path; then, as the authors do, roles are mapped human -> user,
+gpt -> assistant (system turns are dropped, other roles drop the conversation), and the
+conversations over `maxSourceTokens` teacher-tokenizer tokens are dropped, so fewer than
+`samples` are translated. Length is measured as the authors measure it: the tokens of
+the conversation's printed list of messages. When the teacher's tokenizer cannot be
+loaded (offline), the student's measures instead, and the stats say so. The sample is
+written once to `translate/_sources.jsonl`.
 
 Each conversation is translated in one request that returns the same list-of-messages
 structure. Answers that do not parse are rejected here; the `filter` stage judges the
@@ -20,7 +23,7 @@ from typing import Any
 
 from kakugo_stages import prompts
 from kakugo_stages.parsing import parse_messages
-from kakugo_stages.sources import SourceError, shuffled_records
+from kakugo_stages.sources import SourceError, sample_records
 from kakugo_stages.stages import register
 from kakugo_stages.stages.base import ShardContext, Stage, StageFailed
 from kakugo_stages.tokenization import (
@@ -35,8 +38,6 @@ log = logging.getLogger("kakugo.stages.translate")
 SOURCES = "translate/_sources.jsonl"
 SOURCES_META = "translate/_sources.json"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-#: Records read at most per conversation wanted, so a bad filter cannot scan forever.
-SCAN_FACTOR = 50
 
 
 def to_messages(record: dict[str, Any]) -> list[dict[str, str]] | None:
@@ -102,56 +103,44 @@ class TranslateStage(Stage):
         cfg, src = self.config, self.config.source
         try:
             tokenizer, measured_by = self._length_tokenizer()
-            records, _ = shuffled_records(
+            records, available = sample_records(
                 path=src.path,
                 dataset=src.dataset,
                 config=src.config,
                 split=src.split,
                 seed=self.run.spec.data.seed,
+                k=cfg.samples,
                 where=(src.language_field, src.language_value),
             )
-            kept: list[dict[str, Any]] = []
-            dropped, scanned = {"bad_roles": 0, "too_long": 0}, 0
-            batch: list[tuple[dict[str, Any], list[dict[str, str]]]] = []
-
-            def flush() -> None:
-                lengths = count_tokens(
-                    tokenizer, ["\n".join(m["content"] for m in msgs) for _, msgs in batch]
-                )
-                for (record, msgs), n in zip(batch, lengths, strict=True):
-                    if len(kept) >= cfg.samples:
-                        return
-                    if n + 4 * len(msgs) > cfg.max_source_tokens:  # 4: per-turn role tokens
-                        dropped["too_long"] += 1
-                        continue
-                    kept.append(
-                        {
-                            "id": f"c{len(kept)}",
-                            "source_id": record.get("id"),
-                            "messages": msgs,
-                            "source_tokens": n,
-                        }
-                    )
-                batch.clear()
-
+            dropped = {"bad_roles": 0, "too_long": 0}
+            mapped = []
             for record in records:
-                scanned += 1
                 msgs = to_messages(record)
                 if msgs is None:
                     dropped["bad_roles"] += 1
                 else:
-                    batch.append((record, msgs))
-                if len(batch) >= 256:
-                    flush()
-                if len(kept) >= cfg.samples or scanned >= SCAN_FACTOR * cfg.samples:
-                    break
-            flush()
+                    mapped.append((record, msgs))
+            # The authors' measure: tokens of the printed list of {role, content} dicts.
+            lengths = count_tokens(tokenizer, [str(msgs) for _, msgs in mapped])
+            kept: list[dict[str, Any]] = []
+            for (record, msgs), n in zip(mapped, lengths, strict=True):
+                if n > cfg.max_source_tokens:
+                    dropped["too_long"] += 1
+                    continue
+                kept.append(
+                    {
+                        "id": f"c{len(kept)}",
+                        "source_id": record.get("id"),
+                        "messages": msgs,
+                        "source_tokens": n,
+                    }
+                )
         except (SourceError, TokenizerError) as exc:
             raise StageFailed(f"stage translate: {exc}") from exc
         if not kept:
             raise StageFailed(
-                f"stage translate: no usable {src.language_value!r} conversation among "
-                f"{scanned} records of {src.path or src.dataset} ({dropped})"
+                f"stage translate: no usable {src.language_value!r} conversation among the "
+                f"{len(records)} sampled from {src.path or src.dataset} ({dropped})"
             )
         try:
             turn_tokenizer = self._student_turn_tokens(kept)
@@ -162,7 +151,8 @@ class TranslateStage(Stage):
             SOURCES_META,
             {
                 "conversations": len(kept),
-                "scanned": scanned,
+                "sampled": len(records),
+                "available": available,
                 "dropped": dropped,
                 "length_tokenizer": measured_by,
                 "turn_tokenizer": turn_tokenizer,

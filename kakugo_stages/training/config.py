@@ -54,7 +54,10 @@ class TrainConfig:
     cutoff_len: int
     packing: bool
     per_device_batch_size: int
-    gradient_accumulation_steps: int
+    #: Sequences per optimizer step over all processes; reached by gradient accumulation.
+    global_batch_size: int
+    #: Evaluate on the validation split every this fraction of the steps (0: at the end).
+    eval_every_fraction: float
     gradient_checkpointing: bool
     attn_implementation: str
     deepspeed_stage: int
@@ -62,6 +65,11 @@ class TrainConfig:
     save_total_limit: int
     log_every_steps: int
     seed: int
+    #: The thinking toggle the mix trained (for the model card): the two system prompts,
+    #: and whether generated rows carried their reasoning at all.
+    think_system_prompt: str = ""
+    concise_system_prompt: str = ""
+    reasoning: bool = True
     #: Stop after this many optimizer steps (benchmarks, smoke runs); -1 = the full epochs.
     max_steps: int = -1
     #: The run store's S3 endpoint and region (`storage.s3`), so the worker process uses
@@ -112,7 +120,8 @@ class TrainConfig:
             cutoff_len=t.cutoff_len,
             packing=t.packing,
             per_device_batch_size=t.per_device_batch_size,
-            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            global_batch_size=t.global_batch_size,
+            eval_every_fraction=t.eval_every_fraction,
             gradient_checkpointing=t.gradient_checkpointing,
             attn_implementation=t.attn_implementation,
             deepspeed_stage=t.deepspeed_stage,
@@ -120,6 +129,9 @@ class TrainConfig:
             save_total_limit=t.save_total_limit,
             log_every_steps=t.log_every_steps,
             seed=t.seed,
+            think_system_prompt=spec.data.mix.think_system_prompt,
+            concise_system_prompt=spec.data.mix.concise_system_prompt,
+            reasoning=spec.data.mix.reasoning,
             max_steps=max_steps,
             storage_endpoint_url=s3.endpoint_url if s3 is not None else None,
             storage_region=s3.region if s3 is not None else None,
@@ -129,8 +141,17 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     @property
-    def global_batch_size(self) -> int:
-        return self.per_device_batch_size * self.gradient_accumulation_steps * self.nproc
+    def gradient_accumulation_steps(self) -> int:
+        """Passes per optimizer step, so that every step sees `global_batch_size` sequences
+        whatever the process count (ValueError when it does not divide)."""
+        per_pass = self.per_device_batch_size * self.nproc
+        if self.global_batch_size % per_pass:
+            raise ValueError(
+                f"training.globalBatchSize {self.global_batch_size} is not a multiple of "
+                f"perDeviceBatchSize x processes ({self.per_device_batch_size} x "
+                f"{self.nproc} = {per_pass})"
+            )
+        return self.global_batch_size // per_pass
 
     def hyperparameters(self) -> dict[str, Any]:
         """The recipe as the model card and the stats report it."""
@@ -148,6 +169,7 @@ class TrainConfig:
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "processes": self.nproc,
             "global_batch_size": self.global_batch_size,
+            "eval_every_fraction": self.eval_every_fraction,
             "gradient_checkpointing": self.gradient_checkpointing,
             "attn_implementation": self.attn_implementation,
             "deepspeed_zero_stage": self.deepspeed_stage,

@@ -97,6 +97,10 @@ def prepare(run: RunSpec, max_steps: int = -1) -> TrainConfig:
     )
     if config.device == "cpu" and os.environ.get(CPU_PROCESSES_ENV):
         config = config.replace(nproc=int(os.environ[CPU_PROCESSES_ENV]))
+    try:
+        config.gradient_accumulation_steps  # noqa: B018 - checks that the batch divides
+    except ValueError as exc:
+        raise TrainingFailed(str(exc)) from exc
     return config
 
 

@@ -66,6 +66,10 @@ def render_model_card(config: Any, result: dict[str, Any], dataset_uri: str) -> 
         "optimizer steps": result.get("steps"),
         "final training loss": _round(result.get("final_loss")),
         "validation loss": _round(result.get("eval_loss")),
+        "validation loss by step": ", ".join(
+            f"{step}: {loss:.4f}" for step, loss in result.get("eval_loss_history", [])
+        )
+        or None,
         "training tokens (all / assistant)": f"{tokens.get('tokens', 0):,} / "
         f"{tokens.get('trained_tokens', 0):,}",
         "tokens per second": result.get("tokens_per_s"),
@@ -89,16 +93,51 @@ def render_model_card(config: Any, result: dict[str, Any], dataset_uri: str) -> 
         "only (end-of-turn token included), examples packed without attention across "
         f"examples. Chat template: `{config.chat_template_name}` (shipped in "
         "`chat_template.jinja`).\n\n" + _table(hyperparameters) + "\n\n"
-        "## Training results\n\n" + _table(results) + "\n\n"
-        "## Usage\n\n"
-        "```python\n"
-        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        "tok = AutoTokenizer.from_pretrained(PATH)\n"
-        "model = AutoModelForCausalLM.from_pretrained(PATH)\n"
-        'inputs = tok.apply_chat_template([{"role": "user", "content": "..."}],\n'
-        '    add_generation_prompt=True, return_dict=True, return_tensors="pt")\n'
-        "out = model.generate(**inputs, max_new_tokens=256, repetition_penalty=1.05)\n"
-        "```\n\n"
+        "## Training results\n\n" + _table(results) + "\n\n" + usage_section(config) + "\n"
         "## Evaluation\n\n"
         f"{EVAL_START}\n{EVAL_PENDING}\n{EVAL_END}\n"
+    )
+
+
+def usage_section(config: Any) -> str:
+    """How to chat with the model, thinking on and off: the system prompt picks the mode,
+    as in training (generated rows with the teacher's reasoning start with the thinking
+    prompt, every other row with the concise one)."""
+    code = (
+        "```python\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        "tok = AutoTokenizer.from_pretrained(PATH)\n"
+        "model = AutoModelForCausalLM.from_pretrained(PATH)\n\n"
+        f"THINK = {config.think_system_prompt!r}\n"
+        f"CONCISE = {config.concise_system_prompt!r}\n\n"
+        "thinking = True  # False: a direct answer, no <think> block\n"
+        "messages = [\n"
+        '    {"role": "system", "content": THINK if thinking else CONCISE},\n'
+        '    {"role": "user", "content": "..."},\n'
+        "]\n"
+        "inputs = tok.apply_chat_template(\n"
+        '    messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"\n'
+        ")\n"
+        "out = model.generate(**inputs, max_new_tokens=1024, repetition_penalty=1.05)\n"
+        'text = tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)\n'
+        'answer = text.split("</think>")[-1].strip()  # the reply without the thinking\n'
+        "```\n"
+    )
+    if config.reasoning:
+        modes = (
+            "The system prompt switches thinking on or off, as in training: with the first "
+            "prompt below the model thinks inside `<think> … </think>` before it answers; "
+            "with the second it answers at once. Use one of the two, word for word.\n\n"
+            f"- thinking on: `{config.think_system_prompt}`\n"
+            f"- thinking off: `{config.concise_system_prompt}`\n\n"
+        )
+    else:
+        modes = (
+            "This model was trained without the teacher's reasoning (`data.mix.reasoning: "
+            "false`): every row had the concise system prompt, so thinking cannot be "
+            f"switched on. Use `{config.concise_system_prompt}` as the system prompt.\n\n"
+        )
+    return (
+        "## Usage\n\n" + modes + code + "\nA repetition penalty of 1.05 keeps low-resource "
+        "generation from looping, as the recipe's authors advise.\n"
     )

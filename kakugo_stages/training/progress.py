@@ -34,6 +34,7 @@ class Progress:
         self.tokens = start_tokens
         self.loss: float | None = None
         self.learning_rate: float | None = None
+        self.eval_loss: float | None = None
 
     def update(
         self, step: int, tokens: int, loss: float | None = None, learning_rate: float | None = None
@@ -67,6 +68,7 @@ class Progress:
             "step": self.step,
             "total_steps": self.total_steps,
             "loss": None if self.loss is None else round(self.loss, 6),
+            "eval_loss": None if self.eval_loss is None else round(self.eval_loss, 6),
             "learning_rate": self.learning_rate,
             "tokens": self.tokens,
             "tokens_per_s": round(self.tokens_per_second, 2),
@@ -116,6 +118,8 @@ def progress_callback(store: ArtifactStore, show_bar: bool | None = None) -> Any
         def on_log(self, args, state, control, logs=None, **kwargs):
             if self.progress is None or not logs:
                 return
+            if logs.get("eval_loss") is not None:
+                self.progress.eval_loss = float(logs["eval_loss"])
             self.progress.update(
                 state.global_step,
                 int(state.num_input_tokens_seen or 0),

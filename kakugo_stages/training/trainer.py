@@ -101,10 +101,15 @@ def checkpointing_arguments(enabled: bool) -> dict[str, Any]:
     }
 
 
-def training_arguments(config: TrainConfig, precision: str, output_dir: Path) -> Any:
+def training_arguments(
+    config: TrainConfig, precision: str, output_dir: Path, evaluate: bool = False
+) -> Any:
+    """The Trainer's arguments. `evaluate`: there is a validation split, evaluated every
+    `eval_every_fraction` of the steps (a float below 1 is a ratio of the run)."""
     from transformers import TrainingArguments
 
     ds = deepspeed_config(config.deepspeed_stage, precision)
+    periodic = evaluate and config.eval_every_fraction > 0
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=config.epochs,
@@ -130,7 +135,8 @@ def training_arguments(config: TrainConfig, precision: str, output_dir: Path) ->
         save_total_limit=config.save_total_limit,
         logging_steps=config.log_every_steps,
         logging_first_step=True,
-        eval_strategy="no",
+        eval_strategy="steps" if periodic else "no",
+        eval_steps=config.eval_every_fraction if periodic else None,
         report_to="none",
         disable_tqdm=True,  # our progress callback draws the bar (with tokens/s and ETA)
         seed=config.seed,
@@ -199,7 +205,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     output_dir = scratch / "checkpoints"
     # TrainingArguments first: with ZeRO-3 it makes from_pretrained partition the weights
     # as they load (zero.Init) instead of materialising the full model on every rank.
-    args = training_arguments(config, precision, output_dir)
+    args = training_arguments(
+        config, precision, output_dir, evaluate=val_ds is not None and len(val_ds) > 0
+    )
     # bf16 weights only under DeepSpeed, which keeps fp32 master weights in the optimizer;
     # plain bf16 weights would round away lr-1e-5 updates. Without DeepSpeed the weights
     # stay fp32 and bf16 is autocast.
@@ -250,6 +258,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     logged = [e for e in trainer.state.log_history if "loss" in e and "step" in e]
     losses = [e["loss"] for e in logged]
+    evaluated = [e for e in trainer.state.log_history if "eval_loss" in e and "step" in e]
     result: dict[str, Any] = {
         # The whole curve, including steps before a resume (the checkpoint keeps them).
         "loss_history": [[e["step"], round(float(e["loss"]), 6)] for e in logged],
@@ -258,6 +267,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "final_loss": losses[-1] if losses else None,
         "train_loss": output.training_loss,
         "eval_loss": eval_loss,
+        # Validation loss every fifth of the run (training.evalEveryFraction), then at the end.
+        "eval_loss_history": [[e["step"], round(float(e["eval_loss"]), 6)] for e in evaluated],
         "resumed_from_step": resume_step or 0,
         "train_tokens": int(trainer.state.num_input_tokens_seen or 0),
         "tokens_per_s": round(progress.tokens_per_second, 2) if progress else None,
