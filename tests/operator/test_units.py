@@ -12,8 +12,9 @@ from kakugo_operator import naming, settings
 from kakugo_operator.diff import merge_diff
 from kakugo_operator.fingerprints import stage_fingerprints
 from kakugo_operator.main import kopf_args
-from kakugo_operator.observe import classify_failure, iso, stage_counts
+from kakugo_operator.observe import classify_failure, iso, parse_time, stage_counts
 from kakugo_operator.reconcile import Observed, decide
+from kakugo_operator.stage_machine import retry_time
 from kakugo_operator.teacher import decide_teacher
 
 from tests.operator.operator_helpers import language_model
@@ -692,3 +693,14 @@ def test_a_teacher_is_needed_while_a_teacher_stage_runs_or_could_start() -> None
     assert not needs_teacher(status("Running", train=("Running", None)))
     assert not needs_teacher(status("Running", topics=("Pending", "Budget")))
     assert not needs_teacher(status("Suspended", topics=("Running", None)))
+
+
+def test_retry_time_is_never_now() -> None:
+    """The status keeps whole seconds: a sub-second backoff (or a disruption's immediate
+    retry) rounded down would let the reconcile that saw the failure start the next
+    attempt at once, and the Retrying state and its Warning Event would never be written."""
+    at = datetime(2026, 1, 1, 12, 0, 0, 700_000, tzinfo=UTC)
+    for delay in (0, 0.5, 1):
+        assert parse_time(retry_time(at, delay)) > at
+    assert retry_time(at, 10) == "2026-01-01T12:00:11Z"
+    assert retry_time(at.replace(microsecond=0), 10) == "2026-01-01T12:00:10Z"
