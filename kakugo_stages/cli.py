@@ -379,6 +379,16 @@ def run(
     click.echo(f"report: {store.url('report.md')}", err=True)
 
 
+def _share_commands() -> None:
+    from kakugo_stages.share_cli import publish, review
+
+    main.add_command(publish)
+    main.add_command(review)
+
+
+_share_commands()
+
+
 def _lang_row(lang) -> dict:
     return {
         "code": lang.code,

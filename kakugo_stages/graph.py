@@ -154,6 +154,26 @@ GRAPH: tuple[StageDecl, ...] = (
         produces=_artifacts(evaluation="evaluation/results.json"),
         summary=("summary", "evaluation", "skipped"),
     ),
+    # review writes the blinded side-by-side page for native speakers; skipped without
+    # spec.review. After evaluate: its GPU is free by then and the page never delays the
+    # benchmark numbers. It reads the dataset's validation prompts and the tuned model.
+    StageDecl(
+        "review",
+        inputs=("evaluate",),
+        reads=("student", "review", "data.mix.conciseSystemPrompt"),
+        image="eval",
+        produces=_artifacts(review="review/index.html"),
+        summary=("prompts", "page"),
+    ),
+    # publish pushes the dataset, the model and the evaluation results to the Hugging Face
+    # Hub; skipped without spec.publish.
+    StageDecl(
+        "publish",
+        inputs=("evaluate",),
+        reads=("publish",),
+        produces=_artifacts(published="publish/published.json"),
+        summary=("repos",),
+    ),
 )
 
 BY_NAME: Mapping[str, StageDecl] = MappingProxyType({d.name: d for d in GRAPH})

@@ -781,6 +781,8 @@ StageName = Literal[
     "filter",
     "train",
     "evaluate",
+    "review",
+    "publish",
 ]
 if set(typing.get_args(StageName)) != set(STAGES):  # pragma: no cover - a new stage
     raise RuntimeError("spec.StageName must list every stage of kakugo_stages.graph")
@@ -796,6 +798,8 @@ PodTarget = Literal[
     "filter",
     "train",
     "evaluate",
+    "review",
+    "publish",
     "teacher",
 ]
 
@@ -1045,6 +1049,9 @@ _STAGE_RESOURCE_DEFAULTS: dict[str, StageResources] = {
     "evaluate": StageResources(
         gpus=1, cpu="4", memory="32Gi", shm_size="8Gi", scratch_size="100Gi"
     ),
+    "review": StageResources(gpus=1, cpu="4", memory="32Gi", shm_size="8Gi", scratch_size="100Gi"),
+    # The model is read from storage and sent to the Hub: room for a 3B model's weights.
+    "publish": StageResources(memory="4Gi", scratch_size="50Gi"),
 }
 _BASE_RESOURCES = StageResources(
     gpus=0,
@@ -1079,6 +1086,10 @@ class ResourcesSpec(SpecModel):
     evaluate: StageResources | None = Field(
         default=None, description="Default: 1 GPU, 4 CPU, 32Gi."
     )
+    review: StageResources | None = Field(
+        default=None, description="Default: 1 GPU, 4 CPU, 32Gi (the evaluate stage's)."
+    )
+    publish: StageResources | None = None
     pod_templates: list[StagePodTemplate] | None = Field(
         default=None,
         max_length=STAGE_POD_TEMPLATES,
@@ -1787,6 +1798,89 @@ class EvaluationSpec(SpecModel):
         return self
 
 
+# --------------------------------------------------------------------------- share
+
+
+#: A Hub repository id: owner/name.
+HUB_REPO = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$"
+
+
+class HubPublishSpec(SpecModel):
+    """Repositories of the Hugging Face Hub that receive the run's results: one commit
+    per repository, made only once every file of it is uploaded."""
+
+    dataset_repo: str | None = Field(
+        default=None,
+        pattern=HUB_REPO,
+        max_length=ID_LENGTH,
+        description="Dataset repository (owner/name) for the training mix: parquet splits "
+        "and the dataset card.",
+    )
+    model_repo: str | None = Field(
+        default=None,
+        pattern=HUB_REPO,
+        max_length=ID_LENGTH,
+        description="Model repository (owner/name) for the tuned model: safetensors, "
+        "tokenizer, chat template, and the card with the evaluation as model-index.",
+    )
+    private: bool = Field(default=True, description="Create missing repositories as private.")
+    revision: str = Field(
+        default="main",
+        min_length=1,
+        max_length=ID_LENGTH,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+        description="Branch to commit to; created from main when missing.",
+    )
+    commit_message: str | None = Field(
+        default=None,
+        max_length=ID_LENGTH,
+        description="Commit title (default: names the run and its spec fingerprint).",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        pattern=HTTP_URL,
+        max_length=PATH_LENGTH,
+        description="Hub endpoint (default: https://huggingface.co, or $HF_ENDPOINT).",
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key with a Hub token that may write to the repositories; the "
+        "operator gives it to the publish stage only, as HF_TOKEN.",
+    )
+
+    @field_validator("endpoint", mode="before")
+    @classmethod
+    def _no_credentials(cls, value: Any) -> Any:
+        return refuse_credentials(value, "publish.huggingFace.tokenSecretRef")
+
+    @model_validator(mode="after")
+    def _some_repo(self) -> HubPublishSpec:
+        if self.dataset_repo is None and self.model_repo is None:
+            raise ValueError("datasetRepo: set datasetRepo, modelRepo or both")
+        return self
+
+
+class PublishSpec(SpecModel):
+    """Publish the run when it is evaluated (the `publish` stage)."""
+
+    hugging_face: HubPublishSpec = Field(description="The Hugging Face Hub repositories.")
+
+
+class ReviewSpec(SpecModel):
+    """A blinded side-by-side page for native speakers (the `review` stage): prompts of
+    the validation split, answered by the base and the tuned model."""
+
+    prompts: Int = Field(
+        default=40, ge=1, le=1000, description="How many held-out prompts the page shows."
+    )
+    seed: Int = Field(
+        default=0, ge=0, description="Seeds the choice of prompts, their order and A/B sides."
+    )
+    max_new_tokens: Int = Field(default=512, ge=1, le=8192, description="Longest answer.")
+    repetition_penalty: float = Field(default=1.05, ge=1.0, le=2.0)
+    device: Literal["cuda", "cpu"] = Field(default="cuda", description="Where answers are made.")
+
+
 # --------------------------------------------------------------------------- storage
 
 
@@ -1905,6 +1999,12 @@ class LanguageModelSpec(SpecModel):
     hugging_face: HuggingFaceSpec | None = Field(
         default=None, description="Hugging Face Hub access for the stages."
     )
+    publish: PublishSpec | None = Field(
+        default=None, description="Publish dataset, model and evaluation to the Hub."
+    )
+    review: ReviewSpec | None = Field(
+        default=None, description="Build the blinded review page for native speakers."
+    )
 
     @field_validator("language")
     @classmethod
@@ -1923,6 +2023,15 @@ class LanguageModelSpec(SpecModel):
             raise ValueError(
                 "resources.evaluate.gpus: is 0 but evaluation.device is cuda; give the evaluate "
                 "stage at least 1 GPU, or set evaluation.device: cpu"
+            )
+        if (
+            self.review is not None
+            and self.review.device == "cuda"
+            and not self.resources.for_stage("review").gpus
+        ):
+            raise ValueError(
+                "resources.review.gpus: is 0 but review.device is cuda; give the review stage "
+                "at least 1 GPU, or set review.device: cpu"
             )
         return self
 

@@ -59,6 +59,7 @@ LANGUAGE_MODEL_FIELDS: tuple[tuple[tuple[str, ...], str | None, What], ...] = (
     (("storage", "s3", "credentialsSecretRef"), None, "secret"),
     (("storage", "pvc", "claimName"), None, "pvc"),
     (("huggingFace", "tokenSecretRef"), "name", "secret"),
+    (("publish", "huggingFace", "tokenSecretRef"), "name", "secret"),
     (("resources", "scratch", "claimName"), None, "pvc"),
     (("resources", "scratch", "storageClassName"), None, "claims"),
 )

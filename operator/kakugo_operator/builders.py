@@ -89,7 +89,14 @@ def _env(run: RunSpec, stage: str, teacher: TeacherEnv) -> tuple[list[dict], lis
                     }
                 )
     hf = run.spec.hugging_face
-    if hf is not None and hf.token_secret_ref is not None:
+    publish = run.spec.publish
+    if stage == "publish" and publish is not None and publish.hugging_face.token_secret_ref:
+        # The write token goes to the publish stage only, in place of the read token.
+        ref = publish.hugging_face.token_secret_ref
+        env.append(
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        )
+    elif hf is not None and hf.token_secret_ref is not None:
         ref = hf.token_secret_ref
         env.append(
             {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
