@@ -303,9 +303,29 @@ def render(run: RunSpec, store: ArtifactStore, gpu_price: Decimal | None = None)
             parts += [f"![evaluation]({EVAL_PNG})", ""]
     else:
         parts += ["Not run yet.", ""]
+    parts += _review_section(store)
     text = "\n".join(parts)
     store.write_text("report.md", text)
     return text
+
+
+def _review_section(store: ArtifactStore) -> list[str]:
+    """Native speakers' verdict (`kakugo review import`), when there is one."""
+    from kakugo_stages.review.results import markdown
+
+    try:
+        review = store.read_json("evaluation/review.json")
+    except ArtifactNotFound:
+        if store.exists("review/index.html"):
+            return [
+                "## Human review",
+                "",
+                "The blinded review page is `review/index.html`; import raters' files with "
+                "`kakugo review import`.",
+                "",
+            ]
+        return []
+    return ["## Human review", "", markdown(review)]
 
 
 def _num(value: Any, signed: bool = False) -> str:

