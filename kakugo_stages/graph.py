@@ -163,7 +163,7 @@ GRAPH: tuple[StageDecl, ...] = (
         reads=("student", "review", "data.mix.conciseSystemPrompt"),
         image="eval",
         produces=_artifacts(review="review/index.html"),
-        summary=("prompts", "page"),
+        summary=("prompts", "page", "stage_skipped"),
     ),
     # publish pushes the dataset, the model and the evaluation results to the Hugging Face
     # Hub; skipped without spec.publish.
@@ -172,7 +172,7 @@ GRAPH: tuple[StageDecl, ...] = (
         inputs=("evaluate",),
         reads=("publish",),
         produces=_artifacts(published="publish/published.json"),
-        summary=("repos",),
+        summary=("repos", "stage_skipped"),
     ),
 )
 

@@ -1049,10 +1049,11 @@ _STAGE_RESOURCE_DEFAULTS: dict[str, StageResources] = {
     "evaluate": StageResources(
         gpus=1, cpu="4", memory="32Gi", shm_size="8Gi", scratch_size="100Gi"
     ),
-    "review": StageResources(gpus=1, cpu="4", memory="32Gi", shm_size="8Gi", scratch_size="100Gi"),
     # The model is read from storage and sent to the Hub: room for a 3B model's weights.
     "publish": StageResources(memory="4Gi", scratch_size="50Gi"),
 }
+#: Stages that run with another stage's resources (they have no `resources.<stage>`).
+_RESOURCES_OF = {"review": "evaluate"}
 _BASE_RESOURCES = StageResources(
     gpus=0,
     cpu="1",
@@ -1086,10 +1087,9 @@ class ResourcesSpec(SpecModel):
     evaluate: StageResources | None = Field(
         default=None, description="Default: 1 GPU, 4 CPU, 32Gi."
     )
-    review: StageResources | None = Field(
-        default=None, description="Default: 1 GPU, 4 CPU, 32Gi (the evaluate stage's)."
-    )
-    publish: StageResources | None = None
+    # review and publish have no entry of their own (each entry adds ~8 KiB to the largest
+    # spec, tests/test_crds.py): review runs on evaluate's resources (the same image and
+    # models), publish is a small CPU Pod on `default`; podTemplates can still place them.
     pod_templates: list[StagePodTemplate] | None = Field(
         default=None,
         max_length=STAGE_POD_TEMPLATES,
@@ -1136,11 +1136,12 @@ class ResourcesSpec(SpecModel):
         """The stage's resources: built-in base < stage built-in < `default` < stage entry."""
         if stage not in STAGES:
             raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        own = _RESOURCES_OF.get(stage, stage)
         layers = [
             _BASE_RESOURCES,
-            _STAGE_RESOURCE_DEFAULTS.get(stage),
+            _STAGE_RESOURCE_DEFAULTS.get(own),
             self.default,
-            getattr(self, stage),
+            getattr(self, own, None),
         ]
         merged: dict[str, Any] = {}
         for layer in layers:
@@ -1878,7 +1879,10 @@ class ReviewSpec(SpecModel):
     )
     max_new_tokens: Int = Field(default=512, ge=1, le=8192, description="Longest answer.")
     repetition_penalty: float = Field(default=1.05, ge=1.0, le=2.0)
-    device: Literal["cuda", "cpu"] = Field(default="cuda", description="Where answers are made.")
+    device: Literal["cuda", "cpu"] = Field(
+        default="cuda",
+        description="Where answers are made. The review stage runs with resources.evaluate.",
+    )
 
 
 # --------------------------------------------------------------------------- storage
@@ -2030,8 +2034,8 @@ class LanguageModelSpec(SpecModel):
             and not self.resources.for_stage("review").gpus
         ):
             raise ValueError(
-                "resources.review.gpus: is 0 but review.device is cuda; give the review stage "
-                "at least 1 GPU, or set review.device: cpu"
+                "resources.evaluate.gpus: is 0 but review.device is cuda; the review stage runs "
+                "with the evaluate stage's resources: give them a GPU, or set review.device: cpu"
             )
         return self
 

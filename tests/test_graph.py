@@ -53,8 +53,12 @@ def test_declarations_form_a_dag_in_run_order() -> None:
         "filter",
         "train",
         "evaluate",
+        "review",
+        "publish",
     )
     assert set(graph.ready([])) == {"topics", "scenarios", "contexts", "translate"}
+    # Review and publish both wait for the evaluation only, so they may run side by side.
+    assert list(graph.ready([*graph.STAGES[:-2]])) == ["review", "publish"]
     assert list(graph.ready(["topics", "scenarios", "contexts", "translate"])) == ["revise"]
     assert graph.upstream("filter") == (
         "topics",
@@ -64,7 +68,13 @@ def test_declarations_form_a_dag_in_run_order() -> None:
         "respond",
         "translate",
     )
-    assert graph.downstream("translate") == ("filter", "train", "evaluate")
+    assert graph.downstream("translate") == (
+        "filter",
+        "train",
+        "evaluate",
+        "review",
+        "publish",
+    )
 
 
 def test_stage_classes_take_their_shape_from_the_declarations(tmp_path) -> None:
@@ -108,8 +118,12 @@ def test_every_declared_spec_path_and_shard_count_exists() -> None:
             assert path in fields, f"{d.name} reads spec.{path}, which does not exist"
         if d.shards:
             assert d.shards in fields, d.shards
-    # Every stage has a resources entry (the operator sizes its Pods from it).
-    assert set(graph.STAGES) <= set(ResourcesSpec.model_fields)
+    # Every stage has a resources entry (the operator sizes its Pods from it), except review
+    # (evaluate's) and publish (default's): each entry costs ~8 KiB of the largest spec.
+    assert set(graph.STAGES) - {"review", "publish"} <= set(ResourcesSpec.model_fields)
+    resources = ResourcesSpec.model_validate({"evaluate": {"gpus": 2}, "default": {"cpu": "3"}})
+    assert resources.for_stage("review").gpus == 2 and resources.for_stage("review").cpu == "3"
+    assert resources.for_stage("publish").gpus == 0 and resources.for_stage("publish").cpu == "3"
 
 
 def test_fingerprints_move_for_what_a_stage_reads_and_everything_downstream(tmp_path) -> None:
@@ -133,7 +147,13 @@ def test_fingerprints_move_for_what_a_stage_reads_and_everything_downstream(tmp_
         assert graph.fingerprints(_set(base, path, value)) == fps, path
     # The filter counts rows against the training cutoff: a new cutoff reruns it.
     moved = graph.fingerprints(_set(base, "training.cutoffLen", 4000))
-    assert {s for s in moved if moved[s] != fps[s]} == {"filter", "train", "evaluate"}
+    assert {s for s in moved if moved[s] != fps[s]} == {
+        "filter",
+        "train",
+        "evaluate",
+        "review",
+        "publish",
+    }
 
 
 def _overlap(a: str, b: str) -> bool:

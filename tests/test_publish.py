@@ -246,3 +246,33 @@ def test_publish_stage_and_cli(tmp_path: Path, models, hub: HubServer, monkeypat
     assert result.exit_code == 0, result.output
     assert "unchanged" in result.output and len(hub.lfs_puts) == puts
     assert _api_auth(hub) == {f"Bearer {TOKEN}"}
+
+
+def test_publish_spec_is_checked() -> None:
+    from kakugo_stages.manifest import ManifestError, validate_spec
+
+    base = {"language": "yo", "teacher": {"endpoint": {"url": "http://t/v1", "model": "m"}}}
+    with pytest.raises(ManifestError, match="datasetRepo"):
+        validate_spec("LanguageModel", {**base, "publish": {"huggingFace": {}}})
+    with pytest.raises(ManifestError, match="modelRepo"):
+        validate_spec(
+            "LanguageModel", {**base, "publish": {"huggingFace": {"modelRepo": "no-owner"}}}
+        )
+    with pytest.raises(ManifestError, match="credentials in a URL"):
+        hf = {"modelRepo": "o/m", "endpoint": "https://user:pw@hub.example"}
+        validate_spec("LanguageModel", {**base, "publish": {"huggingFace": hf}})
+    spec = validate_spec(
+        "LanguageModel", {**base, "publish": {"huggingFace": {"modelRepo": "o/m"}}}
+    )
+    assert spec.publish.hugging_face.private and spec.publish.hugging_face.revision == "main"
+    # The review runs with the evaluate stage's resources.
+    with pytest.raises(ManifestError, match="resources.evaluate.gpus"):
+        validate_spec(
+            "LanguageModel",
+            {
+                **base,
+                "review": {},
+                "evaluation": {"device": "cpu"},
+                "resources": {"evaluate": {"gpus": 0}},
+            },
+        )

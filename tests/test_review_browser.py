@@ -72,7 +72,7 @@ def _wait_download(folder: Path, timeout: float = 30) -> Path:
 
 
 def test_rate_by_clicks_and_keys_save_and_import(reviewed, browser: Browser, tmp_path: Path):
-    run, store = reviewed
+    _, store = reviewed
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     browser.browser(

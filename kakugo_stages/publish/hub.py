@@ -34,8 +34,8 @@ from kakugo_stages.spec import HubPublishSpec
 from kakugo_stages.store import ArtifactNotFound, ArtifactStore, StoreError
 
 RepoKind = Literal["dataset", "model"]
-DATASET = "dataset"
-MODEL = "model"
+DATASET: RepoKind = "dataset"
+MODEL: RepoKind = "model"
 RESULTS = "evaluation/results.json"
 MARKER = "kakugo.json"
 PUBLISHED = "publish/published.json"

@@ -43,7 +43,8 @@ def generate_answers(
             model_path,
             revision=revision,
             dtype=torch.bfloat16 if device == "cuda" else torch.float32,
-        ).to(device)
+        )
+        model = model.to(device)
     except (OSError, ValueError) as exc:
         raise ReviewError(f"cannot load the model {model_path}: {exc}") from exc
     model.eval()

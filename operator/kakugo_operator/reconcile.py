@@ -537,8 +537,14 @@ def refused(obs: Observed, error: str, permanent: bool) -> Plan:
 
 
 def artifacts(run: RunSpec, entries: Mapping[str, StageStatus]) -> dict[str, str]:
-    """What the run has produced so far: each succeeded stage's declared artifacts."""
-    return artifact_uris(run.run_uri, {s for s, e in entries.items() if e.state == "Succeeded"})
+    """What the run has produced so far: each succeeded stage's declared artifacts (none for
+    a stage that had nothing to do: review and publish without their spec sections)."""
+    made = {
+        s
+        for s, e in entries.items()
+        if e.state == "Succeeded" and not (e.counts.extra or {}).get("stage_skipped")
+    }
+    return artifact_uris(run.run_uri, made)
 
 
 def evaluation(entries: Mapping[str, StageStatus]) -> Evaluation | None:

@@ -78,7 +78,7 @@ def test_apply_to_ready_and_delete(
     # operator wrote lists every root stage's Job; maxConcurrentStages is 4 by default).
     assert ["topics", "scenarios", "contexts", "translate"] in together, together
     assert all(len(t) <= 4 for t in together), together
-    assert status["progress"]["stages"] == [] and status["progress"]["stagesDone"] == 9
+    assert status["progress"]["stages"] == [] and status["progress"]["stagesDone"] == len(STAGES)
 
     # The evaluation results and the cost, from the Pods' termination messages.
     evaluation = status["evaluation"]

@@ -450,8 +450,8 @@ def test_failed_stage_stops_only_its_dependants(cluster: Api, operator: Operator
     assert status["phase"] == "Stalled"
     assert status["progress"] == {
         "stagesDone": 3,
-        "stagesTotal": 9,
-        "percent": 33,
+        "stagesTotal": 11,
+        "percent": 27,
         "stages": [],
         "waiting": {},
     }

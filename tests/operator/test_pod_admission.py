@@ -76,6 +76,22 @@ def review(server: Server, plural: str = "languagemodels", **spec: Any) -> None:
     )
 
 
+def test_the_publish_token_secret_is_a_use() -> None:
+    # The operator would hand the write token to the publish stage: its author must be
+    # allowed to read that Secret.
+    spec = lm_spec(
+        publish={
+            "huggingFace": {
+                "modelRepo": "org/model",
+                "tokenSecretRef": {"name": "hub-write", "key": "token"},
+            }
+        }
+    )
+    assert admission.uses("LanguageModel", spec) == [
+        Use("spec.publish.huggingFace.tokenSecretRef", "secret", "hub-write")
+    ]
+
+
 def test_uses_of_pod_templates_scratch_and_the_token() -> None:
     spec = lm_spec(
         huggingFace={"tokenSecretRef": {"name": "hf", "key": "token"}},

@@ -209,6 +209,23 @@ def test_hugging_face_token_only_through_a_secret_key_ref() -> None:
     assert "HF_TOKEN" not in env_of(pod(job_of(BASE, "topics"))[1])
 
 
+def test_the_publish_token_reaches_the_publish_stage_only() -> None:
+    publish = {
+        "huggingFace": {
+            "modelRepo": "org/model",
+            "tokenSecretRef": {"name": "hub-write", "key": "token"},
+        }
+    }
+    read = {"tokenSecretRef": {"name": "hf", "key": "token"}}
+    spec = {**BASE, "publish": publish, "huggingFace": read}
+    for stage in STAGES:
+        container = pod(job_of(spec, stage))[1]
+        names = [e["name"] for e in container["env"]]
+        assert names.count("HF_TOKEN") == 1, stage
+        want = "hub-write" if stage == "publish" else "hf"
+        assert env_of(container)["HF_TOKEN"]["secretKeyRef"]["name"] == want, stage
+
+
 def test_a_queued_job_is_created_suspended() -> None:
     spec = copy.deepcopy(BASE)
     spec["resources"]["train"] = {"queueName": "gpu-training"}

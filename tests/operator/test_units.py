@@ -69,7 +69,7 @@ def test_fingerprints_move_only_downstream_of_a_change() -> None:
     changed = copy.deepcopy(base)
     changed["training"] = {"learningRate": 2e-5}
     a, b = fps(base), fps(changed)
-    assert [s for s in a if a[s] != b[s]] == ["train", "evaluate"]
+    assert [s for s in a if a[s] != b[s]] == ["train", "evaluate", "review", "publish"]
     changed = copy.deepcopy(base)
     changed["data"] = {**base["data"], "scenarios": {"broadGeneral": 3}}
     b = fps(changed)
@@ -80,6 +80,8 @@ def test_fingerprints_move_only_downstream_of_a_change() -> None:
         "filter",
         "train",
         "evaluate",
+        "review",
+        "publish",
     ]
     changed = copy.deepcopy(base)
     changed["resources"] = {"train": {"gpus": 8}}
@@ -368,6 +370,19 @@ def test_teacher_stages_wait_for_a_ready_teacher() -> None:
     assert names(plan.create) == ROOTS
 
 
+def test_a_skipped_stage_lists_no_artifact() -> None:
+    # Without spec.publish the publish stage succeeds at once with nothing made: its
+    # declared artifact must not appear in status.artifacts.
+    plan = decide(observed(), SETTINGS)
+    everything = succeeded(plan.status.dump(), *[e.name for e in plan.status.stages])
+    for entry in everything["stages"]:
+        if entry["name"] == "publish":
+            entry["counts"] = {"extra": {"stage_skipped": "spec.publish is not set"}}
+    done = decide(observed(status=everything), SETTINGS)
+    assert "published" not in done.status.artifacts
+    assert done.status.artifacts["review"].endswith("/kakugo/yoruba/review/index.html")
+
+
 def test_spec_change_resets_the_moved_stages_and_drops_stale_status() -> None:
     plan = decide(observed(), SETTINGS)
     everything = succeeded(plan.status.dump(), *[e.name for e in plan.status.stages])
@@ -388,6 +403,8 @@ def test_spec_change_resets_the_moved_stages_and_drops_stale_status() -> None:
     assert {s: st for s, st in states(plan).items() if st != "Succeeded"} == {
         "train": "Running",
         "evaluate": "Pending",
+        "review": "Pending",
+        "publish": "Pending",
     }
     assert plan.status.stage("train").reset is True
     assert names(plan.create) == ["yoruba-train-2"]
@@ -395,7 +412,12 @@ def test_spec_change_resets_the_moved_stages_and_drops_stale_status() -> None:
     # What the rerun has not produced again is gone from status, and the patch says so.
     assert "model" not in plan.status.artifacts and plan.status.evaluation is None
     patch = merge_diff(done.status.dump(), plan.status.dump())
-    assert patch["artifacts"] == {"model": None, "evaluation": None}
+    assert patch["artifacts"] == {
+        "model": None,
+        "evaluation": None,
+        "review": None,
+        "published": None,
+    }
     assert patch["evaluation"] is None
 
 
@@ -637,7 +659,8 @@ def test_written_statuses_fit_the_crd_status_schemas() -> None:
         observed(status=status, jobs=[failed_job, *running.create[1:]], pods=[_broken(1)]), SETTINGS
     )
     everything = succeeded(running.status.dump(), *[e.name for e in running.status.stages])
-    everything["stages"][-1]["counts"] = {
+    (evaluate,) = [e for e in everything["stages"] if e["name"] == "evaluate"]
+    evaluate["counts"] = {
         "extra": {
             "summary": "belebele +1.0",
             "evaluation": {"belebele": {"base": 1.0, "tuned": 2.0, "delta": 1.0}},
