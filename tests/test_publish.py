@@ -266,7 +266,7 @@ def test_publish_spec_is_checked() -> None:
     )
     assert spec.publish.hugging_face.private and spec.publish.hugging_face.revision == "main"
     # The review runs with the evaluate stage's resources.
-    with pytest.raises(ManifestError, match="resources.evaluate.gpus"):
+    with pytest.raises(ManifestError, match=r"resources\.evaluate\.gpus"):
         validate_spec(
             "LanguageModel",
             {
