@@ -74,9 +74,18 @@ RUNS_DIR = click.option(
     default=None,
     help="A file holding the Hub token (default: $HF_TOKEN).",
 )
+@click.option("--dataset-repo", default=None, metavar="OWNER/NAME", help="Overrides the spec's.")
+@click.option("--model-repo", default=None, metavar="OWNER/NAME", help="Overrides the spec's.")
 @click.option("--endpoint", default=None, help="Hub endpoint (default: the spec's, or the Hub).")
 @RUNS_DIR
-def publish(target: str, token_file: Path | None, endpoint: str | None, runs_dir: str) -> None:
+def publish(
+    target: str,
+    token_file: Path | None,
+    dataset_repo: str | None,
+    model_repo: str | None,
+    endpoint: str | None,
+    runs_dir: str,
+) -> None:
     """Publish a finished run to the Hugging Face Hub, as `spec.publish.huggingFace` says.
 
     The dataset (parquet splits and card) and the model (safetensors, tokenizer, chat
@@ -84,17 +93,30 @@ def publish(target: str, token_file: Path | None, endpoint: str | None, runs_dir
     Files already on the Hub are not sent again; a failed upload leaves no commit.
 
     \b
-    HF_TOKEN=hf_... kakugo publish examples/demo-cpu.yaml
-    kakugo publish runs/demo-yoruba --token-file ~/.hf-token
+    HF_TOKEN=hf_... kakugo publish yoruba.yaml
+    kakugo publish runs/demo-yoruba --model-repo me/granite-yoruba --token-file ~/.hf-token
     """
+    from pydantic import ValidationError
+
     from kakugo_stages.publish.hub import PublishError, publish_run
+    from kakugo_stages.spec import PublishSpec
     from kakugo_stages.store import open_store
 
     run = load_run(target, runs_dir)
+    if dataset_repo or model_repo:
+        hub = run.spec.publish.hugging_face.model_dump() if run.spec.publish else {}
+        hub.update(
+            {k: v for k, v in (("dataset_repo", dataset_repo), ("model_repo", model_repo)) if v}
+        )
+        try:
+            section = PublishSpec.model_validate({"huggingFace": hub})
+        except ValidationError as exc:
+            _fail(f"--dataset-repo/--model-repo: {exc.errors()[0]['msg']}")
+        run = dataclasses.replace(run, spec=run.spec.model_copy(update={"publish": section}))
     if run.spec.publish is None:
         _fail(
-            "the spec has no publish section: add publish.huggingFace.datasetRepo and/or "
-            "modelRepo to the manifest"
+            "nothing to publish to: add publish.huggingFace.datasetRepo and/or modelRepo to "
+            "the manifest, or pass --dataset-repo/--model-repo"
         )
     try:
         out = publish_run(run, open_store(run.run_uri), token=_token(token_file), endpoint=endpoint)

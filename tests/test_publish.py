@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from kakugo_stages.cli import main
-from kakugo_stages.publish.hub import MARKER, PublishError, publish_run
+from kakugo_stages.publish.hub import MARKER, PublishError, made_by, publish_run
 from kakugo_stages.publish.model_index import split_card
 from kakugo_stages.stages import get_stage, run_stage
 from kakugo_stages.store import open_store
@@ -123,7 +123,7 @@ def test_publish_sends_every_file_byte_for_byte_in_one_commit_per_repo(
     # The marker lists what the commit holds; published.json says where it went.
     marker = json.loads(model[MARKER])
     assert marker["files"]["model.safetensors"] == local["model.safetensors"]
-    assert marker["spec_fingerprint"] == run.fingerprint()
+    assert marker["made_by"] == {"stage": "evaluate", "fingerprint": made_by(run, "model")}
     assert store.read_json("publish/published.json") == json.loads(json.dumps(out))
     assert out["repos"]["model"]["committed"] and out["repos"]["dataset"]["committed"]
 
@@ -276,3 +276,24 @@ def test_publish_spec_is_checked() -> None:
                 "resources": {"evaluate": {"gpus": 0}},
             },
         )
+
+
+def test_cli_repos_without_a_publish_section(tmp_path: Path, models, hub: HubServer, monkeypatch):
+    tok, base, tuned = models
+    run = make_run(tmp_path / "runs", tok, base)  # no spec.publish
+    finish_run(run, tuned)
+    folder = str(open_store(run.run_uri).local_path())
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    result = CliRunner().invoke(main, ["publish", folder, "--endpoint", hub.url])
+    assert result.exit_code == 1 and "--model-repo" in result.output
+    result = CliRunner().invoke(
+        main, ["publish", folder, "--endpoint", hub.url, "--model-repo", MODEL_REPO]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"model: {hub.url}/{MODEL_REPO} @ main (committed" in result.output
+    assert set(hub.repos) == {("model", MODEL_REPO)}
+    # What the files are is the run's, whatever the command line named as their target.
+    marker = json.loads(hub.tree("model", MODEL_REPO)[MARKER])
+    assert marker["made_by"]["fingerprint"] == made_by(run, "model")
+    bad = CliRunner().invoke(main, ["publish", folder, "--model-repo", "no-owner"])
+    assert bad.exit_code == 1 and "--model-repo" in bad.output

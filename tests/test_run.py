@@ -45,6 +45,7 @@ spec:
     respond: {{shards: 2}}
     translate: {{source: {{path: "{FIXTURES / "infinity_instruct_7M_core.jsonl"}"}},
                 samples: 6, shards: 2}}
+    mix: {{validationFraction: 0.2}}
   training:
     device: cpu
     precision: fp32
@@ -60,6 +61,7 @@ spec:
     sib200: {{path: "{ev / "sib200"}", limit: 4}}
     belebele: {{path: "{ev / "belebele"}", limit: 5}}
     globalMmlu: {{path: "{ev / "global_mmlu"}", limit: 3}}
+  review: {{prompts: 3, maxNewTokens: 8, device: cpu}}
 """
 
 
@@ -128,6 +130,15 @@ def test_run_everything_kill_and_resume(tmp_path: Path) -> None:
         "![evaluation](evaluation.png)",
     ):
         assert text in report, text
+    # The review page (spec.review): prompts of the validation split, both models' answers;
+    # publish is skipped without spec.publish.
+    key = json.loads((run_dir / "review" / "key.json").read_text(encoding="utf-8"))
+    assert 1 <= len(key["prompts"]) <= 3
+    assert f"Page {key['page']} · {len(key['prompts'])} requests" in (
+        run_dir / "review" / "index.html"
+    ).read_text(encoding="utf-8")
+    assert "The blinded review page is `review/index.html`" in report
+    assert "| publish | skipped |" in report
     assert (run_dir / "training-loss.png").stat().st_size > 1000
     assert (run_dir / "evaluation.png").stat().st_size > 1000
 

@@ -10,7 +10,9 @@ For each repository the files are gathered locally first (the run's `dataset/` o
   makes no commit.
 - The commit is made only after every LFS upload succeeded, and it is one commit, so a
   failure halfway leaves the branch as it was: a retry uploads what is missing and commits.
-- Each commit carries `kakugo.json`: the run, its spec fingerprint and the sha256 of every
+- Each commit carries `kakugo.json`: the run, the fingerprint of what made the files (the
+  stage graph's fingerprint of `filter` for the dataset, of `evaluate` for the model and its
+  card: every spec path they depend on, and not `publish` itself) and the sha256 of every
   file of the commit, so a repository says what complete upload it holds.
 
 Errors of huggingface_hub and of the network are wrapped in `PublishError`, whose message
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from kakugo_stages.graph import fingerprints
 from kakugo_stages.publish.model_index import CardError, model_index, with_metadata
 from kakugo_stages.resolved import RunSpec
 from kakugo_stages.spec import HubPublishSpec
@@ -106,13 +109,22 @@ def _files(folder: Path) -> dict[str, Path]:
     return out
 
 
+#: The stage whose graph fingerprint identifies what a repository holds.
+_MADE_BY: dict[RepoKind, str] = {"dataset": "filter", "model": "evaluate"}
+
+
+def made_by(run: RunSpec, kind: RepoKind) -> str:
+    """The fingerprint of the stage that made a repository's files (see the docstring)."""
+    return fingerprints(run.spec_dict())[_MADE_BY[kind]]
+
+
 def _marker(run: RunSpec, kind: RepoKind, files: dict[str, str]) -> bytes:
     """kakugo.json: deterministic (no times), so an unchanged run commits nothing new."""
     body = {
         "kakugo": kind,
         "run": f"{run.namespace}/{run.name}",
         "language": run.language.code,
-        "spec_fingerprint": run.fingerprint(),
+        "made_by": {"stage": _MADE_BY[kind], "fingerprint": made_by(run, kind)},
         "files": dict(sorted(files.items())),
     }
     return (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode()
@@ -184,7 +196,7 @@ def _commit_repo(
         CommitOperationAdd(path_in_repo=MARKER, path_or_fileobj=_marker(run, kind, digests))
     )
     title = hub.commit_message or (
-        f"Kakugo {run.name}: {run.language.name} {kind} (spec {run.fingerprint()})"
+        f"Kakugo {run.name}: {run.language.name} {kind} ({_MADE_BY[kind]} {made_by(run, kind)})"
     )
     description = (
         f"Complete {kind} of Kakugo run {run.namespace}/{run.name}: {len(files)} files, "
