@@ -60,7 +60,8 @@ $(VLLM_VENV)/.installed:
 
 ## helm, kubectl, promtool/prometheus, lupa, checkov, actionlint, hadolint and shellcheck
 ## for the chart, alert, dashboard, policy (tests/test_checkov.py: checkov over the chart and
-## `kakugo render` of every example) and release tests; binaries cached in
+## `kakugo render` of every example) and release tests, and Debian's Chromium for the review
+## page's browser test (tests/test_review_browser.py); binaries cached in
 ## $(KAKUGO_CACHE)/bin, checkov and the lint tools in virtualenvs of their own there.
 test-tools: setup
 	VENV=$(VENV) bash scripts/install_test_tools.sh

@@ -29,6 +29,8 @@ def load_run(target: str, runs_dir: str) -> RunSpec:
     from kakugo_stages.store import ArtifactNotFound, StoreError, open_store
 
     path = Path(target)
+    if not target.startswith("s3://") and not path.exists():
+        _fail(f"{target}: no such file or folder; name a LanguageModel manifest or a run folder")
     try:
         if target.startswith("s3://") or path.is_dir():
             uri = target if target.startswith("s3://") else str(path.resolve())
@@ -163,6 +165,8 @@ def review_build(
     Settings come from `spec.review` (its defaults when the spec has none); the options
     override them. Prints where the page is: open it in any browser, or send it to raters.
     """
+    from pydantic import ValidationError
+
     from kakugo_stages.review.build import build_review
     from kakugo_stages.review.prompts import ReviewError
     from kakugo_stages.spec import ReviewSpec
@@ -179,11 +183,19 @@ def review_build(
         }.items()
         if v is not None
     }
-    settings = (run.spec.review or ReviewSpec()).model_copy(update=overrides)
+    if run.spec.review is None and device is None:
+        import torch
+
+        # No review section: generate where this machine can.
+        overrides["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    base = (run.spec.review or ReviewSpec()).model_dump()
     try:
-        out = build_review(
-            run, open_store(run.run_uri), ReviewSpec.model_validate(settings.model_dump())
-        )
+        settings = ReviewSpec.model_validate({**base, **overrides})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        _fail(f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}")
+    try:
+        out = build_review(run, open_store(run.run_uri), settings)
     except ReviewError as exc:
         _fail(str(exc))
     note = (

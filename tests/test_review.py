@@ -268,3 +268,21 @@ def test_import_writes_review_json_card_and_report(reviewed, tmp_path: Path) -> 
     # Importing again replaces the section instead of adding another.
     CliRunner().invoke(main, ["review", "import", *files, "--run", str(store.local_path())])
     assert store.read_text("model/README.md").count("## Human review") == 1
+
+
+def test_review_build_command_on_a_run_folder(tmp_path: Path, models) -> None:
+    tok, base, tuned = models
+    run = make_run(tmp_path, tok, base)  # no spec.review: the command's defaults and options
+    finish_run(run, tuned)
+    store = open_store(run.run_uri)
+    folder = str(store.local_path())
+    args = ["review", "build", folder, "--prompts", "2", "--max-new-tokens", "4"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "2 prompts (1 left out: also in the train split)" in result.output
+    assert f"page: {store.url('review/index.html')}" in result.output
+    assert len(store.read_json("review/key.json")["prompts"]) == 2
+    bad = CliRunner().invoke(main, ["review", "build", folder, "--prompts", "5000"])
+    assert bad.exit_code == 1 and "--prompts" in bad.output
+    missing = CliRunner().invoke(main, ["review", "build", str(tmp_path / "nothing-here")])
+    assert missing.exit_code == 1 and "LanguageModel" in missing.output

@@ -224,6 +224,22 @@ def complete_job(api: Api, name: str, message: str, **kw: Any) -> dict[str, Any]
     )
 
 
+#: The stages after evaluate that a spec without `review`/`publish` skips: their Jobs
+#: succeed at once with a summary that says so.
+SKIPPED_AFTER_EVALUATE = ("review", "publish")
+
+
+def complete_skipped(api: Api, lm_name: str = "yoruba") -> None:
+    for name in SKIPPED_AFTER_EVALUATE:
+        complete_job(
+            api,
+            f"{lm_name}-{name}-1",
+            summary(
+                name, rows_out=0, requests=0, requests_ok=0, stage_skipped=f"spec.{name} is not set"
+            ),
+        )
+
+
 def fail_job(api: Api, name: str) -> None:
     api.patch(
         "Job",

@@ -12,6 +12,7 @@ from tests.operator.operator_helpers import (
     NS,
     Operator,
     complete_job,
+    complete_skipped,
     condition,
     fail_job,
     finish_pod,
@@ -479,8 +480,10 @@ def test_status_patches_remove_what_is_gone(cluster: Api, operator: Operator) ->
             evaluation={"belebele": {"base": 40.0, "tuned": 49.9, "delta": 9.9}},
         ),
     )
+    complete_skipped(cluster)
     status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Succeeded" and s)
     assert status["artifacts"]["model"].endswith("/yoruba/model")
+    assert "review" not in status["artifacts"] and "published" not in status["artifacts"]
     assert status["evaluation"]["tasks"]["belebele"]["delta"] == 9.9
     assert stage(status, "train")["finishedAt"]
     # Training changes: train and evaluate run again; until they succeed, the status has no

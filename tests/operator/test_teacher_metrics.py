@@ -14,6 +14,7 @@ from tests.operator.operator_helpers import (
     NS,
     Operator,
     complete_job,
+    complete_skipped,
     condition,
     fail_job,
     finish_pod,
@@ -175,6 +176,7 @@ def test_metrics_and_health(cluster: Api, operator: Operator) -> None:
             evaluation={"belebele": {"base": 40.0, "tuned": 49.9, "delta": 9.9}},
         ),
     )
+    complete_skipped(cluster)
     status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Succeeded" and s)
     assert condition(status, "Ready")["status"] == "True"
     assert status["evaluation"]["summary"] == "belebele +9.9"
