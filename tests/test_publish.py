@@ -297,3 +297,24 @@ def test_cli_repos_without_a_publish_section(tmp_path: Path, models, hub: HubSer
     assert marker["made_by"]["fingerprint"] == made_by(run, "model")
     bad = CliRunner().invoke(main, ["publish", folder, "--model-repo", "no-owner"])
     assert bad.exit_code == 1 and "--model-repo" in bad.output
+
+
+def test_model_only_drops_the_local_dataset_path_and_offline_is_explained(
+    tmp_path: Path, models, hub: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tok, base, tuned = models
+    publish = {"huggingFace": {"modelRepo": MODEL_REPO, "endpoint": hub.url}}
+    run = make_run(tmp_path / "runs", tok, base, publish=publish)
+    finish_run(run, tuned)
+    store = open_store(run.run_uri)
+    assert "/runs/tests/yo-share/dataset" in store.read_text("model/README.md")
+    publish_run(run, store, token=TOKEN)
+    meta, _ = split_card(hub.tree("model", MODEL_REPO)["README.md"].decode())
+    assert "datasets" not in meta and meta["model-index"]
+    assert set(hub.repos) == {("model", MODEL_REPO)}
+
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(PublishError, match="HF_HUB_OFFLINE is set"):
+        publish_run(run, store, token=TOKEN)

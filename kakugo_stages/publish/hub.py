@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kakugo_stages.graph import fingerprints
-from kakugo_stages.publish.model_index import CardError, model_index, with_metadata
+from kakugo_stages.publish.model_index import CardError, model_index, split_card, with_metadata
 from kakugo_stages.resolved import RunSpec
 from kakugo_stages.spec import HubPublishSpec
 from kakugo_stages.store import ArtifactNotFound, ArtifactStore, StoreError
@@ -140,9 +140,15 @@ def _model_card(run: RunSpec, store: ArtifactStore, card: str, hub: HubPublishSp
     fields: dict[str, Any] = {}
     if results is not None:
         fields["model-index"] = model_index(name, results, run.spec.evaluation, run.language)
-    if hub.dataset_repo is not None:
-        fields["datasets"] = [hub.dataset_repo]
     try:
+        if hub.dataset_repo is not None:
+            fields["datasets"] = [hub.dataset_repo]
+        else:
+            # The trainer names the mix by its storage URI: a path or s3:// URI means
+            # nothing on the Hub (and a local path says where the run lived).
+            named = split_card(card)[0].get("datasets") or []
+            fields["datasets"] = [d for d in named if "://" not in d and not d.startswith("/")]
+            fields["datasets"] = fields["datasets"] or None
         return with_metadata(card, **fields)
     except CardError as exc:
         raise PublishError(f"{store.url(MODEL + '/README.md')}: {exc}") from exc

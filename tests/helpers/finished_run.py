@@ -62,6 +62,8 @@ RESULTS: dict[str, Any] = {
 
 CARD = f"""---
 base_model: tiny-base
+datasets:
+- /runs/tests/yo-share/dataset
 language:
 - yo
 library_name: transformers
