@@ -1835,7 +1835,8 @@ class HubPublishSpec(SpecModel):
     commit_message: str | None = Field(
         default=None,
         max_length=ID_LENGTH,
-        description="Commit title (default: names the run and its spec fingerprint).",
+        description="Commit title (default: the run, the language and the fingerprint of the "
+        "stage that made the files).",
     )
     endpoint: str | None = Field(
         default=None,
@@ -1878,7 +1879,9 @@ class ReviewSpec(SpecModel):
         default=0, ge=0, description="Seeds the choice of prompts, their order and A/B sides."
     )
     max_new_tokens: Int = Field(default=512, ge=1, le=8192, description="Longest answer.")
-    repetition_penalty: float = Field(default=1.05, ge=1.0, le=2.0)
+    repetition_penalty: float = Field(
+        default=1.05, ge=1.0, le=2.0, description="For both models' greedy answers."
+    )
     device: Literal["cuda", "cpu"] = Field(
         default="cuda",
         description="Where answers are made. The review stage runs with resources.evaluate.",

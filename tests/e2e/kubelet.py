@@ -122,7 +122,9 @@ class FakeKubelet:
             "HF_DATASETS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
         }
-        for key in ("TMPDIR", "KAKUGO_CACHE", "HF_HOME"):
+        # PYTHONPATH: a test run from a checkout other than the installed one (a git worktree)
+        # runs its own pipeline code in the Pods too, not the installed package's.
+        for key in ("TMPDIR", "KAKUGO_CACHE", "HF_HOME", "PYTHONPATH"):
             if key in os.environ:
                 env[key] = os.environ[key]
         env.update(self.extra_env)

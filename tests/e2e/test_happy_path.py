@@ -73,6 +73,8 @@ def test_apply_to_ready_and_delete(
     for stage in STAGES:
         assert condition(lm, f"{stage.capitalize()}Complete")["status"] == "True", stage
     assert condition(lm, "Stalled").get("status") != "True"
+    # No spec.review, no spec.publish: their Jobs ran, skipped, and made nothing.
+    assert "review" not in status["artifacts"] and "published" not in status["artifacts"]
 
     # The stage DAG: the stages that read no other stage ran at once (the first status the
     # operator wrote lists every root stage's Job; maxConcurrentStages is 4 by default).
@@ -154,11 +156,15 @@ def test_apply_to_ready_and_delete(
         **dict.fromkeys(STAGES, 1),
         "train": 2,
         "evaluate": 2,
+        # Downstream of evaluate: their inputs moved, so they ran again (and skipped again).
+        "review": 2,
+        "publish": 2,
     }
 
     # kubectl delete: the finalizer goes, the garbage collector removes every child.
     before = children(kube, name)
-    assert len(before["jobs"]) == len(STAGES) + 2 and before["configmaps"], before
+    # One Job per attempt: a second for train, evaluate, review and publish.
+    assert len(before["jobs"]) == len(STAGES) + 4 and before["configmaps"], before
     assert before["pods"], before
     cluster.kubectl("delete", "languagemodel", name, "-n", NS, "--wait=true", "--timeout=60s")
     assert get_lm(kube, name) is None
