@@ -311,6 +311,7 @@ def test_model_only_drops_the_local_dataset_path_and_offline_is_explained(
     publish_run(run, store, token=TOKEN)
     meta, _ = split_card(hub.tree("model", MODEL_REPO)["README.md"].decode())
     assert "datasets" not in meta and meta["model-index"]
+    assert meta["base_model"] == "tiny-base"  # a Hub id: kept
     assert set(hub.repos) == {("model", MODEL_REPO)}
 
     import huggingface_hub.constants as constants
@@ -318,3 +319,14 @@ def test_model_only_drops_the_local_dataset_path_and_offline_is_explained(
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(PublishError, match="HF_HUB_OFFLINE is set"):
         publish_run(run, store, token=TOKEN)
+
+
+def test_a_base_model_read_from_a_folder_is_not_named_on_the_hub(
+    tmp_path: Path, models, hub: HubServer
+) -> None:
+    run, store = _run(tmp_path, models, hub)
+    card = store.read_text("model/README.md").replace("base_model: tiny-base", "base_model: ~/m")
+    store.write_text("model/README.md", card)
+    publish_run(run, store, token=TOKEN)
+    meta, _ = split_card(hub.tree("model", MODEL_REPO)["README.md"].decode())
+    assert "base_model" not in meta and meta["datasets"] == [DATASET_REPO]

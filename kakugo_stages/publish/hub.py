@@ -141,17 +141,25 @@ def _model_card(run: RunSpec, store: ArtifactStore, card: str, hub: HubPublishSp
     if results is not None:
         fields["model-index"] = model_index(name, results, run.spec.evaluation, run.language)
     try:
+        meta = split_card(card)[0]
         if hub.dataset_repo is not None:
             fields["datasets"] = [hub.dataset_repo]
         else:
             # The trainer names the mix by its storage URI: a path or s3:// URI means
             # nothing on the Hub (and a local path says where the run lived).
-            named = split_card(card)[0].get("datasets") or []
-            fields["datasets"] = [d for d in named if "://" not in d and not d.startswith("/")]
-            fields["datasets"] = fields["datasets"] or None
+            fields["datasets"] = [d for d in meta.get("datasets") or [] if _hub_id(d)] or None
+        if meta.get("base_model") is not None and not _hub_id(str(meta["base_model"])):
+            # A student read from a folder or a bucket: the Hub refuses a base_model that
+            # is not one of its repositories.
+            fields["base_model"] = None
         return with_metadata(card, **fields)
     except CardError as exc:
         raise PublishError(f"{store.url(MODEL + '/README.md')}: {exc}") from exc
+
+
+def _hub_id(name: str) -> bool:
+    """Whether a card's reference names a Hub repository (not a path or a URI)."""
+    return "://" not in name and not name.startswith(("/", "~", "."))
 
 
 def _wrap(exc: Exception, field: str, repo_id: str) -> PublishError:

@@ -179,10 +179,11 @@ def markdown(review: dict[str, Any]) -> str:
             f"| {100 * low:.1f}–{100 * high:.1f}% |"
         )
 
+    n = review["prompts_on_page"]
     lines = [
-        f"Native speakers compared the tuned model's and the base model's replies to "
-        f"{review['prompts_on_page']} prompts held out of training, blinded (sides A/B "
-        "assigned at random per prompt) and in random order.",
+        f"Native speakers compared the tuned model's and the base model's replies to {n} "
+        f"prompt{'' if n == 1 else 's'} held out of training, blinded (sides A/B assigned at "
+        "random per prompt) and in random order.",
         "",
         "| rater | ratings | tuned better | base better | tie | tuned win rate | 95% CI |",
         "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
