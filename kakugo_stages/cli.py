@@ -7,7 +7,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import yaml
@@ -16,7 +16,7 @@ from kakugo_stages import crds as crd_gen
 from kakugo_stages import reference as ref_doc
 from kakugo_stages.languages import search
 from kakugo_stages.manifest import Manifest, ManifestError, fleet_members, load_manifests
-from kakugo_stages.resolved import run_spec
+from kakugo_stages.resolved import RunSpec, run_spec
 
 #: Entry-point group through which other packages add commands: the operator package adds
 #: `kakugo operator`, so that the pipeline never imports the operator.
@@ -51,7 +51,7 @@ def main() -> None:
     """
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(message, err=True)
     sys.exit(1)
 
@@ -377,6 +377,64 @@ def run(
     store = open_run_store(local)
     click.echo(render(local, store, price))
     click.echo(f"report: {store.url('report.md')}", err=True)
+
+
+def _load_run(path: Path, runs_dir: str = "./runs") -> RunSpec:
+    """The run of a LanguageModel manifest or of a run's resolved spec.yaml (a local run
+    without storage lives in <runs_dir>/<name>)."""
+    from kakugo_stages.resolved import load_run_spec
+    from kakugo_stages.runner import local_run
+
+    try:
+        return local_run(load_run_spec(path), runs_dir)
+    except (ManifestError, ValueError) as exc:
+        _fail(f"error: {exc}")
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--base-only",
+    is_flag=True,
+    help="Score only the base model (student.model), before anything is generated, "
+    "trained or paid for. (The tuned model is scored by the evaluate stage.)",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the scores as JSON (default: ./<name>-base-evaluation.json).",
+)
+def evaluate(manifest: Path, base_only: bool, output: Path | None) -> None:
+    """Score the base model on the manifest's language, e.g.
+    `kakugo evaluate --base-only examples/demo-cpu.yaml`.
+
+    The evaluate stage's own code path (its task files, 3 shots, seeds, backend and
+    device from spec.evaluation), with only the base model: prints a table and writes the
+    scores as JSON (results.json's shape, without tuned scores).
+    """
+    if not base_only:
+        _fail(
+            "error: only --base-only is supported here; the tuned model is scored by the "
+            "evaluate stage (`kakugo run FILE` or `kakugo stage evaluate --spec FILE`)"
+        )
+    from kakugo_stages.evaluation import base_table
+    from kakugo_stages.stages import StageFailed
+    from kakugo_stages.stages.evaluate import EvaluateStage
+    from kakugo_stages.store import open_run_store
+
+    run = _load_run(manifest)
+    stage_impl = EvaluateStage(run, open_run_store(run))
+    try:
+        results = stage_impl.base_only()
+    except StageFailed as exc:
+        _fail(f"error: {exc}")
+    target = output or Path(f"{run.name}-base-evaluation.json")
+    target.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    click.echo(f"{run.spec.student.model} on {results['language']}:")
+    click.echo(base_table(results), nl=False)
+    click.echo(f"scores: {target}", err=True)
 
 
 def _lang_row(lang) -> dict:
