@@ -437,6 +437,116 @@ def evaluate(manifest: Path, base_only: bool, output: Path | None) -> None:
     click.echo(f"scores: {target}", err=True)
 
 
+@main.command()
+@click.argument("target", type=click.Path(exists=True, path_type=Path))
+@click.option("--base", is_flag=True, help="Talk to the base model (student.model) instead.")
+@click.option(
+    "--think/--no-think",
+    default=True,
+    show_default=True,
+    help="Start with the thinking system prompt (data.mix.thinkSystemPrompt) or the concise "
+    "one (conciseSystemPrompt); /think on|off switches during the chat.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "transformers", "vllm"]),
+    default="auto",
+    show_default=True,
+    help="auto: vLLM's offline engine when vLLM is installed and a GPU is there, else "
+    "transformers (streamed).",
+)
+@click.option(
+    "--device", default=None, help="transformers device (default: cuda if any, else cpu)."
+)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="0: greedy (the same answer every time).",
+)
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0)
+@click.option(
+    "--runs-dir",
+    default="./runs",
+    show_default=True,
+    help="Where local runs live when the manifest has no storage.",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where a model in S3 is downloaded to (default: $KAKUGO_CACHE/chat).",
+)
+def chat(
+    target: Path,
+    base: bool,
+    think: bool,
+    backend: str,
+    device: str | None,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    runs_dir: str,
+    cache: Path | None,
+) -> None:
+    """Chat with a run's tuned model in the terminal: TARGET is the LanguageModel manifest
+    or the run's folder (the one holding spec.yaml and model/).
+
+    \b
+    kakugo chat examples/demo-cpu.yaml
+    kakugo chat runs/demo-yoruba --no-think
+    kakugo chat examples/demo-cpu.yaml --base     # the model before training
+
+    Commands: /think on|off, /reset, /exit (or Ctrl-D), /help. The answer streams as it is
+    generated; the conversation is kept while it fits the model's context.
+    """
+    import os
+
+    from kakugo_stages import chat as chat_mod
+    from kakugo_stages.store import open_run_store, open_store
+
+    folder = target if target.is_dir() else None
+    spec_file = (folder / "spec.yaml") if folder is not None else target
+    if folder is not None and not spec_file.is_file():
+        _fail(f"error: {folder} holds no spec.yaml: give a run folder or a manifest")
+    run = _load_run(spec_file, runs_dir)
+    store = open_store(str(folder.resolve())) if folder is not None else open_run_store(run)
+    cache_dir = (
+        cache or Path(os.environ.get("KAKUGO_CACHE", "~/.cache/kakugo")).expanduser() / "chat"
+    )
+    sampling = chat_mod.Sampling(max_new_tokens, temperature, top_p)
+    try:
+        model = (
+            chat_mod.base_model(run, cache_dir)
+            if base
+            else chat_mod.tuned_model(run, store, cache_dir)
+        )
+        click.echo(f"loading the {model.label} model ...", err=True)
+        engine = chat_mod.load_backend(model, sampling, backend, device)
+    except chat_mod.ChatError as exc:
+        _fail(f"error: {exc}")
+    mix = run.spec.data.mix
+    session = chat_mod.ChatSession(
+        mix.think_system_prompt, mix.concise_system_prompt, thinking=think
+    )
+    click.echo(
+        f"{model.label} on {engine.name}; thinking {'on' if think else 'off'}. "
+        "/think on|off, /reset, /exit, /help"
+    )
+    if not mix.reasoning:
+        click.echo("(data.mix.reasoning is false: the model never learnt the thinking prompt)")
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401 - line editing and history for input()
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    chat_mod.repl(session, engine, sampling, input, write)
+
+
 def _lang_row(lang) -> dict:
     return {
         "code": lang.code,
