@@ -547,6 +547,33 @@ def chat(
     chat_mod.repl(session, engine, sampling, input, write)
 
 
+@main.command("fetch-model")
+@click.argument("source")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+def fetch_model(source: str, dest: Path) -> None:
+    """Copy a model folder from storage to a local folder, e.g. the tuned model of a run
+    into a serving Pod: `kakugo fetch-model s3://bucket/runs/ns/yoruba/model /scratch/model`.
+
+    SOURCE is an s3:// URI (the endpoint from AWS_ENDPOINT_URL_S3, credentials from the
+    environment) or a local path / file:// URI (a mounted PVC). Fails unless the folder
+    holds a model (config.json).
+    """
+    from kakugo_stages.store import ArtifactNotFound, StoreError, open_store
+
+    try:
+        store = open_store(source)
+        if not store.exists("config.json"):
+            _fail(
+                f"error: no model at {store.url()} (config.json missing): the train stage "
+                "must finish first"
+            )
+        store.download_dir("", dest)
+    except (ArtifactNotFound, StoreError, ValueError) as exc:
+        _fail(f"error: {exc}")
+    files = sum(1 for p in dest.rglob("*") if p.is_file())
+    click.echo(f"copied {files} file(s) from {store.url()} to {dest}")
+
+
 def _lang_row(lang) -> dict:
     return {
         "code": lang.code,

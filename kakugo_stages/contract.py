@@ -38,7 +38,7 @@ from kakugo_stages.manifest import (
     validate_spec,
 )
 from kakugo_stages.resolved import RunSpec, run_uri
-from kakugo_stages.spec import TeacherSpec
+from kakugo_stages.spec import SERVE_MODEL_DIR, TeacherSpec
 
 # ----------------------------------------------------------------- the stage Job's world
 
@@ -161,6 +161,25 @@ def vllm_args(spec: TeacherSpec, *, host: str, port: int, model: str | None = No
     return args + list(spec.extra_args)
 
 
+# ----------------------------------------------------------------- the served model
+
+
+#: The run's artifact that `spec.serve` serves (status.artifacts key and path).
+SERVED_ARTIFACT = "model"
+
+
+def served_model_uri(run_root: str) -> str:
+    """Where the tuned model of a run lives (the train stage's `model/`)."""
+    return f"{run_root}/{SERVED_ARTIFACT}"
+
+
+def fetch_model_command(model_uri: str, dest: str = SERVE_MODEL_DIR) -> list[str]:
+    """The command of the serving Pod's init container (the stages image): copy the tuned
+    model from the run's storage (s3:// or a mounted PVC's file path) to the Pod's scratch
+    volume, where vLLM loads it from (`SERVE_MODEL_DIR`)."""
+    return ["kakugo", "fetch-model", model_uri, dest]
+
+
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 #: The server reads its API key from this variable (the same as `--api-key`, without the
 #: key on the command line, where `ps` and the Pod spec would show it). vLLM guards the
@@ -191,6 +210,8 @@ __all__ = [
     "MODEL_CACHE_MOUNT",
     "RUN_SPEC_KEY",
     "RUN_URI_ENV",
+    "SERVED_ARTIFACT",
+    "SERVE_MODEL_DIR",
     "SPEC_KEY",
     "SPEC_MOUNT",
     "SPEC_PATH",
@@ -214,6 +235,7 @@ __all__ = [
     "delete_run_artifacts",
     "dollars",
     "downstream",
+    "fetch_model_command",
     "fingerprints",
     "fleet_members",
     "is_local_model",
@@ -224,6 +246,7 @@ __all__ = [
     "ready",
     "run_uri",
     "served_model_name",
+    "served_model_uri",
     "stage_command",
     "token_cost",
     "upstream",

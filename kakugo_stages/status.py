@@ -40,6 +40,9 @@ Gate = Literal["Backoff", "Suspended", "Budget", "GPUQuota", "Teacher", "Concurr
 AttemptOutcome = Literal["Succeeded", "Failed", "Disrupted"]
 LanguageModelPhase = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Stalled"]
 TeacherPhase = Literal["Starting", "Ready", "Idle", "Stalled"]
+#: The served model (spec.serve): no model to serve yet, starting, ready, scaled to zero,
+#: or serving switched off.
+ServePhase = Literal["WaitingForModel", "Starting", "Ready", "Idle", "Disabled"]
 FleetPhase = Literal["Running", "Ready", "Suspended", "Stalled"]
 
 
@@ -181,6 +184,28 @@ class Progress(StatusModel):
     )
 
 
+class ServeStatus(StatusModel):
+    """The tuned model's vLLM server (spec.serve): where it answers and when it was used."""
+
+    phase: ServePhase | None = None
+    url: str | None = Field(default=None, description="The OpenAI-compatible API (…/v1).")
+    model: str | None = Field(default=None, description="The model name the server answers to.")
+    model_version: str | None = Field(
+        default=None, description="The train stage's result being served (its fingerprint)."
+    )
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    last_used: Timestamp | None = Field(
+        default=None, description="The last request seen on vLLM's /metrics, or the last wake."
+    )
+    requests: float | None = Field(
+        default=None, description="vLLM's request counter at the last look (a new value is use)."
+    )
+    wake: str | None = Field(
+        default=None, description="The kakugo.io/serve-wake annotation value last honoured."
+    )
+
+
 class LanguageModelStatus(StatusModel):
     """A LanguageModel's status: its stages, progress, cost, artifacts and evaluation."""
 
@@ -200,6 +225,7 @@ class LanguageModelStatus(StatusModel):
     retry_request: str | None = Field(
         default=None, description="The kakugo.io/retry annotation value last honoured."
     )
+    serve: ServeStatus | None = Field(default=None, description="The served model (spec.serve).")
 
     def stage(self, name: str) -> StageStatus | None:
         return next((s for s in self.stages if s.name == name), None)

@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kakugo_operator import builders, naming
+from kakugo_operator import serve as serve_mod
 from kakugo_operator import stage_machine as sm
 from kakugo_operator.conditions import (
     API_ERROR,
@@ -98,6 +99,8 @@ class Observed:
     #: The annotation kakugo.io/retry (Argo CD's retry action sets it to a timestamp): a new
     #: value gives the failed stages a fresh retry budget.
     retry_request: str | None = None
+    #: The served model's Deployment, Service, /metrics sample and wake annotation.
+    serve: serve_mod.ServeSeen = field(default_factory=serve_mod.ServeSeen)
 
 
 @dataclass
@@ -112,6 +115,8 @@ class Plan:
     #: Jobs on a Kueue queue -> whether their Workload should be active (spec.suspend of the
     #: LanguageModel, through Kueue: Kueue owns those Jobs' spec.suspend).
     kueue_active: dict[str, bool] = field(default_factory=dict)
+    #: Merge patches of owned objects: (apiVersion, plural, name, patch) (the served model).
+    patches: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # type, reason, message
     requeue_after: float | None = None
     #: stage -> a failed Pod whose log tail the failure message wants
@@ -715,11 +720,27 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     gates = gates_for(obs, spec, spent, teacher_ready, teacher_wait)
     holds = schedule(entries, gates, run, settings, tenv, now, plan)
 
-    # 4. The status.
+    # 4. The status, and the served model (spec.serve) once every stage succeeded.
     summary = summarize(entries, holds, spec.suspend, gates.budget_spent)
-    conds = conditions(
-        prev.conditions, condition_wants(summary, entries, holds, spec.suspend), now, obs.generation
+    train = entries["train"]
+    served = serve_mod.decide_serve(
+        run,
+        spec,
+        summary.done,
+        train.fingerprint if train.state == "Succeeded" else None,
+        prev.serve,
+        obs.serve,
+        now,
+        settings,
     )
+    plan.create += served.create
+    plan.patches += served.patches
+    plan.events += served.events
+    plan.requeue(served.requeue_after)
+    wants = condition_wants(summary, entries, holds, spec.suspend)
+    if served.condition is not None:
+        wants.append(served.condition)
+    conds = conditions(prev.conditions, wants, now, obs.generation)
     n_done = sum(1 for s in STAGES if entries[s].state == "Succeeded")
     plan.status = LanguageModelStatus(
         observed_generation=obs.generation,
@@ -738,6 +759,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
         evaluation=evaluation(entries),
         spec_fingerprint=run.fingerprint(),
         retry_request=retry_request,
+        serve=served.status,
     )
     plan.events.extend(events_for(prev.conditions, conds))
     return plan
