@@ -189,3 +189,35 @@ def test_values_give_the_settings_the_chart_gives(values: dict[str, Any], tmp_pa
         "default_capacity_type",
     ):
         assert getattr(ours, field) == getattr(chart, field), field
+
+
+def test_render_the_served_model(tmp_path: Path) -> None:
+    """spec.serve: the Deployment (the train stage's fingerprint as its model version) and
+    Service the operator makes once the LanguageModel is Ready, for review before."""
+    from kakugo_operator import serve, server
+
+    from kakugo_stages.contract import fingerprints
+
+    docs = list(yaml.safe_load_all(YORUBA.read_text()))
+    docs[0]["spec"]["serve"] = {"idleSeconds": 300, "resources": {"gpuType": "NVIDIA-L4"}}
+    path = tmp_path / "served.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    code, out, err = invoke(str(path), "--values", str(CHART))
+    assert code == 0, err
+    objs = objects(out)
+    deploy = one(objs, "Deployment", "yoruba-serve")
+    svc = one(objs, "Service", "yoruba-serve")
+    values, app_version = render.chart_values(CHART)
+    settings = render.settings_from_values(values, app_version)
+    spec = validate_spec("LanguageModel", docs[0]["spec"])
+    run = RunSpec("yoruba", "kakugo", spec, spec.storage.root_uri)
+    assert spec.serve is not None
+    version = fingerprints(run.spec_dict())["train"]
+    assert deploy == server.desired_deployment(
+        serve.deployment(run, spec.serve, settings, 1, version)
+    )
+    assert svc == server.desired_service(serve.service(run, spec.serve))
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
+    assert pod["initContainers"][0]["image"] == f"ghcr.io/kakugo/kakugo-stages:{app_version}"
+    assert "created once it is Ready" in err

@@ -2,8 +2,9 @@
 operator's own code, so that platform teams can review, diff and policy-check them (kubectl
 diff, conftest, checkov, kube-linter) before anything is applied.
 
-For a LanguageModel: its spec ConfigMap, the Job of every stage (first attempt), and with
-`teacher.serve` its served Teacher with that Teacher's Deployment and Service. For a
+For a LanguageModel: its spec ConfigMap, the Job of every stage (first attempt), with
+`teacher.serve` its served Teacher with that Teacher's Deployment and Service, and with
+`serve` the served model's Deployment and Service (made once it is Ready). For a
 Teacher: its Deployment and Service (serving: one replica). For a LanguageFleet: its member
 LanguageModels, as the operator writes them, and theirs. A LanguageModel whose
 `teacher.ref` names a Teacher of the same file gets that Teacher's URL in its stages'
@@ -25,14 +26,16 @@ from typing import Any
 
 import yaml
 
-from kakugo_operator import builders, naming, reconcile, teacher
+from kakugo_operator import builders, naming, reconcile, server, teacher
 from kakugo_operator import fleet as fleet_mod
+from kakugo_operator import serve as serve_mod
 from kakugo_operator import settings as settings_mod
 from kakugo_operator.settings import OperatorSettings
 from kakugo_stages.contract import (
     STAGES,
     ManifestError,
     RunSpec,
+    fingerprints,
     load_documents,
     served_model_name,
     validate_spec,
@@ -161,6 +164,15 @@ def _language_model(
         tname = served["metadata"]["name"]
         out.objects.append(served)
         out.objects += _teacher_objects(tname, namespace, tspec, settings)
+    if spec.serve is not None and spec.serve.enabled:
+        version = fingerprints(run.spec_dict())["train"]  # what the trained model will carry
+        deploy = serve_mod.deployment(run, spec.serve, settings, 1, version)
+        out.objects.append(server.desired_deployment(deploy))
+        out.objects.append(server.desired_service(serve_mod.service(run, spec.serve)))
+        out.notes.append(
+            f"LanguageModel {namespace}/{name}: the served model's Deployment and Service "
+            "are created once it is Ready"
+        )
 
 
 def render_documents(
