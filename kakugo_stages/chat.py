@@ -212,7 +212,13 @@ class TransformersBackend:
 
     def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
         import torch
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        stop = threading.Event()  # set when the reader goes away (Ctrl-C): generation ends
+
+        class Stop(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+                return stop.is_set()
 
         ids = self._ids(messages).to(self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -222,6 +228,7 @@ class TransformersBackend:
             "attention_mask": torch.ones_like(ids),
             "max_new_tokens": s.max_new_tokens,
             "streamer": streamer,
+            "stopping_criteria": StoppingCriteriaList([Stop()]),
             "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
         }
         if s.temperature > 0:
@@ -240,8 +247,11 @@ class TransformersBackend:
 
         worker = threading.Thread(target=generate, daemon=True)
         worker.start()
-        yield from streamer
-        worker.join()
+        try:
+            yield from streamer
+        finally:
+            stop.set()
+            worker.join()
         if failed:
             raise ChatError(f"generation failed: {type(failed[0]).__name__}: {failed[0]}")
 
@@ -371,11 +381,15 @@ def repl(
             continue
         write("model> ")
         pieces: list[str] = []
+        reply = backend.stream(session.messages(line))
         try:
-            for piece in backend.stream(session.messages(line)):
+            for piece in reply:
                 pieces.append(piece)
                 write(piece)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C stops the answer, not the chat
+            close = getattr(reply, "close", None)
+            if close is not None:
+                close()
             write(" [stopped]")
         except ChatError as exc:
             echo(f"\nerror: {exc}")

@@ -307,3 +307,25 @@ def test_commands_switch_the_system_prompt_reset_and_exit() -> None:
     assert command("/nope", session, shown.append) and "unknown command /nope" in shown[-1]
     assert not command("/exit", session, shown.append)
     assert not command("/quit", session, shown.append)
+
+
+def test_ctrl_c_stops_the_answer_not_the_chat() -> None:
+    from kakugo_stages.chat import Sampling, repl
+
+    closed: list[bool] = []
+
+    class Interrupted(WordBackend):
+        def stream(self, messages: list[dict[str, str]]) -> Any:
+            try:
+                yield "half"
+                raise KeyboardInterrupt
+            finally:
+                closed.append(True)
+
+    lines = iter(["hello", "/exit"])
+    shown: list[str] = []
+    session = ChatSession("think", "concise")
+    repl(session, Interrupted(100), Sampling(max_new_tokens=4), lambda _: next(lines), shown.append)
+    assert "".join(shown) == "model> half [stopped]\n"
+    assert closed == [True]  # the generation was told to end
+    assert session.history[-1] == {"role": "assistant", "content": "half"}
