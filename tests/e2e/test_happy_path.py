@@ -136,8 +136,8 @@ def test_apply_to_ready_and_delete(
     objs = wait_for(lambda: len(s := served(kube, name)) == 2 and s, 60, "the served model")
     deploy, svc = objs["deployment"], objs["service"]
     for obj in (deploy, svc):
-        (owner,) = obj["metadata"]["owner_references"]
-        assert owner["kind"] == "LanguageModel" and owner["block_owner_deletion"] is True
+        (owner,) = obj["metadata"]["ownerReferences"]
+        assert owner["kind"] == "LanguageModel" and owner["blockOwnerDeletion"] is True
     assert deploy["spec"]["replicas"] == 1
     pod = deploy["spec"]["template"]
     assert restricted_violations(pod) == []  # as the API server defaulted it
