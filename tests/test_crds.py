@@ -273,7 +273,8 @@ def test_largest_spec_stays_far_below_the_limits(plural: str) -> None:
     kubectl's last-applied copy of it fits the annotations' 256 KiB (with room for the
     object's metadata); and even were every character of it a 6-byte JSON escape, the
     object with a status stays under etcd's limit. (160 KiB until the stage pod templates,
-    resources.podTemplates: two templates of about 28 KiB each at most.) (Kopf's own state
+    resources.podTemplates: two templates of about 28 KiB each at most; spec.serve adds
+    3.3 KiB, its Pod fields coming from those templates.) (Kopf's own state
     no longer holds the spec at all: kakugo_operator.kopf_state.)
     A fleet's per-language overrides are bounded in keys only; each member they make is a
     LanguageModel bounded like this."""
