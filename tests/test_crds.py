@@ -33,6 +33,8 @@ CROSS_FIELD = {
     "bad-kind",
     "yaml-syntax",
     "served-teacher-name",
+    "serve-gpus-below-device",
+    "serve-name",
     # Not cross-field, but no pattern states it either: a file URI's path once
     # percent-decoded. The models (and so the webhook) refuse it.
     "storage-encoded-dotdot",
