@@ -232,6 +232,37 @@ class TeacherEndpoint(SpecModel):
         description="Environment variable the stages read the API key from.",
     )
     prices: TokenPrices = Field(default=TokenPrices(), description="Token prices for cost.")
+    batch: bool = Field(
+        default=False,
+        description="Send the teacher stages' requests through the server's Batch API "
+        "(/v1/files and /v1/batches) instead of one chat request each: hosted providers "
+        "charge about half, and answer within their completion window (up to 24 h) instead "
+        "of seconds. Batch and file ids are kept on the store, so a restarted stage waits "
+        "for its batches again instead of sending them twice.",
+    )
+    batch_prices: TokenPrices = Field(
+        default=TokenPrices(input_per_million=Decimal("0.075"), output_per_million=Decimal("0.30")),
+        description="Token prices of answers that came through the Batch API (default: half "
+        "the default prices, as hosted batch APIs charge).",
+    )
+    batch_poll_seconds: float = Field(
+        default=60,
+        gt=0,
+        le=3600,
+        description="How often a stage waiting for a batch asks for its status.",
+    )
+    batch_max_requests: Int = Field(
+        default=50_000,
+        ge=1,
+        le=50_000,
+        description="Most requests in one batch (OpenAI's limit: 50,000).",
+    )
+    batch_max_bytes: Int = Field(
+        default=100_000_000,
+        ge=1_000,
+        le=200_000_000,
+        description="Largest batch input file in bytes (OpenAI's limit: 200 MB).",
+    )
 
     @field_validator("url", mode="before")
     @classmethod

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from kakugo_stages import graph
+from kakugo_stages.batch import make_teacher_client
 from kakugo_stages.contract import (
     DEFAULT_TERMINATION_LOG,
     TEACHER_API_KEY_ENV,
@@ -424,14 +425,20 @@ def write_termination_message(summary: dict[str, Any], path: str | None = None) 
         log.warning("cannot write termination message to %s: %s", target, exc)
 
 
+def batch_records(stage: Stage, shard: int) -> ArtifactStore:
+    """Where a shard's Batch API batches are recorded (`<stage>/_batches/NNNNN/`)."""
+    return stage.store.child(stage.name, "_batches", f"{shard:05d}")
+
+
 def _make_teacher(stage: Stage, shard: int) -> TeacherClient:
     target = teacher_target(stage.run)
     cache = RequestCache(stage.store.child(stage.name, "_cache"))
-    return TeacherClient.from_settings(
+    return make_teacher_client(
         stage.run.spec.teacher,
         base_url=target.url,
         model=target.model,
         cache=cache,
+        records=batch_records(stage, shard),
         api_key_env=target.api_key_env,
         seed=stage.run.spec.data.seed if stage.run.spec.teacher.seed_requests else None,
     )
