@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kakugo_stages.cost import dollars, token_cost
+from kakugo_stages.cost import dollars, endpoint_token_cost, token_cost
 from kakugo_stages.graph import (
     GRAPH,
     STAGES,
@@ -86,6 +86,9 @@ class TerminationSummary(BaseModel):
     requests_ok: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: The part of the tokens paid at Batch API prices (teacher.endpoint.batch).
+    batch_prompt_tokens: int = 0
+    batch_completion_tokens: int = 0
     seconds: float = 0.0
     rejected: dict[str, int] = Field(default_factory=dict)
     error: str | None = None
@@ -214,6 +217,7 @@ __all__ = [
     "delete_run_artifacts",
     "dollars",
     "downstream",
+    "endpoint_token_cost",
     "fingerprints",
     "fleet_members",
     "is_local_model",

@@ -32,6 +32,9 @@ class StageLine:
     completion_tokens: int
     seconds: float
     gpus: int
+    #: Of the tokens, those paid at Batch API prices.
+    batch_prompt_tokens: int = 0
+    batch_completion_tokens: int = 0
 
 
 @dataclass
@@ -82,6 +85,13 @@ def gather(run: RunSpec, store: ArtifactStore) -> RunFacts:
                 sum(int(s.get("teacher", {}).get("completion_tokens", 0)) for s in stats.values()),
                 sum(float(s.get("seconds", 0)) for s in stats.values()),
                 (res.gpus or 0) if on_gpu else 0,
+                sum(
+                    int(s.get("teacher", {}).get("batch_prompt_tokens", 0)) for s in stats.values()
+                ),
+                sum(
+                    int(s.get("teacher", {}).get("batch_completion_tokens", 0))
+                    for s in stats.values()
+                ),
             )
         )
     filter_stats = StageOutput(store, "filter").read_stats(0) or {}
@@ -144,16 +154,25 @@ def cost_lines(run: RunSpec, facts: RunFacts, gpu_price: Decimal | None) -> list
     completion = sum(s.completion_tokens for s in facts.stages if s.name in TEACHER_STAGES)
     total = Decimal(0)
     if teacher.endpoint is not None:
-        cost = token_cost(prompt, completion, teacher.endpoint.prices)
-        total += cost
-        p = teacher.endpoint.prices
-        lines.append(
-            (
-                f"teacher API: {prompt:,} prompt + {completion:,} completion tokens at "
-                f"${p.input_per_million}/${p.output_per_million} per 1M",
-                dollars(cost),
+        teaching = [s for s in facts.stages if s.name in TEACHER_STAGES]
+        batch_prompt = sum(s.batch_prompt_tokens for s in teaching)
+        batch_completion = sum(s.batch_completion_tokens for s in teaching)
+        # Answers of the Batch API at its prices, the rest at the synchronous ones.
+        for (p_tokens, c_tokens), p, how in (
+            ((prompt - batch_prompt, completion - batch_completion), teacher.endpoint.prices, ""),
+            ((batch_prompt, batch_completion), teacher.endpoint.batch_prices, " (Batch API)"),
+        ):
+            if how and not (p_tokens or c_tokens):
+                continue
+            cost = token_cost(p_tokens, c_tokens, p)
+            total += cost
+            lines.append(
+                (
+                    f"teacher API{how}: {p_tokens:,} prompt + {c_tokens:,} completion tokens "
+                    f"at ${p.input_per_million}/${p.output_per_million} per 1M",
+                    dollars(cost),
+                )
             )
-        )
     gpu_seconds = sum(s.seconds * s.gpus for s in facts.stages)
     if gpu_price is not None and gpu_seconds:
         cost = gpu_cost(gpu_seconds, 1, gpu_price)

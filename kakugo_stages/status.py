@@ -90,6 +90,12 @@ class StageCounts(StatusModel):
     requests_ok: int | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    batch_prompt_tokens: int | None = Field(
+        default=None, description="Of promptTokens, those paid at Batch API prices."
+    )
+    batch_completion_tokens: int | None = Field(
+        default=None, description="Of completionTokens, those paid at Batch API prices."
+    )
     rejected: dict[str, int] | None = Field(default=None, description="Dropped rows by reason.")
     extra: dict[str, Any] | None = Field(
         default=None, description="The stage's declared summary keys (training, evaluation)."

@@ -6,6 +6,12 @@ counts the lines submitted and answered per custom_id, the ledger must agree."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,9 +21,12 @@ import pytest
 from kakugo_stages.batch import BatchRecord, BatchTeacherClient
 from kakugo_stages.cost import endpoint_token_cost
 from kakugo_stages.request_cache import RequestCache, request_key
+from kakugo_stages.resolved import load_run_spec
 from kakugo_stages.spec import TeacherEndpoint
-from kakugo_stages.store import open_store
+from kakugo_stages.stages import get_stage, run_stage
+from kakugo_stages.store import StageOutput, open_store
 from kakugo_stages.teacher import TeacherClient, TeacherError
+from tests.helpers.teacher_scripts import scripted_teacher
 from tests.helpers.teacher_server import BatchFaults, TeacherServer, echo_responder
 from tests.test_generation_stages import rows, small_spec, tokenizer_dir  # noqa: F401
 
@@ -249,3 +258,180 @@ def test_batch_prices_and_the_mode_switch() -> None:
         batch_completion_tokens=500_000,
     )
     assert cost == Decimal("0.15") + Decimal("0.075") + Decimal("0.30") + Decimal("0.15")
+
+
+# --------------------------------------------------------------------------- stages
+
+BATCH = {"batch": True, "batchPollSeconds": 0.05}
+TEACHER_STAGES = ("topics", "scenarios", "contexts", "revise", "respond", "translate")
+
+
+def _some_lines_fail(custom_id: str, body: dict[str, Any], nth: int) -> str | None:
+    # One line in five fails the first time it is sent; the same ones on every run.
+    return "500" if nth == 0 and int(custom_id, 16) % 5 == 0 else None
+
+
+def _error_lines(srv: TeacherServer) -> int:
+    return sum(b["request_counts"]["failed"] for b in srv.batches.values())
+
+
+def _assert_paid_once(srv: TeacherServer) -> None:
+    """Every request submitted was answered, exactly once; a request was submitted again
+    only for an error line (or a line its expired batch did not answer)."""
+    assert srv.count == 0  # no synchronous request at all
+    assert set(srv.batch_lines) == set(srv.batch_answered)
+    assert set(srv.batch_answered.values()) == {1}
+    assert sum(srv.batch_lines.values()) == len(srv.batch_answered) + _error_lines(srv)
+    assert srv.uploads == len(srv.batches)  # one file per batch: none uploaded twice
+
+
+def _wait_for(condition: Any, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert proc.poll() is None, (
+            f"ended before {what}: {proc.stderr.read() if proc.stderr else ''}"
+        )
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_stage_job_killed_while_waiting_reattaches_to_its_batch(
+    tmp_path: Path,
+    tokenizer_dir: Path,  # noqa: F811
+) -> None:
+    with TeacherServer(scripted_teacher) as srv:
+        clean = small_spec(srv.url, tmp_path / "sync", tokenizer_dir)
+        store = open_store(clean.run_uri)
+        expected = run_stage(get_stage("topics")(clean, store)).as_dict()
+        srv.reset()
+
+        run = small_spec(srv.url, tmp_path / "batch", tokenizer_dir, endpoint=BATCH)
+        spec_file = tmp_path / "spec.yaml"
+        spec_file.write_text(run.to_yaml(), encoding="utf-8")
+        log_file = tmp_path / "termination-log"
+        env = {**os.environ, "KAKUGO_TERMINATION_LOG": str(log_file)}
+        cmd = [sys.executable, "-m", "kakugo_stages.cli", "stage", "topics"]
+        cmd += ["--spec", str(spec_file), "--no-progress"]
+        records = open_store(run.run_uri).child("topics", "_batches", "00000")
+        srv.batch_faults = BatchFaults(hold=True, line=_some_lines_fail, expire=frozenset({1}))
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+        def waiting() -> bool:
+            names = records.list()
+            ids = [records.read_json(n).get("batch_id") for n in names]
+            return (
+                bool(ids)
+                and all(ids)
+                and any(b["status"] == "in_progress" for b in srv.batches.values())
+            )
+
+        _wait_for(waiting, proc, "the first batch")
+        time.sleep(0.2)  # a few polls
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        [held] = list(srv.batches)
+        assert srv.uploads == 1 and srv.batch_answered == {}
+
+        srv.batch_faults = BatchFaults(line=_some_lines_fail, expire=frozenset({1}))
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        # The restarted stage waited for the same batch, and sent nothing twice.
+        assert srv.batches[held]["status"] == "completed"
+        assert list(srv.batches.values())[1]["status"] == "expired"
+        assert _error_lines(srv) > 0
+        _assert_paid_once(srv)
+        served = (srv.served_prompt_tokens, srv.served_completion_tokens)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert json.loads(log_file.read_text()) == summary
+    assert summary["completed"] == 2 and summary["requests"] == expected["requests"]
+    # The ledger: what the server billed, all of it at batch prices; the same tokens as
+    # the synchronous run (the scripted teacher's answers depend on the messages only).
+    tokens = (summary["prompt_tokens"], summary["completion_tokens"])
+    assert tokens == served == (expected["prompt_tokens"], expected["completion_tokens"])
+    assert (summary["batch_prompt_tokens"], summary["batch_completion_tokens"]) == served
+    assert "batch_prompt_tokens" not in expected
+    assert rows(run, "topics") == rows(clean, "topics")
+    stats = StageOutput(open_store(run.run_uri), "topics").all_stats()
+    assert sum(s["teacher"]["batches"] for s in stats.values()) == len(srv.batches) - 1
+
+
+def _run_manifest(url: str, tokenizer: Path) -> str:
+    fixtures = Path(__file__).parent / "fixtures"
+    return f"""
+apiVersion: kakugo.io/v1alpha1
+kind: LanguageModel
+metadata: {{name: batch-yoruba}}
+spec:
+  language: Yoruba
+  teacher:
+    endpoint: {{url: "{url}", model: scripted, batch: true, batchPollSeconds: 0.05,
+               prices: {{inputPerMillion: "1", outputPerMillion: "2"}},
+               batchPrices: {{inputPerMillion: "0.5", outputPerMillion: "1"}}}}
+    maxConcurrency: 8
+  student: {{model: "{tokenizer}"}}
+  data:
+    topics: {{generalSeeds: [health], languageSeeds: ["{{language}} culture"],
+              macroTopicsPerSeed: 2, topicsPerMacroTopic: 2}}
+    scenarios: {{broadGeneral: 2, broadLanguage: 1, detailedPerBroad: 2, promptsPerScenario: 2}}
+    contexts: {{source: {{path: "{fixtures / "fineweb2_yor_Latn.jsonl"}"}}, maxDocuments: 4,
+               maxDocumentTokens: 60, shards: 2}}
+    revise: {{shards: 2}}
+    respond: {{shards: 2}}
+    translate: {{source: {{path: "{fixtures / "infinity_instruct_7M_core.jsonl"}"}},
+                samples: 6, shards: 2}}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_run_in_batch_mode_interrupted_and_resumed(
+    tmp_path: Path,
+    tokenizer_dir: Path,  # noqa: F811
+) -> None:
+    runs = tmp_path / "runs"
+    run_dir = runs / "batch-yoruba"
+    with TeacherServer(scripted_teacher) as srv:
+        spec = tmp_path / "batch.yaml"
+        spec.write_text(_run_manifest(srv.url, tokenizer_dir), encoding="utf-8")
+        cmd = [sys.executable, "-m", "kakugo_stages.cli", "run", str(spec)]
+        cmd += ["--runs-dir", str(runs), "--until", "translate", "--no-progress"]
+        srv.batch_faults = BatchFaults(hold=True, line=_some_lines_fail, expire=frozenset({2}))
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # The four stages that read nothing wait for their first batches together.
+        _wait_for(lambda: len(srv.batches) >= 4, proc, "four batches")
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode != 0 and b"interrupted" in err, err[-2000:]
+        held = set(srv.batches)
+        assert srv.batch_answered == {}
+
+        srv.batch_faults = BatchFaults(line=_some_lines_fail, expire=frozenset({2}))
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=500)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert all(srv.batches[b]["status"] in ("completed", "expired") for b in held)
+        _assert_paid_once(srv)
+        served = (srv.served_prompt_tokens, srv.served_completion_tokens)
+    store = open_store(str(run_dir))
+    run = load_run_spec(run_dir / "spec.yaml")
+    paid = [0, 0, 0, 0]
+    for name in TEACHER_STAGES:
+        out = StageOutput(store, name)
+        assert len(out.completed_shards()) == get_stage(name)(run, store).num_shards(), name
+        for s in out.all_stats().values():
+            teacher = s["teacher"]
+            for i, key in enumerate(
+                (
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "batch_prompt_tokens",
+                    "batch_completion_tokens",
+                )
+            ):
+                paid[i] += teacher[key]
+        assert list(out.iter_all_rows()), name
+    assert (paid[0], paid[1]) == served == (paid[2], paid[3])
+    # The report prices them at the batch prices.
+    report = (run_dir / "report.md").read_text(encoding="utf-8")
+    assert "teacher API (Batch API)" in report

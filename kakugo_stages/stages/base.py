@@ -394,6 +394,11 @@ class StageSummary:
                 tot[key] += s.get(key, 0)
             tot["prompt_tokens"] += s.get("teacher", {}).get("prompt_tokens", 0)
             tot["completion_tokens"] += s.get("teacher", {}).get("completion_tokens", 0)
+            # The part paid at Batch API prices; absent (not 0) when no batch was used, so
+            # summaries of synchronous runs stay as they were.
+            for key in ("batch_prompt_tokens", "batch_completion_tokens"):
+                if s.get("teacher", {}).get(key):
+                    tot[key] += s["teacher"][key]
             tot["seconds"] += s.get("seconds", 0)
             rejected.update(s.get("rejected", {}))
         extra = {k: s[k] for s in self.stats.values() for k in self.extra_keys if k in s}

@@ -48,10 +48,10 @@ from kakugo_stages.contract import (
     artifact_uris,
     decl,
     dollars,
+    endpoint_token_cost,
     fingerprints,
     name_errors,
     ready,
-    token_cost,
     validate_spec,
 )
 from kakugo_stages.spec import SERVED_TEACHER, LanguageModelSpec, SecretKeyRef
@@ -342,10 +342,12 @@ def cost(
         seconds, money = seconds + s, money + d
         tokens = Decimal(0)
         if endpoint is not None and stage in TEACHER_STAGES:
-            tokens = token_cost(
+            tokens = endpoint_token_cost(
                 entry.counts.prompt_tokens or 0,
                 entry.counts.completion_tokens or 0,
-                endpoint.prices,
+                endpoint,
+                batch_prompt_tokens=entry.counts.batch_prompt_tokens or 0,
+                batch_completion_tokens=entry.counts.batch_completion_tokens or 0,
             )
         if seconds or money or tokens:
             by_stage[stage] = StageCost(
