@@ -692,3 +692,36 @@ def test_a_teacher_is_needed_while_a_teacher_stage_runs_or_could_start() -> None
     assert not needs_teacher(status("Running", train=("Running", None)))
     assert not needs_teacher(status("Running", topics=("Pending", "Budget")))
     assert not needs_teacher(status("Suspended", topics=("Running", None)))
+
+
+def test_batch_tokens_are_priced_at_the_batch_prices() -> None:
+    """A teacher stage's termination summary says which of its tokens came through the
+    Batch API; the cost prices those at teacher.endpoint.batchPrices, the rest at prices."""
+    spec = language_model()["spec"]
+    spec["teacher"]["endpoint"].update(
+        batch=True,
+        prices={"inputPerMillion": "1", "outputPerMillion": "2"},
+        batchPrices={"inputPerMillion": "0.5", "outputPerMillion": "1"},
+    )
+    plan = decide(observed(spec=spec), SETTINGS)
+    jobs = [
+        {**j, "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}}
+        if j["metadata"]["name"] == "yoruba-topics-1"
+        else j
+        for j in plan.create
+    ]
+    message = (
+        '{"stage": "topics", "prompt_tokens": 3000000, "completion_tokens": 2000000, '
+        '"batch_prompt_tokens": 2000000, "batch_completion_tokens": 1000000}'
+    )
+    done = _pod(
+        1,
+        phase="Succeeded",
+        containerStatuses=[{"state": {"terminated": {"exitCode": 0, "message": message}}}],
+    )
+    plan = decide(observed(spec=spec, status=plan.status.dump(), jobs=jobs, pods=[done]), SETTINGS)
+    counts = plan.status.stage("topics").counts
+    assert counts is not None and counts.batch_prompt_tokens == 2_000_000
+    # 1M x $1 + 1M x $2 at the prices, 2M x $0.5 + 1M x $1 at the batch prices.
+    assert plan.status.cost is not None
+    assert plan.status.cost.by_stage["topics"].teacher_dollars == "5.0000"
