@@ -38,9 +38,10 @@ import asyncio
 import dataclasses
 import json
 import logging
+import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -166,9 +167,14 @@ class BatchTeacherClient(TeacherClient):
         max_lines: int = 50_000,
         max_bytes: int = 100_000_000,
         linger: float = 1.0,
+        label: str = "teacher",
+        say: Callable[[str], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(base_url, model, **kwargs)
+        #: Who is waiting (the stage and shard), in progress lines.
+        self.label = label
+        self._say_line = say or _stderr_line
         if not poll_seconds > 0:
             raise ValueError(f"poll_seconds must be positive, got {poll_seconds}")
         if max_lines < 1 or max_bytes < 1:
@@ -218,6 +224,13 @@ class BatchTeacherClient(TeacherClient):
 
     def __repr__(self) -> str:
         return f"BatchTeacherClient({self.base_url!r}, model={self.model!r})"
+
+    def _say(self, message: str) -> None:
+        # Waiting takes hours: say what is happening where `kubectl logs` shows it (the
+        # stages configure no logging, so an INFO record would not).
+        text = self._scrub(f"{self.label}: {message}")
+        log.debug("%s", text)
+        self._say_line(text)
 
     async def aclose(self) -> None:
         tasks = [t for t in (self._dispatcher, *self._watchers.values()) if t is not None]
@@ -287,11 +300,9 @@ class BatchTeacherClient(TeacherClient):
                     self._pending[custom_id] = record
             if records:
                 waiting = sum(len(r.lines) for r in records)
-                log.info(
-                    "%d batch(es) with %d request(s) from an earlier run are not finished; "
-                    "their requests wait for them instead of being sent again",
-                    len(records),
-                    waiting,
+                self._say(
+                    f"{len(records)} batch(es) with {waiting} request(s) from an earlier run "
+                    "are not finished; their requests wait for them instead of being sent again"
                 )
             self._loaded = True
 
@@ -395,12 +406,9 @@ class BatchTeacherClient(TeacherClient):
             return
         self.usage.batches += 1
         self.usage.batch_lines += len(lines)
-        log.info(
-            "batch %s: %d request(s), %d bytes submitted (file %s)",
-            record.batch_id,
-            len(lines),
-            len(data),
-            record.input_file_id,
+        self._say(
+            f"batch {record.batch_id}: {len(lines)} request(s), {len(data)} bytes submitted "
+            f"(file {record.input_file_id})"
         )
         self._watch(record)
 
@@ -473,7 +481,7 @@ class BatchTeacherClient(TeacherClient):
                 if isinstance(batch, dict) and batch.get("input_file_id") == input_file_id:
                     found = _str_or_none(batch.get("id"))
                     if found is not None:
-                        log.info("found batch %s made from file %s", found, input_file_id)
+                        self._say(f"found batch {found}, made from file {input_file_id}")
                         return found
             after = _str_or_none(page.get("last_id"))
             if not page.get("has_more") or after is None:
@@ -543,14 +551,11 @@ class BatchTeacherClient(TeacherClient):
                 counts.get("total"),
             )
             if progress != last:
-                log.info(
-                    "batch %s: %s, %s of %s done, %s failed, waited %.0f s",
-                    record.batch_id,
-                    status,
-                    counts.get("completed", "?"),
-                    counts.get("total", len(record.lines)),
-                    counts.get("failed", 0),
-                    time.monotonic() - started,
+                self._say(
+                    f"batch {record.batch_id}: {status}, {counts.get('completed', '?')} of "
+                    f"{counts.get('total', len(record.lines))} done, "
+                    f"{counts.get('failed', 0)} failed, waited "
+                    f"{_elapsed(time.monotonic() - started)}"
                 )
                 last = progress
             await asyncio.sleep(self.poll_seconds)
@@ -742,6 +747,16 @@ class BatchTeacherClient(TeacherClient):
         return self._redact.value(value)
 
 
+def _elapsed(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _stderr_line(text: str) -> None:
+    print(f"[kakugo] {text}", file=sys.stderr, flush=True)
+
+
 def make_teacher_client(
     settings: TeacherSettings,
     *,
@@ -750,6 +765,7 @@ def make_teacher_client(
     cache: RequestCache | None,
     records: ArtifactStore | None,
     api_key_env: str | None = None,
+    label: str = "teacher",
     **kwargs: Any,
 ) -> TeacherClient:
     """The stages' teacher client: through the Batch API when ``teacher.endpoint.batch``
@@ -764,6 +780,7 @@ def make_teacher_client(
             cache=cache,
             records=records,
             api_key_env=api_key_env,
+            label=label,
             **kwargs,
         )
     return TeacherClient.from_settings(

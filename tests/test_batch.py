@@ -178,8 +178,13 @@ def test_a_restarted_client_waits_for_its_batch_instead_of_sending_again(
         [record] = _records(tmp_path)
         assert not record.closed and srv.uploads == 1
         srv.batch_faults = BatchFaults()
-        client = _client(srv, tmp_path)
+        said: list[str] = []
+        client = _client(srv, tmp_path, say=said.append)
         results = asyncio.run(_ask_all(client, 8))
+        assert said[0] == (
+            "teacher: 1 batch(es) with 8 request(s) from an earlier run are not finished; "
+            "their requests wait for them instead of being sent again"
+        )
         assert [r.content for r in results] == [f"echo: question number {i}" for i in range(8)]
         assert srv.uploads == 1 and list(srv.batches) == [record.batch_id]
         assert set(srv.batch_lines.values()) == {1}
@@ -336,6 +341,10 @@ def test_stage_job_killed_while_waiting_reattaches_to_its_batch(
         srv.batch_faults = BatchFaults(line=_some_lines_fail, expire=frozenset({1}))
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
+        # Progress while waiting, where a Pod's log shows it.
+        assert "[kakugo] topics shard 0: 1 batch(es) with" in done.stderr
+        assert ": in_progress, 0 of " in done.stderr and " submitted (file " in done.stderr
+        assert f"batch {held}: " not in done.stderr  # not submitted again
         # The restarted stage waited for the same batch, and sent nothing twice.
         assert srv.batches[held]["status"] == "completed"
         assert list(srv.batches.values())[1]["status"] == "expired"

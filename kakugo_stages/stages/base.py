@@ -444,6 +444,7 @@ def _make_teacher(stage: Stage, shard: int) -> TeacherClient:
         model=target.model,
         cache=cache,
         records=batch_records(stage, shard),
+        label=f"{stage.name} shard {shard}",
         api_key_env=target.api_key_env,
         seed=stage.run.spec.data.seed if stage.run.spec.teacher.seed_requests else None,
     )
