@@ -208,6 +208,21 @@ class TokenPrices(SpecModel):
     )
 
 
+class BatchTokenPrices(TokenPrices):
+    """Price of teacher tokens answered through a Batch API (hosted providers charge about
+    half their synchronous prices)."""
+
+    input_per_million: Dollars = Field(
+        default=Decimal("0.075"),
+        description="Dollars per 1M prompt tokens of batch answers (gpt-oss-120b: about 0.075).",
+    )
+    output_per_million: Dollars = Field(
+        default=Decimal("0.30"),
+        description="Dollars per 1M completion tokens of batch answers (gpt-oss-120b: about "
+        "0.30).",
+    )
+
+
 class TeacherEndpoint(SpecModel):
     """An OpenAI-compatible chat-completions server that is already running."""
 
@@ -240,10 +255,9 @@ class TeacherEndpoint(SpecModel):
         "of seconds. Batch and file ids are kept on the store, so a restarted stage waits "
         "for its batches again instead of sending them twice.",
     )
-    batch_prices: TokenPrices = Field(
-        default=TokenPrices(input_per_million=Decimal("0.075"), output_per_million=Decimal("0.30")),
-        description="Token prices of answers that came through the Batch API (default: half "
-        "the default prices, as hosted batch APIs charge).",
+    batch_prices: BatchTokenPrices = Field(
+        default=BatchTokenPrices(),
+        description="Token prices of answers that came through the Batch API (with batch).",
     )
     batch_poll_seconds: float = Field(
         default=60,
