@@ -218,8 +218,7 @@ class BatchTokenPrices(TokenPrices):
     )
     output_per_million: Dollars = Field(
         default=Decimal("0.30"),
-        description="Dollars per 1M completion tokens of batch answers (gpt-oss-120b: about "
-        "0.30).",
+        description="Dollars per 1M completion tokens of batch answers (gpt-oss-120b: about 0.30).",
     )
 
 
