@@ -634,7 +634,7 @@ class BatchTeacherClient(TeacherClient):
         answers = {k: o for k, o in outcomes.items() if isinstance(o, ChatResult)}
         if self.cache is not None and answers:
             await asyncio.to_thread(self._store_answers, record, answers)
-        if close:
+        if close and record.input_file_id is not None:  # else nothing was sent to record
             record.closed = True
             record.status = status
             record.outcome = {

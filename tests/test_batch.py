@@ -26,6 +26,7 @@ from kakugo_stages.spec import TeacherEndpoint
 from kakugo_stages.stages import get_stage, run_stage
 from kakugo_stages.store import StageOutput, open_store
 from kakugo_stages.teacher import TeacherClient, TeacherError
+from tests.helpers.s3_server import create_bucket, moto_s3_server, set_fake_aws_env
 from tests.helpers.teacher_scripts import scripted_teacher
 from tests.helpers.teacher_server import BatchFaults, TeacherServer, echo_responder
 from tests.test_generation_stages import rows, small_spec, tokenizer_dir  # noqa: F401
@@ -49,8 +50,8 @@ def _key(i: int, attempt: int = 0) -> str:
     return request_key({**request, "attempt": attempt} if attempt else request)
 
 
-def _client(srv: TeacherServer, root: Path, **kwargs: Any) -> BatchTeacherClient:
-    store = open_store(str(root))
+def _client(srv: TeacherServer, root: Path | str, **kwargs: Any) -> BatchTeacherClient:
+    store = open_store(str(root), endpoint_url=kwargs.pop("endpoint_url", None))
     kwargs.setdefault("max_retries", 3)
     return BatchTeacherClient(
         srv.url,
@@ -191,6 +192,60 @@ def test_a_restarted_client_waits_for_its_batch_instead_of_sending_again(
         # Paid by this shard: the ledger counts the answers once, at batch prices.
         assert client.usage.batch_prompt_tokens == srv.served_prompt_tokens
         assert client.usage.batches == 0  # it created none
+
+
+def test_records_on_s3_resume_the_same_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    with moto_s3_server() as endpoint:
+        set_fake_aws_env(monkeypatch, endpoint)
+        root = f"s3://{create_bucket(endpoint)}/runs/shard"
+        with TeacherServer(echo_responder) as srv:
+            srv.batch_faults = BatchFaults(hold=True)
+
+            async def stopped() -> None:
+                client = _client(srv, root, endpoint_url=endpoint)
+                task = asyncio.ensure_future(_ask_all(client, 6))
+                while not any(r["batch_id"] for r in _store_records(root, endpoint)):
+                    await asyncio.sleep(0.02)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+            asyncio.run(stopped())
+            srv.batch_faults = BatchFaults()
+            client = _client(srv, root, endpoint_url=endpoint)
+            results = asyncio.run(_ask_all(client, 6))
+            assert [r.content for r in results] == [f"echo: question number {i}" for i in range(6)]
+            assert srv.uploads == len(srv.batches) == 1
+            assert set(srv.batch_lines.values()) == {1}
+            [record] = _store_records(root, endpoint)
+            assert record["closed"] and record["batch_id"] in srv.batches
+
+
+def _store_records(root: str, endpoint: str) -> list[dict[str, Any]]:
+    store = open_store(root, endpoint_url=endpoint).child("_batches")
+    return [store.read_json(k) for k in store.list()]
+
+
+def test_a_batch_the_server_forgot_is_sent_again(tmp_path: Path) -> None:
+    with TeacherServer(echo_responder) as srv:
+        srv.batch_faults = BatchFaults(hold=True)
+
+        async def forgotten() -> list[Any]:
+            client = _client(srv, tmp_path)
+            task = asyncio.ensure_future(_ask_all(client, 4))
+            while not srv.batches:
+                await asyncio.sleep(0.01)
+            srv.batch_faults = BatchFaults()
+            srv.batches.clear()  # GET /batches/{id} answers 404 from now on
+            return await task
+
+        results = asyncio.run(forgotten())
+    assert [r.content for r in results] == [f"echo: question number {i}" for i in range(4)]
+    assert len(srv.batches) == 1 and srv.uploads == 2
+    assert set(srv.batch_answered.values()) == {1}
+    lost, answered = sorted(_records(tmp_path), key=lambda r: r.status or "")
+    assert lost.closed and lost.status is None and lost.outcome == {"answered": 0, "failed": 4}
+    assert answered.closed and answered.status == "completed"
 
 
 def test_a_batch_created_but_not_recorded_is_found_not_created_again(tmp_path: Path) -> None:
