@@ -112,7 +112,9 @@ class BatchRecord:
         }
 
     @classmethod
-    def from_json(cls, value: Mapping[str, Any]) -> BatchRecord:
+    def from_json(cls, value: Any) -> BatchRecord:
+        if not isinstance(value, Mapping):
+            raise ValueError("not a batch record")
         lines = value.get("lines")
         if not isinstance(value.get("name"), str) or not isinstance(lines, Mapping):
             raise ValueError("not a batch record")

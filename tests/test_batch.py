@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from kakugo_stages.batch import BatchRecord, BatchTeacherClient
+from kakugo_stages.batch import BatchRecord, BatchTeacherClient, make_teacher_client
 from kakugo_stages.cost import endpoint_token_cost
 from kakugo_stages.request_cache import RequestCache, request_key
 from kakugo_stages.resolved import load_run_spec
-from kakugo_stages.spec import TeacherEndpoint
+from kakugo_stages.spec import TeacherEndpoint, TeacherSettings
 from kakugo_stages.stages import get_stage, run_stage
 from kakugo_stages.store import StageOutput, open_store
 from kakugo_stages.teacher import TeacherClient, TeacherError
@@ -305,7 +305,21 @@ def test_identical_requests_share_one_line_and_are_paid_once(tmp_path: Path) -> 
     assert client.usage.prompt_tokens == srv.served_prompt_tokens
 
 
-def test_batch_prices_and_the_mode_switch() -> None:
+def test_the_spec_picks_the_client() -> None:
+    endpoint = {"url": "http://h/v1", "model": "m"}
+    tuned = {"batch": True, "batchPollSeconds": 5, "batchMaxRequests": 7, "batchMaxBytes": 9000}
+    for given, batch in (({}, False), ({"batch": False}, False), (tuned, True)):
+        settings = TeacherSettings.model_validate({"endpoint": {**endpoint, **given}})
+        client = make_teacher_client(
+            settings, base_url="http://h/v1", model="m", cache=None, records=None
+        )
+        assert isinstance(client, BatchTeacherClient) is batch
+        assert client.batch_priced is batch
+        if isinstance(client, BatchTeacherClient):
+            assert (client.poll_seconds, client.max_lines, client.max_bytes) == (5, 7, 9000)
+
+
+def test_batch_prices() -> None:
     endpoint = TeacherEndpoint.model_validate({"url": "http://h/v1", "model": "m", "batch": True})
     assert endpoint.batch_prices.input_per_million == Decimal("0.075")
     assert endpoint.batch_prices.output_per_million == Decimal("0.30")
@@ -318,6 +332,11 @@ def test_batch_prices_and_the_mode_switch() -> None:
         batch_completion_tokens=500_000,
     )
     assert cost == Decimal("0.15") + Decimal("0.075") + Decimal("0.30") + Decimal("0.15")
+    # A partly given batchPrices keeps the batch default for the other price.
+    partly = TeacherEndpoint.model_validate(
+        {"url": "http://h/v1", "model": "m", "batchPrices": {"inputPerMillion": "0.05"}}
+    )
+    assert partly.batch_prices.output_per_million == Decimal("0.30")
 
 
 # --------------------------------------------------------------------------- stages
