@@ -35,7 +35,8 @@ soon as the answer arrives, before anything uses it, so the tokens of every answ
 received are on the store even when the process is killed the next moment; summed over a
 shard's entries they are what the shard paid for (:class:`~kakugo_stages.teacher.TeacherUsage`).
 Entries written before the ledger (the bare response) still read: attempt 0, no owner,
-usage from the response.
+usage from the response. An answer that came through the Batch API is marked ``batch``: its
+tokens are paid at the endpoint's batch prices.
 """
 
 from __future__ import annotations

@@ -29,6 +29,11 @@ that parsing turns back into the key is caught too; error texts are scrubbed, an
 transport exceptions (which can carry request headers) are not chained into
 :class:`TeacherError`.
 
+:class:`~kakugo_stages.batch.BatchTeacherClient` (``teacher.endpoint.batch``) is this client
+with one method changed, :meth:`TeacherClient._obtain` (how one attempt gets its answer): it
+sends requests through the Batch API, and everything else (cache, ledger, rejects, seeds,
+scrubbing) is the code below.
+
 Transport: aiohttp. httpx can be chosen (``transport="httpx"``) but is not the default:
 its connection pool checks every pooled connection with system calls on every request,
 so its CPU per request grows with the concurrency (16 ms at 64, 250 ms at 256 on the
