@@ -616,7 +616,8 @@ class BatchTeacherClient(TeacherClient):
         error = value.get("error")
         code = error.get("code") if isinstance(error, Mapping) else None
         message = error.get("message") if isinstance(error, Mapping) else None
-        reason = "batch_expired" if code == "batch_expired" else "batch_error"
+        # OpenAI's codes for lines a batch never ran; anything else is one label (bounded).
+        reason = code if code in ("batch_expired", "batch_cancelled") else "batch_error"
         detail = self._scrub(str(message or code or "the batch returned no answer"))
         raw_error = dict(error) if isinstance(error, Mapping) else None
         return _Failure(reason, True, detail[:_DETAIL_CHARS], raw=raw_error)
