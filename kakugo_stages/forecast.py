@@ -15,6 +15,7 @@ see which number to distrust. Money goes through `cost.py` (Decimals).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -353,6 +354,7 @@ def planned_rows(spec: LanguageModelSpec, read_local: bool = True) -> int:
     return sum(c.prompts.values()) + c.translated
 
 
+@functools.cache
 def _paper_filter_keep() -> Figure:
     # The recipe's defaults plan more rows than the paper kept: the ratio is what the
     # filters (and failed answers) took away in the paper's runs.
@@ -477,7 +479,6 @@ def forecast(
                 "(teacher.endpoint.prices)"
                 + (f" x {pricing.token_price_factor}" if pricing.token_price_factor != 1 else "")
             )
-        text.append(f"time: completion tokens at {through_src}")
         stages[stage] = StageForecast(
             name=stage,
             requests=requests,
@@ -504,11 +505,6 @@ def forecast(
                     "gpu_type": product or pricing.default_product,
                     "gpu_hours": round(f.seconds * server.gpus / 3600, 4),
                     "dollars": dollars(Decimal(f.dollars) + money),
-                    "assumptions": [
-                        *f.assumptions,
-                        f"served Teacher: {server.gpus} GPU(s) at ${price}/GPU-hour "
-                        f"({pricing.source})",
-                    ],
                 }
             )
 
@@ -621,12 +617,7 @@ def forecast(
 
     ordered = [stages[s] for s in STAGES]
     teacher_money = sum(
-        (
-            token_cost(f.prompt_tokens, f.completion_tokens, prices) * pricing.token_price_factor
-            for f in ordered
-            if prices is not None and f.name in TEACHER_STAGES
-        ),
-        Decimal(0),
+        (Decimal(f.dollars) for f in ordered if f.name in TEACHER_STAGES), Decimal(0)
     )
     total = sum((Decimal(f.dollars) for f in ordered), Decimal(0))
     wall = serve_seconds + stages["train"].seconds + stages["evaluate"].seconds
@@ -635,13 +626,21 @@ def forecast(
             f"teacher: {_fmt_tokens(prompt_total)} prompt + {_fmt_tokens(completion_total)} "
             f"completion tokens at ${prices.input_per_million}/${prices.output_per_million} per 1M"
         )
+    elif server is not None and server.device == "cuda":
+        product = server.resources.gpu_type or pricing.default_product
+        price = pricing.price(server.resources.gpu_type, server.resources.capacity_type)
+        notes.append(
+            f"teacher: served on {server.gpus} {product} for {serve_seconds / 3600:.2f} h at "
+            f"${price}/GPU-hour, the time its completion tokens take at {through_src}"
+        )
     elif server is not None:
         notes.append(
-            f"teacher: served on {server.gpus} GPU(s) for {serve_seconds / 3600:.2f} h "
-            f"({through_src})"
-            if server.device == "cuda"
-            else f"teacher: served on CPU for {serve_seconds / 3600:.2f} h (unpriced)"
+            f"teacher: served on CPU for {serve_seconds / 3600:.2f} h (unpriced), at {through_src}"
         )
+    notes.append(
+        "time of a teacher stage: its completion tokens at the teacher's throughput; wall "
+        "time: all teacher stages on one server, then train and evaluate"
+    )
     notes.append(f"GPU prices: {pricing.source}")
     if a.calibrated_from:
         notes.append(f"means calibrated from {a.calibrated_from}")
@@ -949,7 +948,8 @@ def table(fc: Forecast) -> str:
     lines += [
         f"training: {t.rows:,} rows, {_fmt_tokens(t.tokens)} tokens, {t.sequences:,} sequences, "
         f"{t.steps:,} steps x {t.epochs:g} epoch(s)",
-        f"total ${fc.dollars} (teacher ${fc.teacher_dollars}, GPUs ${fc.gpu_dollars}); "
+        f"total ${fc.dollars} (teacher ${fc.teacher_dollars}, training and evaluation "
+        f"${fc.gpu_dollars}); "
         f"wall time {_hours(fc.wall_seconds)}"
         + (f"; budget ${fc.budget}" + (" EXCEEDED" if fc.over_budget else "") if fc.budget else ""),
         "assumptions:",
