@@ -765,7 +765,9 @@ def read_run(run_dir: str | Path) -> tuple[str, LanguageModelSpec, dict[str, Act
     from kakugo_stages.resolved import load_run_spec
     from kakugo_stages.store import StageOutput, open_store
 
-    root = Path(run_dir).expanduser().resolve()
+    text = str(run_dir)
+    root = Path(text.removeprefix("file://") if text.startswith("file://") else text)
+    root = root.expanduser().resolve()
     spec_file = root / "spec.yaml"
     if not spec_file.is_file():
         raise ValueError(
