@@ -180,7 +180,7 @@ def forecast_section(run: RunSpec, store: ArtifactStore, gpu_price: Decimal | No
     pricing = fc_mod.flat_pricing(gpu_price, f"--gpu-price {gpu_price}" if gpu_price else "")
     fc = fc_mod.forecast(run.name, run.spec, pricing)
     actual = fc_mod.measured({s: StageOutput(store, s).all_stats() for s in STAGES})
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for c in fc_mod.compare(fc, actual):
         if c.requests[1] is None:
             rows.append((c.stage, c.requests[0] or "", "", c.tokens[0] or "", "", "", ""))
