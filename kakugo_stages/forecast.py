@@ -292,7 +292,9 @@ def count_requests(spec: LanguageModelSpec, read_local: bool = True) -> Counts:
     sources = set(d.mix.sources)
     requests = dict.fromkeys(TEACHER_STAGES, 0)
     prompts = {"topics": 0, "scenarios": 0, "contexts": 0}
-    notes: dict[str, str] = {}
+    notes = {s: f"{s} is not in data.mix.sources" for s in ("topics", "scenarios", "contexts")}
+    if not d.contexts.max_documents:
+        notes["contexts"] = "data.contexts.maxDocuments is 0"
     t = d.topics
     if "topics" in sources:
         seeds = len(t.general_seeds) + len(t.language_seeds)
