@@ -444,10 +444,12 @@ def forecast(
         throughput = a.serve_tokens_per_cpu_s.value
         through_src = f"{throughput:,.0f} tokens/s on CPU ({a.serve_tokens_per_cpu_s.source})"
     else:
+        # An API scales with the requests in flight: maxConcurrency per Pod, and a
+        # stage's Pods run min(shards, parallelism) at once (set per stage below).
         throughput = a.endpoint_tokens_per_request_s.value * spec.teacher.max_concurrency
         through_src = (
             f"{a.endpoint_tokens_per_request_s.value:g} tokens/s x {spec.teacher.max_concurrency} "
-            f"requests in flight ({a.endpoint_tokens_per_request_s.source})"
+            f"requests in flight per Pod ({a.endpoint_tokens_per_request_s.source})"
         )
     prices: TokenPrices | None = spec.teacher.endpoint.prices if spec.teacher.endpoint else None
     serve_seconds = 0.0
@@ -461,7 +463,11 @@ def forecast(
         completion = round(requests * min(means.completion_tokens, cap))
         prompt_total += prompt
         completion_total += completion
-        seconds = completion / throughput if throughput else 0.0
+        rate = throughput
+        if server is None:
+            cfg = getattr(spec.data, stage)
+            rate *= min(cfg.shards, spec.resources.for_stage(stage).parallelism or 1)
+        seconds = completion / rate if rate else 0.0
         serve_seconds += seconds
         money = Decimal(0)
         text = [
@@ -622,7 +628,13 @@ def forecast(
         (Decimal(f.dollars) for f in ordered if f.name in TEACHER_STAGES), Decimal(0)
     )
     total = sum((Decimal(f.dollars) for f in ordered), Decimal(0))
-    wall = serve_seconds + stages["train"].seconds + stages["evaluate"].seconds
+    teacher_wall = serve_seconds
+    if server is None:
+        # An API serves the stages side by side: the longest chain of the graph counts.
+        t = {n: stages[n].seconds for n in TEACHER_STAGES}
+        chain = max(t["topics"], t["scenarios"], t["contexts"]) + t["revise"] + t["respond"]
+        teacher_wall = max(chain, t["translate"])
+    wall = teacher_wall + stages["train"].seconds + stages["evaluate"].seconds
     if prices is not None:
         notes.append(
             f"teacher: {_fmt_tokens(prompt_total)} prompt + {_fmt_tokens(completion_total)} "
@@ -641,7 +653,8 @@ def forecast(
         )
     notes.append(
         "time of a teacher stage: its completion tokens at the teacher's throughput; wall "
-        "time: all teacher stages on one server, then train and evaluate"
+        "time: the teacher stages (one after another on a server, side by side on an API), "
+        "then train and evaluate"
     )
     notes.append(f"GPU prices: {pricing.source}")
     if a.calibrated_from:

@@ -182,7 +182,7 @@ def test_plan_json_parses_and_adds_up() -> None:
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     (lm,) = data["languageModels"]
-    assert lm["name"] == "yoruba" and lm["budget"] == "50.0000"
+    assert lm["name"] == "yoruba" and lm["budget"] == "75.0000"
     total = sum(Decimal(s["dollars"]) for s in lm["stages"])
     assert Decimal(lm["dollars"]) == total
     assert "chart values helm/kakugo" in " ".join(lm["assumptions"])
@@ -261,3 +261,24 @@ def test_report_shows_forecast_against_actual(tmp_path: Path) -> None:
     # planned 105 requests, 31 sent; the tokens as forecast and as measured
     assert respond.startswith("| respond | 105 | 31 |")
     assert "17160" in respond  # 5,595 prompt + 11,565 completion tokens measured
+
+
+def test_plan_is_a_kakugo_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registered like `kakugo render`, through the kakugo.commands entry point: it reads
+    the operator's settings, so it lives in the operator package."""
+    import importlib.metadata
+    import tomllib
+
+    from kakugo_stages.cli import main
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    commands = project["project"]["entry-points"]["kakugo.commands"]
+    assert commands["plan"] == "kakugo_operator.cli:plan_cmd"
+    points = importlib.metadata.EntryPoints(
+        importlib.metadata.EntryPoint(name, value, "kakugo.commands")
+        for name, value in commands.items()
+    )
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: points)
+    result = CliRunner().invoke(main, ["plan", "examples/demo-cpu.yaml"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("demo-yoruba: yor_Latn, teacher served")
