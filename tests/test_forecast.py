@@ -282,3 +282,27 @@ def test_plan_is_a_kakugo_command(monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(main, ["plan", "examples/demo-cpu.yaml"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("demo-yoruba: yor_Latn, teacher served")
+
+
+def test_kakugo_run_goes_on_with_proceed_or_once_started(tmp_path: Path) -> None:
+    import yaml
+
+    from kakugo_stages.cli import _forecast_gate
+    from kakugo_stages.manifest import parse_object
+    from kakugo_stages.resolved import run_spec
+    from kakugo_stages.runner import local_run
+
+    raw = yaml.safe_load(DEMO.read_text())
+    raw["spec"]["teacher"] = {"endpoint": {"url": "http://127.0.0.1:9/v1", "model": "m"}}
+    raw["spec"]["budget"] = {"maxDollars": "0.0001"}
+    over = local_run(run_spec(parse_object(raw)), str(tmp_path / "runs"))
+    with pytest.raises(SystemExit):
+        _forecast_gate(over, None, None)
+    # A run already under way is not refused: the spending gate holds it.
+    folder = Path(over.run_uri.removeprefix("file://"))
+    folder.mkdir(parents=True)
+    (folder / "spec.yaml").write_text("started")
+    _forecast_gate(over, None, None)
+    raw["spec"]["budget"]["onForecastOverBudget"] = "Proceed"
+    proceed = local_run(run_spec(parse_object(raw)), str(tmp_path / "other"))
+    _forecast_gate(proceed, None, None)
