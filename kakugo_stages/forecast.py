@@ -639,6 +639,11 @@ def forecast(
         notes.append(
             f"teacher: {_fmt_tokens(prompt_total)} prompt + {_fmt_tokens(completion_total)} "
             f"completion tokens at ${prices.input_per_million}/${prices.output_per_million} per 1M"
+            + (
+                f" x {pricing.token_price_factor} (a batch discount)"
+                if pricing.token_price_factor != 1
+                else ""
+            )
         )
     elif server is not None and server.device == "cuda":
         product = server.resources.gpu_type or pricing.default_product
