@@ -223,8 +223,8 @@ class Forecast(_Model):
     teacher: Literal["endpoint", "served", "ref"]
     stages: list[StageForecast]
     training: Training
-    #: Wall time: the teacher stages share one server (throughput bound), then filter,
-    #: train and evaluate one after another.
+    #: Wall time: the teacher stages (one after another on a server, throughput bound;
+    #: side by side on an API), then train and evaluate.
     wall_seconds: float
     teacher_dollars: str
     gpu_dollars: str
@@ -518,8 +518,7 @@ def forecast(
 
     # filter: CPU only, seconds negligible; it decides the training rows.
     keep = a.filter_keep or _paper_filter_keep()
-    sources = {src: n for src, n in counts.prompts.items()}
-    sources["translated"] = counts.translated
+    sources = {**counts.prompts, "translated": counts.translated}
     generated_yield = a.yields["respond"].value
     row_counts = {
         src: round(
