@@ -306,3 +306,40 @@ def test_kakugo_run_goes_on_with_proceed_or_once_started(tmp_path: Path) -> None
     raw["spec"]["budget"]["onForecastOverBudget"] = "Proceed"
     proceed = local_run(run_spec(parse_object(raw)), str(tmp_path / "other"))
     _forecast_gate(proceed, None, None)
+
+
+def test_counts_match_a_real_run_of_the_teacher_stages(tmp_path: Path) -> None:
+    """The teacher stages of the stage tests' small spec, run for real against the scripted
+    teacher (which writes exactly as many distinct items as asked): the forecast's
+    requests are what the stages sent. Exactly where the spec decides the count; within
+    15% for revise and respond, whose counts follow the topic prompts the teacher chose
+    (1 to 3 per subject, the forecast takes the mean of 2); translate within 20% below
+    (a sampled conversation that is too long is never sent)."""
+    from kakugo_stages.store import StageOutput, open_store
+    from tests.helpers.teacher_scripts import scripted_teacher
+    from tests.helpers.teacher_server import TeacherServer
+    from tests.helpers.tiny_models import build_tokenizer
+    from tests.test_recipe import full_spec, run_teacher_stages
+
+    tok = build_tokenizer(tmp_path / "tok")
+    with TeacherServer(scripted_teacher) as srv:
+        run = full_spec(srv.url, tmp_path / "run", tok)
+        run_teacher_stages(run)
+    store = open_store(run.run_uri)
+    actual = fc.measured({s: StageOutput(store, s).all_stats() for s in TEACHER_STAGES})
+    planned = fc.forecast(run.name, run.spec, pricing())
+    for stage in ("topics", "scenarios", "contexts"):
+        assert planned.stage(stage).requests == actual[stage].requests, stage
+    # Conversations over maxSourceTokens (400 here) are dropped before they are asked:
+    # the forecast assumes all of the sample fits.
+    assert 0.8 * planned.stage("translate").requests <= actual["translate"].requests
+    assert actual["translate"].requests <= planned.stage("translate").requests
+    for stage in ("revise", "respond"):
+        assert planned.stage(stage).requests == pytest.approx(actual[stage].requests, rel=0.15)
+    # Calibrated by that run, its tokens come out as measured.
+    assumptions = fc.calibrate(run.spec, actual, "the small run")
+    again = fc.forecast(run.name, run.spec, pricing(), assumptions)
+    for stage in TEACHER_STAGES:
+        tokens = actual[stage].prompt_tokens + actual[stage].completion_tokens
+        got = again.stage(stage)
+        assert got.prompt_tokens + got.completion_tokens == pytest.approx(tokens, rel=0.01)
