@@ -256,6 +256,9 @@ class FleetCost(StatusModel):
     dollars: Dollars = "0.0000"
     gpu_hours: str = "0.0000"
     by_language: dict[str, Dollars] = Field(default_factory=dict)
+    forecast: Dollars | None = Field(
+        default=None, description="The sum of the members' status.forecast.dollars."
+    )
 
 
 class TaskMean(StatusModel):
