@@ -157,6 +157,24 @@ class Cost(StatusModel):
     by_stage: dict[str, StageCost] = Field(default_factory=dict)
 
 
+class ForecastStatus(StatusModel):
+    """The cost forecast of the spec's generation (`kakugo plan` in short): made before
+    the first stage starts, from the spec's counts and the recipe's per-request means."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation it forecasts."
+    )
+    dollars: Dollars = Field(default="0.0000", description="Forecast total, a decimal string.")
+    by_stage: dict[str, Dollars] = Field(default_factory=dict, description="Dollars by stage.")
+    gpu_hours: str = "0.0000"
+    wall_hours: str = "0.00"
+    budget: Dollars | None = Field(default=None, description="spec.budget.maxDollars.")
+    over_budget: bool = False
+    assumptions: list[str] = Field(
+        default_factory=list, description="What the figures rest on, briefly."
+    )
+
+
 class TaskScore(StatusModel):
     base: float | None = None
     tuned: float | None = None
@@ -190,6 +208,7 @@ class LanguageModelStatus(StatusModel):
     stages: list[StageStatus] = Field(default_factory=list)
     progress: Progress | None = None
     cost: Cost | None = None
+    forecast: ForecastStatus | None = None
     artifacts: dict[str, str] = Field(
         default_factory=dict, description="URIs of what the run has produced so far."
     )
@@ -237,6 +256,9 @@ class FleetCost(StatusModel):
     dollars: Dollars = "0.0000"
     gpu_hours: str = "0.0000"
     by_language: dict[str, Dollars] = Field(default_factory=dict)
+    forecast: Dollars | None = Field(
+        default=None, description="The sum of the members' status.forecast.dollars."
+    )
 
 
 class TaskMean(StatusModel):

@@ -113,6 +113,12 @@ BUDGET = Gauge(
     ["namespace", "languagemodel"],
     registry=REGISTRY,
 )
+FORECAST = Gauge(
+    "kakugo_forecast_dollars",
+    "The cost forecast of a LanguageModel's spec (status.forecast.dollars).",
+    ["namespace", "languagemodel"],
+    registry=REGISTRY,
+)
 TEACHER_READY = Gauge(
     "kakugo_teacher_ready",
     "1 when a Teacher's server is Ready, else 0.",
@@ -260,6 +266,9 @@ def observe_plan(
     cost = (status.get("cost") or {}).get("dollars")
     if cost is not None:
         COST.labels(namespace, name).set(float(cost))
+    forecast = (status.get("forecast") or {}).get("dollars")
+    if forecast is not None:
+        FORECAST.labels(namespace, name).set(float(forecast))
     last = last_progress(status) if phase == "Running" else None
     if last is not None:
         LAST_PROGRESS.labels(namespace, name).set(last)
@@ -325,6 +334,8 @@ def forget(namespace: str, name: str) -> None:
         COST.remove(namespace, name)
     with contextlib.suppress(KeyError):
         BUDGET.remove(namespace, name)
+    with contextlib.suppress(KeyError):
+        FORECAST.remove(namespace, name)
     with contextlib.suppress(KeyError):
         LAST_PROGRESS.remove(namespace, name)
     if key in _languages:

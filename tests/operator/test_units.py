@@ -598,7 +598,7 @@ def test_progress_budget_and_teacher_series_are_removed_on_delete() -> None:
     metrics.observe_plan(
         "units",
         "lm",
-        {"progress": {"stagesDone": 2, "stagesTotal": 4}},
+        {"progress": {"stagesDone": 2, "stagesTotal": 4}, "forecast": {"dollars": "12.5000"}},
         [],
         [],
         {"language": "yo", "budget": {"maxDollars": "10"}},
@@ -607,6 +607,7 @@ def test_progress_budget_and_teacher_series_are_removed_on_delete() -> None:
     text = generate_latest(metrics.REGISTRY).decode()
     assert 'kakugo_progress_ratio{language="yo",languagemodel="lm",namespace="units"} 0.5' in text
     assert 'kakugo_budget_dollars{languagemodel="lm",namespace="units"} 10.0' in text
+    assert 'kakugo_forecast_dollars{languagemodel="lm",namespace="units"} 12.5' in text
     assert 'kakugo_teacher_ready{namespace="units",teacher="tch"} 0.0' in text
     assert 'kakugo_teacher_clients{namespace="units",teacher="tch"} 3.0' in text
     metrics.forget("units", "lm")
