@@ -388,3 +388,124 @@ def test_teacher_cost_series() -> None:
     metrics.forget("units", "a")
     metrics.forget_teacher("units", "shared")
     assert 'namespace="units"' not in generate_latest(metrics.REGISTRY).decode()
+
+
+# ------------------------------------------------------------------ on the emulator
+
+
+class Clock:
+    """The operator's clock (`handlers.now`), frozen, moved by the test: an hour of GPU
+    time passes in a step, not in an hour."""
+
+    def __init__(self) -> None:
+        self.at = datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.at
+
+    def advance(self, seconds: float) -> None:
+        self.at += timedelta(seconds=seconds)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_two_languagemodels_share_a_teacher(cluster: Any, operator: Any, monkeypatch) -> None:
+    from kakugo_operator import handlers
+
+    from tests.operator.operator_helpers import NS, complete_job, job, stage, summary, wait_for
+    from tests.operator.test_fleet import fleet, fstatus, lm
+    from tests.operator.test_teacher_metrics import (
+        TEACHER,
+        metrics_text,
+        set_ready,
+        teacher_status,
+    )
+
+    clock = Clock()
+    monkeypatch.setattr(handlers, "now", clock)
+    members = ("swh-latn", "yor-latn")
+
+    def cost() -> dict[str, Any]:
+        return teacher_status(cluster).get("cost") or {}
+
+    def shares() -> dict[str, str]:
+        return {n: c["dollars"] for n, c in (cost().get("charged") or {}).items()}
+
+    def tokens(name: str, prompt: int, completion: int) -> str:
+        return summary(name, prompt_tokens=prompt, completion_tokens=completion)
+
+    # One Teacher of 2 H100s ($4.00 an hour each: $8 an hour), two fleet members on it.
+    cluster.create(TEACHER)
+    wait_for(lambda: cluster.get("Deployment", NS, "gpt-oss-120b"))
+    set_ready(cluster, "gpt-oss-120b", 1)
+    template = {
+        "teacher": {"ref": {"name": "gpt-oss-120b"}},
+        "storage": {"uri": "s3://kakugo-artifacts/runs"},
+        "data": {"topics": {"shards": 1}, "scenarios": {"shards": 1}},
+    }
+    cluster.create(fleet(["yo", "sw"], template=template))
+    for member in members:
+        job(cluster, f"{member}-topics-1")
+        job(cluster, f"{member}-scenarios-1")
+        # Its daemon saw its Jobs run (they are in its index: the clock may jump).
+        wait_for(lambda m=member: stage(lm(cluster, m)["status"], "scenarios").get("shards"))
+    wait_for(lambda: teacher_status(cluster).get("clients") == list(members))
+    wait_for(lambda: cost().get("observedAt") == handlers.iso(clock.at), what="first look")
+
+    # An hour: yor-latn is served 600 tokens, swh-latn 200 (seen one after the other).
+    clock.advance(3600)
+    complete_job(cluster, "yor-latn-topics-1", tokens("topics", 200, 400))
+    complete_job(cluster, "swh-latn-topics-1", tokens("topics", 100, 100))
+    wait_for(
+        lambda: shares() == {"yor-latn": "6.000000", "swh-latn": "2.000000"},
+        what="the first hour split 3:1",
+    )
+
+    # The operator goes down; meanwhile half an hour passes and the other stage reports,
+    # 200 tokens for yor-latn and 600 for swh-latn.
+    operator.stop()
+    complete_job(cluster, "yor-latn-scenarios-1", tokens("scenarios", 100, 100))
+    complete_job(cluster, "swh-latn-scenarios-1", tokens("scenarios", 300, 300))
+    clock.advance(1800)
+    operator.start()
+    wait_for(
+        lambda: shares() == {"yor-latn": "7.000000", "swh-latn": "5.000000"},
+        what="the half hour split 1:3 after the restart",
+    )
+
+    # Nobody needs the server for half an hour: idle, the Teacher's own; then it scales
+    # to zero and costs nothing more.
+    cluster.patch("LanguageFleet", NS, "west", {"spec": {"suspend": True}})
+    wait_for(lambda: teacher_status(cluster).get("clients") == [], what="no client")
+    clock.advance(1800)
+    wait_for(lambda: cluster.get("Deployment", NS, "gpt-oss-120b")["spec"]["replicas"] == 0)
+    wait_for(lambda: cost().get("idle") == "4.000000", what="the idle half hour")
+    clock.advance(3600)
+    wait_for(lambda: cost().get("observedAt") == handlers.iso(clock.at), what="a look at zero")
+
+    final = cost()
+    assert (final["dollars"], final["idle"], final["pending"]) == (
+        "16.000000",
+        "4.000000",
+        "0.000000",
+    )
+    assert final["gpuSeconds"] == 2 * (3600 + 1800 + 1800)
+    assert {n: c["tokens"] for n, c in final["charged"].items()} == {
+        "yor-latn": 800,
+        "swh-latn": 800,
+    }
+    # Each member carries its share in its cost, and the fleet sums them.
+    for member, share in (("yor-latn", "7.0000"), ("swh-latn", "5.0000")):
+        wait_for(
+            lambda m=member, s=share: lm(cluster, m)["status"]["cost"].get("teacherShare") == s
+        )
+        assert lm(cluster, member)["status"]["cost"]["dollars"] == share
+    st = wait_for(lambda: (s := fstatus(cluster))["cost"].get("teacherShare") == "12.0000" and s)
+    assert st["cost"]["dollars"] == "12.0000"
+    assert st["cost"]["byLanguage"] == {"yor-latn": "7.0000", "swh-latn": "5.0000"}
+    series = (
+        'kakugo_teacher_cost_dollars{charged_to="%s",namespace="kakugo",teacher="gpt-oss-120b"}'
+    )
+    text = wait_for(lambda: (t := metrics_text()) and (series % "idle") + " 4.0" in t and t)
+    assert (series % "languagemodels") + " 12.0" in text
+    assert 'kakugo_teacher_share_dollars{languagemodel="yor-latn",namespace="kakugo"} 7.0' in text
