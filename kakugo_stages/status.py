@@ -235,8 +235,7 @@ class TeacherCharge(StatusModel):
 
 
 class TeacherInterval(StatusModel):
-    """The last interval closed by tokens or as idle: tokens reported in the same second
-    (another client's summary, seen a moment later) join it."""
+    """The last interval closed by tokens or idle: tokens reported in its last second join it."""
 
     end: Timestamp
     dollars: Dollars = "0.000000"
@@ -246,8 +245,7 @@ class TeacherInterval(StatusModel):
 
 
 class TeacherCost(StatusModel):
-    """The Teacher's GPU time in dollars (6 places), and who it was charged to: the
-    LanguageModels in proportion to the tokens they were served, idle time to the Teacher."""
+    """A Teacher's GPU time in dollars (6 places): charged by tokens served, or idle."""
 
     observed_at: Timestamp | None = Field(
         default=None, description="The end of the last interval accrued."

@@ -509,3 +509,28 @@ def test_two_languagemodels_share_a_teacher(cluster: Any, operator: Any, monkeyp
     text = wait_for(lambda: (t := metrics_text()) and (series % "idle") + " 4.0" in t and t)
     assert (series % "languagemodels") + " 12.0" in text
     assert 'kakugo_teacher_share_dollars{languagemodel="yor-latn",namespace="kakugo"} 7.0' in text
+
+
+def test_the_account_fits_the_teacher_status_schema() -> None:
+    """What the Teacher writes passes its CRD's status schema (the API server would prune
+    or refuse what the schema lacks)."""
+    from openapi_schema_validator import OAS30Validator
+
+    from kakugo_stages.crds import all_crds
+
+    crd = all_crds()["teachers.kakugo.io.yaml"]
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    deploy = {"spec": {"replicas": 1}}
+    usage = [usage_of("a", "ua", lm_status(0)), usage_of("b", "ub", lm_status(0))]
+    first = decide_teacher(
+        "t", "ns", TEACHER_SPEC, {}, deploy, ["a", "b"], T0, SETTINGS, usage=usage
+    )
+    usage = [usage_of("a", "ua", lm_status(30)), usage_of("b", "ub", lm_status(10))]
+    later = T0 + timedelta(minutes=7)
+    plan = decide_teacher(
+        "t", "ns", TEACHER_SPEC, first.status.dump(), deploy, ["a"], later, SETTINGS, usage=usage
+    )
+    status = plan.status.dump()
+    assert status["cost"]["charged"]["a"]["counters"]["topics"]["tokens"] == 30
+    assert status["cost"]["lastInterval"]["tokens"] == {"a": 30, "b": 10}
+    assert not [e.message for e in OAS30Validator(schema).iter_errors(status)]
