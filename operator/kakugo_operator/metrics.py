@@ -12,6 +12,7 @@ import contextlib
 import re
 import threading
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -30,6 +31,7 @@ from urllib3.exceptions import HTTPError as TransportError
 from kakugo_operator.k8s import Refused
 from kakugo_operator.observe import parse_time
 from kakugo_stages.contract import STAGES
+from kakugo_stages.status import TeacherCost
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...; python_info.
@@ -147,6 +149,22 @@ TEACHER_CLIENTS = Gauge(
     "kakugo_teacher_clients",
     "LanguageModels that need a Teacher now (in a teacher stage).",
     ["namespace", "teacher"],
+    registry=REGISTRY,
+)
+
+#: Where a Teacher's GPU time went (a closed set): to its LanguageModels (present and
+#: former), idle (the Teacher itself), pending (clients that have not reported tokens yet).
+TEACHER_COST_TO = ("languagemodels", "idle", "pending")
+TEACHER_COST = Gauge(
+    "kakugo_teacher_cost_dollars",
+    "A Teacher's GPU time so far, in dollars, by whom it is charged to.",
+    ["namespace", "teacher", "charged_to"],
+    registry=REGISTRY,
+)
+TEACHER_SHARE = Gauge(
+    "kakugo_teacher_share_dollars",
+    "A LanguageModel's share of its Teacher's GPU time, in dollars (in kakugo_cost_dollars).",
+    ["namespace", "languagemodel"],
     registry=REGISTRY,
 )
 
@@ -269,6 +287,12 @@ def observe_plan(
     forecast = (status.get("forecast") or {}).get("dollars")
     if forecast is not None:
         FORECAST.labels(namespace, name).set(float(forecast))
+    share = (status.get("cost") or {}).get("teacherShare")
+    if share is not None:
+        TEACHER_SHARE.labels(namespace, name).set(float(share))
+    else:
+        with contextlib.suppress(KeyError):
+            TEACHER_SHARE.remove(namespace, name)
     last = last_progress(status) if phase == "Running" else None
     if last is not None:
         LAST_PROGRESS.labels(namespace, name).set(last)
@@ -333,6 +357,8 @@ def forget(namespace: str, name: str) -> None:
     with contextlib.suppress(KeyError):
         COST.remove(namespace, name)
     with contextlib.suppress(KeyError):
+        TEACHER_SHARE.remove(namespace, name)
+    with contextlib.suppress(KeyError):
         BUDGET.remove(namespace, name)
     with contextlib.suppress(KeyError):
         FORECAST.remove(namespace, name)
@@ -346,12 +372,26 @@ def forget(namespace: str, name: str) -> None:
             SCORE.remove(namespace, name, task, model)
 
 
-def observe_teacher(namespace: str, name: str, ready: bool, clients: int) -> None:
+def observe_teacher(
+    namespace: str, name: str, ready: bool, clients: int, cost: TeacherCost | None = None
+) -> None:
     TEACHER_READY.labels(namespace, name).set(1 if ready else 0)
     TEACHER_CLIENTS.labels(namespace, name).set(clients)
+    if cost is not None:
+        charged = sum((Decimal(c.dollars) for c in cost.charged.values()), Decimal(0))
+        split = {
+            "languagemodels": charged + Decimal(cost.former_clients),
+            "idle": Decimal(cost.idle),
+            "pending": Decimal(cost.pending),
+        }
+        for to, dollars in split.items():
+            TEACHER_COST.labels(namespace, name, to).set(float(dollars))
 
 
 def forget_teacher(namespace: str, name: str) -> None:
     for gauge in (TEACHER_READY, TEACHER_CLIENTS):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
+    for to in TEACHER_COST_TO:
+        with contextlib.suppress(KeyError):
+            TEACHER_COST.remove(namespace, name, to)

@@ -40,6 +40,7 @@ from kakugo_operator.conditions import (
 )
 from kakugo_operator.diff import digest, is_subset, merge_diff
 from kakugo_operator.settings import OperatorSettings
+from kakugo_operator.teacher_cost import share_of
 from kakugo_stages.contract import (
     STAGES,
     TEACHER_STAGES,
@@ -108,6 +109,8 @@ class Observed:
     #: The annotation kakugo.io/retry (Argo CD's retry action sets it to a timestamp): a new
     #: value gives the failed stages a fresh retry budget.
     retry_request: str | None = None
+    #: metadata.uid: the Teacher charges its GPU time to this very object, not its name.
+    uid: str | None = None
 
 
 @dataclass
@@ -338,10 +341,12 @@ def cost(
     spec: LanguageModelSpec,
     now: datetime,
     settings: OperatorSettings,
+    teacher_share: Decimal = Decimal(0),
 ) -> tuple[Decimal, Cost]:
     """Total dollars and the cost status: finished attempts (frozen in status, failed ones
     included) plus the running attempts' Pods, plus teacher tokens at the endpoint's
-    prices."""
+    prices, plus `teacher_share`: what its Teacher (ref or serve) charged it of its GPU
+    time (`teacher_cost`)."""
     total, gpu_total = Decimal(0), 0.0
     by_stage: dict[str, StageCost] = {}
     endpoint = spec.teacher.endpoint
@@ -365,12 +370,14 @@ def cost(
             )
         total += money + tokens
         gpu_total += seconds
+    total += teacher_share
     budget = spec.budget.max_dollars
     return total, Cost(
         dollars=dollars(total),
         gpu_hours=f"{gpu_total / 3600:.4f}",
         by_stage=by_stage,
         budget=dollars(budget) if budget is not None else None,
+        teacher_share=dollars(teacher_share) if teacher_share else None,
     )
 
 
@@ -767,7 +774,10 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     advance_all(entries, world, obs, spec, settings, plan)
 
     # 3. Start every stage whose inputs succeeded, unless a gate holds it.
-    spent, cost_status = cost(entries, world, spec, now, settings)
+    # Its share of its Teacher's GPU time, as the Teacher's status says (level-based: the
+    # Teacher keeps the account).
+    share = share_of(obs.teacher, obs.name, obs.uid) if obs.teacher else Decimal(0)
+    spent, cost_status = cost(entries, world, spec, now, settings, share)
     teacher_ready, tenv, teacher_wait = teacher_env(spec, obs.teacher)
     gates = gates_for(obs, spec, spent, teacher_ready, teacher_wait)
     holds = schedule(entries, gates, run, settings, tenv, now, plan)
