@@ -189,6 +189,11 @@ def reconcile_error(kind: str, exc: BaseException) -> None:
 _scores: dict[tuple[str, str], set[tuple[str, str]]] = {}
 _phases: dict[tuple[str, str], str] = {}
 _languages: dict[tuple[str, str], str] = {}
+#: The largest (prompt, completion) token counts counted per (namespace, name, stage,
+#: fingerprint): an attempt's counts are the stage's ledger, which totals every attempt
+#: before it, so each finished attempt adds only what grew (a rerun of a changed spec has
+#: a new fingerprint and a new ledger).
+_tokens_counted: dict[tuple[str, str, str, str], tuple[int, int]] = {}
 
 
 def reason_label(reason: str) -> str:
@@ -310,8 +315,19 @@ def observe_plan(
                 stage, "disruption" if record["outcome"] == "Disrupted" else "failure"
             ).inc()
         counts = record.get("counts") or {}
-        TOKENS.labels("prompt").inc(counts.get("promptTokens", 0))
-        TOKENS.labels("completion").inc(counts.get("completionTokens", 0))
+        prompt, completion = (
+            int(counts.get("promptTokens", 0)),
+            int(counts.get("completionTokens", 0)),
+        )
+        fingerprints = {e.get("name"): e.get("fingerprint", "") for e in status.get("stages") or []}
+        ledger = (namespace, name, stage, str(fingerprints.get(stage, "")))
+        seen_prompt, seen_completion = _tokens_counted.get(ledger, (0, 0))
+        TOKENS.labels("prompt").inc(max(prompt - seen_prompt, 0))
+        TOKENS.labels("completion").inc(max(completion - seen_completion, 0))
+        _tokens_counted[ledger] = (
+            max(prompt, seen_prompt),
+            max(completion, seen_completion),
+        )
         if record["outcome"] == "Succeeded":
             EXAMPLES.labels(stage, "generated", "").inc(counts.get("requests", 0))
             EXAMPLES.labels(stage, "kept", "").inc(counts.get("rowsOut", 0))
@@ -354,6 +370,8 @@ def forget(namespace: str, name: str) -> None:
     key = (namespace, name)
     if key in _phases:
         LANGUAGEMODELS.labels(_phases.pop(key)).dec()
+    for counted in [k for k in _tokens_counted if k[:2] == key]:
+        del _tokens_counted[counted]
     with contextlib.suppress(KeyError):
         COST.remove(namespace, name)
     with contextlib.suppress(KeyError):

@@ -705,3 +705,31 @@ def test_retry_time_is_never_now() -> None:
         assert parse_time(retry_time(at, delay)) > at
     assert retry_time(at, 10) == "2026-01-01T12:00:11Z"
     assert retry_time(at.replace(microsecond=0), 10) == "2026-01-01T12:00:10Z"
+
+
+def test_teacher_tokens_counter_counts_a_retried_stage_once() -> None:
+    """Each finished attempt reports the stage's ledger, which totals the attempts before
+    it: the counter adds only what grew, and a rerun of a changed spec counts afresh."""
+    from kakugo_operator import metrics
+
+    def total() -> float:
+        return metrics.REGISTRY.get_sample_value(
+            "kakugo_teacher_tokens_total", {"direction": "completion"}
+        ) or 0.0
+
+    def finish(fingerprint: str, completion: int, outcome: str) -> None:
+        status = {"phase": "Running", "stages": [{"name": "topics", "fingerprint": fingerprint}]}
+        record = {
+            "stage": "topics",
+            "outcome": outcome,
+            "counts": {"promptTokens": 1, "completionTokens": completion},
+        }
+        metrics.observe_plan("ns-tokens", "lm", status, [record], [], {})
+
+    before = total()
+    finish("f1", 100, "Failed")
+    finish("f1", 150, "Succeeded")  # the retry's ledger holds the first attempt's 100
+    assert total() - before == 150
+    finish("f2", 40, "Succeeded")  # the spec changed: a new ledger
+    assert total() - before == 190
+    metrics.forget("ns-tokens", "lm")
