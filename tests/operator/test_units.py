@@ -713,9 +713,12 @@ def test_teacher_tokens_counter_counts_a_retried_stage_once() -> None:
     from kakugo_operator import metrics
 
     def total() -> float:
-        return metrics.REGISTRY.get_sample_value(
-            "kakugo_teacher_tokens_total", {"direction": "completion"}
-        ) or 0.0
+        return (
+            metrics.REGISTRY.get_sample_value(
+                "kakugo_teacher_tokens_total", {"direction": "completion"}
+            )
+            or 0.0
+        )
 
     def finish(fingerprint: str, completion: int, outcome: str) -> None:
         status = {"phase": "Running", "stages": [{"name": "topics", "fingerprint": fingerprint}]}
