@@ -191,6 +191,53 @@ def cost_lines(run: RunSpec, facts: RunFacts, gpu_price: Decimal | None) -> list
     return lines
 
 
+def forecast_section(run: RunSpec, store: ArtifactStore, gpu_price: Decimal | None) -> list[str]:
+    """The forecast of the run's spec (the recipe's estimates, as `kakugo plan` gives it)
+    against what each stage measured: how far the estimates are from this teacher."""
+    from kakugo_stages import forecast as fc_mod
+
+    pricing = fc_mod.flat_pricing(gpu_price, f"--gpu-price {gpu_price}" if gpu_price else "")
+    fc = fc_mod.forecast(run.name, run.spec, pricing)
+    actual = fc_mod.measured({s: StageOutput(store, s).all_stats() for s in STAGES})
+    rows: list[tuple[Any, ...]] = []
+    for c in fc_mod.compare(fc, actual):
+        if c.requests[1] is None:
+            rows.append((c.stage, c.requests[0] or "", "", c.tokens[0] or "", "", "", ""))
+            continue
+        rows.append(
+            (
+                c.stage,
+                c.requests[0] or "",
+                c.requests[1] or "",
+                c.tokens[0] or "",
+                c.tokens[1] or "",
+                _fmt_s(c.seconds[0]),
+                _fmt_s(c.seconds[1] or 0.0),
+            )
+        )
+    return [
+        "## Forecast against actual",
+        "",
+        f"The forecast of this spec before the run (`kakugo plan`, the recipe's per-request "
+        f"means; total ${fc.dollars}) beside what each stage measured. "
+        f"`kakugo plan FILE --calibrate {store.url()}` forecasts with this run's means.",
+        "",
+        _table(
+            (
+                "stage",
+                "requests (forecast)",
+                "requests",
+                "tokens (forecast)",
+                "tokens",
+                "time (forecast)",
+                "time",
+            ),
+            rows,
+        ),
+        "",
+    ]
+
+
 def render(run: RunSpec, store: ArtifactStore, gpu_price: Decimal | None = None) -> str:
     """Write report.md (and its PNGs) into the run folder; return the Markdown."""
     facts = gather(run, store)
@@ -281,6 +328,7 @@ def render(run: RunSpec, store: ArtifactStore, gpu_price: Decimal | None = None)
         _table(("item", "dollars"), cost_lines(run, facts, gpu_price)),
         "",
     ]
+    parts += forecast_section(run, store, gpu_price)
     if facts.loss_history or facts.train_stats:
         ts = facts.train_stats
         parts += ["## Training", ""]

@@ -1916,6 +1916,12 @@ class BudgetSpec(SpecModel):
     max_dollars: Dollars | None = Field(
         default=None, description='Stop starting stages once spent, e.g. "50".'
     )
+    on_forecast_over_budget: Literal["Stall", "Proceed"] = Field(
+        default="Stall",
+        description="When the cost forecast (`kakugo plan`, status.forecast) exceeds "
+        "maxDollars before the first stage starts: Stall (reason ForecastOverBudget) or "
+        "Proceed (start anyway; spending still stops at maxDollars).",
+    )
 
 
 # --------------------------------------------------------------------------- the resource

@@ -319,7 +319,7 @@ def _failed(
                 **base,
                 "disruptions": entry.disruptions + 1,
                 "state": "Retrying",
-                "retry_at": iso(now),
+                "retry_at": retry_time(now, 0),
                 "message": (
                     f"attempt {entry.attempt} was disrupted ({failure.reason}: "
                     f"{failure.message}); retrying without spending the retry budget"
@@ -350,7 +350,7 @@ def _failed(
             **base,
             "failures": failures,
             "state": "Retrying",
-            "retry_at": iso(now + timedelta(seconds=delay)),
+            "retry_at": retry_time(now, delay),
             "message": (
                 f"attempt {entry.attempt} failed ({failure.reason}: {failure.message}); "
                 f"retry {failures} of {settings.retry_budget} in {delay:g}s"
@@ -358,6 +358,17 @@ def _failed(
         }
     )
     return Step(entry, finished=finished, requeue=delay)
+
+
+def retry_time(now: datetime, delay: float) -> str:
+    """When a retry may start, rounded up to the status's whole seconds: truncated, a
+    sub-second backoff would let the same reconcile start the next attempt, so the
+    Retrying state (and the Warning Event about the failure) would never be written.
+    At least one second, for the same reason."""
+    at = now + timedelta(seconds=max(delay, 1.0))
+    if at.microsecond:
+        at += timedelta(microseconds=1_000_000 - at.microsecond)
+    return iso(at)
 
 
 # ------------------------------------------------------------------ gates and start

@@ -12,8 +12,9 @@ from kakugo_operator import naming, settings
 from kakugo_operator.diff import merge_diff
 from kakugo_operator.fingerprints import stage_fingerprints
 from kakugo_operator.main import kopf_args
-from kakugo_operator.observe import classify_failure, iso, stage_counts
+from kakugo_operator.observe import classify_failure, iso, parse_time, stage_counts
 from kakugo_operator.reconcile import Observed, decide
+from kakugo_operator.stage_machine import retry_time
 from kakugo_operator.teacher import decide_teacher
 
 from tests.operator.operator_helpers import language_model
@@ -597,7 +598,7 @@ def test_progress_budget_and_teacher_series_are_removed_on_delete() -> None:
     metrics.observe_plan(
         "units",
         "lm",
-        {"progress": {"stagesDone": 2, "stagesTotal": 4}},
+        {"progress": {"stagesDone": 2, "stagesTotal": 4}, "forecast": {"dollars": "12.5000"}},
         [],
         [],
         {"language": "yo", "budget": {"maxDollars": "10"}},
@@ -606,6 +607,7 @@ def test_progress_budget_and_teacher_series_are_removed_on_delete() -> None:
     text = generate_latest(metrics.REGISTRY).decode()
     assert 'kakugo_progress_ratio{language="yo",languagemodel="lm",namespace="units"} 0.5' in text
     assert 'kakugo_budget_dollars{languagemodel="lm",namespace="units"} 10.0' in text
+    assert 'kakugo_forecast_dollars{languagemodel="lm",namespace="units"} 12.5' in text
     assert 'kakugo_teacher_ready{namespace="units",teacher="tch"} 0.0' in text
     assert 'kakugo_teacher_clients{namespace="units",teacher="tch"} 3.0' in text
     metrics.forget("units", "lm")
@@ -692,6 +694,48 @@ def test_a_teacher_is_needed_while_a_teacher_stage_runs_or_could_start() -> None
     assert not needs_teacher(status("Running", train=("Running", None)))
     assert not needs_teacher(status("Running", topics=("Pending", "Budget")))
     assert not needs_teacher(status("Suspended", topics=("Running", None)))
+
+
+def test_retry_time_is_never_now() -> None:
+    """The status keeps whole seconds: a sub-second backoff (or a disruption's immediate
+    retry) rounded down would let the reconcile that saw the failure start the next
+    attempt at once, and the Retrying state and its Warning Event would never be written."""
+    at = datetime(2026, 1, 1, 12, 0, 0, 700_000, tzinfo=UTC)
+    for delay in (0, 0.5, 1):
+        assert parse_time(retry_time(at, delay)) > at
+    assert retry_time(at, 10) == "2026-01-01T12:00:11Z"
+    assert retry_time(at.replace(microsecond=0), 10) == "2026-01-01T12:00:10Z"
+
+
+def test_teacher_tokens_counter_counts_a_retried_stage_once() -> None:
+    """Each finished attempt reports the stage's ledger, which totals the attempts before
+    it: the counter adds only what grew, and a rerun of a changed spec counts afresh."""
+    from kakugo_operator import metrics
+
+    def total() -> float:
+        return (
+            metrics.REGISTRY.get_sample_value(
+                "kakugo_teacher_tokens_total", {"direction": "completion"}
+            )
+            or 0.0
+        )
+
+    def finish(fingerprint: str, completion: int, outcome: str) -> None:
+        status = {"phase": "Running", "stages": [{"name": "topics", "fingerprint": fingerprint}]}
+        record = {
+            "stage": "topics",
+            "outcome": outcome,
+            "counts": {"promptTokens": 1, "completionTokens": completion},
+        }
+        metrics.observe_plan("ns-tokens", "lm", status, [record], [], {})
+
+    before = total()
+    finish("f1", 100, "Failed")
+    finish("f1", 150, "Succeeded")  # the retry's ledger holds the first attempt's 100
+    assert total() - before == 150
+    finish("f2", 40, "Succeeded")  # the spec changed: a new ledger
+    assert total() - before == 190
+    metrics.forget("ns-tokens", "lm")
 
 
 def test_batch_tokens_are_priced_at_the_batch_prices() -> None:
