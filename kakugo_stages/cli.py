@@ -363,6 +363,7 @@ def run(
         from_stage=from_stage, until=until, runs_dir=runs_dir, progress=show, force_spec=force_spec
     )
     local = local_run(run_spec(lms[0]), runs_dir)
+    _forecast_gate(local, price, gpu_price)
     try:
         run_pipeline(local, options, echo=lambda m: click.echo(m, err=True))
     except (RunError, LocalTeacherError, StoreError) as exc:
@@ -572,6 +573,29 @@ def fetch_model(source: str, dest: Path) -> None:
         _fail(f"error: {exc}")
     files = sum(1 for p in dest.rglob("*") if p.is_file())
     click.echo(f"copied {files} file(s) from {store.url()} to {dest}")
+
+
+def _forecast_gate(local: Any, price: Any, gpu_price: str | None) -> None:
+    """Print the forecast before a run starts, and refuse a fresh run whose forecast is
+    over spec.budget.maxDollars (unless spec.budget.onForecastOverBudget is Proceed), as
+    the operator stalls it."""
+    from kakugo_stages import forecast as fc_mod
+    from kakugo_stages.store import open_run_store
+
+    pricing = fc_mod.flat_pricing(price, f"--gpu-price {gpu_price}" if gpu_price else "")
+    fc = fc_mod.forecast(local.name, local.spec, pricing)
+    brief = fc_mod.table(fc).split("\nassumptions:")[0]
+    click.echo(f"forecast (kakugo plan shows what it rests on):\n{brief}", err=True)
+    if not fc.over_budget or local.spec.budget.on_forecast_over_budget == "Proceed":
+        return
+    if open_run_store(local).exists("spec.yaml"):
+        return  # already under way: spending is held by maxDollars itself
+    _fail(
+        f"error: ForecastOverBudget: the cost forecast is ${fc.dollars}, over "
+        f"spec.budget.maxDollars ${fc.budget}; nothing was started. Raise "
+        "spec.budget.maxDollars, lower the counts in spec.data, or set "
+        "spec.budget.onForecastOverBudget: Proceed"
+    )
 
 
 def _lang_row(lang) -> dict:

@@ -5,8 +5,8 @@ that in `make check`.
 It holds what both sides must agree on: the environment a stage Job runs with, its
 command line, the termination summary a stage leaves in its Pod's status, the layout of a
 run's storage, the served-model name and the vLLM server's command line, and it passes
-through the stage graph, the run spec, manifest validation, money and artifact deletion,
-which the operator uses as they are.
+through the stage graph, the run spec, manifest validation, money, the cost forecast and
+artifact deletion, which the operator uses as they are.
 """
 
 from __future__ import annotations
@@ -16,7 +16,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kakugo_stages.cost import dollars, token_cost
+from kakugo_stages.cost import dollars, endpoint_token_cost, token_cost
+from kakugo_stages.forecast import (
+    Assumptions,
+    FleetForecast,
+    Forecast,
+    Pricing,
+    calibrate,
+    compare,
+    comparison_table,
+    fleet_forecast,
+    forecast,
+    read_run,
+    table,
+)
 from kakugo_stages.graph import (
     GRAPH,
     STAGES,
@@ -86,6 +99,9 @@ class TerminationSummary(BaseModel):
     requests_ok: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: The part of the tokens paid at Batch API prices (teacher.endpoint.batch).
+    batch_prompt_tokens: int = 0
+    batch_completion_tokens: int = 0
     seconds: float = 0.0
     rejected: dict[str, int] = Field(default_factory=dict)
     error: str | None = None
@@ -225,29 +241,41 @@ __all__ = [
     "TERMINATION_LOG_ENV",
     "VLLM_API_KEY_ENV",
     "VLLM_MODULE",
+    "Assumptions",
+    "FleetForecast",
+    "Forecast",
     "ManifestError",
+    "Pricing",
     "RunSpec",
     "StageDecl",
     "TerminationSummary",
     "artifact_uris",
+    "calibrate",
     "changed_paths",
+    "compare",
+    "comparison_table",
     "decl",
     "delete_run_artifacts",
     "dollars",
     "downstream",
+    "endpoint_token_cost",
     "fetch_model_command",
     "fingerprints",
+    "fleet_forecast",
     "fleet_members",
+    "forecast",
     "is_local_model",
     "load_documents",
     "local_model_path",
     "merge_patch",
     "name_errors",
+    "read_run",
     "ready",
     "run_uri",
     "served_model_name",
     "served_model_uri",
     "stage_command",
+    "table",
     "token_cost",
     "upstream",
     "validate_spec",

@@ -209,6 +209,20 @@ class TokenPrices(SpecModel):
     )
 
 
+class BatchTokenPrices(TokenPrices):
+    """Price of teacher tokens answered through a Batch API (hosted providers charge about
+    half their synchronous prices)."""
+
+    input_per_million: Dollars = Field(
+        default=Decimal("0.075"),
+        description="Dollars per 1M prompt tokens of batch answers (gpt-oss-120b: about 0.075).",
+    )
+    output_per_million: Dollars = Field(
+        default=Decimal("0.30"),
+        description="Dollars per 1M completion tokens of batch answers (gpt-oss-120b: about 0.30).",
+    )
+
+
 class TeacherEndpoint(SpecModel):
     """An OpenAI-compatible chat-completions server that is already running."""
 
@@ -233,6 +247,36 @@ class TeacherEndpoint(SpecModel):
         description="Environment variable the stages read the API key from.",
     )
     prices: TokenPrices = Field(default=TokenPrices(), description="Token prices for cost.")
+    batch: bool = Field(
+        default=False,
+        description="Send the teacher stages' requests through the server's Batch API "
+        "(/v1/files and /v1/batches) instead of one chat request each: hosted providers "
+        "charge about half, and answer within their completion window (up to 24 h) instead "
+        "of seconds. Batch and file ids are kept on the store, so a restarted stage waits "
+        "for its batches again instead of sending them twice.",
+    )
+    batch_prices: BatchTokenPrices = Field(
+        default=BatchTokenPrices(),
+        description="Token prices of answers that came through the Batch API (with batch).",
+    )
+    batch_poll_seconds: float = Field(
+        default=60,
+        gt=0,
+        le=3600,
+        description="How often a stage waiting for a batch asks for its status.",
+    )
+    batch_max_requests: Int = Field(
+        default=50_000,
+        ge=1,
+        le=50_000,
+        description="Most requests in one batch (OpenAI's limit: 50,000).",
+    )
+    batch_max_bytes: Int = Field(
+        default=100_000_000,
+        ge=1_000,
+        le=200_000_000,
+        description="Largest batch input file in bytes (OpenAI's limit: 200 MB).",
+    )
 
     @field_validator("url", mode="before")
     @classmethod
@@ -1999,6 +2043,12 @@ class StorageSpec(SpecModel):
 class BudgetSpec(SpecModel):
     max_dollars: Dollars | None = Field(
         default=None, description='Stop starting stages once spent, e.g. "50".'
+    )
+    on_forecast_over_budget: Literal["Stall", "Proceed"] = Field(
+        default="Stall",
+        description="When the cost forecast (`kakugo plan`, status.forecast) exceeds "
+        "maxDollars before the first stage starts: Stall (reason ForecastOverBudget) or "
+        "Proceed (start anyway; spending still stops at maxDollars).",
     )
 
 

@@ -58,6 +58,8 @@ def test_render_a_language_model_and_its_teacher() -> None:
         *(["Job"] * len(STAGES)),
         "Deployment",
         "Service",
+        "PersistentVolumeClaim",  # the example's Teacher keeps its weights on a PVC
+        "NetworkPolicy",  # only the teacher stages may reach it (the chart's default)
     ]
     jobs = {o["metadata"]["name"]: o for o in by_kind(objs, "Job")}
     assert sorted(jobs) == sorted(f"yoruba-{s}-1" for s in STAGES)
@@ -75,6 +77,12 @@ def test_render_a_language_model_and_its_teacher() -> None:
     assert one(objs, "ConfigMap") == builders.config_map(run)
     assert one(objs, "Deployment") == teacher.desired_deployment(
         "gpt-oss-120b", "kakugo", tspec, settings, 1
+    )
+    assert one(objs, "PersistentVolumeClaim") == teacher.model_cache_pvc(
+        "gpt-oss-120b", "kakugo", tspec
+    )
+    assert one(objs, "NetworkPolicy") == teacher.desired_network_policy(
+        "gpt-oss-120b", "kakugo", tspec, settings
     )
     # What the review is for: images of the chart, the queued train Job suspended, the
     # teacher's URL in the teacher stages, the token from its Secret.
@@ -104,7 +112,7 @@ def test_render_flags_and_a_served_teacher(tmp_path: Path) -> None:
     )
     assert code == 0, err
     objs = objects(out)
-    assert [o["kind"] for o in objs][-3:] == ["Teacher", "Deployment", "Service"]
+    assert [o["kind"] for o in objs][-4:] == ["Teacher", "Deployment", "Service", "NetworkPolicy"]
     assert {o["metadata"]["namespace"] for o in objs} == {"team-a"}
     topics = one(objs, "Job", "demo-yoruba-topics-1")["spec"]["template"]["spec"]
     assert topics["containers"][0]["image"] == "registry.example/stages:9"

@@ -36,6 +36,7 @@ from kakugo_operator.observe import iso
 from kakugo_operator.reconcile import Observed, decide, read_status, refused, with_log_tail
 from kakugo_operator.teacher import decide_teacher
 from kakugo_operator.teacher import refused as teacher_refused
+from kakugo_operator.teacher_cost import usage_of
 from kakugo_stages.contract import TEACHER_STAGES, delete_run_artifacts, run_uri
 from kakugo_stages.status import operator_status
 
@@ -228,6 +229,23 @@ def teacher_clients(
     return {}  # not None: Kopf keeps an object's old index entries when given None
 
 
+@kopf.index(GROUP, VERSION, "languagemodels")
+def teacher_usage(
+    namespace: str | None,
+    name: str,
+    uid: str | None,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    **_: Any,
+) -> Any:
+    """Every LanguageModel that uses a Teacher (needing it now or not), with its teacher
+    stages' token counts: what the Teacher's GPU time is charged by."""
+    teacher = teacher_of(name, dict(spec))
+    if teacher:
+        return {(namespace, teacher): usage_of(name, uid or "", dict(status))}
+    return {}
+
+
 @kopf.index(GROUP, VERSION, "languagemodels", labels={fleet_mod.FLEET_LABEL: kopf.PRESENT})
 def fleet_children(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
     return {(namespace, labels[fleet_mod.FLEET_LABEL]): dict(body)}
@@ -418,6 +436,7 @@ def observed(
         pods=pods,
         teacher=teacher,
         now=now(),
+        uid=meta.get("uid"),
         fleet=(meta.get("labels") or {}).get(fleet_mod.FLEET_LABEL) or None,
         gpu_admitted=annotations.get(fleet_mod.ADMITTED_ANNOTATION) == "true",
         retry_request=annotations.get(RETRY_ANNOTATION),
@@ -661,6 +680,7 @@ async def teacher(
     kakugo_networkpolicies: kopf.Index,
     kakugo_model_caches: kopf.Index,
     teacher_clients: kopf.Index,
+    teacher_usage: kopf.Index,
     memo: kopf.Memo,
     logger: kopf.Logger,
     **_: Any,
@@ -692,6 +712,7 @@ async def teacher(
             service_obj=service,
             policy_obj=policy,
             cache_obj=cache,
+            usage=list(teacher_usage.get((namespace, name), [])),
         )
         try:
             for obj in plan.create:
@@ -718,7 +739,11 @@ async def teacher(
             written = await write_status("teachers", namespace, name, written, plan.status.dump())
             _post(body, plan.events)
             metrics.observe_teacher(
-                namespace, name, plan.status.phase == "Ready", len(plan.status.clients)
+                namespace,
+                name,
+                plan.status.phase == "Ready",
+                len(plan.status.clients),
+                plan.status.cost,
             )
             refusals = 0
         except k8s.Refused as exc:  # e.g. its Service: said in status and an Event

@@ -12,6 +12,7 @@ claim's spec is immutable but for its size).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kakugo_operator import naming, server
+from kakugo_operator import teacher_cost as tc
 from kakugo_operator.conditions import (
     API_ERROR,
     REFUSED,
@@ -181,10 +183,17 @@ class TeacherPlan:
 
 
 def read_status(raw: dict[str, Any] | None) -> TeacherStatus:
+    """The last status, typed; a field that does not parse is dropped, the rest kept (the
+    cost ledger survives a bad condition, and the other way round)."""
+    raw = dict(raw or {})
     try:
-        return TeacherStatus.model_validate(raw or {})
-    except ValidationError:
-        return TeacherStatus()
+        return TeacherStatus.model_validate(raw)
+    except ValidationError as exc:
+        bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        try:
+            return TeacherStatus.model_validate({k: v for k, v in raw.items() if k not in bad})
+        except ValidationError:
+            return TeacherStatus()
 
 
 def _events(prev: list[Condition], new: list[Condition]) -> list[tuple[str, str, str]]:
@@ -245,10 +254,12 @@ def decide_teacher(
     service_obj: dict[str, Any] | None = None,
     policy_obj: dict[str, Any] | None = None,
     cache_obj: dict[str, Any] | None = None,
+    usage: Sequence[tc.ClientUsage] = (),
 ) -> TeacherPlan:
     """The Teacher's plan. `deploy`, `service_obj`, `policy_obj`, `cache_obj`: its
     Deployment, Service, NetworkPolicy and model cache PVC as the API shows them (None:
-    missing, so created when wanted)."""
+    missing, so created when wanted). `usage`: every LanguageModel that uses it, with its
+    teacher stages' token counts (for `status.cost`, `teacher_cost.accrue`)."""
     prev = read_status(status)
     try:
         spec = validate_spec("Teacher", raw_spec, f"{namespace}/{name}")
@@ -334,6 +345,17 @@ def decide_teacher(
         now,
         generation,
     )
+    # The replicas the Deployment has now held since the last observation: only this
+    # decision sets them, and it is about to.
+    held = int(((deploy or {}).get("spec") or {}).get("replicas", 1)) if deploy else 0
+    cost = tc.accrue(
+        prev.cost,
+        now,
+        tc.server_gpus(spec) * held,
+        tc.gpu_price(spec, settings),
+        busy=bool(prev.clients),
+        usage=usage,
+    )
     plan.status = TeacherStatus(
         url=url(name, namespace, spec),
         model=served_model_name(spec),
@@ -344,6 +366,7 @@ def decide_teacher(
         phase="Ready" if ready else "Idle" if want == 0 else "Starting",
         conditions=conds,
         last_used=last_used,
+        cost=cost,
     )
     if ready != prev_ready(prev):
         plan.events.append(("Normal", reason, message))
