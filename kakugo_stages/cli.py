@@ -7,7 +7,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import yaml
@@ -16,7 +16,7 @@ from kakugo_stages import crds as crd_gen
 from kakugo_stages import reference as ref_doc
 from kakugo_stages.languages import search
 from kakugo_stages.manifest import Manifest, ManifestError, fleet_members, load_manifests
-from kakugo_stages.resolved import run_spec
+from kakugo_stages.resolved import RunSpec, run_spec
 
 #: Entry-point group through which other packages add commands: the operator package adds
 #: `kakugo operator`, so that the pipeline never imports the operator.
@@ -51,7 +51,7 @@ def main() -> None:
     """
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(message, err=True)
     sys.exit(1)
 
@@ -363,6 +363,7 @@ def run(
         from_stage=from_stage, until=until, runs_dir=runs_dir, progress=show, force_spec=force_spec
     )
     local = local_run(run_spec(lms[0]), runs_dir)
+    _forecast_gate(local, price, gpu_price)
     try:
         run_pipeline(local, options, echo=lambda m: click.echo(m, err=True))
     except (RunError, LocalTeacherError, StoreError) as exc:
@@ -377,6 +378,224 @@ def run(
     store = open_run_store(local)
     click.echo(render(local, store, price))
     click.echo(f"report: {store.url('report.md')}", err=True)
+
+
+def _load_run(path: Path, runs_dir: str = "./runs") -> RunSpec:
+    """The run of a LanguageModel manifest or of a run's resolved spec.yaml (a local run
+    without storage lives in <runs_dir>/<name>)."""
+    from kakugo_stages.resolved import load_run_spec
+    from kakugo_stages.runner import local_run
+
+    try:
+        return local_run(load_run_spec(path), runs_dir)
+    except (ManifestError, ValueError) as exc:
+        _fail(f"error: {exc}")
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--base-only",
+    is_flag=True,
+    help="Score only the base model (student.model), before anything is generated, "
+    "trained or paid for. (The tuned model is scored by the evaluate stage.)",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the scores as JSON (default: ./<name>-base-evaluation.json).",
+)
+def evaluate(manifest: Path, base_only: bool, output: Path | None) -> None:
+    """Score the base model on the manifest's language, e.g.
+    `kakugo evaluate --base-only examples/demo-cpu.yaml`.
+
+    The evaluate stage's own code path (its task files, 3 shots, seeds, backend and
+    device from spec.evaluation), with only the base model: prints a table and writes the
+    scores as JSON (results.json's shape, without tuned scores).
+    """
+    if not base_only:
+        _fail(
+            "error: only --base-only is supported here; the tuned model is scored by the "
+            "evaluate stage (`kakugo run FILE` or `kakugo stage evaluate --spec FILE`)"
+        )
+    from kakugo_stages.evaluation import base_table
+    from kakugo_stages.stages import StageFailed
+    from kakugo_stages.stages.evaluate import EvaluateStage
+    from kakugo_stages.store import open_run_store
+
+    run = _load_run(manifest)
+    stage_impl = EvaluateStage(run, open_run_store(run))
+    try:
+        results = stage_impl.base_only()
+    except StageFailed as exc:
+        _fail(f"error: {exc}")
+    target = output or Path(f"{run.name}-base-evaluation.json")
+    target.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    click.echo(f"{run.spec.student.model} on {results['language']}:")
+    click.echo(base_table(results), nl=False)
+    click.echo(f"scores: {target}", err=True)
+
+
+@main.command()
+@click.argument("target", type=click.Path(exists=True, path_type=Path))
+@click.option("--base", is_flag=True, help="Talk to the base model (student.model) instead.")
+@click.option(
+    "--think/--no-think",
+    default=True,
+    show_default=True,
+    help="Start with the thinking system prompt (data.mix.thinkSystemPrompt) or the concise "
+    "one (conciseSystemPrompt); /think on|off switches during the chat.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "transformers", "vllm"]),
+    default="auto",
+    show_default=True,
+    help="auto: vLLM's offline engine when vLLM is installed and a GPU is there, else "
+    "transformers (streamed).",
+)
+@click.option(
+    "--device", default=None, help="transformers device (default: cuda if any, else cpu)."
+)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="0: greedy (the same answer every time).",
+)
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0)
+@click.option(
+    "--runs-dir",
+    default="./runs",
+    show_default=True,
+    help="Where local runs live when the manifest has no storage.",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where a model in S3 is downloaded to (default: $KAKUGO_CACHE/chat).",
+)
+def chat(
+    target: Path,
+    base: bool,
+    think: bool,
+    backend: str,
+    device: str | None,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    runs_dir: str,
+    cache: Path | None,
+) -> None:
+    """Chat with a run's tuned model in the terminal: TARGET is the LanguageModel manifest
+    or the run's folder (the one holding spec.yaml and model/).
+
+    \b
+    kakugo chat examples/demo-cpu.yaml
+    kakugo chat runs/demo-yoruba --no-think
+    kakugo chat examples/demo-cpu.yaml --base     # the model before training
+
+    Commands: /think on|off, /reset, /exit (or Ctrl-D), /help. The answer streams as it is
+    generated; the conversation is kept while it fits the model's context.
+    """
+    import os
+
+    from kakugo_stages import chat as chat_mod
+    from kakugo_stages.store import open_run_store, open_store
+
+    folder = target if target.is_dir() else None
+    spec_file = (folder / "spec.yaml") if folder is not None else target
+    if folder is not None and not spec_file.is_file():
+        _fail(f"error: {folder} holds no spec.yaml: give a run folder or a manifest")
+    run = _load_run(spec_file, runs_dir)
+    store = open_store(str(folder.resolve())) if folder is not None else open_run_store(run)
+    cache_dir = (
+        cache or Path(os.environ.get("KAKUGO_CACHE", "~/.cache/kakugo")).expanduser() / "chat"
+    )
+    sampling = chat_mod.Sampling(max_new_tokens, temperature, top_p)
+    try:
+        model = (
+            chat_mod.base_model(run, cache_dir)
+            if base
+            else chat_mod.tuned_model(run, store, cache_dir)
+        )
+        click.echo(f"loading the {model.label} model ...", err=True)
+        engine = chat_mod.load_backend(model, sampling, backend, device)
+    except chat_mod.ChatError as exc:
+        _fail(f"error: {exc}")
+    mix = run.spec.data.mix
+    session = chat_mod.ChatSession(
+        mix.think_system_prompt, mix.concise_system_prompt, thinking=think
+    )
+    click.echo(
+        f"{model.label} on {engine.name}; thinking {'on' if think else 'off'}. "
+        "/think on|off, /reset, /exit, /help"
+    )
+    if not mix.reasoning:
+        click.echo("(data.mix.reasoning is false: the model never learnt the thinking prompt)")
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401 - line editing and history for input()
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    chat_mod.repl(session, engine, sampling, input, write)
+
+
+@main.command("fetch-model")
+@click.argument("source")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+def fetch_model(source: str, dest: Path) -> None:
+    """Copy a model folder from storage to a local folder, e.g. the tuned model of a run
+    into a serving Pod: `kakugo fetch-model s3://bucket/runs/ns/yoruba/model /scratch/model`.
+
+    SOURCE is an s3:// URI (the endpoint from AWS_ENDPOINT_URL_S3, credentials from the
+    environment) or a local path / file:// URI (a mounted PVC). Fails unless the folder
+    holds a model (config.json).
+    """
+    from kakugo_stages.store import ArtifactNotFound, StoreError, open_store
+
+    try:
+        store = open_store(source)
+        if not store.exists("config.json"):
+            _fail(
+                f"error: no model at {store.url()} (config.json missing): the train stage "
+                "must finish first"
+            )
+        store.download_dir("", dest)
+    except (ArtifactNotFound, StoreError, ValueError) as exc:
+        _fail(f"error: {exc}")
+    files = sum(1 for p in dest.rglob("*") if p.is_file())
+    click.echo(f"copied {files} file(s) from {store.url()} to {dest}")
+
+
+def _forecast_gate(local: Any, price: Any, gpu_price: str | None) -> None:
+    """Print the forecast before a run starts, and refuse a fresh run whose forecast is
+    over spec.budget.maxDollars (unless spec.budget.onForecastOverBudget is Proceed), as
+    the operator stalls it."""
+    from kakugo_stages import forecast as fc_mod
+    from kakugo_stages.store import open_run_store
+
+    pricing = fc_mod.flat_pricing(price, f"--gpu-price {gpu_price}" if gpu_price else "")
+    fc = fc_mod.forecast(local.name, local.spec, pricing)
+    brief = fc_mod.table(fc).split("\nassumptions:")[0]
+    click.echo(f"forecast (kakugo plan shows what it rests on):\n{brief}", err=True)
+    if not fc.over_budget or local.spec.budget.on_forecast_over_budget == "Proceed":
+        return
+    if open_run_store(local).exists("spec.yaml"):
+        return  # already under way: spending is held by maxDollars itself
+    _fail(
+        f"error: ForecastOverBudget: the cost forecast is ${fc.dollars}, over "
+        f"spec.budget.maxDollars ${fc.budget}; nothing was started. Raise "
+        "spec.budget.maxDollars, lower the counts in spec.data, or set "
+        "spec.budget.onForecastOverBudget: Proceed"
+    )
 
 
 def _share_commands() -> None:

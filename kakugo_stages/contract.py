@@ -5,8 +5,8 @@ that in `make check`.
 It holds what both sides must agree on: the environment a stage Job runs with, its
 command line, the termination summary a stage leaves in its Pod's status, the layout of a
 run's storage, the served-model name and the vLLM server's command line, and it passes
-through the stage graph, the run spec, manifest validation, money and artifact deletion,
-which the operator uses as they are.
+through the stage graph, the run spec, manifest validation, money, the cost forecast and
+artifact deletion, which the operator uses as they are.
 """
 
 from __future__ import annotations
@@ -16,7 +16,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kakugo_stages.cost import dollars, token_cost
+from kakugo_stages.cost import dollars, endpoint_token_cost, token_cost
+from kakugo_stages.forecast import (
+    Assumptions,
+    FleetForecast,
+    Forecast,
+    Pricing,
+    calibrate,
+    compare,
+    comparison_table,
+    fleet_forecast,
+    forecast,
+    read_run,
+    table,
+)
 from kakugo_stages.graph import (
     GRAPH,
     STAGES,
@@ -38,7 +51,7 @@ from kakugo_stages.manifest import (
     validate_spec,
 )
 from kakugo_stages.resolved import RunSpec, run_uri
-from kakugo_stages.spec import TeacherSpec
+from kakugo_stages.spec import SERVE_MODEL_DIR, TeacherSpec
 
 # ----------------------------------------------------------------- the stage Job's world
 
@@ -86,6 +99,9 @@ class TerminationSummary(BaseModel):
     requests_ok: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: The part of the tokens paid at Batch API prices (teacher.endpoint.batch).
+    batch_prompt_tokens: int = 0
+    batch_completion_tokens: int = 0
     seconds: float = 0.0
     rejected: dict[str, int] = Field(default_factory=dict)
     error: str | None = None
@@ -161,6 +177,25 @@ def vllm_args(spec: TeacherSpec, *, host: str, port: int, model: str | None = No
     return args + list(spec.extra_args)
 
 
+# ----------------------------------------------------------------- the served model
+
+
+#: The run's artifact that `spec.serve` serves (status.artifacts key and path).
+SERVED_ARTIFACT = "model"
+
+
+def served_model_uri(run_root: str) -> str:
+    """Where the tuned model of a run lives (the train stage's `model/`)."""
+    return f"{run_root}/{SERVED_ARTIFACT}"
+
+
+def fetch_model_command(model_uri: str, dest: str = SERVE_MODEL_DIR) -> list[str]:
+    """The command of the serving Pod's init container (the stages image): copy the tuned
+    model from the run's storage (s3:// or a mounted PVC's file path) to the Pod's scratch
+    volume, where vLLM loads it from (`SERVE_MODEL_DIR`)."""
+    return ["kakugo", "fetch-model", model_uri, dest]
+
+
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 #: The server reads its API key from this variable (the same as `--api-key`, without the
 #: key on the command line, where `ps` and the Pod spec would show it). vLLM guards the
@@ -191,6 +226,8 @@ __all__ = [
     "MODEL_CACHE_MOUNT",
     "RUN_SPEC_KEY",
     "RUN_URI_ENV",
+    "SERVED_ARTIFACT",
+    "SERVE_MODEL_DIR",
     "SPEC_KEY",
     "SPEC_MOUNT",
     "SPEC_PATH",
@@ -204,27 +241,41 @@ __all__ = [
     "TERMINATION_LOG_ENV",
     "VLLM_API_KEY_ENV",
     "VLLM_MODULE",
+    "Assumptions",
+    "FleetForecast",
+    "Forecast",
     "ManifestError",
+    "Pricing",
     "RunSpec",
     "StageDecl",
     "TerminationSummary",
     "artifact_uris",
+    "calibrate",
     "changed_paths",
+    "compare",
+    "comparison_table",
     "decl",
     "delete_run_artifacts",
     "dollars",
     "downstream",
+    "endpoint_token_cost",
+    "fetch_model_command",
     "fingerprints",
+    "fleet_forecast",
     "fleet_members",
+    "forecast",
     "is_local_model",
     "load_documents",
     "local_model_path",
     "merge_patch",
     "name_errors",
+    "read_run",
     "ready",
     "run_uri",
     "served_model_name",
+    "served_model_uri",
     "stage_command",
+    "table",
     "token_cost",
     "upstream",
     "validate_spec",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 
-from kakugo_stages.spec import TokenPrices
+from kakugo_stages.spec import TeacherEndpoint, TokenPrices
 
 MILLION = Decimal(1_000_000)
 CENT = Decimal("0.0001")
@@ -17,6 +17,23 @@ def token_cost(prompt_tokens: int, completion_tokens: int, prices: TokenPrices) 
         Decimal(prompt_tokens) * prices.input_per_million
         + Decimal(completion_tokens) * prices.output_per_million
     ) / MILLION
+
+
+def endpoint_token_cost(
+    prompt_tokens: int,
+    completion_tokens: int,
+    endpoint: TeacherEndpoint,
+    *,
+    batch_prompt_tokens: int = 0,
+    batch_completion_tokens: int = 0,
+) -> Decimal:
+    """Teacher API tokens of an endpoint: the tokens of answers that came through the Batch
+    API (``batch_*``, a part of the totals) at its batch prices, the rest at its prices."""
+    batch_prompt = min(batch_prompt_tokens, prompt_tokens)
+    batch_completion = min(batch_completion_tokens, completion_tokens)
+    return token_cost(
+        prompt_tokens - batch_prompt, completion_tokens - batch_completion, endpoint.prices
+    ) + token_cost(batch_prompt, batch_completion, endpoint.batch_prices)
 
 
 def gpu_cost(seconds: float, gpus: int, price_per_gpu_hour: Decimal) -> Decimal:

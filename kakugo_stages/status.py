@@ -40,6 +40,9 @@ Gate = Literal["Backoff", "Suspended", "Budget", "GPUQuota", "Teacher", "Concurr
 AttemptOutcome = Literal["Succeeded", "Failed", "Disrupted"]
 LanguageModelPhase = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Stalled"]
 TeacherPhase = Literal["Starting", "Ready", "Idle", "Stalled"]
+#: The served model (spec.serve): no model to serve yet, starting, ready, scaled to zero,
+#: or serving switched off.
+ServePhase = Literal["WaitingForModel", "Starting", "Ready", "Idle", "Disabled"]
 FleetPhase = Literal["Running", "Ready", "Suspended", "Stalled"]
 
 
@@ -90,6 +93,12 @@ class StageCounts(StatusModel):
     requests_ok: int | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    batch_prompt_tokens: int | None = Field(
+        default=None, description="Of promptTokens, those paid at Batch API prices."
+    )
+    batch_completion_tokens: int | None = Field(
+        default=None, description="Of completionTokens, those paid at Batch API prices."
+    )
     rejected: dict[str, int] | None = Field(default=None, description="Dropped rows by reason.")
     extra: dict[str, Any] | None = Field(
         default=None, description="The stage's declared summary keys (training, evaluation)."
@@ -151,10 +160,36 @@ class StageCost(StatusModel):
 
 
 class Cost(StatusModel):
-    dollars: Dollars = Field(default="0.0000", description="Total spent, a decimal string.")
-    gpu_hours: str = Field(default="0.0000", description="GPU-hours, a decimal string.")
+    dollars: Dollars = Field(
+        default="0.0000", description="Total spent, a decimal string (teacherShare included)."
+    )
+    gpu_hours: str = Field(
+        default="0.0000", description="GPU-hours of its own Pods, a decimal string."
+    )
     budget: Dollars | None = Field(default=None, description="spec.budget.maxDollars.")
     by_stage: dict[str, StageCost] = Field(default_factory=dict)
+    teacher_share: Dollars | None = Field(
+        default=None,
+        description="Its share of its Teacher's GPU time (the Teacher's status.cost.charged).",
+    )
+
+
+class ForecastStatus(StatusModel):
+    """The cost forecast of the spec's generation (`kakugo plan` in short): made before
+    the first stage starts, from the spec's counts and the recipe's per-request means."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation it forecasts."
+    )
+    dollars: Dollars = Field(default="0.0000", description="Forecast total, a decimal string.")
+    by_stage: dict[str, Dollars] = Field(default_factory=dict, description="Dollars by stage.")
+    gpu_hours: str = "0.0000"
+    wall_hours: str = "0.00"
+    budget: Dollars | None = Field(default=None, description="spec.budget.maxDollars.")
+    over_budget: bool = False
+    assumptions: list[str] = Field(
+        default_factory=list, description="What the figures rest on, briefly."
+    )
 
 
 class TaskScore(StatusModel):
@@ -181,6 +216,28 @@ class Progress(StatusModel):
     )
 
 
+class ServeStatus(StatusModel):
+    """The tuned model's vLLM server (spec.serve): where it answers and when it was used."""
+
+    phase: ServePhase | None = None
+    url: str | None = Field(default=None, description="The OpenAI-compatible API (…/v1).")
+    model: str | None = Field(default=None, description="The model name the server answers to.")
+    model_version: str | None = Field(
+        default=None, description="The train stage's result being served (its fingerprint)."
+    )
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    last_used: Timestamp | None = Field(
+        default=None, description="The last request seen on vLLM's /metrics, or the last wake."
+    )
+    requests: float | None = Field(
+        default=None, description="vLLM's request counter at the last look (a new value is use)."
+    )
+    wake: str | None = Field(
+        default=None, description="The kakugo.io/serve-wake annotation value last honoured."
+    )
+
+
 class LanguageModelStatus(StatusModel):
     """A LanguageModel's status: its stages, progress, cost, artifacts and evaluation."""
 
@@ -190,6 +247,7 @@ class LanguageModelStatus(StatusModel):
     stages: list[StageStatus] = Field(default_factory=list)
     progress: Progress | None = None
     cost: Cost | None = None
+    forecast: ForecastStatus | None = None
     artifacts: dict[str, str] = Field(
         default_factory=dict, description="URIs of what the run has produced so far."
     )
@@ -200,12 +258,64 @@ class LanguageModelStatus(StatusModel):
     retry_request: str | None = Field(
         default=None, description="The kakugo.io/retry annotation value last honoured."
     )
+    serve: ServeStatus | None = Field(default=None, description="The served model (spec.serve).")
 
     def stage(self, name: str) -> StageStatus | None:
         return next((s for s in self.stages if s.name == name), None)
 
 
 # ----------------------------------------------------------------- Teacher
+
+
+class TeacherStageTokens(StatusModel):
+    """The last token count seen of one teacher stage of a client (a cumulative counter)."""
+
+    fingerprint: str = Field(default="", description="The stage's fingerprint it belongs to.")
+    tokens: int = 0
+
+
+class TeacherCharge(StatusModel):
+    """What a Teacher charged one LanguageModel so far, and its counters for the deltas."""
+
+    uid: str = Field(default="", description="The LanguageModel's uid (a new one starts over).")
+    dollars: Dollars = "0.000000"
+    tokens: int = Field(default=0, description="Its tokens served and charged for.")
+    counters: dict[str, TeacherStageTokens] = Field(
+        default_factory=dict, description="Per teacher stage: the last count seen."
+    )
+
+
+class TeacherInterval(StatusModel):
+    """The last interval closed by tokens or idle: tokens reported in its last second join it."""
+
+    end: Timestamp
+    dollars: Dollars = "0.000000"
+    tokens: dict[str, int] = Field(
+        default_factory=dict, description="Tokens served per client (none: idle)."
+    )
+
+
+class TeacherCost(StatusModel):
+    """A Teacher's GPU time in dollars (6 places): charged by tokens served, or idle."""
+
+    observed_at: Timestamp | None = Field(
+        default=None, description="The end of the last interval accrued."
+    )
+    dollars: Dollars = Field(default="0.000000", description="GPU time so far.")
+    gpu_seconds: int = 0
+    idle: Dollars = Field(default="0.000000", description="Charged to the Teacher itself.")
+    pending: Dollars = Field(
+        default="0.000000",
+        description="GPU time with clients whose tokens are not reported yet.",
+    )
+    former_clients: Dollars = Field(
+        default="0.000000",
+        description="Charged to LanguageModels that no longer use the Teacher.",
+    )
+    charged: dict[str, TeacherCharge] = Field(
+        default_factory=dict, description="Charged per LanguageModel that uses it."
+    )
+    last_interval: TeacherInterval | None = None
 
 
 class TeacherStatus(StatusModel):
@@ -222,6 +332,7 @@ class TeacherStatus(StatusModel):
     replicas: int | None = None
     ready_replicas: int | None = None
     last_used: Timestamp | None = None
+    cost: TeacherCost | None = None
 
 
 # ----------------------------------------------------------------- LanguageFleet
@@ -237,6 +348,12 @@ class FleetCost(StatusModel):
     dollars: Dollars = "0.0000"
     gpu_hours: str = "0.0000"
     by_language: dict[str, Dollars] = Field(default_factory=dict)
+    forecast: Dollars | None = Field(
+        default=None, description="The sum of the members' status.forecast.dollars."
+    )
+    teacher_share: Dollars | None = Field(
+        default=None, description="The members' shares of their Teachers (in dollars)."
+    )
 
 
 class TaskMean(StatusModel):

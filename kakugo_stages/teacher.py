@@ -29,6 +29,11 @@ that parsing turns back into the key is caught too; error texts are scrubbed, an
 transport exceptions (which can carry request headers) are not chained into
 :class:`TeacherError`.
 
+:class:`~kakugo_stages.batch.BatchTeacherClient` (``teacher.endpoint.batch``) is this client
+with one method changed, :meth:`TeacherClient._obtain` (how one attempt gets its answer): it
+sends requests through the Batch API, and everything else (cache, ledger, rejects, seeds,
+scrubbing) is the code below.
+
 Transport: aiohttp. httpx can be chosen (``transport="httpx"``) but is not the default:
 its connection pool checks every pooled connection with system calls on every request,
 so its CPU per request grows with the concurrency (16 ms at 64, 250 ms at 256 on the
@@ -288,7 +293,10 @@ class TeacherUsage:
     in this run or in an earlier run of the same owner (a run that was killed, or failed)
     and was found in the cache, replayed or rejected. ``sent_*`` are the tokens of the
     answers received in this run alone; ``cached_*`` those of the answers replayed (paid
-    earlier, by this owner or another).
+    earlier, by this owner or another). ``batch_*`` are the part of ``prompt_tokens`` and
+    ``completion_tokens`` paid at Batch API prices (answers that came through a batch);
+    ``batches`` and ``batch_lines`` count the batches this client created and the requests
+    it put in them (a request sent again after an error line counts again).
     """
 
     requests: int = 0
@@ -304,6 +312,10 @@ class TeacherUsage:
     sent_completion_tokens: int = 0
     cached_prompt_tokens: int = 0
     cached_completion_tokens: int = 0
+    batch_prompt_tokens: int = 0
+    batch_completion_tokens: int = 0
+    batches: int = 0
+    batch_lines: int = 0
 
     @property
     def failed(self) -> int:
@@ -325,6 +337,10 @@ class TeacherUsage:
             "sent_completion_tokens": self.sent_completion_tokens,
             "cached_prompt_tokens": self.cached_prompt_tokens,
             "cached_completion_tokens": self.cached_completion_tokens,
+            "batch_prompt_tokens": self.batch_prompt_tokens,
+            "batch_completion_tokens": self.batch_completion_tokens,
+            "batches": self.batches,
+            "batch_lines": self.batch_lines,
         }
 
     def merge(self, other: TeacherUsage) -> TeacherUsage:
@@ -341,6 +357,10 @@ class TeacherUsage:
             "sent_completion_tokens",
             "cached_prompt_tokens",
             "cached_completion_tokens",
+            "batch_prompt_tokens",
+            "batch_completion_tokens",
+            "batches",
+            "batch_lines",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for mine, theirs in (
@@ -410,10 +430,17 @@ class _AiohttpTransport:
         return self._proxies[url]
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> _Response:
+        return await self.request("POST", url, body, headers)
+
+    async def request(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> _Response:
         aiohttp = self._aiohttp
         proxy = self._proxy_for(url)
         try:
-            async with self._get().post(url, data=body, headers=headers, proxy=proxy) as resp:
+            async with self._get().request(
+                method, url, data=body, headers=headers, proxy=proxy
+            ) as resp:
                 data = await resp.read()
                 return _Response(
                     resp.status,
@@ -458,9 +485,14 @@ class _HttpxTransport:
         return self._client
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> _Response:
+        return await self.request("POST", url, body, headers)
+
+    async def request(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> _Response:
         httpx = self._httpx
         try:
-            resp = await self._get().post(url, content=body, headers=headers)
+            resp = await self._get().request(method, url, content=body, headers=headers)
         except httpx.TimeoutException as e:
             raise _TransportTimeout(type(e).__name__) from None
         except httpx.TransportError as e:
@@ -537,6 +569,8 @@ class _Failure:
     status: int | None = None
     raw: dict[str, Any] | str | None = None
     retry_after: float | None = None
+    #: The usage field of an unusable answer that was still billed (a batch line).
+    usage: Any = None
 
 
 def _parse_retry_after(value: str | None, value_ms: str | None) -> float | None:
@@ -631,6 +665,8 @@ class TeacherClient:
         # Jitter only shapes timing, so it need not be seeded.
         self._rng = random.Random()
         self.usage = TeacherUsage()
+        #: Whether the answers this client receives are paid at Batch API prices.
+        self.batch_priced = False
         #: Requests on the wire now, and the most at once (for tests and the benchmark).
         self.in_flight = 0
         self.max_in_flight = 0
@@ -785,24 +821,34 @@ class TeacherClient:
             # From the attempt's key: an answer sent again gets a seed of its own, or a
             # server that honours seeds would give the same rejected answer again.
             body["seed"] = _derive_seed(self.seed, key)
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
         paid = _Paid()
         try:
-            result = await self._send(key, data, paid)
+            result = await self._obtain(key, attempt, body, paid)
         except TeacherError as exc:
             self._book_sent(key, paid)
             if paid and self.cache is not None:
                 # Unusable answers that were paid for: kept for the ledger, never replayed.
-                entry = CacheEntry(None, attempt, self.owner, paid.usage(), rejected=exc.reason)
+                entry = CacheEntry(
+                    None,
+                    attempt,
+                    self.owner,
+                    paid.usage(),
+                    rejected=exc.reason,
+                    batch=self.batch_priced,
+                )
                 await asyncio.to_thread(self.cache.put_entry, key, entry)
             raise
         if self.cache is not None:
             result = dataclasses.replace(result, key=key, attempt=attempt)
-        paid.add(result.prompt_tokens, result.completion_tokens)
+        # A result marked cached by _obtain is one answer given to two identical requests
+        # (a batch line): the first request paid for it and stores it.
+        shared = result.cached
+        if not shared:
+            paid.add(result.prompt_tokens, result.completion_tokens)
         self._book_sent(key, paid)
         if not result.ok:
             self._count_failure(_finish_label(result.finish_reason))
-        if self.cache is not None:
+        if self.cache is not None and not shared:
             # Stored before returning: once the caller has the answer, a crash must not
             # make the rerun pay for it again, and its tokens are in the ledger. A
             # "length" answer was paid for too; it is stored rejected, so a rerun sends
@@ -813,6 +859,7 @@ class TeacherClient:
                 self.owner,
                 paid.usage(),
                 rejected=None if result.ok else rejected_reason(result),
+                batch=self.batch_priced,
             )
             await asyncio.to_thread(self.cache.put_entry, key, entry)
         return result
@@ -833,7 +880,9 @@ class TeacherClient:
                 "prompt_tokens": result.prompt_tokens,
                 "completion_tokens": result.completion_tokens,
             }
-            entry = CacheEntry(result.raw, result.attempt, self.owner, usage)
+            entry = CacheEntry(
+                result.raw, result.attempt, self.owner, usage, batch=self.batch_priced
+            )
         if entry.rejected != reason:
             entry.rejected = reason
             self.cache.put_entry(result.key, entry)
@@ -866,6 +915,9 @@ class TeacherClient:
         if entry.owner is None or entry.owner == self.owner:
             self.usage.prompt_tokens += entry.prompt_tokens
             self.usage.completion_tokens += entry.completion_tokens
+            if entry.batch:
+                self.usage.batch_prompt_tokens += entry.prompt_tokens
+                self.usage.batch_completion_tokens += entry.completion_tokens
 
     def _book_sent(self, key: str, paid: _Paid) -> None:
         if self.cache is not None:  # only entries met in the cache can be met twice
@@ -875,9 +927,44 @@ class TeacherClient:
         usage.completion_tokens += paid.completion_tokens
         usage.sent_prompt_tokens += paid.prompt_tokens
         usage.sent_completion_tokens += paid.completion_tokens
+        if self.batch_priced:
+            usage.batch_prompt_tokens += paid.prompt_tokens
+            usage.batch_completion_tokens += paid.completion_tokens
 
     def _count_failure(self, reason: str) -> None:
         self.usage.failures[reason] = self.usage.failures.get(reason, 0) + 1
+
+    async def _obtain(
+        self, key: str, attempt: int, body: dict[str, Any], paid: _Paid
+    ) -> ChatResult:
+        """The server's answer to ``body`` (one attempt of a request, cache key ``key``):
+        what the synchronous and the batch clients do differently. Raises
+        :class:`TeacherError`; ``paid`` collects the tokens of unusable answers."""
+        return await self._send(key, json.dumps(body, ensure_ascii=False).encode("utf-8"), paid)
+
+    def _note_retry(self, reason: str) -> None:
+        self.usage.retries += 1
+        self.usage.retry_reasons[reason] = self.usage.retry_reasons.get(reason, 0) + 1
+
+    def _failed(self, key: str, failure: _Failure, attempts: int) -> TeacherError:
+        """Count a request that failed for good and build its error (to be raised outside
+        any except block, so no transport exception, which may hold request headers, is
+        chained in as __context__)."""
+        self._count_failure(failure.reason)
+        status = f" (HTTP {failure.status})" if failure.status is not None else ""
+        message = self._scrub(
+            f"teacher request {key[:12]} failed after {attempts} attempt(s): "
+            f"{failure.reason}{status}: {failure.detail}"
+        )
+        log.warning("%s", message)
+        return TeacherError(
+            message,
+            reason=failure.reason,
+            attempts=attempts,
+            raw=failure.raw,
+            status=failure.status,
+            key=key,
+        )
 
     async def _send(self, key: str, data: bytes, paid: _Paid) -> ChatResult:
         headers = self._headers()
@@ -901,10 +988,7 @@ class TeacherClient:
             # The slot is released while waiting, so a few slow retries do not starve the
             # other requests; the bound is on requests on the wire.
             delay = self._backoff(attempts, failure.retry_after)
-            self.usage.retries += 1
-            self.usage.retry_reasons[failure.reason] = (
-                self.usage.retry_reasons.get(failure.reason, 0) + 1
-            )
+            self._note_retry(failure.reason)
             log.debug(
                 "teacher request %s attempt %d failed (%s); retrying in %.2fs",
                 key[:12],
@@ -913,23 +997,7 @@ class TeacherClient:
                 delay,
             )
             await asyncio.sleep(delay)
-        self._count_failure(failure.reason)
-        status = f" (HTTP {failure.status})" if failure.status is not None else ""
-        message = self._scrub(
-            f"teacher request {key[:12]} failed after {attempts} attempt(s): "
-            f"{failure.reason}{status}: {failure.detail}"
-        )
-        log.warning("%s", message)
-        # Raised outside any except block: no transport exception (which may hold request
-        # headers) is chained in as __context__.
-        raise TeacherError(
-            message,
-            reason=failure.reason,
-            attempts=attempts,
-            raw=failure.raw,
-            status=failure.status,
-            key=key,
-        )
+        raise self._failed(key, failure, attempts)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         # Full jitter (AWS architecture blog): uniform(0, min(cap, base * 2^n)).

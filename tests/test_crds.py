@@ -33,6 +33,8 @@ CROSS_FIELD = {
     "bad-kind",
     "yaml-syntax",
     "served-teacher-name",
+    "serve-gpus-below-device",
+    "serve-name",
     # Not cross-field, but no pattern states it either: a file URI's path once
     # percent-decoded. The models (and so the webhook) refuse it.
     "storage-encoded-dotdot",
@@ -269,17 +271,20 @@ ANNOTATIONS_LIMIT = 256 * KIB  # all annotations of an object (kubectl's last-ap
 
 @pytest.mark.parametrize("plural", ["languagemodels", "teachers"])
 def test_largest_spec_stays_far_below_the_limits(plural: str) -> None:
-    """The largest spec the CRD admits fits with room to spare: below 208 KiB as JSON, so
+    """The largest spec the CRD admits fits with room to spare: below 210 KiB as JSON, so
     kubectl's last-applied copy of it fits the annotations' 256 KiB (with room for the
     object's metadata); and even were every character of it a 6-byte JSON escape, the
     object with a status stays under etcd's limit. (160 KiB until the stage pod templates,
-    resources.podTemplates: two templates of about 28 KiB each at most.) (Kopf's own state
+    resources.podTemplates: two templates of about 28 KiB each at most; spec.serve adds
+    3.3 KiB, its Pod fields coming from those templates; 208 KiB until spec.publish and
+    spec.review, 1.8 KiB, with publish's strings cut to the Hub's own bounds: 210 KiB keeps
+    six times the spec 20 KiB under etcd's limit less 256 KiB.) (Kopf's own state
     no longer holds the spec at all: kakugo_operator.kopf_state.)
     A fleet's per-language overrides are bounded in keys only; each member they make is a
     LanguageModel bounded like this."""
     largest = _largest(_schema(plural)["properties"]["spec"])
     print(f"\n{plural}: largest spec {largest / KIB:.0f} KiB")
-    assert largest < 208 * KIB < ANNOTATIONS_LIMIT - 32 * KIB
+    assert largest < 210 * KIB < ANNOTATIONS_LIMIT - 32 * KIB
     assert 6 * largest < ETCD_LIMIT - 256 * KIB  # room for metadata and status
 
 

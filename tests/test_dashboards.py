@@ -426,7 +426,12 @@ def test_scraped_values_are_the_operators(prometheus: str) -> None:
     assert [float(r["value"][1]) for r in data["result"]] == [0.83]
     # The per-LanguageModel gauge of the stuck-stage alert: yoruba's stage started an hour
     # ago (Running); hausa (Succeeded) has none.
-    data = _query(prometheus, "time() - kakugo_languagemodel_last_progress_timestamp_seconds")
+    # (This namespace's only: the metrics registry is the process's, and emulator tests
+    # that ran before in it may leave series of their own objects.)
+    data = _query(
+        prometheus,
+        'time() - kakugo_languagemodel_last_progress_timestamp_seconds{namespace="kakugo-dash"}',
+    )
     ages = {r["metric"]["languagemodel"]: float(r["value"][1]) for r in data["result"]}
     assert set(ages) == {"yoruba"} and 3500 < ages["yoruba"] < 3700 + 120
     # The standard process metrics are on the operator's registry.

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from lm_eval.api.model import LM
 
 from kakugo_stages.evaluation import EvaluationError, evaluate_model, prepare_tasks
+from kakugo_stages.evaluation.report import TITLES
 from kakugo_stages.evaluation.taskfiles import write_task_files
 from kakugo_stages.languages import resolve
 from kakugo_stages.manifest import parse_object
@@ -492,3 +494,83 @@ def test_smollm2_translates_the_flores_fixture(tmp_path: Path) -> None:
         .score
     )
     assert ours == pytest.approx(xx_en, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- base only
+
+
+def write_manifest(path: Path, run: RunSpec) -> Path:
+    manifest = {k: v for k, v in run.to_manifest().items() if k != "resolved"}
+    path.write_text(yaml.safe_dump(manifest, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_base_only_scores_the_base_model_before_anything_ran(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `kakugo evaluate --base-only FILE`: the stage's path with the base model alone, on
+    # the real `hf` backend; no model/ and no train stage exist, and nothing is stored.
+    from click.testing import CliRunner
+
+    from kakugo_stages.cli import main
+
+    storage = tmp_path / "storage"
+    run = make_run(
+        storage,
+        student=str(tiny_model),
+        flores={"limit": 4, "maxNewTokens": 6},
+        sib200={"limit": 6},
+        belebele={"limit": 6},
+        globalMmlu={"enabled": False},
+    )
+    manifest = write_manifest(tmp_path / "yo.yaml", run)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["evaluate", "--base-only", str(manifest)])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((tmp_path / "yo-test-base-evaluation.json").read_text(encoding="utf-8"))
+    assert scores["language"] == "yor_Latn"
+    assert set(scores["tasks"]) == {"flores_en-xx", "flores_xx-en", "sib200", "belebele"}
+    assert scores["skipped"] == {"global_mmlu": "disabled in the spec"}
+    assert scores["models"] == {"base": str(tiny_model)}
+    for key, row in scores["tasks"].items():
+        assert 0.0 <= row["base"] <= 100.0 and "tuned" not in row, (key, row)
+        # Printed as a table, one row per task with its score and n.
+        line = next(x for x in result.output.splitlines() if x.startswith(TITLES[key]))
+        assert line.split()[-2:] == [f"{row['base']:.1f}", str(row["n"])]
+    assert scores["tasks"]["flores_en-xx"]["n"] == 4 and scores["tasks"]["sib200"]["n"] == 6
+    assert "Global-MMLU" in result.output and "skipped: disabled in the spec" in result.output
+    assert not storage.exists()  # nothing paid for, nothing written to the run's storage
+
+    # The same scores as the evaluate stage gives the base model (same code path).
+    store = open_store(run.run_uri)
+    store.upload_dir(tiny_model, "model")
+    mark_trained(run)
+    run_stage(get_stage("evaluate")(run, store))
+    staged = store.read_json("evaluation/results.json")
+    assert {k: r["base"] for k, r in staged["tasks"].items()} == {
+        k: r["base"] for k, r in scores["tasks"].items()
+    }
+
+
+def test_evaluate_without_base_only_points_at_the_stage(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from kakugo_stages.cli import main
+
+    manifest = write_manifest(tmp_path / "yo.yaml", make_run(tmp_path / "s"))
+    result = CliRunner().invoke(main, ["evaluate", str(manifest)])
+    assert result.exit_code == 1
+    assert "kakugo stage evaluate" in result.output
+
+
+def test_base_only_with_a_missing_mirror_fails_naming_it(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from kakugo_stages.cli import main
+
+    run = make_run(tmp_path / "s", sib200={"path": str(tmp_path / "nowhere")})
+    manifest = write_manifest(tmp_path / "yo.yaml", run)
+    result = CliRunner().invoke(main, ["evaluate", "--base-only", str(manifest)])
+    assert result.exit_code == 1
+    assert "error: stage evaluate:" in result.output and "nowhere" in result.output

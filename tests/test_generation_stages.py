@@ -42,12 +42,15 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
-def small_spec(url: str, storage: Path, tokenizer: Path, **data: Any) -> RunSpec:
-    """A LanguageModel at a tiny scale, talking to the test server."""
+def small_spec(
+    url: str, storage: Path, tokenizer: Path, *, endpoint: dict[str, Any] | None = None, **data: Any
+) -> RunSpec:
+    """A LanguageModel at a tiny scale, talking to the test server (`endpoint`: more
+    fields of teacher.endpoint)."""
     body = {
         "language": "Yoruba",
         "teacher": {
-            "endpoint": {"url": url, "model": "scripted"},
+            "endpoint": {"url": url, "model": "scripted", **(endpoint or {})},
             "maxConcurrency": 8,
             "requestTimeoutSeconds": 1,
             "maxRetries": 6,

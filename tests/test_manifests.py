@@ -66,7 +66,7 @@ def test_validate_prints_every_default(repo: Path) -> None:
     assert spec["training"]["cutoffLen"] == 8000
     assert spec["training"]["deepspeedStage"] == 3
     assert spec["evaluation"]["flores"]["shots"] == 3
-    assert spec["budget"]["maxDollars"] == "50"
+    assert spec["budget"]["maxDollars"] == "75"
     resolved = lm["resolved"]
     assert resolved["language"]["code"] == "yor_Latn"
     assert resolved["language"]["fineweb2"] == "yor_Latn"

@@ -446,6 +446,7 @@ def defaults() -> dict[str, Any]:
         EvaluationSpec,
         SamplingSpec,
         StudentSpec,
+        TeacherEndpoint,
         TeacherSettings,
         TeacherSpec,
         TokenPrices,
@@ -466,6 +467,7 @@ def defaults() -> dict[str, Any]:
     prices = TokenPrices()
     out["teacher.endpoint.prices.inputPerMillion"] = float(prices.input_per_million)
     out["teacher.endpoint.prices.outputPerMillion"] = float(prices.output_per_million)
+    out["teacher.endpoint.batch"] = TeacherEndpoint.model_fields["batch"].default
     out["teacher.serve.model"] = TeacherSpec().model
     out["student.model"] = StudentSpec().model
     return out

@@ -58,6 +58,8 @@ def test_render_a_language_model_and_its_teacher() -> None:
         *(["Job"] * len(STAGES)),
         "Deployment",
         "Service",
+        "PersistentVolumeClaim",  # the example's Teacher keeps its weights on a PVC
+        "NetworkPolicy",  # only the teacher stages may reach it (the chart's default)
     ]
     jobs = {o["metadata"]["name"]: o for o in by_kind(objs, "Job")}
     assert sorted(jobs) == sorted(f"yoruba-{s}-1" for s in STAGES)
@@ -75,6 +77,12 @@ def test_render_a_language_model_and_its_teacher() -> None:
     assert one(objs, "ConfigMap") == builders.config_map(run)
     assert one(objs, "Deployment") == teacher.desired_deployment(
         "gpt-oss-120b", "kakugo", tspec, settings, 1
+    )
+    assert one(objs, "PersistentVolumeClaim") == teacher.model_cache_pvc(
+        "gpt-oss-120b", "kakugo", tspec
+    )
+    assert one(objs, "NetworkPolicy") == teacher.desired_network_policy(
+        "gpt-oss-120b", "kakugo", tspec, settings
     )
     # What the review is for: images of the chart, the queued train Job suspended, the
     # teacher's URL in the teacher stages, the token from its Secret.
@@ -104,7 +112,7 @@ def test_render_flags_and_a_served_teacher(tmp_path: Path) -> None:
     )
     assert code == 0, err
     objs = objects(out)
-    assert [o["kind"] for o in objs][-3:] == ["Teacher", "Deployment", "Service"]
+    assert [o["kind"] for o in objs][-4:] == ["Teacher", "Deployment", "Service", "NetworkPolicy"]
     assert {o["metadata"]["namespace"] for o in objs} == {"team-a"}
     topics = one(objs, "Job", "demo-yoruba-topics-1")["spec"]["template"]["spec"]
     assert topics["containers"][0]["image"] == "registry.example/stages:9"
@@ -189,3 +197,35 @@ def test_values_give_the_settings_the_chart_gives(values: dict[str, Any], tmp_pa
         "default_capacity_type",
     ):
         assert getattr(ours, field) == getattr(chart, field), field
+
+
+def test_render_the_served_model(tmp_path: Path) -> None:
+    """spec.serve: the Deployment (the train stage's fingerprint as its model version) and
+    Service the operator makes once the LanguageModel is Ready, for review before."""
+    from kakugo_operator import serve, server
+
+    from kakugo_stages.contract import fingerprints
+
+    docs = list(yaml.safe_load_all(YORUBA.read_text()))
+    docs[0]["spec"]["serve"] = {"idleSeconds": 300, "resources": {"gpuType": "NVIDIA-L4"}}
+    path = tmp_path / "served.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    code, out, err = invoke(str(path), "--values", str(CHART))
+    assert code == 0, err
+    objs = objects(out)
+    deploy = one(objs, "Deployment", "yoruba-serve")
+    svc = one(objs, "Service", "yoruba-serve")
+    values, app_version = render.chart_values(CHART)
+    settings = render.settings_from_values(values, app_version)
+    spec = validate_spec("LanguageModel", docs[0]["spec"])
+    run = RunSpec("yoruba", "kakugo", spec, spec.storage.root_uri)
+    assert spec.serve is not None
+    version = fingerprints(run.spec_dict())["train"]
+    assert deploy == server.desired_deployment(
+        serve.deployment(run, spec.serve, settings, 1, version)
+    )
+    assert svc == server.desired_service(serve.service(run, spec.serve))
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
+    assert pod["initContainers"][0]["image"] == f"ghcr.io/kakugo/kakugo-stages:{app_version}"
+    assert "created once it is Ready" in err

@@ -13,6 +13,8 @@ Global-MMLU, on lm-evaluation-harness.
 from kakugo_stages.evaluation.data import TASK_KEYS, EvaluationError, PreparedTask, prepare_tasks
 from kakugo_stages.evaluation.engine import ModelRun, evaluate_model, model_args_for
 from kakugo_stages.evaluation.report import (
+    base_table,
+    build_base_results,
     build_results,
     markdown_table,
     summary_line,
@@ -24,6 +26,8 @@ __all__ = [
     "EvaluationError",
     "ModelRun",
     "PreparedTask",
+    "base_table",
+    "build_base_results",
     "build_results",
     "evaluate_model",
     "markdown_table",

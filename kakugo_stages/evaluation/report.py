@@ -88,6 +88,47 @@ def build_results(
     }
 
 
+def build_base_results(
+    language: str,
+    tasks: list[PreparedTask],
+    skipped: dict[str, str],
+    base: ModelRun,
+    *,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """results.json's shape for the base model alone (`kakugo evaluate --base-only`): per
+    task its metric, the base score, n, shots and source; no tuned model, no delta."""
+    return {
+        "language": language,
+        "tasks": {
+            task.key: {
+                "metric": task.metric,
+                "base": _round(base.scores[task.key]),
+                "n": base.n.get(task.key, task.n),
+                "shots": task.shots,
+                "source": task.source,
+            }
+            for task in tasks
+        },
+        "skipped": dict(skipped),
+        "models": {"base": base.model},
+        "seconds": {"base": round(base.seconds, 3)},
+        "settings": settings or {},
+    }
+
+
+def base_table(results: dict[str, Any]) -> str:
+    """The base model's scores as a plain-text table for a terminal."""
+    lines = [f"{'task':<18} {'metric':<7} {'base':>6} {'n':>5}"]
+    for key in TASK_KEYS:
+        row = results["tasks"].get(key)
+        if row is not None:
+            lines.append(f"{TITLES[key]:<18} {row['metric']:<7} {row['base']:>6.1f} {row['n']:>5}")
+    for key, why in (results.get("skipped") or {}).items():
+        lines.append(f"{TITLES.get(key, key):<18} skipped: {why}")
+    return "\n".join(lines) + "\n"
+
+
 def summary_line(results: dict[str, Any]) -> str:
     """One line for the operator's status: deltas where the base ran, else tuned scores,
     e.g. ``belebele +9.9, sib200 +8.8, flores en→xx +13.1``."""

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from kakugo_stages import graph
+from kakugo_stages.batch import make_teacher_client
 from kakugo_stages.contract import (
     DEFAULT_TERMINATION_LOG,
     TEACHER_API_KEY_ENV,
@@ -393,6 +394,11 @@ class StageSummary:
                 tot[key] += s.get(key, 0)
             tot["prompt_tokens"] += s.get("teacher", {}).get("prompt_tokens", 0)
             tot["completion_tokens"] += s.get("teacher", {}).get("completion_tokens", 0)
+            # The part paid at Batch API prices; absent (not 0) when no batch was used, so
+            # summaries of synchronous runs stay as they were.
+            for key in ("batch_prompt_tokens", "batch_completion_tokens"):
+                if s.get("teacher", {}).get(key):
+                    tot[key] += s["teacher"][key]
             tot["seconds"] += s.get("seconds", 0)
             rejected.update(s.get("rejected", {}))
         extra = {k: s[k] for s in self.stats.values() for k in self.extra_keys if k in s}
@@ -424,14 +430,21 @@ def write_termination_message(summary: dict[str, Any], path: str | None = None) 
         log.warning("cannot write termination message to %s: %s", target, exc)
 
 
+def batch_records(stage: Stage, shard: int) -> ArtifactStore:
+    """Where a shard's Batch API batches are recorded (`<stage>/_batches/NNNNN/`)."""
+    return stage.store.child(stage.name, "_batches", f"{shard:05d}")
+
+
 def _make_teacher(stage: Stage, shard: int) -> TeacherClient:
     target = teacher_target(stage.run)
     cache = RequestCache(stage.store.child(stage.name, "_cache"))
-    return TeacherClient.from_settings(
+    return make_teacher_client(
         stage.run.spec.teacher,
         base_url=target.url,
         model=target.model,
         cache=cache,
+        records=batch_records(stage, shard),
+        label=f"{stage.name} shard {shard}",
         api_key_env=target.api_key_env,
         seed=stage.run.spec.data.seed if stage.run.spec.teacher.seed_requests else None,
     )

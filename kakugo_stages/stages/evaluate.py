@@ -22,6 +22,8 @@ from typing import Any
 from kakugo_stages.evaluation import (
     EvaluationError,
     ModelRun,
+    PreparedTask,
+    build_base_results,
     build_results,
     evaluate_model,
     markdown_table,
@@ -106,61 +108,87 @@ class EvaluateStage(Stage):
 
     # ---- the shard
 
-    async def run_shard(self, ctx: ShardContext) -> None:
+    def _score(
+        self, work: Path, tuned_dir: Path | None
+    ) -> tuple[list[PreparedTask], dict[str, str], dict[str, ModelRun]]:
+        """Prepare the task files in `work` and score the models on them: the tuned model
+        in `tuned_dir` (None: only the base model) and the base model when the spec
+        compares (or when there is no tuned model)."""
         evaluation = self.run.spec.evaluation
         language = self.run.language
-        with tempfile.TemporaryDirectory(prefix="kakugo-eval-") as tmp:
-            work = Path(tmp)
-            tuned_dir = self._tuned_dir(work)
+        try:
+            tasks, skipped = prepare_tasks(evaluation, language, work)
+            write_task_files(
+                tasks,
+                language,
+                work / "tasks",
+                max_new_tokens=evaluation.flores.max_new_tokens,
+                repetition_penalty=evaluation.repetition_penalty,
+            )
+        except EvaluationError as exc:
+            raise StageFailed(f"stage evaluate: {exc}") from exc
+        for key, why in skipped.items():
+            log.info("evaluate: skipping %s: %s", key, why)
+        runs: dict[str, ModelRun] = {}
+        roles = [] if tuned_dir is None else [("tuned", str(tuned_dir))]
+        if evaluation.compare_base or tuned_dir is None:
+            roles.append(("base", self._base_model(work)))
+        for role, pretrained in roles:
+            model, args = self.lm_for(role, pretrained)
             try:
-                tasks, skipped = prepare_tasks(evaluation, language, work)
-                write_task_files(
+                runs[role] = evaluate_model(
+                    model,
+                    args,
                     tasks,
-                    language,
                     work / "tasks",
-                    max_new_tokens=evaluation.flores.max_new_tokens,
-                    repetition_penalty=evaluation.repetition_penalty,
+                    label=role,
+                    device=evaluation.device,
+                    batch_size=evaluation.batch_size,
+                    log_samples=evaluation.log_samples,
+                    isolate=evaluation.backend == "vllm" and isinstance(model, str),
                 )
             except EvaluationError as exc:
                 raise StageFailed(f"stage evaluate: {exc}") from exc
-            for key, why in skipped.items():
-                log.info("evaluate: skipping %s: %s", key, why)
-            runs: dict[str, ModelRun] = {}
-            roles = [("tuned", str(tuned_dir))]
-            if evaluation.compare_base:
-                roles.append(("base", self._base_model(work)))
-            for role, pretrained in roles:
-                model, args = self.lm_for(role, pretrained)
-                try:
-                    runs[role] = evaluate_model(
-                        model,
-                        args,
-                        tasks,
-                        work / "tasks",
-                        label=role,
-                        device=evaluation.device,
-                        batch_size=evaluation.batch_size,
-                        log_samples=evaluation.log_samples,
-                        isolate=evaluation.backend == "vllm" and isinstance(model, str),
-                    )
-                except EvaluationError as exc:
-                    raise StageFailed(f"stage evaluate: {exc}") from exc
+        if "base" in runs:
+            runs["base"].model = self.run.spec.student.model
+        return tasks, skipped, runs
+
+    def _settings(self) -> dict[str, Any]:
+        evaluation = self.run.spec.evaluation
+        return {
+            "backend": evaluation.backend,
+            "device": evaluation.device,
+            "repetition_penalty": evaluation.repetition_penalty,
+            "max_new_tokens": evaluation.flores.max_new_tokens,
+            "seed": SEED,
+        }
+
+    def base_only(self) -> dict[str, Any]:
+        """The base model's scores for the spec's language, before anything is trained
+        (`kakugo evaluate --base-only`): the same task files, shots, seeds and settings as
+        the stage, with only the base model. Reads and writes nothing in the run's store."""
+        with tempfile.TemporaryDirectory(prefix="kakugo-eval-") as tmp:
+            tasks, skipped, runs = self._score(Path(tmp), None)
+        return build_base_results(
+            self.run.language.code, tasks, skipped, runs["base"], settings=self._settings()
+        )
+
+    # ---- the shard
+
+    async def run_shard(self, ctx: ShardContext) -> None:
+        evaluation = self.run.spec.evaluation
+        with tempfile.TemporaryDirectory(prefix="kakugo-eval-") as tmp:
+            work = Path(tmp)
+            tuned_dir = self._tuned_dir(work)
+            tasks, skipped, runs = self._score(work, tuned_dir)
             runs["tuned"].model = self.store.url(MODEL)
-            if "base" in runs:
-                runs["base"].model = self.run.spec.student.model
         results = build_results(
-            language.code,
+            self.run.language.code,
             tasks,
             skipped,
             runs["tuned"],
             runs.get("base"),
-            settings={
-                "backend": evaluation.backend,
-                "device": evaluation.device,
-                "repetition_penalty": evaluation.repetition_penalty,
-                "max_new_tokens": evaluation.flores.max_new_tokens,
-                "seed": SEED,
-            },
+            settings=self._settings(),
         )
         summary = summary_line(results)
         results["summary"] = summary

@@ -56,6 +56,10 @@ SERVER_FIELDS: tuple[tuple[tuple[str, ...], str | None, What], ...] = (
 LANGUAGE_MODEL_FIELDS: tuple[tuple[tuple[str, ...], str | None, What], ...] = (
     (("teacher", "endpoint", "apiKeySecretRef"), "name", "secret"),
     *((("teacher", "serve", *path), key, what) for path, key, what in SERVER_FIELDS),
+    # The served model's server (spec.serve): its image, arguments and API key.
+    (("serve", "image"), None, "image"),
+    (("serve", "extraArgs"), None, "args"),
+    (("serve", "apiKeySecretRef"), "name", "secret"),
     (("storage", "s3", "credentialsSecretRef"), None, "secret"),
     (("storage", "pvc", "claimName"), None, "pvc"),
     (("huggingFace", "tokenSecretRef"), "name", "secret"),

@@ -101,6 +101,15 @@ def _env(run: RunSpec, stage: str, teacher: TeacherEnv) -> tuple[list[dict], lis
         env.append(
             {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
         )
+    storage_env_, storage_env_from = storage_env(run)
+    return env + storage_env_, env_from + storage_env_from
+
+
+def storage_env(run: RunSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """env and envFrom that reach the run's S3 storage: the endpoint and region of the
+    spec, the credentials from their Secret (envFrom: never values in the Pod spec)."""
+    env: list[dict[str, Any]] = []
+    env_from: list[dict[str, Any]] = []
     storage = run.spec.storage
     if storage is not None and storage.s3 is not None:
         if storage.s3.credentials_secret_ref:
@@ -110,6 +119,22 @@ def _env(run: RunSpec, stage: str, teacher: TeacherEnv) -> tuple[list[dict], lis
         if storage.s3.region:
             env.append({"name": "AWS_DEFAULT_REGION", "value": storage.s3.region})
     return env, env_from
+
+
+def storage_volume(
+    run: RunSpec, *, read_only: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The volume and mount of a PVC storage (`storage.pvc`), at its mountPath: the run's
+    file:// URI is a path under it. None for S3."""
+    storage = run.spec.storage
+    if storage is None or storage.pvc is None:
+        return [], []
+    claim: dict[str, Any] = {"claimName": storage.pvc.claim_name}
+    mount: dict[str, Any] = {"name": "storage", "mountPath": storage.pvc.mount_path}
+    if read_only:
+        claim["readOnly"] = mount["readOnly"] = True
+    volume = {"name": "storage", "persistentVolumeClaim": claim}
+    return [volume], [mount]
 
 
 def job(
@@ -151,12 +176,9 @@ def job(
         {"name": "spec", "configMap": {"name": naming.config_map_name(run.name)}},
     ]
     mounts: list[dict[str, Any]] = [{"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True}]
-    storage = run.spec.storage
-    if storage is not None and storage.pvc is not None:
-        volumes.append(
-            {"name": "storage", "persistentVolumeClaim": {"claimName": storage.pvc.claim_name}}
-        )
-        mounts.append({"name": "storage", "mountPath": storage.pvc.mount_path})
+    storage_volumes, storage_mounts = storage_volume(run)
+    volumes += storage_volumes
+    mounts += storage_mounts
     container: dict[str, Any] = {
         "name": STAGE_CONTAINER,
         "image": settings.image_for(stage),

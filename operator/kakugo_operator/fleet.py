@@ -463,7 +463,8 @@ def aggregate(
     """Counts by phase, readiness, cost, evaluation means and a row per member.
     `changing`: members whose spec is being patched (a Succeeded one is Pending again)."""
     phases: Counter[str] = Counter()
-    total, gpu_hours = Decimal(0), 0.0
+    total, gpu_hours, shares = Decimal(0), 0.0, Decimal(0)
+    forecast: Decimal | None = None
     by_language: dict[str, str] = {}
     deltas: dict[str, list[float]] = {}
     stalled: list[StalledLanguage] = []
@@ -490,8 +491,11 @@ def aggregate(
             money = _decimal(st.cost.dollars)
             total += money
             by_language[n] = dollars(money)
+            shares += _decimal(st.cost.teacher_share)  # already in its dollars
             with contextlib.suppress(TypeError, ValueError):
                 gpu_hours += float(st.cost.gpu_hours or 0)
+        if st.forecast is not None:
+            forecast = (forecast or Decimal(0)) + _decimal(st.forecast.dollars)
         for task, score in (st.evaluation.tasks if st.evaluation else {}).items():
             delta = score.delta
             if delta is None and score.base is not None and score.tuned is not None:
@@ -524,7 +528,11 @@ def aggregate(
         rows=rows,
         stalled=stalled,
         cost=FleetCost(
-            dollars=dollars(total), gpu_hours=f"{gpu_hours:.4f}", by_language=by_language
+            dollars=dollars(total),
+            gpu_hours=f"{gpu_hours:.4f}",
+            by_language=by_language,
+            forecast=dollars(forecast) if forecast is not None else None,
+            teacher_share=dollars(shares) if shares else None,
         ),
         evaluation={
             task: TaskMean(mean_delta=round(sum(v) / len(v), 2), languages=len(v))

@@ -28,6 +28,7 @@ import kopf
 
 from kakugo_operator import fleet as fleet_mod
 from kakugo_operator import k8s, kopf_state, metrics, naming, webhook
+from kakugo_operator import serve as serve_mod
 from kakugo_operator import settings as settings_mod
 from kakugo_operator import stage_machine as sm
 from kakugo_operator.diff import merge_diff
@@ -35,6 +36,7 @@ from kakugo_operator.observe import iso
 from kakugo_operator.reconcile import Observed, decide, read_status, refused, with_log_tail
 from kakugo_operator.teacher import decide_teacher
 from kakugo_operator.teacher import refused as teacher_refused
+from kakugo_operator.teacher_cost import usage_of
 from kakugo_stages.contract import TEACHER_STAGES, delete_run_artifacts, run_uri
 from kakugo_stages.status import operator_status
 
@@ -161,6 +163,16 @@ def kakugo_services(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
     return {(namespace, teacher): dict(body)} if teacher else {}
 
 
+@kopf.index("apps", "v1", "deployments", labels={**OWNED, naming.SERVE_LABEL: kopf.PRESENT})
+def serve_deployments(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+    return {(namespace, labels[naming.SERVE_LABEL]): dict(body)}
+
+
+@kopf.index("v1", "services", labels={**OWNED, naming.SERVE_LABEL: kopf.PRESENT})
+def serve_services(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+    return {(namespace, labels[naming.SERVE_LABEL]): dict(body)}
+
+
 @kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=OWNED)
 def kakugo_networkpolicies(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
@@ -217,6 +229,23 @@ def teacher_clients(
     return {}  # not None: Kopf keeps an object's old index entries when given None
 
 
+@kopf.index(GROUP, VERSION, "languagemodels")
+def teacher_usage(
+    namespace: str | None,
+    name: str,
+    uid: str | None,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    **_: Any,
+) -> Any:
+    """Every LanguageModel that uses a Teacher (needing it now or not), with its teacher
+    stages' token counts: what the Teacher's GPU time is charged by."""
+    teacher = teacher_of(name, dict(spec))
+    if teacher:
+        return {(namespace, teacher): usage_of(name, uid or "", dict(status))}
+    return {}
+
+
 @kopf.index(GROUP, VERSION, "languagemodels", labels={fleet_mod.FLEET_LABEL: kopf.PRESENT})
 def fleet_children(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
     return {(namespace, labels[fleet_mod.FLEET_LABEL]): dict(body)}
@@ -267,6 +296,7 @@ async def deployment_event(
 ) -> None:
     namespace = namespaced(namespace)
     state(memo).wake("teacher", namespace, labels.get(naming.TEACHER_LABEL))
+    state(memo).wake("lm", namespace, labels.get(naming.SERVE_LABEL))
 
 
 @kopf.on.event("v1", "services", labels=OWNED)
@@ -275,6 +305,7 @@ async def service_event(
 ) -> None:
     namespace = namespaced(namespace)
     state(memo).wake("teacher", namespace, labels.get(naming.TEACHER_LABEL))
+    state(memo).wake("lm", namespace, labels.get(naming.SERVE_LABEL))
 
 
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=OWNED)
@@ -391,6 +422,7 @@ def observed(
     jobs: list[dict[str, Any]],
     pods: list[dict[str, Any]],
     teacher: dict[str, Any] | None,
+    serve: serve_mod.ServeSeen | None = None,
 ) -> Observed:
     meta = body.get("metadata") or {}
     annotations = meta.get("annotations") or {}
@@ -404,9 +436,11 @@ def observed(
         pods=pods,
         teacher=teacher,
         now=now(),
+        uid=meta.get("uid"),
         fleet=(meta.get("labels") or {}).get(fleet_mod.FLEET_LABEL) or None,
         gpu_admitted=annotations.get(fleet_mod.ADMITTED_ANNOTATION) == "true",
         retry_request=annotations.get(RETRY_ANNOTATION),
+        serve=serve or serve_mod.ServeSeen(),
     )
 
 
@@ -420,6 +454,8 @@ async def languagemodel(
     kakugo_jobs: kopf.Index,
     kakugo_pods: kopf.Index,
     kakugo_teachers: kopf.Index,
+    serve_deployments: kopf.Index,
+    serve_services: kopf.Index,
     memo: kopf.Memo,
     logger: kopf.Logger,
     **_: Any,
@@ -450,6 +486,7 @@ async def languagemodel(
             list(kakugo_jobs.get((namespace, name), [])),
             pods,
             teacher,
+            await serve_seen(name, namespace, body, serve_deployments, serve_services),
         )
         plan = decide(obs, st.settings)
         try:
@@ -480,6 +517,25 @@ async def languagemodel(
             await _sleep(st, key, stopped, 5.0)
             continue
         await _sleep(st, key, stopped, plan.requeue_after or st.settings.resync_seconds)
+
+
+async def serve_seen(
+    name: str, namespace: str, body: kopf.Body, deployments: kopf.Index, services: kopf.Index
+) -> serve_mod.ServeSeen:
+    """The served model's objects, a look at its /metrics while a replica is ready, and the
+    wake annotation (serve.py says what counts as use)."""
+    deploy = next(iter(deployments.get((namespace, name), [])), None)
+    spec = dict(body.get("spec") or {})
+    sample = None
+    if deploy is not None and spec.get("serve") and serve_mod.server.ready_replicas(deploy):
+        sample = await serve_mod.scrape(serve_mod.metrics_url(name, namespace, spec))
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    return serve_mod.ServeSeen(
+        deployment=deploy,
+        service=next(iter(services.get((namespace, name), [])), None),
+        sample=sample,
+        wake=annotations.get(serve_mod.WAKE_ANNOTATION),
+    )
 
 
 #: Kueue's Workload API, newest first (v1beta1 is deprecated but served by every release).
@@ -567,6 +623,8 @@ async def execute_lm_plan(
     for obj in plan.create:
         kopf.adopt(obj, owner=body)
         await k8s.create(obj)
+    for api_version, plural, obj_name, patch in plan.patches:
+        await k8s.merge_patch(api_version, plural, namespace, obj_name, patch)
     for stage, pod in plan.log_pods.items():
         if tail := await k8s.pod_log_tail(namespace, pod, st.settings.log_tail_lines):
             with_log_tail(plan, stage, tail)
@@ -622,6 +680,7 @@ async def teacher(
     kakugo_networkpolicies: kopf.Index,
     kakugo_model_caches: kopf.Index,
     teacher_clients: kopf.Index,
+    teacher_usage: kopf.Index,
     memo: kopf.Memo,
     logger: kopf.Logger,
     **_: Any,
@@ -653,6 +712,7 @@ async def teacher(
             service_obj=service,
             policy_obj=policy,
             cache_obj=cache,
+            usage=list(teacher_usage.get((namespace, name), [])),
         )
         try:
             for obj in plan.create:
@@ -679,7 +739,11 @@ async def teacher(
             written = await write_status("teachers", namespace, name, written, plan.status.dump())
             _post(body, plan.events)
             metrics.observe_teacher(
-                namespace, name, plan.status.phase == "Ready", len(plan.status.clients)
+                namespace,
+                name,
+                plan.status.phase == "Ready",
+                len(plan.status.clients),
+                plan.status.cost,
             )
             refusals = 0
         except k8s.Refused as exc:  # e.g. its Service: said in status and an Event

@@ -12,6 +12,7 @@ import contextlib
 import re
 import threading
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -30,6 +31,7 @@ from urllib3.exceptions import HTTPError as TransportError
 from kakugo_operator.k8s import Refused
 from kakugo_operator.observe import parse_time
 from kakugo_stages.contract import STAGES
+from kakugo_stages.status import TeacherCost
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...; python_info.
@@ -113,6 +115,12 @@ BUDGET = Gauge(
     ["namespace", "languagemodel"],
     registry=REGISTRY,
 )
+FORECAST = Gauge(
+    "kakugo_forecast_dollars",
+    "The cost forecast of a LanguageModel's spec (status.forecast.dollars).",
+    ["namespace", "languagemodel"],
+    registry=REGISTRY,
+)
 TEACHER_READY = Gauge(
     "kakugo_teacher_ready",
     "1 when a Teacher's server is Ready, else 0.",
@@ -144,6 +152,22 @@ TEACHER_CLIENTS = Gauge(
     registry=REGISTRY,
 )
 
+#: Where a Teacher's GPU time went (a closed set): to its LanguageModels (present and
+#: former), idle (the Teacher itself), pending (clients that have not reported tokens yet).
+TEACHER_COST_TO = ("languagemodels", "idle", "pending")
+TEACHER_COST = Gauge(
+    "kakugo_teacher_cost_dollars",
+    "A Teacher's GPU time so far, in dollars, by whom it is charged to.",
+    ["namespace", "teacher", "charged_to"],
+    registry=REGISTRY,
+)
+TEACHER_SHARE = Gauge(
+    "kakugo_teacher_share_dollars",
+    "A LanguageModel's share of its Teacher's GPU time, in dollars (in kakugo_cost_dollars).",
+    ["namespace", "languagemodel"],
+    registry=REGISTRY,
+)
+
 
 def error_reason(exc: BaseException) -> str:
     """The bounded reason label of a failed reconciliation (ERROR_REASONS)."""
@@ -165,6 +189,11 @@ def reconcile_error(kind: str, exc: BaseException) -> None:
 _scores: dict[tuple[str, str], set[tuple[str, str]]] = {}
 _phases: dict[tuple[str, str], str] = {}
 _languages: dict[tuple[str, str], str] = {}
+#: The largest (prompt, completion) token counts counted per (namespace, name, stage,
+#: fingerprint): an attempt's counts are the stage's ledger, which totals every attempt
+#: before it, so each finished attempt adds only what grew (a rerun of a changed spec has
+#: a new fingerprint and a new ledger).
+_tokens_counted: dict[tuple[str, str, str, str], tuple[int, int]] = {}
 
 
 def reason_label(reason: str) -> str:
@@ -260,6 +289,15 @@ def observe_plan(
     cost = (status.get("cost") or {}).get("dollars")
     if cost is not None:
         COST.labels(namespace, name).set(float(cost))
+    forecast = (status.get("forecast") or {}).get("dollars")
+    if forecast is not None:
+        FORECAST.labels(namespace, name).set(float(forecast))
+    share = (status.get("cost") or {}).get("teacherShare")
+    if share is not None:
+        TEACHER_SHARE.labels(namespace, name).set(float(share))
+    else:
+        with contextlib.suppress(KeyError):
+            TEACHER_SHARE.remove(namespace, name)
     last = last_progress(status) if phase == "Running" else None
     if last is not None:
         LAST_PROGRESS.labels(namespace, name).set(last)
@@ -277,8 +315,19 @@ def observe_plan(
                 stage, "disruption" if record["outcome"] == "Disrupted" else "failure"
             ).inc()
         counts = record.get("counts") or {}
-        TOKENS.labels("prompt").inc(counts.get("promptTokens", 0))
-        TOKENS.labels("completion").inc(counts.get("completionTokens", 0))
+        prompt, completion = (
+            int(counts.get("promptTokens", 0)),
+            int(counts.get("completionTokens", 0)),
+        )
+        fingerprints = {e.get("name"): e.get("fingerprint", "") for e in status.get("stages") or []}
+        ledger = (namespace, name, stage, str(fingerprints.get(stage, "")))
+        seen_prompt, seen_completion = _tokens_counted.get(ledger, (0, 0))
+        TOKENS.labels("prompt").inc(max(prompt - seen_prompt, 0))
+        TOKENS.labels("completion").inc(max(completion - seen_completion, 0))
+        _tokens_counted[ledger] = (
+            max(prompt, seen_prompt),
+            max(completion, seen_completion),
+        )
         if record["outcome"] == "Succeeded":
             EXAMPLES.labels(stage, "generated", "").inc(counts.get("requests", 0))
             EXAMPLES.labels(stage, "kept", "").inc(counts.get("rowsOut", 0))
@@ -321,10 +370,16 @@ def forget(namespace: str, name: str) -> None:
     key = (namespace, name)
     if key in _phases:
         LANGUAGEMODELS.labels(_phases.pop(key)).dec()
+    for counted in [k for k in _tokens_counted if k[:2] == key]:
+        del _tokens_counted[counted]
     with contextlib.suppress(KeyError):
         COST.remove(namespace, name)
     with contextlib.suppress(KeyError):
+        TEACHER_SHARE.remove(namespace, name)
+    with contextlib.suppress(KeyError):
         BUDGET.remove(namespace, name)
+    with contextlib.suppress(KeyError):
+        FORECAST.remove(namespace, name)
     with contextlib.suppress(KeyError):
         LAST_PROGRESS.remove(namespace, name)
     if key in _languages:
@@ -335,12 +390,26 @@ def forget(namespace: str, name: str) -> None:
             SCORE.remove(namespace, name, task, model)
 
 
-def observe_teacher(namespace: str, name: str, ready: bool, clients: int) -> None:
+def observe_teacher(
+    namespace: str, name: str, ready: bool, clients: int, cost: TeacherCost | None = None
+) -> None:
     TEACHER_READY.labels(namespace, name).set(1 if ready else 0)
     TEACHER_CLIENTS.labels(namespace, name).set(clients)
+    if cost is not None:
+        charged = sum((Decimal(c.dollars) for c in cost.charged.values()), Decimal(0))
+        split = {
+            "languagemodels": charged + Decimal(cost.former_clients),
+            "idle": Decimal(cost.idle),
+            "pending": Decimal(cost.pending),
+        }
+        for to, dollars in split.items():
+            TEACHER_COST.labels(namespace, name, to).set(float(dollars))
 
 
 def forget_teacher(namespace: str, name: str) -> None:
     for gauge in (TEACHER_READY, TEACHER_CLIENTS):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
+    for to in TEACHER_COST_TO:
+        with contextlib.suppress(KeyError):
+            TEACHER_COST.remove(namespace, name, to)

@@ -12,6 +12,8 @@ STAGE_LABEL = "kakugo.io/stage"
 ATTEMPT_LABEL = "kakugo.io/attempt"
 LANGUAGE_LABEL = "kakugo.io/language"
 TEACHER_LABEL = "kakugo.io/teacher"
+#: On a LanguageModel's served model (spec.serve): its Deployment, Pods and Service.
+SERVE_LABEL = "kakugo.io/serve"
 MANAGED_BY = "kakugo-operator"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -42,6 +44,11 @@ def config_map_name(lm: str) -> str:
 
 def served_teacher_name(lm: str) -> str:
     return dns_name(lm, "teacher")
+
+
+def serve_name(lm: str) -> str:
+    """The Deployment and Service of a LanguageModel's served model (spec.serve)."""
+    return dns_name(lm, "serve")
 
 
 def model_cache_name(teacher: str) -> str:
@@ -84,3 +91,18 @@ def teacher_labels(teacher: str) -> dict[str, str]:
         "app.kubernetes.io/managed-by": MANAGED_BY,
         TEACHER_LABEL: label_value(teacher),
     }
+
+
+def serve_labels(lm: str, language: str | None = None) -> dict[str, str]:
+    """Not the LanguageModel label: the served model's Pods are no stage Pods (cost,
+    attempts); they are found by SERVE_LABEL."""
+    labels = {
+        "app.kubernetes.io/name": "kakugo",
+        "app.kubernetes.io/instance": label_value(lm),
+        "app.kubernetes.io/component": "serve",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        SERVE_LABEL: label_value(lm),
+    }
+    if language:
+        labels[LANGUAGE_LABEL] = label_value(language)
+    return labels

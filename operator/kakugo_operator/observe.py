@@ -34,6 +34,8 @@ COUNT_KEYS = {
     "requests_ok": "requestsOk",
     "prompt_tokens": "promptTokens",
     "completion_tokens": "completionTokens",
+    "batch_prompt_tokens": "batchPromptTokens",
+    "batch_completion_tokens": "batchCompletionTokens",
 }
 
 

@@ -140,6 +140,21 @@ def harden(
     ]
 
 
+def harden_init(init: dict[str, Any], like: dict[str, Any]) -> None:
+    """Make an init container restricted, with the scratch mounts and the environment
+    (HOME, TMPDIR, KAKUGO_SCRATCH_DIR, caches, the Pod name of a shared scratch PVC) that
+    `harden` gave the Pod's container `like` (in place): it writes where that one reads."""
+    init["securityContext"] = container_security_context()
+    mounts = [m for m in like.get("volumeMounts") or [] if m["name"] == "scratch"]
+    init["volumeMounts"] = [*mounts, *(init.get("volumeMounts") or [])]
+    ours = {POD_NAME_ENV, "HOME", "TMPDIR", "KAKUGO_SCRATCH_DIR", *CACHE_ENV}
+    taken = {e["name"] for e in init.get("env") or []}
+    init["env"] = [
+        *(init.get("env") or []),
+        *(e for e in like.get("env") or [] if e["name"] in ours and e["name"] not in taken),
+    ]
+
+
 def apply_template(
     template: dict[str, Any], override: dict[str, Any], container: str
 ) -> dict[str, Any]:

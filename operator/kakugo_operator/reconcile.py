@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kakugo_operator import builders, naming
+from kakugo_operator import serve as serve_mod
 from kakugo_operator import stage_machine as sm
 from kakugo_operator.conditions import (
     API_ERROR,
@@ -40,25 +41,29 @@ from kakugo_operator.conditions import (
 )
 from kakugo_operator.diff import digest, is_subset, merge_diff
 from kakugo_operator.settings import OperatorSettings
+from kakugo_operator.teacher_cost import share_of
 from kakugo_stages.contract import (
     STAGES,
     TEACHER_STAGES,
     ManifestError,
+    Pricing,
     RunSpec,
     artifact_uris,
     decl,
     dollars,
+    endpoint_token_cost,
     fingerprints,
+    forecast,
     name_errors,
     ready,
-    token_cost,
     validate_spec,
 )
-from kakugo_stages.spec import SERVED_TEACHER, LanguageModelSpec, SecretKeyRef
+from kakugo_stages.spec import SERVED_TEACHER, LanguageModelSpec, SecretKeyRef, TeacherSpec
 from kakugo_stages.status import (
     Condition,
     Cost,
     Evaluation,
+    ForecastStatus,
     LanguageModelPhase,
     LanguageModelStatus,
     Progress,
@@ -68,7 +73,14 @@ from kakugo_stages.status import (
 )
 
 CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Suspended")
-STALL_REASONS = ("InvalidSpec", "StageFailed", "BudgetExceeded", "SpecChangeRefused", REFUSED)
+STALL_REASONS = (
+    "InvalidSpec",
+    "StageFailed",
+    "BudgetExceeded",
+    "ForecastOverBudget",
+    "SpecChangeRefused",
+    REFUSED,
+)
 #: On a served Teacher: the hash of the spec the LanguageModel wants it to have.
 SPEC_HASH_ANNOTATION = "kakugo.io/spec-hash"
 INDEX_GRACE_SECONDS = sm.INDEX_GRACE_SECONDS
@@ -98,6 +110,10 @@ class Observed:
     #: The annotation kakugo.io/retry (Argo CD's retry action sets it to a timestamp): a new
     #: value gives the failed stages a fresh retry budget.
     retry_request: str | None = None
+    #: metadata.uid: the Teacher charges its GPU time to this very object, not its name.
+    uid: str | None = None
+    #: The served model's Deployment, Service, /metrics sample and wake annotation.
+    serve: serve_mod.ServeSeen = field(default_factory=serve_mod.ServeSeen)
 
 
 @dataclass
@@ -112,6 +128,8 @@ class Plan:
     #: Jobs on a Kueue queue -> whether their Workload should be active (spec.suspend of the
     #: LanguageModel, through Kueue: Kueue owns those Jobs' spec.suspend).
     kueue_active: dict[str, bool] = field(default_factory=dict)
+    #: Merge patches of owned objects: (apiVersion, plural, name, patch) (the served model).
+    patches: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # type, reason, message
     requeue_after: float | None = None
     #: stage -> a failed Pod whose log tail the failure message wants
@@ -328,10 +346,12 @@ def cost(
     spec: LanguageModelSpec,
     now: datetime,
     settings: OperatorSettings,
+    teacher_share: Decimal = Decimal(0),
 ) -> tuple[Decimal, Cost]:
     """Total dollars and the cost status: finished attempts (frozen in status, failed ones
     included) plus the running attempts' Pods, plus teacher tokens at the endpoint's
-    prices."""
+    prices, plus `teacher_share`: what its Teacher (ref or serve) charged it of its GPU
+    time (`teacher_cost`)."""
     total, gpu_total = Decimal(0), 0.0
     by_stage: dict[str, StageCost] = {}
     endpoint = spec.teacher.endpoint
@@ -342,10 +362,12 @@ def cost(
         seconds, money = seconds + s, money + d
         tokens = Decimal(0)
         if endpoint is not None and stage in TEACHER_STAGES:
-            tokens = token_cost(
+            tokens = endpoint_token_cost(
                 entry.counts.prompt_tokens or 0,
                 entry.counts.completion_tokens or 0,
-                endpoint.prices,
+                endpoint,
+                batch_prompt_tokens=entry.counts.batch_prompt_tokens or 0,
+                batch_completion_tokens=entry.counts.batch_completion_tokens or 0,
             )
         if seconds or money or tokens:
             by_stage[stage] = StageCost(
@@ -355,12 +377,55 @@ def cost(
             )
         total += money + tokens
         gpu_total += seconds
+    total += teacher_share
     budget = spec.budget.max_dollars
     return total, Cost(
         dollars=dollars(total),
         gpu_hours=f"{gpu_total / 3600:.4f}",
         by_stage=by_stage,
         budget=dollars(budget) if budget is not None else None,
+        teacher_share=dollars(teacher_share) if teacher_share else None,
+    )
+
+
+# ------------------------------------------------------------------ the forecast
+
+
+def pricing(settings: OperatorSettings) -> Pricing:
+    """GPU time priced as the operator prices it (its gpuPrices setting)."""
+    return Pricing(settings.gpu_price, "the operator's gpuPrices", settings.default_gpu_product)
+
+
+def forecast_status(
+    obs: Observed, spec: LanguageModelSpec, settings: OperatorSettings
+) -> ForecastStatus:
+    """status.forecast for this generation; a referenced Teacher's GPUs price its serving
+    time once the Teacher exists (before that: a default Teacher)."""
+    teacher: TeacherSpec | None = None
+    if spec.teacher.ref is not None and obs.teacher is not None:
+        try:
+            teacher = validate_spec("Teacher", (obs.teacher.get("spec") or {}), "Teacher")
+        except ManifestError:
+            teacher = None  # the Teacher's own status says it is invalid
+    fc = forecast(obs.name, spec, pricing(settings), teacher=teacher, read_local=False)
+    return ForecastStatus.model_validate({"observedGeneration": obs.generation, **fc.summary()})
+
+
+def forecast_stall(
+    fc: ForecastStatus, spec: LanguageModelSpec, entries: Mapping[str, StageStatus]
+) -> str | None:
+    """Why the object must not start: its forecast exceeds the budget, no stage has
+    started yet and the spec says to stall (spec.budget.onForecastOverBudget)."""
+    if not fc.over_budget or spec.budget.on_forecast_over_budget != "Stall":
+        return None
+    if any(entries[s].attempt for s in STAGES):
+        return None  # already under way: spending is held by maxDollars itself
+    top = sorted(fc.by_stage.items(), key=lambda kv: Decimal(kv[1]), reverse=True)[:3]
+    return (
+        f"the cost forecast is ${fc.dollars}, over spec.budget.maxDollars ${fc.budget} "
+        f"(largest: {', '.join(f'{s} ${d}' for s, d in top)}); no stage was started. Raise "
+        "spec.budget.maxDollars, lower the counts in spec.data, or set "
+        "spec.budget.onForecastOverBudget: Proceed (`kakugo plan` shows the forecast)"
     )
 
 
@@ -700,6 +765,12 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
                 "it, or create a new LanguageModel"
             ),
         )
+    # The forecast of this generation: over budget, nothing starts (unless told to).
+    fc = forecast_status(obs, spec, settings)
+    if why := forecast_stall(fc, spec, entries):
+        stalled = stalled_only(obs, prev, "ForecastOverBudget", why)
+        stalled.status.forecast = fc
+        return stalled
     plan = Plan(status=prev)
     plan.delete_jobs = reset_moved(entries, moved, fps, obs.generation)
     retry_request, plan.events = honour_retry(entries, obs.retry_request, prev.retry_request)
@@ -716,16 +787,35 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     advance_all(entries, world, obs, spec, settings, plan)
 
     # 3. Start every stage whose inputs succeeded, unless a gate holds it.
-    spent, cost_status = cost(entries, world, spec, now, settings)
+    # Its share of its Teacher's GPU time, as the Teacher's status says (level-based: the
+    # Teacher keeps the account).
+    share = share_of(obs.teacher, obs.name, obs.uid) if obs.teacher else Decimal(0)
+    spent, cost_status = cost(entries, world, spec, now, settings, share)
     teacher_ready, tenv, teacher_wait = teacher_env(spec, obs.teacher)
     gates = gates_for(obs, spec, spent, teacher_ready, teacher_wait)
     holds = schedule(entries, gates, run, settings, tenv, now, plan)
 
-    # 4. The status.
+    # 4. The status, and the served model (spec.serve) once every stage succeeded.
     summary = summarize(entries, holds, spec.suspend, gates.budget_spent)
-    conds = conditions(
-        prev.conditions, condition_wants(summary, entries, holds, spec.suspend), now, obs.generation
+    train = entries["train"]
+    served = serve_mod.decide_serve(
+        run,
+        spec,
+        summary.done,
+        train.fingerprint if train.state == "Succeeded" else None,
+        prev.serve,
+        obs.serve,
+        now,
+        settings,
     )
+    plan.create += served.create
+    plan.patches += served.patches
+    plan.events += served.events
+    plan.requeue(served.requeue_after)
+    wants = condition_wants(summary, entries, holds, spec.suspend)
+    if served.condition is not None:
+        wants.append(served.condition)
+    conds = conditions(prev.conditions, wants, now, obs.generation)
     n_done = sum(1 for s in STAGES if entries[s].state == "Succeeded")
     plan.status = LanguageModelStatus(
         observed_generation=obs.generation,
@@ -740,10 +830,12 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
             waiting={s: h.gate for s, h in holds.items()},
         ),
         cost=cost_status,
+        forecast=fc,
         artifacts=artifacts(run, entries),
         evaluation=evaluation(entries),
         spec_fingerprint=run.fingerprint(),
         retry_request=retry_request,
+        serve=served.status,
     )
     plan.events.extend(events_for(prev.conditions, conds))
     return plan

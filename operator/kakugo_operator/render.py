@@ -2,13 +2,15 @@
 operator's own code, so that platform teams can review, diff and policy-check them (kubectl
 diff, conftest, checkov, kube-linter) before anything is applied.
 
-For a LanguageModel: its spec ConfigMap, the Job of every stage (first attempt), and with
-`teacher.serve` its served Teacher with that Teacher's Deployment and Service. For a
-Teacher: its Deployment and Service (serving: one replica). For a LanguageFleet: its member
+For a LanguageModel: its spec ConfigMap, the Job of every stage (first attempt), with
+`teacher.serve` its served Teacher with that Teacher's objects, and with `serve` the
+served model's Deployment and Service (made once it is Ready). For a Teacher: its
+Deployment (serving: one replica), Service, model-cache PVC (when the operator makes it)
+and NetworkPolicy (when the settings ask for one). For a LanguageFleet: its member
 LanguageModels, as the operator writes them, and theirs. A LanguageModel whose
-`teacher.ref` names a Teacher of the same file gets that Teacher's URL in its stages'
-environment. Owner references are left out: the operator adds them when it creates the
-objects.
+`teacher.ref` names a Teacher of the same file gets that Teacher's URL (and API key
+reference) in its stages' environment. Owner references are left out: the operator adds
+them when it creates the objects.
 
 Settings (images, pull policy, the stages' ServiceAccount, default storage) come from an
 operator settings file, the Helm chart's values (`settings_from_values`, the same
@@ -25,14 +27,16 @@ from typing import Any
 
 import yaml
 
-from kakugo_operator import builders, naming, reconcile, teacher
+from kakugo_operator import builders, naming, reconcile, server, teacher
 from kakugo_operator import fleet as fleet_mod
+from kakugo_operator import serve as serve_mod
 from kakugo_operator import settings as settings_mod
 from kakugo_operator.settings import OperatorSettings
 from kakugo_stages.contract import (
     STAGES,
     ManifestError,
     RunSpec,
+    fingerprints,
     load_documents,
     served_model_name,
     validate_spec,
@@ -106,10 +110,18 @@ def chart_values(path: Path) -> tuple[dict[str, Any], str]:
 def _teacher_objects(
     name: str, namespace: str, spec: TeacherSpec, settings: OperatorSettings
 ) -> list[dict[str, Any]]:
-    return [
+    """What the operator makes for a Teacher: its Deployment and Service, the model
+    cache's PVC when the operator creates it, and its NetworkPolicy when the setting
+    asks for one."""
+    objects = [
         teacher.desired_deployment(name, namespace, spec, settings, 1),
         teacher.desired_service(name, namespace, spec),
     ]
+    if (pvc := teacher.model_cache_pvc(name, namespace, spec)) is not None:
+        objects.append(pvc)
+    if (policy := teacher.desired_network_policy(name, namespace, spec, settings)) is not None:
+        objects.append(policy)
+    return objects
 
 
 def _meta(doc: Any) -> tuple[str, str, str]:
@@ -144,12 +156,18 @@ def _language_model(
         served = create
         tname = naming.served_teacher_name(name)
         tspec = validate_spec("Teacher", (create or {}).get("spec") or {}, f"{namespace}/{tname}")
-        tenv = builders.TeacherEnv(teacher.url(tname, namespace, tspec), served_model_name(tspec))
+        tenv = builders.TeacherEnv(
+            teacher.url(tname, namespace, tspec), served_model_name(tspec), tspec.api_key_secret_ref
+        )
     elif spec.teacher.ref is not None:
         ref = spec.teacher.ref.name
         if (namespace, ref) in teachers:
             tspec = teachers[(namespace, ref)]
-            tenv = builders.TeacherEnv(teacher.url(ref, namespace, tspec), served_model_name(tspec))
+            tenv = builders.TeacherEnv(
+                teacher.url(ref, namespace, tspec),
+                served_model_name(tspec),
+                tspec.api_key_secret_ref,
+            )
         else:
             out.notes.append(
                 f"LanguageModel {namespace}/{name}: Teacher {ref} is not in the file; its "
@@ -161,6 +179,15 @@ def _language_model(
         tname = served["metadata"]["name"]
         out.objects.append(served)
         out.objects += _teacher_objects(tname, namespace, tspec, settings)
+    if spec.serve is not None and spec.serve.enabled:
+        version = fingerprints(run.spec_dict())["train"]  # what the trained model will carry
+        deploy = serve_mod.deployment(run, spec.serve, settings, 1, version)
+        out.objects.append(server.desired_deployment(deploy))
+        out.objects.append(server.desired_service(serve_mod.service(run, spec.serve)))
+        out.notes.append(
+            f"LanguageModel {namespace}/{name}: the served model's Deployment and Service "
+            "are created once it is Ready"
+        )
 
 
 def render_documents(

@@ -47,6 +47,8 @@ from typing import Any
 
 log = logging.getLogger("e2e.kubelet")
 
+#: This checkout (tests/e2e/kubelet.py is two levels down).
+REPO = Path(__file__).resolve().parents[2]
 NODE = "kakugo-e2e-node"
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 MESSAGE_LIMIT = 4096
@@ -121,10 +123,12 @@ class FakeKubelet:
             "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
+            # This checkout's code, as for the operator (e2e_support.OperatorProcess): in a
+            # git worktree sharing another checkout's virtualenv, the `kakugo` script of the
+            # stage Pods would otherwise run the other checkout's pipeline.
+            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "operator")]),
         }
-        # PYTHONPATH: a test run from a checkout other than the installed one (a git worktree)
-        # runs its own pipeline code in the Pods too, not the installed package's.
-        for key in ("TMPDIR", "KAKUGO_CACHE", "HF_HOME", "PYTHONPATH"):
+        for key in ("TMPDIR", "KAKUGO_CACHE", "HF_HOME"):
             if key in os.environ:
                 env[key] = os.environ[key]
         env.update(self.extra_env)

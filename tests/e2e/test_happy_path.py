@@ -1,5 +1,7 @@
 """From `kubectl apply` to Ready on a real kube-apiserver, then `kubectl delete` removes
-every child through the garbage collector.
+every child through the garbage collector. The LanguageModel serves its model (spec.serve):
+the server's Deployment and Service appear once it is Ready, are accepted by the API
+server under the chart's RBAC, roll the retrained model out and go with it.
 
 The operator runs as the chart's ServiceAccount with exactly the chart's RBAC (conftest),
 the real Job controller creates and completes the Jobs, the fake kubelet runs the Pods.
@@ -8,6 +10,8 @@ the real Job controller creates and completes the Jobs, the fake kubelet runs th
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ import pytest
 
 from kakugo_stages.graph import STAGES
 from tests.e2e.e2e_support import NS, condition, get_lm, manifest, wait_for, wait_ready
+from tests.helpers.pod_security import restricted_violations
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:Unverified HTTPS request")]
 
@@ -36,6 +41,24 @@ def children(kube: Any, name: str) -> dict[str, list[str]]:
     }
 
 
+def served(kube: Any, name: str) -> dict[str, Any]:
+    """The served model's Deployment and Service as the API server holds them."""
+    apps, core = kubernetes.client.AppsV1Api(kube), kubernetes.client.CoreV1Api(kube)
+    sel = f"kakugo.io/serve={name}"
+    out: dict[str, Any] = {}
+    for kind, items in (
+        ("deployment", apps.list_namespaced_deployment(NS, label_selector=sel).items),
+        ("service", core.list_namespaced_service(NS, label_selector=sel).items),
+    ):
+        if items:
+            out[kind] = kube.sanitize_for_serialization(items[0])
+    return out
+
+
+def model_version(deploy: dict[str, Any]) -> str:
+    return deploy["spec"]["template"]["metadata"]["annotations"]["kakugo.io/model-version"]
+
+
 @pytest.mark.timeout(900)
 def test_apply_to_ready_and_delete(
     cluster: Any,
@@ -48,7 +71,8 @@ def test_apply_to_ready_and_delete(
 ) -> None:
     name = "tiny-yoruba"
     path = tmp_path / "lm.yaml"
-    path.write_text(manifest(name, teacher.url, student, tmp_path / "store"))
+    serve = {"device": "cpu", "gpus": 0, "idleSeconds": 0}  # 0: never scaled down
+    path.write_text(manifest(name, teacher.url, student, tmp_path / "store", serve=serve))
     t0 = time.monotonic()
     applied = cluster.kubectl("apply", "-f", str(path))
     assert f"languagemodel.kakugo.io/{name} created" in applied.stdout
@@ -110,6 +134,42 @@ def test_apply_to_ready_and_delete(
     assert sorted({h["argv"][2] for h in ran}) == sorted(STAGES)
     assert all(h["argv"][:2] == ["kakugo", "stage"] for h in ran)
 
+    # spec.serve: once Ready, the server's Deployment and Service, owned by the object.
+    objs = wait_for(lambda: len(s := served(kube, name)) == 2 and s, 60, "the served model")
+    deploy, svc = objs["deployment"], objs["service"]
+    for obj in (deploy, svc):
+        (owner,) = obj["metadata"]["ownerReferences"]
+        assert owner["kind"] == "LanguageModel" and owner["blockOwnerDeletion"] is True
+    assert deploy["spec"]["replicas"] == 1
+    pod = deploy["spec"]["template"]
+    assert restricted_violations(pod) == []  # as the API server defaulted it
+    (init,) = pod["spec"]["initContainers"]
+    model_uri = f"file://{store}/model"
+    assert init["command"] == ["kakugo", "fetch-model", model_uri, "/scratch/model"]
+    (vllm,) = pod["spec"]["containers"]
+    assert vllm["args"][vllm["args"].index("--model") + 1] == "/scratch/model"
+    assert svc["spec"]["ports"][0]["port"] == 8000
+    serving = wait_for(lambda: (get_lm(kube, name) or {})["status"].get("serve"), 30, "serve")
+    assert serving["url"] == f"http://{name}-serve.{NS}.svc:8000/v1"
+    assert serving["model"] == name
+    assert (
+        model_version(deploy)
+        == serving["modelVersion"]
+        == (next(s for s in status["stages"] if s["name"] == "train")["fingerprint"])
+    )
+    # No Deployment controller here: no replica gets ready, the condition says so.
+    assert condition(get_lm(kube, name) or {}, "Serving")["reason"] == "Starting"
+    # The init container's command copies this run's model (here, outside a Pod).
+    scratch = tmp_path / "scratch-model"
+    copied = subprocess.run(
+        [sys.executable, "-m", "kakugo_stages.cli", *init["command"][1:3], str(scratch)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert copied.returncode == 0, copied.stderr
+    assert (scratch / "config.json").is_file() and (scratch / "chat_template.jinja").is_file()
+
     # The chart's RBAC was enough: nothing the operator asked for was refused.
     assert not operator.forbidden(), operator.forbidden()
 
@@ -142,6 +202,9 @@ def test_apply_to_ready_and_delete(
         return obj if st.get("observedGeneration") == 2 else None
 
     changed = wait_for(rerunning, 60, "observedGeneration 2")["status"]
+    # Retraining: the server is scaled to zero (its model is being replaced).
+    assert changed["serve"]["phase"] == "WaitingForModel", changed["serve"]
+    wait_for(lambda: served(kube, name)["deployment"]["spec"]["replicas"] == 0, 30, "serve at zero")
     assert "model" not in changed["artifacts"] and "evaluation" not in changed["artifacts"]
     assert changed["artifacts"]["dataset"] == status["artifacts"]["dataset"]
     assert "evaluation" not in changed, changed.get("evaluation")
@@ -151,6 +214,16 @@ def test_apply_to_ready_and_delete(
     assert again["filter"]["state"] == "Succeeded"
     lm = wait_ready(kube, name, operator)
     assert lm["status"]["evaluation"]["summary"]
+    # Ready again: the retrained model rolls out (a new version) and is served at once.
+    new_train = next(s for s in lm["status"]["stages"] if s["name"] == "train")
+    assert new_train["fingerprint"] != serving["modelVersion"]
+
+    def rolled_out() -> bool:
+        d = served(kube, name)["deployment"]
+        return model_version(d) == new_train["fingerprint"] and d["spec"]["replicas"] == 1
+
+    wait_for(rolled_out, 30, "the new model rolled out")
+    assert not operator.forbidden(), operator.forbidden()
     assert lm["status"]["artifacts"]["model"] == status["artifacts"]["model"]
     assert {s["name"]: s["attempt"] for s in lm["status"]["stages"]} == {
         **dict.fromkeys(STAGES, 1),
@@ -174,3 +247,5 @@ def test_apply_to_ready_and_delete(
         time.sleep(1)
         left = children(kube, name)
     assert not any(left.values()), f"left after delete: {left}"
+    # The served model's Deployment and Service go the same way.
+    wait_for(lambda: served(kube, name) == {}, 60, "the served model's objects deleted")

@@ -11,8 +11,18 @@ the client's timeout. Runs in a background thread on 127.0.0.1 and a free port::
         ...
         assert srv.count == 2
 
-Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, and
-``GET /stats`` (counters, for the benchmark). The model name is never checked.
+Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``,
+``GET /stats`` (counters, for the benchmark), and the Batch API: ``POST /v1/files``
+(multipart, purpose ``batch``), ``GET /v1/files/{id}/content``, ``POST /v1/batches``,
+``GET /v1/batches`` (newest first, ``limit``/``after``) and ``GET /v1/batches/{id}``. The
+model name is never checked.
+
+A batch moves one step per poll: validating, in_progress, then (unless
+``srv.batch_faults.hold`` keeps it in progress) completed, or expired when
+:class:`BatchFaults` says so. Its lines are answered by the responder when it completes,
+in an order that is not the file's; :class:`BatchFaults` turns lines into error lines.
+``srv.batch_lines`` counts the lines submitted per ``custom_id``, ``srv.batch_answered``
+the lines answered (billed) per ``custom_id``.
 
 A *responder* is ``(body: dict) -> str | dict | Fault`` (may be async):
 
@@ -35,18 +45,20 @@ import contextlib
 import hashlib
 import inspect
 import json
+import random
 import signal
 import sys
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "FAULT_KINDS",
+    "BatchFaults",
     "Fault",
     "FaultPlan",
     "TeacherServer",
@@ -275,6 +287,26 @@ class _Request:
     path: str
     headers: dict[str, str]
     body: bytes
+    query: str = ""
+
+
+@dataclass
+class BatchFaults:
+    """What goes wrong in batches.
+
+    * ``hold``: while True, batches stay in progress (a stage waits; the test stops it);
+    * ``line``: ``(custom_id, body, nth) -> "500" | "400" | "error" | None`` per line,
+      ``nth`` counting this custom id's earlier lines: ``"500"``/``"400"`` answer the line
+      in the error file with that status, ``"error"`` with an error object and no response;
+    * ``expire``: ordinals (0-based, in creation order) of batches that expire after
+      answering only the first half of their lines;
+    * ``fail``: ordinals of batches that fail validation (no line answered).
+    """
+
+    hold: bool = False
+    line: Callable[[str, dict[str, Any], int], str | None] | None = None
+    expire: frozenset[int] = frozenset()
+    fail: frozenset[int] = frozenset()
 
 
 class _BadRequest(Exception):
@@ -360,7 +392,8 @@ class _Connection(asyncio.Protocol):
                     return
                 body, stop = bytes(buf[end + 4 : end + 4 + n]), end + 4 + n
             del buf[:stop]
-            self.pending.append(_Request(method, target.split("?", 1)[0], headers, body))
+            path, _, query = target.partition("?")
+            self.pending.append(_Request(method, path, headers, body, query))
 
     async def _serve(self) -> None:
         try:
@@ -445,6 +478,15 @@ class TeacherServer:
         self.count = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        #: The Batch API: uploaded files, batches (by id, in creation order), and counters.
+        self.batch_faults = BatchFaults()
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.uploads = 0
+        self.batch_lines: Counter[str] = Counter()
+        self.batch_answered: Counter[str] = Counter()
+        self._batch_inputs: dict[str, list[dict[str, Any]]] = {}
+        self._line_seen: Counter[str] = Counter()
         self._connections: set[_Connection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -567,6 +609,14 @@ class TeacherServer:
             conn._write(200, b"{}")
         elif req.method == "POST" and path == "/v1/chat/completions":
             return await self._chat(req, conn)
+        elif path.startswith(("/v1/files", "/v1/batches")):
+            if self.api_key is not None and req.headers.get("authorization") != (
+                f"Bearer {self.api_key}"
+            ):
+                conn._write(401, _error("invalid API key", "invalid_request_error", 401))
+            else:
+                status, body = await self._batch_api(req, path)
+                conn._write(status, body)
         else:
             conn._write(404, _error(f"no route {req.method} {req.path}", "not_found"))
         return True
@@ -614,6 +664,185 @@ class TeacherServer:
             return True
         finally:
             self.in_flight -= 1
+
+    # ---- the Batch API
+
+    async def _batch_api(self, req: _Request, path: str) -> tuple[int, bytes]:
+        parts = path.split("/")[2:]  # ["files", ...] or ["batches", ...]
+        if req.method == "POST" and parts == ["files"]:
+            return self._upload(req)
+        if (
+            req.method == "GET"
+            and len(parts) == 3
+            and parts[0] == "files"
+            and parts[2] == "content"
+        ):
+            data = self.files.get(parts[1])
+            return (200, data) if data is not None else (404, _error("no such file", "not_found"))
+        if req.method == "POST" and parts == ["batches"]:
+            return self._create_batch(req)
+        if req.method == "GET" and parts == ["batches"]:
+            return 200, json.dumps(self._list_batches(req.query)).encode()
+        if req.method == "GET" and len(parts) == 2 and parts[0] == "batches":
+            batch = self.batches.get(parts[1])
+            if batch is None:
+                return 404, _error("no such batch", "not_found")
+            await self._advance(batch)
+            return 200, json.dumps(batch).encode()
+        return 404, _error(f"no route {req.method} {req.path}", "not_found")
+
+    def _upload(self, req: _Request) -> tuple[int, bytes]:
+        ctype = req.headers.get("content-type", "")
+        if "boundary=" not in ctype:
+            return 400, _error("expected multipart/form-data", "invalid_request_error")
+        boundary = ctype.split("boundary=", 1)[1].strip().strip('"').encode()
+        fields: dict[str, bytes] = {}
+        filename = None
+        for part in req.body.split(b"--" + boundary)[1:]:
+            if part.startswith(b"--"):
+                break
+            head, _, content = part.partition(b"\r\n\r\n")
+            disposition = head.decode("latin-1")
+            name = disposition.split('name="', 1)[1].split('"', 1)[0]
+            if 'filename="' in disposition:
+                filename = disposition.split('filename="', 1)[1].split('"', 1)[0]
+            fields[name] = content[:-2] if content.endswith(b"\r\n") else content
+        if fields.get("purpose") != b"batch" or "file" not in fields:
+            return 400, _error("expected purpose=batch and a file", "invalid_request_error")
+        self.uploads += 1
+        file_id = f"file-{uuid.uuid4().hex[:12]}"
+        self.files[file_id] = fields["file"]
+        info = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(fields["file"]),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": "batch",
+        }
+        return 200, json.dumps(info).encode()
+
+    def _create_batch(self, req: _Request) -> tuple[int, bytes]:
+        try:
+            ask = json.loads(req.body)
+            data = self.files[ask["input_file_id"]]
+            lines = [json.loads(line) for line in data.splitlines() if line.strip()]
+        except (ValueError, KeyError, TypeError) as e:
+            return 400, _error(f"bad batch request: {e!r}", "invalid_request_error")
+        ids = [line.get("custom_id") for line in lines]
+        if len(set(ids)) != len(ids) or ask.get("endpoint") != "/v1/chat/completions":
+            return 400, _error("duplicate custom_id or wrong endpoint", "invalid_request_error")
+        if any(line.get("url") != ask["endpoint"] for line in lines):
+            return 400, _error("a line's url is not the batch's endpoint", "invalid_request_error")
+        batch_id = f"batch_{uuid.uuid4().hex[:12]}"
+        self.batch_lines.update(ids)
+        batch = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": ask["endpoint"],
+            "input_file_id": ask["input_file_id"],
+            "completion_window": ask.get("completion_window"),
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": int(time.time()),
+            "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+            "ordinal": len(self.batches),
+        }
+        self.batches[batch_id] = batch
+        self._batch_inputs[batch_id] = lines
+        return 200, json.dumps(batch).encode()
+
+    def _list_batches(self, query: str) -> dict[str, Any]:
+        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        limit = int(params.get("limit") or 20)
+        newest = list(reversed(self.batches.values()))
+        if params.get("after"):
+            ids = [b["id"] for b in newest]
+            newest = newest[ids.index(params["after"]) + 1 :] if params["after"] in ids else []
+        page = newest[:limit]
+        return {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(newest) > limit,
+        }
+
+    async def _advance(self, batch: dict[str, Any]) -> None:
+        faults = self.batch_faults
+        if batch["status"] == "validating":
+            batch["status"] = "failed" if batch["ordinal"] in faults.fail else "in_progress"
+            return
+        if batch["status"] != "in_progress" or faults.hold:
+            return
+        lines = self._batch_inputs[batch["id"]]
+        answered = lines
+        if batch["ordinal"] in faults.expire:
+            answered = lines[: len(lines) // 2]
+        output, errors = [], []
+        for line in lines:
+            cid = line["custom_id"]
+            if line not in answered:
+                errors.append(
+                    {
+                        "id": f"batch_req_{uuid.uuid4().hex[:12]}",
+                        "custom_id": cid,
+                        "response": None,
+                        "error": {"code": "batch_expired", "message": "not answered in time"},
+                    }
+                )
+                continue
+            nth = self._line_seen[cid]
+            self._line_seen[cid] += 1
+            fault = faults.line(cid, line["body"], nth) if faults.line else None
+            if fault is not None:
+                errors.append(self._error_line(cid, fault))
+                continue
+            result = self.responder(line["body"])
+            if inspect.isawaitable(result):
+                result = await result
+            resp = _complete(result, line["body"])
+            usage = resp["usage"]
+            self.served_prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            self.served_completion_tokens += int(usage.get("completion_tokens") or 0)
+            self.batch_answered[cid] += 1
+            output.append(
+                {
+                    "id": f"batch_req_{uuid.uuid4().hex[:12]}",
+                    "custom_id": cid,
+                    "response": {"status_code": 200, "request_id": "req", "body": resp},
+                    "error": None,
+                }
+            )
+        # Not in the input's order: a client must match lines by custom_id.
+        rng = random.Random(batch["id"])
+        rng.shuffle(output)
+        rng.shuffle(errors)
+        for key, rows in (("output_file_id", output), ("error_file_id", errors)):
+            if rows:
+                file_id = f"file-{uuid.uuid4().hex[:12]}"
+                self.files[file_id] = "".join(
+                    json.dumps(r, ensure_ascii=False) + "\n" for r in rows
+                ).encode()
+                batch[key] = file_id
+        batch["status"] = "expired" if batch["ordinal"] in faults.expire else "completed"
+        batch["request_counts"] = {
+            "total": len(lines),
+            "completed": len(output),
+            "failed": len(errors),
+        }
+
+    @staticmethod
+    def _error_line(cid: str, fault: str) -> dict[str, Any]:
+        line: dict[str, Any] = {"id": f"batch_req_{uuid.uuid4().hex[:12]}", "custom_id": cid}
+        if fault == "error":
+            line.update(response=None, error={"code": "server_error", "message": "injected"})
+        else:
+            status = int(fault)
+            body = json.loads(_error(f"injected {status}"))
+            line.update(response={"status_code": status, "body": body}, error=None)
+        return line
 
     def _answer(self, conn: _Connection, resp: dict[str, Any]) -> None:
         usage = resp.get("usage") or {}

@@ -161,6 +161,9 @@ def test_members_invalid_language_and_aggregates(cluster: Api, operator: Operato
     total = sum(Decimal(c["cost"]["dollars"]) for c in children.values())
     assert Decimal(st["cost"]["dollars"]) == total
     assert st["cost"]["byLanguage"] == {n: c["cost"]["dollars"] for n, c in children.items()}
+    # So is its forecast (each member's status.forecast).
+    forecasts = [Decimal(c["forecast"]["dollars"]) for c in children.values()]
+    assert Decimal(st["cost"]["forecast"]) == sum(forecasts) > 0
     # 1 GPU x 1 h x $4 of training, plus 6 teacher stages x (1000 x $0.15 + 2000 x $0.60)/1M.
     assert st["cost"]["byLanguage"]["yor-latn"] == "4.0081"
     assert st["cost"]["dollars"] == "8.0162"

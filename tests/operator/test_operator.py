@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 
 import kubernetes_validate
 import pytest
@@ -305,8 +306,13 @@ def test_budget_runs_out(cluster: Api, operator: Operator) -> None:
     from tests.operator.operator_helpers import hours_ago
 
     gpu = {"gpus": 1, "gpuType": "NVIDIA-H100-80GB-HBM3", "capacityType": "on-demand"}
-    cluster.create(language_model(budget={"maxDollars": "4.5"}, resources={"topics": gpu}))
+    # The recipe's counts forecast far more than $4.50: Proceed starts anyway, and the
+    # spending itself is what stops it.
+    budget = {"maxDollars": "4.5", "onForecastOverBudget": "Proceed"}
+    cluster.create(language_model(budget=budget, resources={"topics": gpu}))
     j = job(cluster, "yoruba-topics-1")
+    forecast = wait_for(lambda: lm_status(cluster).get("forecast"))
+    assert forecast["overBudget"] is True and forecast["budget"] == "4.5000"
     assert j["spec"]["template"]["spec"]["nodeSelector"] == {
         "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"
     }
@@ -356,6 +362,44 @@ def test_budget_runs_out(cluster: Api, operator: Operator) -> None:
     job(cluster, "yoruba-revise-1")
     status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Running" and s)
     assert condition(status, "Stalled")["status"] == "False"
+
+
+def test_forecast_over_budget_stalls_before_the_first_stage(
+    cluster: Api, operator: Operator
+) -> None:
+    cluster.create(language_model(budget={"maxDollars": "5"}))
+    status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Stalled" and s)
+    stalled = condition(status, "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "ForecastOverBudget")
+    forecast = status["forecast"]
+    assert forecast["overBudget"] is True and forecast["observedGeneration"] == 1
+    # The message names the forecast, the budget and the ways out.
+    assert f"${forecast['dollars']}" in stalled["message"]
+    assert "maxDollars $5.0000" in stalled["message"]
+    assert "onForecastOverBudget: Proceed" in stalled["message"]
+    # The forecast is the recipe's: teacher tokens at the endpoint's prices plus GPU time.
+    assert Decimal(forecast["dollars"]) > 5
+    assert set(forecast["byStage"]) >= {"respond", "translate", "train"}
+    assert cluster.list("Job", NS) == []
+    events = wait_for(
+        lambda: [e for e in cluster.list("Event", NS) if e.get("reason") == "ForecastOverBudget"]
+    )
+    assert events[0]["type"] == "Warning" and "maxDollars" in events[0]["message"]
+    # Proceed lets it start; the forecast stays in status.
+    cluster.patch(
+        "LanguageModel", NS, "yoruba", {"spec": {"budget": {"onForecastOverBudget": "Proceed"}}}
+    )
+    job(cluster, "yoruba-topics-1")
+    status = wait_for(lambda: (s := lm_status(cluster)).get("phase") == "Running" and s)
+    assert condition(status, "Stalled")["status"] == "False"
+    assert status["forecast"]["observedGeneration"] == 2
+
+
+def test_forecast_under_budget_runs(cluster: Api, operator: Operator) -> None:
+    cluster.create(language_model(budget={"maxDollars": "100000"}))
+    job(cluster, "yoruba-topics-1")
+    forecast = wait_for(lambda: lm_status(cluster).get("forecast"))
+    assert forecast["overBudget"] is False and forecast["budget"] == "100000.0000"
 
 
 def test_spec_change_reruns_changed_stages_only(cluster: Api, operator: Operator) -> None:

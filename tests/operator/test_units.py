@@ -620,7 +620,7 @@ def test_progress_budget_and_teacher_series_are_removed_on_delete() -> None:
     metrics.observe_plan(
         "units",
         "lm",
-        {"progress": {"stagesDone": 2, "stagesTotal": 4}},
+        {"progress": {"stagesDone": 2, "stagesTotal": 4}, "forecast": {"dollars": "12.5000"}},
         [],
         [],
         {"language": "yo", "budget": {"maxDollars": "10"}},
@@ -629,6 +629,7 @@ def test_progress_budget_and_teacher_series_are_removed_on_delete() -> None:
     text = generate_latest(metrics.REGISTRY).decode()
     assert 'kakugo_progress_ratio{language="yo",languagemodel="lm",namespace="units"} 0.5' in text
     assert 'kakugo_budget_dollars{languagemodel="lm",namespace="units"} 10.0' in text
+    assert 'kakugo_forecast_dollars{languagemodel="lm",namespace="units"} 12.5' in text
     assert 'kakugo_teacher_ready{namespace="units",teacher="tch"} 0.0' in text
     assert 'kakugo_teacher_clients{namespace="units",teacher="tch"} 3.0' in text
     metrics.forget("units", "lm")
@@ -727,3 +728,67 @@ def test_retry_time_is_never_now() -> None:
         assert parse_time(retry_time(at, delay)) > at
     assert retry_time(at, 10) == "2026-01-01T12:00:11Z"
     assert retry_time(at.replace(microsecond=0), 10) == "2026-01-01T12:00:10Z"
+
+
+def test_teacher_tokens_counter_counts_a_retried_stage_once() -> None:
+    """Each finished attempt reports the stage's ledger, which totals the attempts before
+    it: the counter adds only what grew, and a rerun of a changed spec counts afresh."""
+    from kakugo_operator import metrics
+
+    def total() -> float:
+        return (
+            metrics.REGISTRY.get_sample_value(
+                "kakugo_teacher_tokens_total", {"direction": "completion"}
+            )
+            or 0.0
+        )
+
+    def finish(fingerprint: str, completion: int, outcome: str) -> None:
+        status = {"phase": "Running", "stages": [{"name": "topics", "fingerprint": fingerprint}]}
+        record = {
+            "stage": "topics",
+            "outcome": outcome,
+            "counts": {"promptTokens": 1, "completionTokens": completion},
+        }
+        metrics.observe_plan("ns-tokens", "lm", status, [record], [], {})
+
+    before = total()
+    finish("f1", 100, "Failed")
+    finish("f1", 150, "Succeeded")  # the retry's ledger holds the first attempt's 100
+    assert total() - before == 150
+    finish("f2", 40, "Succeeded")  # the spec changed: a new ledger
+    assert total() - before == 190
+    metrics.forget("ns-tokens", "lm")
+
+
+def test_batch_tokens_are_priced_at_the_batch_prices() -> None:
+    """A teacher stage's termination summary says which of its tokens came through the
+    Batch API; the cost prices those at teacher.endpoint.batchPrices, the rest at prices."""
+    spec = language_model()["spec"]
+    spec["teacher"]["endpoint"].update(
+        batch=True,
+        prices={"inputPerMillion": "1", "outputPerMillion": "2"},
+        batchPrices={"inputPerMillion": "0.5", "outputPerMillion": "1"},
+    )
+    plan = decide(observed(spec=spec), SETTINGS)
+    jobs = [
+        {**j, "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}}
+        if j["metadata"]["name"] == "yoruba-topics-1"
+        else j
+        for j in plan.create
+    ]
+    message = (
+        '{"stage": "topics", "prompt_tokens": 3000000, "completion_tokens": 2000000, '
+        '"batch_prompt_tokens": 2000000, "batch_completion_tokens": 1000000}'
+    )
+    done = _pod(
+        1,
+        phase="Succeeded",
+        containerStatuses=[{"state": {"terminated": {"exitCode": 0, "message": message}}}],
+    )
+    plan = decide(observed(spec=spec, status=plan.status.dump(), jobs=jobs, pods=[done]), SETTINGS)
+    counts = plan.status.stage("topics").counts
+    assert counts is not None and counts.batch_prompt_tokens == 2_000_000
+    # 1M x $1 + 1M x $2 at the prices, 2M x $0.5 + 1M x $1 at the batch prices.
+    assert plan.status.cost is not None
+    assert plan.status.cost.by_stage["topics"].teacher_dollars == "5.0000"
