@@ -21,6 +21,7 @@ from tests.operator.operator_helpers import (
     NS,
     Operator,
     complete_job,
+    complete_skipped,
     condition,
     language_model,
     lm_status,
@@ -40,6 +41,8 @@ STAGES = (
     "filter",
     "train",
     "evaluate",
+    "review",
+    "publish",
 )
 CPU_SERVE = {"device": "cpu", "gpus": 0, "idleSeconds": 60}
 
@@ -353,13 +356,14 @@ def serve_status(api: Api) -> dict[str, Any]:
 @pytest.mark.timeout(120)
 def test_serve_lifecycle_on_the_emulator(cluster: Api, operator: Operator) -> None:
     lm = cluster.create(language_model(serve={"device": "cpu", "gpus": 0, "idleSeconds": 2}))
-    for name in STAGES[:-1]:
+    for name in STAGES[: STAGES.index("evaluate")]:
         complete_job(cluster, f"yoruba-{name}-1", summary(name))
     # Trained but not Ready (evaluate runs): nothing served yet.
     wait_for(lambda: serve_status(cluster).get("phase") == "WaitingForModel")
     assert cluster.get("Deployment", NS, "yoruba-serve") is None
     assert condition(lm_status(cluster), "Serving")["reason"] == "WaitingForModel"
     complete_job(cluster, "yoruba-evaluate-1", summary("evaluate"))
+    complete_skipped(cluster)  # review and publish, without their spec sections
 
     deploy = wait_for(lambda: cluster.get("Deployment", NS, "yoruba-serve"), what="Deployment")
     svc = wait_for(lambda: cluster.get("Service", NS, "yoruba-serve"), what="Service")
