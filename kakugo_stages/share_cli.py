@@ -102,7 +102,7 @@ def publish(
 
     from kakugo_stages.publish.hub import PublishError, publish_run
     from kakugo_stages.spec import PublishSpec
-    from kakugo_stages.store import open_store
+    from kakugo_stages.store import open_run_store
 
     run = load_run(target, runs_dir)
     if dataset_repo or model_repo:
@@ -121,7 +121,7 @@ def publish(
             "the manifest, or pass --dataset-repo/--model-repo"
         )
     try:
-        out = publish_run(run, open_store(run.run_uri), token=_token(token_file), endpoint=endpoint)
+        out = publish_run(run, open_run_store(run), token=_token(token_file), endpoint=endpoint)
     except PublishError as exc:
         _fail(str(exc))
     for kind, repo in out["repos"].items():
@@ -170,7 +170,7 @@ def review_build(
     from kakugo_stages.review.build import build_review
     from kakugo_stages.review.prompts import ReviewError
     from kakugo_stages.spec import ReviewSpec
-    from kakugo_stages.store import open_store
+    from kakugo_stages.store import open_run_store
 
     run = load_run(target, runs_dir)
     overrides = {
@@ -195,7 +195,7 @@ def review_build(
         error = exc.errors()[0]
         _fail(f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}")
     try:
-        out = build_review(run, open_store(run.run_uri), settings)
+        out = build_review(run, open_run_store(run), settings)
     except ReviewError as exc:
         _fail(str(exc))
     note = (
@@ -228,7 +228,7 @@ def review_import(files: tuple[Path, ...], target: str | None, runs_dir: str) ->
     from kakugo_stages.review.build import RESULTS, import_reviews
     from kakugo_stages.review.prompts import ReviewError
     from kakugo_stages.review.results import read_rater_file
-    from kakugo_stages.store import StoreError, open_store
+    from kakugo_stages.store import StoreError, open_run_store, open_store
 
     try:
         if target is None:
@@ -237,7 +237,7 @@ def review_import(files: tuple[Path, ...], target: str | None, runs_dir: str) ->
                 _fail("the files name different runs, or none: say which with --run")
             store = open_store(runs.pop())
         else:
-            store = open_store(load_run(target, runs_dir).run_uri)
+            store = open_run_store(load_run(target, runs_dir))
         review = import_reviews(store, list(files))
     except (ReviewError, StoreError) as exc:
         _fail(str(exc))
