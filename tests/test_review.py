@@ -286,3 +286,30 @@ def test_review_build_command_on_a_run_folder(tmp_path: Path, models) -> None:
     assert bad.exit_code == 1 and "--prompts" in bad.output
     missing = CliRunner().invoke(main, ["review", "build", str(tmp_path / "nothing-here")])
     assert missing.exit_code == 1 and "LanguageModel" in missing.output
+
+
+def test_import_refuses_files_of_other_pages_and_mixed_runs(reviewed, tmp_path: Path) -> None:
+    _, store, _ = reviewed
+    key = store.read_json("review/key.json")
+    ids = [p["id"] for p in key["prompts"]]
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_rater_file(key, "Adé", {ids[0]: "A"})), encoding="utf-8")
+    other = tmp_path / "other.json"
+    other.write_text(
+        json.dumps({**_rater_file(key, "Bọ́lá", {ids[0]: "B"}), "run": "file:///elsewhere"}),
+        encoding="utf-8",
+    )
+    mixed = CliRunner().invoke(main, ["review", "import", str(good), str(other)])
+    assert mixed.exit_code == 1 and "--run" in mixed.output
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps({**_rater_file(key, "Cy", {}), "page": "f" * 12}), encoding="utf-8")
+    result = CliRunner().invoke(
+        main, ["review", "import", str(stale), "--run", str(store.local_path())]
+    )
+    assert result.exit_code == 1 and "rebuilt page" in result.output
+    junk = tmp_path / "junk.json"
+    junk.write_text("{}", encoding="utf-8")
+    result = CliRunner().invoke(
+        main, ["review", "import", str(junk), "--run", str(store.local_path())]
+    )
+    assert result.exit_code == 1 and "not a Kakugo review file" in result.output
