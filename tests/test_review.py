@@ -313,3 +313,12 @@ def test_import_refuses_files_of_other_pages_and_mixed_runs(reviewed, tmp_path: 
         main, ["review", "import", str(junk), "--run", str(store.local_path())]
     )
     assert result.exit_code == 1 and "not a Kakugo review file" in result.output
+
+
+def test_the_page_counts_its_requests_in_words() -> None:
+    one = build_page(_prompts(1), ["t"], ["b"], seed=0, run="r", language="Yoruba", code="y")
+    two = build_page(
+        _prompts(2), ["t"] * 2, ["b"] * 2, seed=0, run="r", language="Yoruba", code="y"
+    )
+    assert f"Page {one.key['page']} · 1 request ·" in one.html
+    assert f"Page {two.key['page']} · 2 requests ·" in two.html

@@ -134,7 +134,7 @@ def test_run_everything_kill_and_resume(tmp_path: Path) -> None:
     # publish is skipped without spec.publish.
     key = json.loads((run_dir / "review" / "key.json").read_text(encoding="utf-8"))
     assert 1 <= len(key["prompts"]) <= 3
-    assert f"Page {key['page']} · {len(key['prompts'])} requests" in (
+    assert f"Page {key['page']} · {len(key['prompts'])} request" in (
         run_dir / "review" / "index.html"
     ).read_text(encoding="utf-8")
     assert "The blinded review page is `review/index.html`" in report

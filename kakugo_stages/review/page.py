@@ -68,7 +68,7 @@ def build_page(
         template.replace("__TITLE__", html.escape(title))
         .replace("__LANGUAGE__", html.escape(language))
         .replace("__PAGE__", page)
-        .replace("__COUNT__", str(len(items)))
+        .replace("__COUNT__", f"{len(items)} request{'' if len(items) == 1 else 's'}")
         .replace("__DATA__", _inline_json(data))
     )
     key = {
