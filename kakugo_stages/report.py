@@ -115,6 +115,8 @@ def _on_gpu(run: RunSpec, stage: str) -> bool:
         return spec.training.device == "cuda"
     if stage == "evaluate":
         return spec.evaluation.device == "cuda"
+    if stage == "review":
+        return spec.review is not None and spec.review.device == "cuda"
     return False
 
 

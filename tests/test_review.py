@@ -322,3 +322,15 @@ def test_the_page_counts_its_requests_in_words() -> None:
     )
     assert f"Page {one.key['page']} · 1 request ·" in one.html
     assert f"Page {two.key['page']} · 2 requests ·" in two.html
+
+
+def test_the_report_counts_the_review_on_the_evaluate_stages_gpus(tmp_path: Path, models) -> None:
+    tok, base, _ = models
+    run = make_run(tmp_path, tok, base, review={"device": "cuda"})
+    report = render(run, open_store(run.run_uri))
+    stages = report.split("## Stages", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        line.split("|")[1].strip(): line for line in stages.splitlines() if line.startswith("| ")
+    }
+    assert rows["review"].rstrip().endswith("| 1 |")  # resources.evaluate's one GPU
+    assert rows["publish"].rstrip().endswith("| CPU |")
