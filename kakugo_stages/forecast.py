@@ -723,7 +723,7 @@ def _review_forecast(spec: LanguageModelSpec, a: Assumptions, pricing: Pricing) 
     dev = review.device
     per_token = a.eval_generate_s[dev].value / max(1, spec.evaluation.flores.max_new_tokens)
     seconds = 2 * review.prompts * review.max_new_tokens * per_token
-    res = spec.resources.for_stage("review")
+    res = spec.stage_resources("review")
     gpus = (res.gpus or 1) if dev == "cuda" else 0
     if dev == "cuda":
         seconds += a.gpu_stage_overhead_s.value

@@ -70,7 +70,7 @@ def gather(run: RunSpec, store: ArtifactStore) -> RunFacts:
         rejected: Counter[str] = Counter()
         for s in stats.values():
             rejected.update(s.get("rejected") or {})
-        res = run.spec.resources.for_stage(name)
+        res = run.spec.stage_resources(name)
         on_gpu = _on_gpu(run, name)
         lines.append(
             StageLine(

@@ -78,7 +78,7 @@ class RunSpec:
                 "runUri": self.run_uri,
                 "fingerprint": self.fingerprint(),
                 "resources": {
-                    stage: self.spec.resources.for_stage(stage).model_dump(
+                    stage: self.spec.stage_resources(stage).model_dump(
                         mode="json", by_alias=True, exclude_none=True
                     )
                     for stage in STAGES

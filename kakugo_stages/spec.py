@@ -1199,12 +1199,14 @@ class ResourcesSpec(SpecModel):
         if stage not in STAGES:
             raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
         own = _RESOURCES_OF.get(stage, stage)
-        layers = [
-            _BASE_RESOURCES,
-            _STAGE_RESOURCE_DEFAULTS.get(own),
-            self.default,
-            getattr(self, own, None),
-        ]
+        return self._merged(_STAGE_RESOURCE_DEFAULTS.get(own), getattr(self, own, None))
+
+    def plain(self) -> StageResources:
+        """A stage's resources without any stage's own layers: built-in base < `default`."""
+        return self._merged()
+
+    def _merged(self, *stage_layers: StageResources | None) -> StageResources:
+        layers = [_BASE_RESOURCES, *stage_layers[:1], self.default, *stage_layers[1:]]
         merged: dict[str, Any] = {}
         for layer in layers:
             if layer is not None:
@@ -2261,6 +2263,18 @@ class LanguageModelSpec(SpecModel):
                 f"resources.train.gpus ({t.per_device_batch_size} x {processes} = {per_pass})"
             )
         return self
+
+    def stage_resources(self, stage: str) -> StageResources:
+        """What a stage's Pod asks for: `resources.for_stage`, and for the review stage what
+        `spec.review` decides beside it. Without spec.review the stage only records that it
+        skipped: a plain CPU Pod, not the evaluate stage's GPU one; with `review.device: cpu`
+        it runs on the evaluate stage's resources without their GPUs."""
+        if stage == "review" and self.review is None:
+            return self.resources.plain()
+        res = self.resources.for_stage(stage)
+        if stage == "review" and self.review is not None and self.review.device != "cuda":
+            return res.model_copy(update={"gpus": 0, "gpu_type": None})
+        return res
 
     @cached_property
     def resolved_language(self) -> Language:

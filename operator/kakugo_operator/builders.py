@@ -151,7 +151,7 @@ def job(
 
     A Job on a Kueue queue (`queueName`) is created suspended: Kueue admits it by resuming
     it, and preempts it by suspending it again; the operator never resumes it."""
-    res = run.spec.resources.for_stage(stage)
+    res = run.spec.stage_resources(stage)
     labels = naming.stage_labels(run.name, run.language.code, stage, attempt)
     job_labels = dict(labels)
     if res.queue_name:

@@ -152,7 +152,7 @@ class Plan:
 def gpu_stages(spec: LanguageModelSpec) -> tuple[str, ...]:
     """The stages whose Pods request GPUs (by default train and evaluate): the ones a
     fleet's maxConcurrent gates."""
-    return tuple(s for s in STAGES if spec.resources.for_stage(s).gpus)
+    return tuple(s for s in STAGES if spec.stage_resources(s).gpus)
 
 
 def read_status(raw: Mapping[str, Any] | None) -> LanguageModelStatus:

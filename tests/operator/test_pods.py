@@ -641,3 +641,18 @@ def test_merge_pod_templates_rules() -> None:
     assert [m["mountPath"] for m in c["volumeMounts"]] == ["/v", "/w"]
     assert base["spec"]["containers"][0]["env"][1] == {"name": "B", "value": "2"}  # untouched
     assert pods.apply_template(base, {}, "stage") is base
+
+
+def test_the_review_pod_asks_for_a_gpu_only_to_generate_on_one() -> None:
+    def gpus(spec: dict[str, Any]) -> str | None:
+        resources = pod(job_of(spec, "review"))[1]["resources"]
+        return resources.get("requests", {}).get("nvidia.com/gpu")
+
+    # Without spec.review the stage only records that it skipped: a plain CPU Pod.
+    assert gpus(BASE) is None
+    assert pod(job_of(BASE, "review"))[1]["resources"]["requests"]["memory"] == "2Gi"
+    # With it: the evaluate stage's resources, GPUs included when it generates on them.
+    on_gpu = {**BASE, "review": {}, "resources": {"evaluate": {"gpus": 2}}}
+    assert gpus(on_gpu) == "2"
+    assert pod(job_of(on_gpu, "review"))[1]["resources"]["requests"]["memory"] == "32Gi"
+    assert gpus({**on_gpu, "review": {"device": "cpu"}}) is None
