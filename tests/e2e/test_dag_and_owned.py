@@ -86,6 +86,8 @@ def test_dag_bound_and_a_failed_stage(
         "filter": "Pending",
         "train": "Pending",
         "evaluate": "Pending",
+        "review": "Pending",
+        "publish": "Pending",
     }, states(lm)
     stalled = condition(lm, "Stalled")
     assert stalled["reason"] == "StageFailed" and "stage contexts failed" in stalled["message"]
