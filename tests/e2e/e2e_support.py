@@ -229,11 +229,12 @@ class OperatorProcess:
 
     def forbidden(self) -> list[str]:
         """Lines of the operator's log about requests RBAC refused (an HTTP 403, not the
-        milliseconds of a timestamp such as `06:23:31,403`)."""
+        milliseconds of a timestamp such as `06:23:31,403` nor a piece of a uid such as
+        `2899-403c`)."""
         return [
             line
             for line in self.log.read_text(errors="replace").splitlines()
-            if "forbidden" in line.lower() or re.search(r"(?<![\d,.:])403(?!\d)", line)
+            if "forbidden" in line.lower() or re.search(r"(?<![\w,.:-])403(?![\w-])", line)
         ]
 
 
