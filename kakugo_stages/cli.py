@@ -585,7 +585,12 @@ def _forecast_gate(local: Any, price: Any, gpu_price: str | None) -> None:
     pricing = fc_mod.flat_pricing(price, f"--gpu-price {gpu_price}" if gpu_price else "")
     fc = fc_mod.forecast(local.name, local.spec, pricing)
     brief = fc_mod.table(fc).split("\nassumptions:")[0]
-    click.echo(f"forecast (kakugo plan shows what it rests on):\n{brief}", err=True)
+    click.echo(
+        "forecast, from the recipe's per-request means (a small teacher writes far less, so "
+        "then it is an upper bound; `kakugo plan` shows what it rests on, `--calibrate RUN` "
+        f"uses a finished run's own means):\n{brief}",
+        err=True,
+    )
     if not fc.over_budget or local.spec.budget.on_forecast_over_budget == "Proceed":
         return
     if open_run_store(local).exists("spec.yaml"):

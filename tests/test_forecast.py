@@ -249,7 +249,7 @@ def test_kakugo_run_refuses_over_budget(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["run", str(path), "--runs-dir", str(runs)])
     assert res.exit_code == 1
     assert "ForecastOverBudget" in res.output and "maxDollars $0.0001" in res.output
-    assert "forecast (kakugo plan shows what it rests on)" in res.output
+    assert "forecast, from the recipe's per-request means" in res.output
     assert not runs.exists() or not any(runs.rglob("spec.yaml"))  # nothing started
 
 
