@@ -586,8 +586,8 @@ def _forecast_gate(local: Any, price: Any, gpu_price: str | None) -> None:
     fc = fc_mod.forecast(local.name, local.spec, pricing)
     brief = fc_mod.table(fc).split("\nassumptions:")[0]
     click.echo(
-        "forecast, from the recipe's per-request means (a small teacher writes far less, so "
-        "then it is an upper bound; `kakugo plan` shows what it rests on, `--calibrate RUN` "
+        "forecast, from the recipe's per-request means (an upper bound for a small teacher, "
+        "which writes far less; `kakugo plan` shows what it rests on, `--calibrate RUN` "
         f"uses a finished run's own means):\n{brief}",
         err=True,
     )
