@@ -290,38 +290,40 @@ async def pod_event(
     st.wake("lm", namespace, lm)
 
 
+def wake_owners(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo) -> None:
+    """Wake the daemon of whatever owns a changed object: a Teacher (its label), or a
+    LanguageModel that serves its model (the serve label). Objects without one wake none."""
+    namespace = namespaced(namespace)
+    state(memo).wake("teacher", namespace, labels.get(naming.TEACHER_LABEL))
+    state(memo).wake("lm", namespace, labels.get(naming.SERVE_LABEL))
+
+
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
 async def deployment_event(
     namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
 ) -> None:
-    namespace = namespaced(namespace)
-    state(memo).wake("teacher", namespace, labels.get(naming.TEACHER_LABEL))
-    state(memo).wake("lm", namespace, labels.get(naming.SERVE_LABEL))
+    wake_owners(namespace, labels, memo)
 
 
 @kopf.on.event("v1", "services", labels=OWNED)
 async def service_event(
     namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
 ) -> None:
-    namespace = namespaced(namespace)
-    state(memo).wake("teacher", namespace, labels.get(naming.TEACHER_LABEL))
-    state(memo).wake("lm", namespace, labels.get(naming.SERVE_LABEL))
+    wake_owners(namespace, labels, memo)
 
 
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=OWNED)
 async def networkpolicy_event(
     namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
 ) -> None:
-    namespace = namespaced(namespace)
-    state(memo).wake("teacher", namespace, labels.get(naming.TEACHER_LABEL))
+    wake_owners(namespace, labels, memo)
 
 
 @kopf.on.event("v1", "persistentvolumeclaims", labels=OWNED)
 async def model_cache_event(
     namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
 ) -> None:
-    namespace = namespaced(namespace)
-    state(memo).wake("teacher", namespace, labels.get(naming.TEACHER_LABEL))
+    wake_owners(namespace, labels, memo)
 
 
 @kopf.on.event(GROUP, VERSION, "teachers")
