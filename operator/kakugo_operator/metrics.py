@@ -372,16 +372,9 @@ def forget(namespace: str, name: str) -> None:
         LANGUAGEMODELS.labels(_phases.pop(key)).dec()
     for counted in [k for k in _tokens_counted if k[:2] == key]:
         del _tokens_counted[counted]
-    with contextlib.suppress(KeyError):
-        COST.remove(namespace, name)
-    with contextlib.suppress(KeyError):
-        TEACHER_SHARE.remove(namespace, name)
-    with contextlib.suppress(KeyError):
-        BUDGET.remove(namespace, name)
-    with contextlib.suppress(KeyError):
-        FORECAST.remove(namespace, name)
-    with contextlib.suppress(KeyError):
-        LAST_PROGRESS.remove(namespace, name)
+    for gauge in (COST, TEACHER_SHARE, BUDGET, FORECAST, LAST_PROGRESS):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name)
     if key in _languages:
         with contextlib.suppress(KeyError):
             PROGRESS.remove(namespace, name, _languages.pop(key))
